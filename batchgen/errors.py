@@ -1,0 +1,43 @@
+"""The exception tree. ``str(exc)`` is the one line the user reads.
+
+::
+
+    BatchgenError        anything batchgen reports to the user (exit code 2 unless noted)
+    ├─ JobError          bad job file or option: names the file and the key
+    ├─ InputError        unreadable input, missing column: names the file, row and column
+    ├─ TemplateError     a placeholder the row lacks, or a broken template
+    ├─ CheckpointError   the output directory cannot be used as it is
+    └─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
+
+Failures of single rows are not exceptions that reach the user: they become failure records.
+"""
+
+from __future__ import annotations
+
+
+class BatchgenError(Exception):
+    """Base of every error batchgen reports to the user."""
+
+    exit_code = 2
+
+
+class JobError(BatchgenError):
+    """The job file or a command-line option is wrong."""
+
+
+class InputError(BatchgenError):
+    """The input file cannot be read as the job expects."""
+
+
+class TemplateError(BatchgenError):
+    """A prompt template is broken or refers to a column the row lacks."""
+
+
+class CheckpointError(BatchgenError):
+    """The output directory cannot be used as it is."""
+
+
+class FatalApiError(BatchgenError):
+    """The API refused in a way that no other row can fix (bad key, unknown model)."""
+
+    exit_code = 3

@@ -1,0 +1,326 @@
+"""The job file: one TOML file describes one job. Everything is checked here, before any work.
+
+Relative paths in a job file are relative to the job file's own folder, so a job runs the same
+from any working directory (cron starts in $HOME).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from batchgen.errors import JobError
+from batchgen.schema import normalize_schema
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+# generationConfig fields passed through as given (GenerationConfig in generative_service.proto).
+# responseMimeType and responseSchema are batchgen's own; candidateCount is left out because
+# batchgen reads one candidate per row and would pay for the others.
+GENERATION_KEYS = frozenset(
+    {
+        "stopSequences", "maxOutputTokens", "temperature", "topP", "topK", "seed",
+        "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
+        "enableEnhancedCivicAnswers", "mediaResolution", "thinkingConfig",
+    }
+)  # fmt: skip
+
+_SECTIONS: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {"name", "schema_file", "input", "model", "prompt", "generation", "response_schema",
+         "limits", "output"}
+    ),  # fmt: skip
+    "input": frozenset({"path", "format", "id_column", "carry"}),
+    "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
+    "prompt": frozenset({"user", "system"}),
+    "limits": frozenset({"requests_per_minute", "concurrency", "timeout_seconds"}),
+    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    path: Path
+    format: str
+    id_column: str | None = None
+    carry: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    base_url: str = DEFAULT_BASE_URL
+    api_version: str = "v1beta"
+    api_key_env: str = "GEMINI_API_KEY"
+
+    @property
+    def url(self) -> str:
+        """The generateContent endpoint."""
+        return f"{self.base_url}/{self.api_version}/models/{self.name}:generateContent"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    user: str
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsSpec:
+    requests_per_minute: int = 1000
+    concurrency: int = 32
+    timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    directory: Path
+    explode: bool = False
+    flush_rows: int = 1000
+    flush_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole job, checked. ``response_schema`` is in canonical Gemini form."""
+
+    name: str
+    path: Path
+    input: InputSpec
+    model: ModelSpec
+    prompt: PromptSpec
+    response_schema: dict[str, Any]
+    limits: LimitsSpec
+    output: OutputSpec
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line values that replace the job file's."""
+
+    input: Path | None = None
+    output: Path | None = None
+    model: str | None = None
+    base_url: str | None = None
+
+
+def load_job(path: str | Path, overrides: Overrides | None = None) -> Job:
+    """Read and check a job file; raise :class:`JobError` naming the file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"{path}: cannot read job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"{path}: invalid TOML: {exc}") from None
+    job = _build(raw, path)
+    return _apply(job, overrides) if overrides else job
+
+
+def _build(raw: dict[str, Any], path: Path) -> Job:
+    _check_keys(raw, "", path)
+    base = path.parent
+    return Job(
+        name=_opt(raw, "name", str, path, "", path.stem),
+        path=path,
+        input=_input(_table(raw, "input", path), base, path),
+        model=_model(_table(raw, "model", path), path),
+        prompt=_prompt(_table(raw, "prompt", path), path),
+        response_schema=_schema(raw, base, path),
+        limits=_limits(_table(raw, "limits", path, required=False), path),
+        output=_output(_table(raw, "output", path, required=False), base, path),
+        generation=_generation(_table(raw, "generation", path, required=False), path),
+    )
+
+
+def _check_keys(table: Mapping[str, Any], section: str, path: Path) -> None:
+    allowed = _SECTIONS[section]
+    for key in table:
+        if key not in allowed:
+            where = f"[{section}] " if section else ""
+            raise JobError(
+                f"{path}: {where}unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _table(raw: Mapping[str, Any], name: str, path: Path, required: bool = True) -> dict[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise JobError(f"{path}: missing section [{name}]")
+        return {}
+    if not isinstance(value, dict):
+        raise JobError(f"{path}: {name} must be a table ([{name}])")
+    if name in _SECTIONS:
+        _check_keys(value, name, path)
+    return value
+
+
+def _opt(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path,
+         section: str, default: Any = None) -> Any:  # fmt: skip
+    value = table.get(key, default)
+    wrong_bool = isinstance(value, bool) and kind is not bool
+    if value is not None and (wrong_bool or not isinstance(value, kind)):
+        label = f"{section}.{key}" if section else key
+        wanted = "a number" if isinstance(kind, tuple) else {
+            str: "a string", int: "a whole number", bool: "true or false", list: "a list"
+        }.get(kind, kind.__name__)
+        raise JobError(f"{path}: {label} must be {wanted}, not {value!r}")
+    return value
+
+
+def _req(table: Mapping[str, Any], key: str, kind: type, path: Path, section: str) -> Any:
+    if key not in table:
+        raise JobError(f"{path}: [{section}] needs {key!r}")
+    return _opt(table, key, kind, path, section)
+
+
+def _positive(value: Any, key: str, path: Path) -> Any:
+    if value <= 0:
+        raise JobError(f"{path}: {key} must be > 0, not {value}")
+    return value
+
+
+def _resolve(base: Path, relative: str) -> Path:
+    """A path from the job file, relative to the job file's folder, without ``..`` noise."""
+    return Path(os.path.normpath(base / relative))
+
+
+def _input(table: dict[str, Any], base: Path, path: Path) -> InputSpec:
+    file = _resolve(base, _req(table, "path", str, path, "input"))
+    carry = _opt(table, "carry", list, path, "input", [])
+    if not all(isinstance(c, str) for c in carry):
+        raise JobError(f"{path}: input.carry must be a list of column names")
+    return InputSpec(
+        path=file,
+        format=_format(file, _opt(table, "format", str, path, "input"), path),
+        id_column=_opt(table, "id_column", str, path, "input"),
+        carry=tuple(carry),
+    )
+
+
+def _format(file: Path, given: str | None, path: Path) -> str:
+    if given is not None:
+        if given not in ("csv", "parquet"):
+            raise JobError(f"{path}: input.format must be 'csv' or 'parquet', not {given!r}")
+        return given
+    fmt = INPUT_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise JobError(
+            f"{path}: input.path {str(file)!r}: cannot tell the format from the extension "
+            "(.csv, .parquet); set input.format"
+        )
+    return fmt
+
+
+def _model(table: dict[str, Any], path: Path) -> ModelSpec:
+    base_url = _opt(table, "base_url", str, path, "model", DEFAULT_BASE_URL)
+    return ModelSpec(
+        name=_req(table, "name", str, path, "model").removeprefix("models/"),
+        base_url=_base_url(base_url, path),
+        api_version=_opt(table, "api_version", str, path, "model", "v1beta"),
+        api_key_env=_opt(table, "api_key_env", str, path, "model", "GEMINI_API_KEY"),
+    )
+
+
+def _base_url(url: str, where: Path | str) -> str:
+    url = url.rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise JobError(f"{where}: model.base_url must be an http(s) URL, not {url!r}")
+    return url.removesuffix("/v1beta")
+
+
+def _prompt(table: dict[str, Any], path: Path) -> PromptSpec:
+    return PromptSpec(
+        user=_req(table, "user", str, path, "prompt"),
+        system=_opt(table, "system", str, path, "prompt"),
+    )
+
+
+def _schema(raw: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
+    inline = raw.get("response_schema")
+    file = _opt(raw, "schema_file", str, path, "")
+    if (inline is None) == (file is None):
+        raise JobError(f"{path}: give exactly one of schema_file or [response_schema]")
+    if file is not None:
+        schema_path = _resolve(base, file)
+        try:
+            inline = json.loads(schema_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise JobError(f"{path}: schema_file {file!r}: cannot read: {exc.strerror}") from None
+        except ValueError as exc:
+            raise JobError(f"{path}: schema_file {file!r}: invalid JSON: {exc}") from None
+        return normalize_schema(inline, f"{schema_path}")
+    return normalize_schema(inline, f"{path}")
+
+
+def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
+    d = LimitsSpec()
+    rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
+    conc = _opt(table, "concurrency", int, path, "limits", d.concurrency)
+    timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
+    return LimitsSpec(
+        requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
+        concurrency=_positive(conc, "limits.concurrency", path),
+        timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
+    )
+
+
+def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
+    d = OutputSpec(directory=Path())
+    flush_s = _opt(table, "flush_seconds", (int, float), path, "output", d.flush_seconds)
+    return OutputSpec(
+        directory=_resolve(base, _opt(table, "directory", str, path, "output", f"out/{path.stem}")),
+        explode=_opt(table, "explode", bool, path, "output", False),
+        flush_rows=_positive(
+            _opt(table, "flush_rows", int, path, "output", d.flush_rows), "output.flush_rows", path
+        ),
+        flush_seconds=float(_positive(flush_s, "output.flush_seconds", path)),
+    )
+
+
+def _camel_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): _camel_keys(v)
+                for k, v in value.items()}  # fmt: skip
+    return value
+
+
+def _generation(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    config: dict[str, Any] = _camel_keys(table)
+    for key in config:
+        if key in ("responseMimeType", "responseSchema", "responseJsonSchema"):
+            raise JobError(
+                f"{path}: generation.{key} is set by batchgen; put the schema in "
+                "[response_schema] or schema_file"
+            )
+        if key not in GENERATION_KEYS:
+            raise JobError(
+                f"{path}: generation: unknown key {key!r} "
+                f"(allowed: {', '.join(sorted(GENERATION_KEYS))})"
+            )
+    return config
+
+
+def _apply(job: Job, o: Overrides) -> Job:
+    """Apply command-line overrides; their paths are relative to the working directory."""
+    inp, model, out = job.input, job.model, job.output
+    if o.input is not None:
+        inp = replace(inp, path=o.input, format=_format(o.input, None, Path("--input")))
+    if o.model is not None:
+        model = replace(model, name=o.model.removeprefix("models/"))
+    if o.base_url is not None:
+        model = replace(model, base_url=_base_url(o.base_url, "--base-url"))
+    if o.output is not None:
+        out = replace(out, directory=o.output)
+    return replace(job, input=inp, model=model, output=out)

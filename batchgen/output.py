@@ -1,0 +1,190 @@
+"""The output directory: typed result columns, failure records, and crash-safe part files.
+
+::
+
+    OUTPUT/
+      results/part-<run>-<seq>.parquet   one row per answer (per item when exploded)
+      errors/part-<run>-<seq>.parquet    one row per input row that ended in failure
+
+A part file is written under a temporary name, fsynced and renamed, so it is whole or absent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchgen.errors import CheckpointError, JobError
+from batchgen.schema import arrow_field, arrow_type, property_names
+
+RESULTS_DIR = "results"
+ERRORS_DIR = "errors"
+RAW_TEXT_LIMIT = 2000
+
+# batchgen's own columns, after the row id, the carried columns and the answer's columns.
+META_FIELDS = [
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("thinking_tokens", pa.int64()),
+    pa.field("cached_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("model_version", pa.string()),
+    pa.field("response_id", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("attempts", pa.int32()),
+    pa.field("completed_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("request_hash", pa.string()),
+]
+ROW_ID = pa.field("row_id", pa.string(), nullable=False)
+ITEM_INDEX = pa.field("item_index", pa.int32())
+ERRORS_SCHEMA = pa.schema(
+    [
+        ROW_ID,
+        pa.field("category", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("message", pa.string()),
+        pa.field("attempts", pa.int32()),
+        pa.field("raw_text", pa.string()),
+        pa.field("request_hash", pa.string()),
+        pa.field("failed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+RESERVED = frozenset([ROW_ID.name, ITEM_INDEX.name] + [f.name for f in META_FIELDS])
+
+
+class OutputLayout:
+    """How answers become rows: the result columns derived from the schema.
+
+    A top-level OBJECT gives one column per property. A top-level ARRAY gives one row per item
+    when exploded (with ``item_index``; an OBJECT item gives one column per property), else one
+    list column ``result``. Any other top-level type gives one column ``result``.
+    """
+
+    def __init__(self, schema: Mapping[str, Any], explode: bool, carry: pa.Schema,
+                 where: str) -> None:  # fmt: skip
+        self.explode = explode and schema["type"] == "ARRAY"
+        if explode and not self.explode:
+            raise JobError(f"{where}: output.explode needs a top-level ARRAY responseSchema")
+        shaped = schema["items"] if self.explode else schema
+        self._properties: list[str] | None = None
+        if shaped.get("type") == "OBJECT" and shaped.get("properties"):
+            self._properties = property_names(shaped)
+            required = set(shaped.get("required", ())) if not shaped.get("nullable") else set()
+            answer = [
+                arrow_field(p, shaped["properties"][p], p in required and not self.explode)
+                for p in self._properties
+            ]
+        else:
+            answer = [pa.field("result", arrow_type(shaped))]
+        extra = [ITEM_INDEX] if self.explode else []
+        fields = [ROW_ID, *carry, *answer, *extra, *META_FIELDS]
+        _check_unique(fields, carry, where)
+        self.schema = pa.schema(fields)
+
+    def rows(self, ids: Mapping[str, Any], value: Any, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The output rows for one answer; ``ids`` holds the row id and carried values."""
+        if not self.explode:
+            return [{**ids, **self._columns(value), **meta}]
+        if not value:  # an empty list still marks the row as done
+            return [{**ids, ITEM_INDEX.name: None, **meta}]
+        return [{**ids, **self._columns(item), ITEM_INDEX.name: i, **meta}
+                for i, item in enumerate(value)]  # fmt: skip
+
+    def _columns(self, value: Any) -> dict[str, Any]:
+        if self._properties is None:
+            return {"result": value}
+        if value is None:
+            return {}
+        return {p: value.get(p) for p in self._properties}
+
+
+def _check_unique(fields: Sequence[pa.Field], carry: pa.Schema, where: str) -> None:
+    seen: set[str] = set()
+    for f in fields:
+        if f.name in seen:
+            origin = "a carried input column" if f.name in carry.names else "batchgen's own"
+            raise JobError(
+                f"{where}: output column {f.name!r} is both an answer field and {origin} column; "
+                "rename the schema property or drop it from input.carry"
+            )
+        seen.add(f.name)
+
+
+@dataclass
+class PartWriter:
+    """Writes numbered part files for one run into one folder of the output directory."""
+
+    folder: Path
+    run_id: str
+    seq: int = 0
+
+    def write(self, table: pa.Table) -> Path:
+        """Write ``table`` as the next part: temporary name, fsync, rename, fsync the folder."""
+        self.seq += 1
+        final = self.folder / f"part-{self.run_id}-{self.seq:05d}.parquet"
+        tmp = self.folder / f".{final.name}.tmp"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            _fsync_dir(self.folder)
+        except OSError as exc:
+            raise CheckpointError(f"{self.folder}: cannot write results: {exc.strerror}") from None
+        return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_files(directory: Path, kind: str = RESULTS_DIR) -> list[Path]:
+    """The whole part files of one kind, oldest run first."""
+    folder = directory / kind
+    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def done_ids(directory: Path) -> set[str]:
+    """Row ids already in the results: read from the id column alone, which is cheap."""
+    done: set[str] = set()
+    for part in part_files(directory):
+        try:
+            column = pq.read_table(part, columns=[ROW_ID.name]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise CheckpointError(
+                f"{part}: unreadable part file ({exc}); move it aside and rerun"
+            ) from None
+        done.update(column.to_pylist())
+    return done
+
+
+def error_row(row_id: str, category: str, message: str, *, status: int | None = None,
+              attempts: int = 1, text: str | None = None, request_hash: str | None = None,
+              at: datetime) -> dict[str, Any]:  # fmt: skip
+    """One failure record (see ERRORS_SCHEMA)."""
+    return {
+        "row_id": row_id,
+        "category": category,
+        "http_status": status,
+        "message": message,
+        "attempts": attempts,
+        "raw_text": text[:RAW_TEXT_LIMIT] if text else None,
+        "request_hash": request_hash,
+        "failed_at": at,
+    }

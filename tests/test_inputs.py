@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchgen import inputs
+from batchgen.errors import InputError
+from batchgen.inputs import InputReader
+from batchgen.job import InputSpec
+
+
+def read_all(reader: InputReader) -> list[tuple[str, int, dict[str, object]]]:
+    return [(r.row_id, r.position, dict(r.values)) for b in reader.batches() for r in b]
+
+
+def test_csv_streams_in_batches_and_keeps_ids(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(inputs, "CSV_BLOCK_BYTES", 256)  # force many record batches
+    path = tmp_path / "rows.csv"
+    path.write_text("id,text,n\n" + "".join(f"r{i},hello {i},{i}\n" for i in range(500)))
+    reader = InputReader(InputSpec(path, "csv", "id"), {"id": "id", "text": "prompt"})
+    batches = list(reader.batches())
+    assert len(batches) > 5
+    rows = [r for b in batches for r in b]
+    assert [r.row_id for r in rows] == [f"r{i}" for i in range(500)]
+    assert [r.position for r in rows] == list(range(500))
+    assert rows[7].values == {"id": "r7", "text": "hello 7"}  # only the needed columns
+
+
+def test_csv_values_are_strings_and_empty_cells_are_null(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text('a,b\n1,"x, y"\n,NA\n')
+    reader = InputReader(InputSpec(path, "csv"), {"a": "x", "b": "y"})
+    assert read_all(reader) == [("0", 0, {"a": "1", "b": "x, y"}), ("1", 1, {"a": None, "b": "NA"})]
+    assert reader.arrow_schema() == pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def test_parquet_streams_with_types(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    table = pa.table({"k": list(range(10)), "t": [f"t{i}" for i in range(10)], "skip": [1.0] * 10})
+    pq.write_table(table, path, row_group_size=3)
+    reader = InputReader(InputSpec(path, "parquet", "k"), {"k": "id", "t": "prompt"}, batch_rows=4)
+    batches = list(reader.batches())
+    assert [len(b) for b in batches] == [3, 3, 3, 1] or sum(len(b) for b in batches) == 10
+    rows = [r for b in batches for r in b]
+    assert [r.row_id for r in rows] == [str(i) for i in range(10)]
+    assert rows[2].values == {"k": 2, "t": "t2"}
+    assert reader.arrow_schema() == pa.schema([("k", pa.int64()), ("t", pa.string())])
+
+
+def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("id,text\n1,a\n")
+    with pytest.raises(InputError) as info:
+        InputReader(InputSpec(path, "csv"), {"topic": "used in the prompt"})
+    assert str(info.value) == (
+        f"{path}: no column 'topic' (used in the prompt); the file has: id, text"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        ("na\u00efve,x\n1,2\n".encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_unreadable_csv(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        InputReader(InputSpec(path, "csv"), {})
+
+
+def test_non_utf8_in_the_body_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"id,text\n1,ok\n2,caf\xe9\n")
+    reader = InputReader(InputSpec(path, "csv"), {"text": "prompt"})
+    with pytest.raises(InputError, match=r"rows.csv: cannot read csv: .*UTF8"):
+        read_all(reader)
+
+
+def test_missing_file_and_not_parquet(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="input file not found"):
+        InputReader(InputSpec(tmp_path / "nope.csv", "csv"), {})
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("id,text\n")
+    with pytest.raises(InputError, match="bad.parquet: cannot read parquet"):
+        InputReader(InputSpec(bad, "parquet"), {})
+
+
+def test_empty_id_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("id,text\n1,a\n,b\n")
+    reader = InputReader(InputSpec(path, "csv", "id"), {"id": "id"})
+    with pytest.raises(InputError, match="row 2: empty id in column 'id'"):
+        read_all(reader)

@@ -1,0 +1,108 @@
+"""Request bodies compared field by field with the documented shape (gemini-api.md §1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen.errors import InputError, TemplateError
+from batchgen.job import load_job
+from batchgen.prompts import PromptTemplate
+from batchgen.request import RequestBuilder, request_hash
+from batchgen.runner import plan_job
+from tests.conftest import ROOT, write_job
+
+SEED_JOB = """
+    [input]
+    path = "rows.csv"
+
+    [model]
+    name = "gemini-2.5-flash"
+
+    [prompt]
+    user = "List a few popular {{ thing }} recipes, and include the amounts of ingredients."
+
+    [response_schema]
+    type = "ARRAY"
+
+    [response_schema.items]
+    type = "OBJECT"
+    propertyOrdering = ["recipeName", "ingredients"]
+
+    [response_schema.items.properties.recipeName]
+    type = "STRING"
+
+    [response_schema.items.properties.ingredients]
+    type = "ARRAY"
+    items = { type = "STRING" }
+"""
+
+
+def test_body_matches_the_real_seed_request(tmp_path: Path, seed: dict[str, Any]) -> None:
+    (tmp_path / "rows.csv").write_text("thing\ncookie\n")
+    plan = plan_job(load_job(write_job(tmp_path, SEED_JOB)))
+    body = json.loads(plan.first_request())
+    expected = seed["request"]
+    assert set(body) == {"contents", "generationConfig"}
+    assert len(body["contents"]) == 1
+    assert body["contents"][0]["role"] == "user"  # optional on the wire, explicit here
+    assert body["contents"][0]["parts"] == expected["contents"][0]["parts"]
+    assert body["generationConfig"] == expected["generationConfig"]
+
+
+def test_system_instruction_and_passthrough_generation_config() -> None:
+    job = load_job(ROOT / "jobs" / "cookie_recipes.toml")
+    body = json.loads(RequestBuilder(job).body("user text", "system text"))
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "user text"}]}]
+    assert body["systemInstruction"] == {"parts": [{"text": "system text"}]}
+    config = body["generationConfig"]
+    assert config["temperature"] == 0.7
+    assert config["maxOutputTokens"] == 8192
+    assert config["thinkingConfig"] == {"thinkingBudget": 1024}
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseSchema"] == job.response_schema
+    assert "systemInstruction" not in json.loads(RequestBuilder(job).body("u"))
+
+
+def test_body_is_valid_json_for_any_text() -> None:
+    job = load_job(ROOT / "jobs" / "cookie_recipes.toml")
+    text = 'quotes " backslash \\ newline \n unicode é 🍪 \u2028'
+    assert json.loads(RequestBuilder(job).body(text))["contents"][0]["parts"][0]["text"] == text
+
+
+def test_request_hash_is_stable_and_sensitive() -> None:
+    assert request_hash(b"a") == request_hash(b"a") != request_hash(b"b")
+    assert len(request_hash(b"a")) == 16
+
+
+def test_template_renders_with_filters_and_strips() -> None:
+    from batchgen.job import PromptSpec
+
+    template = PromptTemplate(PromptSpec(user="\n {{ a | upper }}{% if b %} and {{ b }}{% endif %}\n",
+                                         system="About {{ c }}"), "job.toml")  # fmt: skip
+    assert template.variables == ("a", "b", "c")
+    assert template.render({"a": "x", "b": "y", "c": "z"}, "r1") == ("X and y", "About z")
+
+
+def test_null_template_value_names_row_and_column() -> None:
+    from batchgen.job import PromptSpec
+
+    template = PromptTemplate(PromptSpec(user="{{ a }}"), "job.toml")
+    with pytest.raises(TemplateError, match="row r7: column 'a' is empty"):
+        template.render({"a": None}, "r7")
+
+
+def test_template_syntax_error_names_file_and_line() -> None:
+    from batchgen.job import PromptSpec
+
+    with pytest.raises(TemplateError, match=r"job.toml: prompt.user: line 2: .*"):
+        PromptTemplate(PromptSpec(user="ok\n{{ a "), "job.toml")
+
+
+def test_template_column_missing_from_input_is_caught_before_any_call(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("other\ncookie\n")
+    with pytest.raises(InputError, match=r"rows.csv: no column 'thing' \(used in the prompt\)"):
+        plan_job(load_job(write_job(tmp_path, SEED_JOB)))

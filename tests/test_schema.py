@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from batchgen.errors import JobError
+from batchgen.schema import (
+    AnswerValidator,
+    arrow_field,
+    arrow_type,
+    normalize_schema,
+    to_json_schema,
+)
+
+
+def norm(raw: dict[str, Any]) -> dict[str, Any]:
+    return normalize_schema(raw, "job.toml")
+
+
+@pytest.mark.parametrize(
+    ("gemini", "arrow"),
+    [
+        ("STRING", pa.string()),
+        ("INTEGER", pa.int64()),
+        ("NUMBER", pa.float64()),
+        ("BOOLEAN", pa.bool_()),
+        ("NULL", pa.null()),
+        ("string", pa.string()),  # type names are case-insensitive
+        ("Integer", pa.int64()),
+    ],
+)
+def test_scalar_types_map_to_arrow(gemini: str, arrow: pa.DataType) -> None:
+    assert arrow_type(norm({"type": gemini})) == arrow
+
+
+def test_enum_is_a_string_column() -> None:
+    assert arrow_type(norm({"type": "STRING", "enum": ["a", "b"]})) == pa.string()
+
+
+def test_nested_object_and_array() -> None:
+    schema = norm(
+        {
+            "type": "OBJECT",
+            "properties": {
+                "b": {"type": "ARRAY", "items": {"type": "NUMBER"}},
+                "a": {
+                    "type": "OBJECT",
+                    "properties": {"x": {"type": "INTEGER"}, "y": {"type": "BOOLEAN"}},
+                    "required": ["x"],
+                },
+            },
+            "propertyOrdering": ["a", "b"],
+            "required": ["a"],
+        }
+    )
+    assert arrow_type(schema) == pa.struct(
+        [
+            pa.field("a", pa.struct([pa.field("x", pa.int64(), nullable=False),
+                                     pa.field("y", pa.bool_())]), nullable=False),  # fmt: skip
+            pa.field("b", pa.list_(pa.field("item", pa.float64()))),
+        ]
+    )
+
+
+def test_required_fields_are_not_null_unless_nullable() -> None:
+    assert not arrow_field("a", norm({"type": "STRING"}), required=True).nullable
+    assert arrow_field("a", norm({"type": "STRING", "nullable": True}), required=True).nullable
+    assert arrow_field("a", norm({"type": "STRING"}), required=False).nullable
+
+
+def test_any_of_same_type_keeps_it_and_mixed_types_become_json_text() -> None:
+    same = norm({"anyOf": [{"type": "INTEGER"}, {"type": "NULL"}]})
+    mixed = norm({"anyOf": [{"type": "INTEGER"}, {"type": "STRING"}]})
+    assert arrow_type(same) == pa.int64()
+    assert arrow_type(mixed) == pa.string()
+    assert AnswerValidator(mixed).shape(4) == "4"
+
+
+def test_object_without_properties_is_json_text() -> None:
+    schema = norm({"type": "OBJECT"})
+    assert arrow_type(schema) == pa.string()
+    assert AnswerValidator(schema).shape({"k": [1]}) == '{"k": [1]}'
+
+
+def test_snake_case_keys_and_lower_case_types_are_normalized() -> None:
+    schema = norm(
+        {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                    "property_ordering": ["n"]}, "max_items": 3}  # fmt: skip
+    )
+    assert schema == {
+        "type": "ARRAY",
+        "maxItems": 3,
+        "items": {"type": "OBJECT", "properties": {"n": {"type": "INTEGER"}},
+                  "propertyOrdering": ["n"]},  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"type": "OBJECT", "additionalProperties": False}, "unknown key 'additionalProperties'"),
+        ({"type": ["STRING", "NULL"]}, "a list of types is not allowed"),
+        ({"type": "TEXT"}, "unknown type 'TEXT'"),
+        ({"description": "no type"}, "missing 'type'"),
+        ({"type": "ARRAY"}, "an ARRAY needs 'items'"),
+        ({"type": "STRING", "enum": [1, 2]}, "enum values must be strings"),
+        ({"type": "INTEGER", "enum": ["1"]}, "enum needs type STRING"),
+        ({"type": "OBJECT", "properties": {"a": {"type": "STRING"}}, "required": ["b"]},
+         "'b' is not in properties"),  # fmt: skip
+        ({"type": "ARRAY", "items": {"type": "STRING", "$schema": "x"}}, "responseSchema.items"),
+    ],
+)
+def test_bad_schemas_are_refused_with_the_path(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(JobError, match="job.toml: responseSchema") as info:
+        norm(raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+REVIEW = {
+    "type": "OBJECT",
+    "properties": {
+        "sentiment": {"type": "STRING", "enum": ["positive", "negative"]},
+        "score": {"type": "NUMBER", "minimum": 0, "maximum": 1},
+        "count": {"type": "INTEGER"},
+        "note": {"type": "STRING", "nullable": True},
+        "tags": {"type": "ARRAY", "items": {"type": "STRING"}, "minItems": 1, "maxItems": 2},
+    },
+    "required": ["sentiment", "score", "count", "tags"],
+}
+
+
+def test_json_schema_translation() -> None:
+    assert to_json_schema(REVIEW)["properties"]["note"] == {"type": ["string", "null"]}
+    assert to_json_schema({"type": "STRING", "enum": ["a"], "nullable": True}) == {
+        "type": ["string", "null"],
+        "enum": ["a", None],
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"sentiment": "positive", "score": 0.5, "count": 1, "tags": ["a"]}, None),
+        ({"sentiment": "meh", "score": 0.5, "count": 1, "tags": ["a"]}, "answer.sentiment"),
+        ({"sentiment": "positive", "score": 1.5, "count": 1, "tags": ["a"]}, "answer.score"),
+        ({"sentiment": "positive", "score": 0.5, "count": "1", "tags": ["a"]}, "answer.count"),
+        ({"sentiment": "positive", "score": 0.5, "count": 1, "tags": []}, "answer.tags"),
+        ({"sentiment": "positive", "score": 0.5, "count": 1, "tags": ["a", "b", "c"]}, "tags"),
+        ({"sentiment": "positive", "score": 0.5, "tags": ["a"]}, "'count' is a required"),
+        ({"sentiment": "positive", "score": 0.5, "count": 1, "tags": ["a"], "note": None}, None),
+        ({"sentiment": "positive", "score": 0.5, "count": 1, "tags": [None]}, "answer.tags[0]"),
+    ],
+)
+def test_validator_finds_the_first_problem(answer: dict[str, Any], problem: str | None) -> None:
+    found = AnswerValidator(norm(REVIEW)).problem(answer)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_integers_written_as_floats_become_ints_for_arrow() -> None:
+    validator = AnswerValidator(norm(REVIEW))
+    value = {"sentiment": "positive", "score": 1, "count": 3.0, "tags": ["a"]}
+    assert validator.problem(value) is None
+    shaped = validator.shape(value)
+    assert shaped["count"] == 3 and isinstance(shaped["count"], int)
+    pa.array([shaped], type=arrow_type(norm(REVIEW)))  # converts without error
