@@ -47,10 +47,17 @@ def _job_options(f: Any) -> Any:
     for option in reversed(
         [
             click.argument("job_file", type=click.Path(path_type=Path)),
-            click.option("--input", "input_path", type=click.Path(path_type=Path),
-                         help="Input file instead of the job's input.path."),  # fmt: skip
-            click.option("--output", type=click.Path(path_type=Path),
-                         help="Output directory instead of the job's output.directory."),  # fmt: skip
+            click.option(
+                "--input",
+                "input_path",
+                type=click.Path(path_type=Path),
+                help="Input file instead of the job's input.path.",
+            ),
+            click.option(
+                "--output",
+                type=click.Path(path_type=Path),
+                help="Output directory instead of the job's output.directory.",
+            ),
             click.option("--model", help="Model name instead of the job's model.name."),
             click.option("--base-url", help="API base URL (e.g. a proxy) instead of the job's."),
         ]
@@ -59,8 +66,13 @@ def _job_options(f: Any) -> Any:
     return f
 
 
-def _load(job_file: Path, input_path: Path | None, output: Path | None, model: str | None,
-          base_url: str | None) -> Job:  # fmt: skip
+def _load(
+    job_file: Path,
+    input_path: Path | None,
+    output: Path | None,
+    model: str | None,
+    base_url: str | None,
+) -> Job:
     return load_job(job_file, Overrides(input_path, output, model, base_url))
 
 
@@ -68,8 +80,15 @@ def _load(job_file: Path, input_path: Path | None, output: Path | None, model: s
 @_job_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option("--emulator", is_flag=True, help="Run against the built-in emulator (offline).")
-def run(job_file: Path, input_path: Path | None, output: Path | None, model: str | None,
-        base_url: str | None, limit: int | None, emulator: bool) -> None:  # fmt: skip
+def run(
+    job_file: Path,
+    input_path: Path | None,
+    output: Path | None,
+    model: str | None,
+    base_url: str | None,
+    limit: int | None,
+    emulator: bool,
+) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
     job = _load(job_file, input_path, output, model, base_url)
     if emulator:
@@ -111,14 +130,24 @@ def _describe(s: RunSummary) -> str:
 @main.command()
 @_job_options
 @click.option("--show-request", is_flag=True, help="Print the request for the first input row.")
-def validate(job_file: Path, input_path: Path | None, output: Path | None, model: str | None,
-             base_url: str | None, show_request: bool) -> None:  # fmt: skip
+def validate(
+    job_file: Path,
+    input_path: Path | None,
+    output: Path | None,
+    model: str | None,
+    base_url: str | None,
+    show_request: bool,
+) -> None:
     """Check JOB_FILE against its input without any network call."""
     job = _load(job_file, input_path, output, model, base_url)
     plan = plan_job(job)
     click.echo(f"ok: {job.path}")
-    click.echo(f"  input   {job.input.path} ({job.input.format}; reads {', '.join(plan.reader.columns)})")
-    click.echo(f"  model   {job.model.name} at {job.model.base_url} (key from ${job.model.api_key_env})")
+    click.echo(
+        f"  input   {job.input.path} ({job.input.format}; reads {', '.join(plan.reader.columns)})"
+    )
+    click.echo(
+        f"  model   {job.model.name} at {job.model.base_url} (key from ${job.model.api_key_env})"
+    )
     click.echo(f"  output  {job.output.directory}")
     for f in plan.layout.schema:
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")
@@ -128,8 +157,10 @@ def validate(job_file: Path, input_path: Path | None, output: Path | None, model
 
 def _first_request(plan: Plan) -> str:
     body = json.dumps(json.loads(plan.first_request()), indent=2, ensure_ascii=False)
-    return (f"POST {plan.job.model.url}\nx-goog-api-key: ${plan.job.model.api_key_env}\n"
-            f"Content-Type: application/json\n\n{body}")  # fmt: skip
+    return (
+        f"POST {plan.job.model.url}\nx-goog-api-key: ${plan.job.model.api_key_env}\n"
+        f"Content-Type: application/json\n\n{body}"
+    )
 
 
 @main.command()
@@ -139,10 +170,22 @@ def _first_request(plan: Plan) -> str:
 @click.option("--rpm", type=int, help="Answer 429 above this many requests per minute.")
 @click.option("--tpm", type=int, help="Answer 429 above this many input tokens per minute.")
 @click.option("--api-key", "api_keys", multiple=True, help="Accept only these keys (repeatable).")
-@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
-              help="Inject a fault with this probability, e.g. 503=0.05 (repeatable).")  # fmt: skip
-def emulator(host: str, port: int, latency_ms: float, rpm: int | None, tpm: int | None,
-             api_keys: tuple[str, ...], faults: tuple[str, ...]) -> None:  # fmt: skip
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="NAME=RATE",
+    help="Inject a fault with this probability, e.g. 503=0.05 (repeatable).",
+)
+def emulator(
+    host: str,
+    port: int,
+    latency_ms: float,
+    rpm: int | None,
+    tpm: int | None,
+    api_keys: tuple[str, ...],
+    faults: tuple[str, ...],
+) -> None:
     """Serve the offline Gemini emulator (generateContent, countTokens)."""
     from batchgen.emulator import FAULTS, EmulatorConfig, serve
 
@@ -156,7 +199,10 @@ def emulator(host: str, port: int, latency_ms: float, rpm: int | None, tpm: int 
         except ValueError:
             raise JobError(f"--fault {spec}: the rate must be a number such as 0.05") from None
     config = EmulatorConfig(
-        api_keys=frozenset(api_keys) or None, latency_ms=latency_ms, rpm_limit=rpm,
-        tpm_limit=tpm, fault_rates=rates,
-    )  # fmt: skip
+        api_keys=frozenset(api_keys) or None,
+        latency_ms=latency_ms,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        fault_rates=rates,
+    )
     serve(config, host=host, port=port)

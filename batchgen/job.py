@@ -26,17 +26,36 @@ INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # batchgen reads one candidate per row and would pay for the others.
 GENERATION_KEYS = frozenset(
     {
-        "stopSequences", "maxOutputTokens", "temperature", "topP", "topK", "seed",
-        "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
-        "enableEnhancedCivicAnswers", "mediaResolution", "thinkingConfig",
+        "stopSequences",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "mediaResolution",
+        "thinkingConfig",
     }
-)  # fmt: skip
+)
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "": frozenset(
-        {"name", "schema_file", "input", "model", "prompt", "generation", "response_schema",
-         "limits", "output"}
-    ),  # fmt: skip
+        {
+            "name",
+            "schema_file",
+            "input",
+            "model",
+            "prompt",
+            "generation",
+            "response_schema",
+            "limits",
+            "output",
+        }
+    ),
     "input": frozenset({"path", "format", "id_column", "carry"}),
     "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
     "prompt": frozenset({"user", "system"}),
@@ -166,15 +185,28 @@ def _table(raw: Mapping[str, Any], name: str, path: Path, required: bool = True)
     return value
 
 
-def _opt(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path,
-         section: str, default: Any = None) -> Any:  # fmt: skip
+def _opt(
+    table: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    path: Path,
+    section: str,
+    default: Any = None,
+) -> Any:
     value = table.get(key, default)
     wrong_bool = isinstance(value, bool) and kind is not bool
     if value is not None and (wrong_bool or not isinstance(value, kind)):
         label = f"{section}.{key}" if section else key
-        wanted = "a number" if isinstance(kind, tuple) else {
-            str: "a string", int: "a whole number", bool: "true or false", list: "a list"
-        }.get(kind, kind.__name__)
+        wanted = (
+            "a number"
+            if isinstance(kind, tuple)
+            else {
+                str: "a string",
+                int: "a whole number",
+                bool: "true or false",
+                list: "a list",
+            }.get(kind, kind.__name__)
+        )
         raise JobError(f"{path}: {label} must be {wanted}, not {value!r}")
     return value
 
@@ -291,8 +323,10 @@ def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
 
 def _camel_keys(value: Any) -> Any:
     if isinstance(value, dict):
-        return {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): _camel_keys(v)
-                for k, v in value.items()}  # fmt: skip
+        return {
+            re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): _camel_keys(v)
+            for k, v in value.items()
+        }
     return value
 
 

@@ -68,8 +68,9 @@ class OutputLayout:
     list column ``result``. Any other top-level type gives one column ``result``.
     """
 
-    def __init__(self, schema: Mapping[str, Any], explode: bool, carry: pa.Schema,
-                 where: str) -> None:  # fmt: skip
+    def __init__(
+        self, schema: Mapping[str, Any], explode: bool, carry: pa.Schema, where: str
+    ) -> None:
         self.explode = explode and schema["type"] == "ARRAY"
         if explode and not self.explode:
             raise JobError(f"{where}: output.explode needs a top-level ARRAY responseSchema")
@@ -89,14 +90,18 @@ class OutputLayout:
         _check_unique(fields, carry, where)
         self.schema = pa.schema(fields)
 
-    def rows(self, ids: Mapping[str, Any], value: Any, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def rows(
+        self, ids: Mapping[str, Any], value: Any, meta: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
         """The output rows for one answer; ``ids`` holds the row id and carried values."""
         if not self.explode:
             return [{**ids, **self._columns(value), **meta}]
         if not value:  # an empty list still marks the row as done
             return [{**ids, ITEM_INDEX.name: None, **meta}]
-        return [{**ids, **self._columns(item), ITEM_INDEX.name: i, **meta}
-                for i, item in enumerate(value)]  # fmt: skip
+        return [
+            {**ids, **self._columns(item), ITEM_INDEX.name: i, **meta}
+            for i, item in enumerate(value)
+        ]
 
     def _columns(self, value: Any) -> dict[str, Any]:
         if self._properties is None:
@@ -174,9 +179,17 @@ def done_ids(directory: Path) -> set[str]:
     return done
 
 
-def error_row(row_id: str, category: str, message: str, *, status: int | None = None,
-              attempts: int = 1, text: str | None = None, request_hash: str | None = None,
-              at: datetime) -> dict[str, Any]:  # fmt: skip
+def error_row(
+    row_id: str,
+    category: str,
+    message: str,
+    *,
+    status: int | None = None,
+    attempts: int = 1,
+    text: str | None = None,
+    request_hash: str | None = None,
+    at: datetime,
+) -> dict[str, Any]:
     """One failure record (see ERRORS_SCHEMA)."""
     return {
         "row_id": row_id,

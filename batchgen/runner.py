@@ -110,8 +110,9 @@ class Plan:
     layout: OutputLayout
     validator: AnswerValidator
 
-    def works(self, skip: set[str], limit: int | None,
-              counts: Counter[str]) -> Iterator[_Work | _Outcome]:  # fmt: skip
+    def works(
+        self, skip: set[str], limit: int | None, counts: Counter[str]
+    ) -> Iterator[_Work | _Outcome]:
         """Rendered requests for the rows still to do; template failures as outcomes."""
         seen = 0
         for batch in self.reader.batches():
@@ -136,8 +137,13 @@ class Plan:
         try:
             user, system = self.template.render(row.values, row.row_id)
         except TemplateError as exc:
-            record = error_row(row.row_id, "template", f"{self.reader.path}: {exc}",
-                               attempts=0, at=datetime.now(UTC))  # fmt: skip
+            record = error_row(
+                row.row_id,
+                "template",
+                f"{self.reader.path}: {exc}",
+                attempts=0,
+                at=datetime.now(UTC),
+            )
             return _Outcome([record], failed=True, category="template")
         body = self.builder.body(user, system)
         return _Work(row, body, request_hash(body))
@@ -146,15 +152,16 @@ class Plan:
 def plan_job(job: Job) -> Plan:
     """Check the job against its input and compile everything; no network, no writes."""
     template = PromptTemplate(job.prompt, str(job.path))
-    needs = {c: "used in the prompt" for c in template.variables}
-    needs.update({c: "input.carry" for c in job.input.carry})
+    needs = dict.fromkeys(template.variables, "used in the prompt")
+    needs.update(dict.fromkeys(job.input.carry, "input.carry"))
     if job.input.id_column:
         needs[job.input.id_column] = "input.id_column"
     reader = InputReader(job.input, needs)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
     layout = OutputLayout(job.response_schema, job.output.explode, carry, str(job.path))
-    return Plan(job, reader, template, RequestBuilder(job), layout,
-                AnswerValidator(job.response_schema))  # fmt: skip
+    return Plan(
+        job, reader, template, RequestBuilder(job), layout, AnswerValidator(job.response_schema)
+    )
 
 
 def run_job(job: Job, options: RunOptions) -> RunSummary:
@@ -192,8 +199,9 @@ class _Run:
         concurrency = self.job.limits.concurrency
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = GeminiClient(session, self.job.model, self.options.api_key,
-                                  self.job.limits.timeout_seconds)  # fmt: skip
+            client = GeminiClient(
+                session, self.job.model, self.options.api_key, self.job.limits.timeout_seconds
+            )
             writer = asyncio.create_task(self._write())
             ticker = asyncio.create_task(self._tick())
             reader = asyncio.create_task(self._read(skip))
@@ -263,15 +271,41 @@ class _Run:
                 value = structured_value(answer, self.plan.validator)
             except AnswerError as exc:
                 return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
-            meta = _meta(answer.usage, answer.model_version, answer.response_id,
-                         answer.finish_reason, latency_ms, attempt, work.hash)  # fmt: skip
-            ids = {"row_id": work.row.row_id, **{c: work.row.values[c] for c in self.job.input.carry}}
+            meta = _meta(
+                answer.usage,
+                answer.model_version,
+                answer.response_id,
+                answer.finish_reason,
+                latency_ms,
+                attempt,
+                work.hash,
+            )
+            ids = {
+                "row_id": work.row.row_id,
+                **{c: work.row.values[c] for c in self.job.input.carry},
+            }
             return _Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
-    def _failure(self, work: _Work, category: str, message: str, attempts: int, *,
-                 status: int | None = None, text: str | None = None) -> _Outcome:  # fmt: skip
-        record = error_row(work.row.row_id, category, message, status=status, attempts=attempts,
-                           text=text, request_hash=work.hash, at=datetime.now(UTC))  # fmt: skip
+    def _failure(
+        self,
+        work: _Work,
+        category: str,
+        message: str,
+        attempts: int,
+        *,
+        status: int | None = None,
+        text: str | None = None,
+    ) -> _Outcome:
+        record = error_row(
+            work.row.row_id,
+            category,
+            message,
+            status=status,
+            attempts=attempts,
+            text=text,
+            request_hash=work.hash,
+            at=datetime.now(UTC),
+        )
         return _Outcome([record], failed=True, category=category)
 
     def _count(self, usage: Usage) -> None:
@@ -327,12 +361,18 @@ def _backoff(server_delay: float | None, attempt: int) -> float:
     """The server's delay when it gave one, else capped exponential backoff with jitter."""
     if server_delay is not None:
         return server_delay
-    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
-def _meta(usage: Usage, model_version: str | None, response_id: str | None,
-          finish_reason: str | None, latency_ms: float, attempts: int,
-          request_hash: str) -> dict[str, Any]:  # fmt: skip
+def _meta(
+    usage: Usage,
+    model_version: str | None,
+    response_id: str | None,
+    finish_reason: str | None,
+    latency_ms: float,
+    attempts: int,
+    request_hash: str,
+) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt,
         "output_tokens": usage.output,

@@ -24,12 +24,30 @@ TYPES = ("STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL")
 # The fields of `message Schema` in content.proto; anything else is a 400 from the API.
 SCHEMA_KEYS = frozenset(
     {
-        "type", "format", "title", "description", "nullable", "enum", "items",
-        "maxItems", "minItems", "properties", "required", "minProperties",
-        "maxProperties", "minimum", "maximum", "minLength", "maxLength", "pattern",
-        "example", "anyOf", "propertyOrdering", "default",
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "items",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
     }
-)  # fmt: skip
+)
 
 _JSON_TYPES = {
     "STRING": "string",
@@ -155,8 +173,12 @@ def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
         return pa.list_(arrow_field("item", schema["items"]))
     if not schema.get("properties"):
         return pa.string()
-    return pa.struct([arrow_field(name, schema["properties"][name], name in
-                                  schema.get("required", ())) for name in property_names(schema)])
+    return pa.struct(
+        [
+            arrow_field(name, schema["properties"][name], name in schema.get("required", ()))
+            for name in property_names(schema)
+        ]
+    )
 
 
 def arrow_field(name: str, schema: Mapping[str, Any], required: bool = False) -> pa.Field:
@@ -192,8 +214,18 @@ def _to_json(node: Mapping[str, Any]) -> dict[str, Any]:
         out["items"] = _to_json(node["items"])
     if "properties" in node:
         out["properties"] = {k: _to_json(v) for k, v in node["properties"].items()}
-    for key in ("required", "minItems", "maxItems", "minProperties", "maxProperties",
-                "minimum", "maximum", "minLength", "maxLength", "pattern"):  # fmt: skip
+    for key in (
+        "required",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+    ):
         if key in node:
             out[key] = node[key]
     return out
@@ -230,7 +262,9 @@ def _shaper_for(schema: Mapping[str, Any]) -> _Shaper:
     if needs_json_text(schema):
         return lambda v: None if v is None else json.dumps(v, ensure_ascii=False)
     kind = schema.get("type")
-    if kind == "INTEGER" or (kind is None and arrow_type(schema) == pa.int64()):  # JSON allows 3.0 for an integer; Arrow's int64 does not
+    if kind == "INTEGER" or (
+        kind is None and arrow_type(schema) == pa.int64()
+    ):  # JSON allows 3.0 for an integer; Arrow's int64 does not
         return lambda v: int(v) if isinstance(v, float) else v
     if kind == "ARRAY":
         inner = _shaper_for(schema["items"])
@@ -238,10 +272,14 @@ def _shaper_for(schema: Mapping[str, Any]) -> _Shaper:
             return None
         return lambda v: None if v is None else [inner(x) for x in v]
     if kind == "OBJECT":
-        shapers = {k: s for k, s in ((k, _shaper_for(p)) for k, p in
-                                     schema.get("properties", {}).items()) if s is not None}
+        shapers = {
+            k: s
+            for k, s in ((k, _shaper_for(p)) for k, p in schema.get("properties", {}).items())
+            if s is not None
+        }
         if not shapers:
             return None
-        return lambda v: None if v is None else {
-            k: (shapers[k](x) if k in shapers else x) for k, x in v.items()}
+        return lambda v: (
+            None if v is None else {k: (shapers[k](x) if k in shapers else x) for k, x in v.items()}
+        )
     return None

@@ -39,7 +39,9 @@ def test_thought_parts_are_not_the_answer(seed: dict[str, Any]) -> None:
 
 
 def test_missing_counts_are_zero() -> None:
-    assert Usage.from_metadata({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(7, 0, 0, 0, 7)
+    assert Usage.from_metadata({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(
+        7, 0, 0, 0, 7
+    )
     assert Usage.from_metadata(None) == Usage()
 
 
@@ -66,8 +68,9 @@ def candidate(text: str | None, reason: str = "STOP") -> dict[str, Any]:
         (candidate('{"recipeName": "x"}'), "schema"),
     ],
 )
-def test_unusable_answers_get_a_category(seed: dict[str, Any], payload: dict[str, Any],
-                                         category: str) -> None:  # fmt: skip
+def test_unusable_answers_get_a_category(
+    seed: dict[str, Any], payload: dict[str, Any], category: str
+) -> None:
     with pytest.raises(AnswerError) as info:
         structured_value(parse_response(payload), validator_for(seed))
     assert info.value.category == category

@@ -16,8 +16,9 @@ def read_all(reader: InputReader) -> list[tuple[str, int, dict[str, object]]]:
     return [(r.row_id, r.position, dict(r.values)) for b in reader.batches() for r in b]
 
 
-def test_csv_streams_in_batches_and_keeps_ids(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_csv_streams_in_batches_and_keeps_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(inputs, "CSV_BLOCK_BYTES", 256)  # force many record batches
     path = tmp_path / "rows.csv"
     path.write_text("id,text,n\n" + "".join(f"r{i},hello {i},{i}\n" for i in range(500)))

@@ -38,9 +38,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert job.output.directory == tmp_path / "out" / "job"
     assert job.model.base_url == DEFAULT_BASE_URL
     assert job.model.api_key_env == "GEMINI_API_KEY"
-    assert job.model.url == (
-        f"{DEFAULT_BASE_URL}/v1beta/models/gemini-2.5-flash:generateContent"
-    )
+    assert job.model.url == (f"{DEFAULT_BASE_URL}/v1beta/models/gemini-2.5-flash:generateContent")
     assert job.name == "job"
 
 
@@ -77,7 +75,9 @@ def test_missing_job_file(tmp_path: Path) -> None:
 
 
 def test_schema_file_and_its_errors(tmp_path: Path) -> None:
-    text = 'schema_file = "s.json"\n' + MINIMAL.replace('[response_schema]\n    type = "STRING"', "")
+    text = 'schema_file = "s.json"\n' + MINIMAL.replace(
+        '[response_schema]\n    type = "STRING"', ""
+    )
     (tmp_path / "s.json").write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
     job = load_job(write_job(tmp_path, text))
     assert job.response_schema["type"] == "OBJECT"
@@ -99,7 +99,10 @@ def test_both_schema_forms_is_an_error(tmp_path: Path) -> None:
 
 
 def test_generation_snake_case_becomes_camel_case(tmp_path: Path) -> None:
-    text = MINIMAL + "[generation]\nmax_output_tokens = 10\nthinking_config = { thinking_budget = 0 }\n"
+    text = (
+        MINIMAL
+        + "[generation]\nmax_output_tokens = 10\nthinking_config = { thinking_budget = 0 }\n"
+    )
     job = load_job(write_job(tmp_path, text))
     assert job.generation == {"maxOutputTokens": 10, "thinkingConfig": {"thinkingBudget": 0}}
 

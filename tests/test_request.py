@@ -81,8 +81,12 @@ def test_request_hash_is_stable_and_sensitive() -> None:
 def test_template_renders_with_filters_and_strips() -> None:
     from batchgen.job import PromptSpec
 
-    template = PromptTemplate(PromptSpec(user="\n {{ a | upper }}{% if b %} and {{ b }}{% endif %}\n",
-                                         system="About {{ c }}"), "job.toml")  # fmt: skip
+    template = PromptTemplate(
+        PromptSpec(
+            user="\n {{ a | upper }}{% if b %} and {{ b }}{% endif %}\n", system="About {{ c }}"
+        ),
+        "job.toml",
+    )
     assert template.variables == ("a", "b", "c")
     assert template.render({"a": "x", "b": "y", "c": "z"}, "r1") == ("X and y", "About z")
 

@@ -57,8 +57,11 @@ def test_nested_object_and_array() -> None:
     )
     assert arrow_type(schema) == pa.struct(
         [
-            pa.field("a", pa.struct([pa.field("x", pa.int64(), nullable=False),
-                                     pa.field("y", pa.bool_())]), nullable=False),  # fmt: skip
+            pa.field(
+                "a",
+                pa.struct([pa.field("x", pa.int64(), nullable=False), pa.field("y", pa.bool_())]),
+                nullable=False,
+            ),
             pa.field("b", pa.list_(pa.field("item", pa.float64()))),
         ]
     )
@@ -86,14 +89,24 @@ def test_object_without_properties_is_json_text() -> None:
 
 def test_snake_case_keys_and_lower_case_types_are_normalized() -> None:
     schema = norm(
-        {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}},
-                                    "property_ordering": ["n"]}, "max_items": 3}  # fmt: skip
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "property_ordering": ["n"],
+            },
+            "max_items": 3,
+        }
     )
     assert schema == {
         "type": "ARRAY",
         "maxItems": 3,
-        "items": {"type": "OBJECT", "properties": {"n": {"type": "INTEGER"}},
-                  "propertyOrdering": ["n"]},  # fmt: skip
+        "items": {
+            "type": "OBJECT",
+            "properties": {"n": {"type": "INTEGER"}},
+            "propertyOrdering": ["n"],
+        },
     }
 
 
@@ -107,8 +120,10 @@ def test_snake_case_keys_and_lower_case_types_are_normalized() -> None:
         ({"type": "ARRAY"}, "an ARRAY needs 'items'"),
         ({"type": "STRING", "enum": [1, 2]}, "enum values must be strings"),
         ({"type": "INTEGER", "enum": ["1"]}, "enum needs type STRING"),
-        ({"type": "OBJECT", "properties": {"a": {"type": "STRING"}}, "required": ["b"]},
-         "'b' is not in properties"),  # fmt: skip
+        (
+            {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}, "required": ["b"]},
+            "'b' is not in properties",
+        ),
         ({"type": "ARRAY", "items": {"type": "STRING", "$schema": "x"}}, "responseSchema.items"),
     ],
 )
