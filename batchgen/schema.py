@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jsonschema
@@ -204,7 +204,8 @@ def to_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 def _to_json(node: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "anyOf" in node:
-        out["anyOf"] = [_to_json(b) for b in node["anyOf"]]
+        branches = [_to_json(b) for b in node["anyOf"]]
+        out["anyOf"] = branches + ([{"type": "null"}] if node.get("nullable") else [])
     else:
         kind = _JSON_TYPES[node["type"]]
         out["type"] = [kind, "null"] if node.get("nullable") and kind != "null" else kind
@@ -254,32 +255,38 @@ class AnswerValidator:
         return self._shaper(value) if self._shaper is not None else value
 
 
-_Shaper = Any  # Callable[[Any], Any] | None; kept loose to stay cheap on the hot path
+_Shaper = Callable[[Any], Any] | None
 
 
 def _shaper_for(schema: Mapping[str, Any]) -> _Shaper:
     """Build a converter only where one is needed, so most answers pass through untouched."""
     if needs_json_text(schema):
         return lambda v: None if v is None else json.dumps(v, ensure_ascii=False)
+    if "anyOf" in schema:  # one Arrow type for all branches: shape as the first real branch
+        branches = [b for b in schema["anyOf"] if arrow_type(b) != pa.null()]
+        return _shaper_for(branches[0]) if branches else None
     kind = schema.get("type")
-    if kind == "INTEGER" or (
-        kind is None and arrow_type(schema) == pa.int64()
-    ):  # JSON allows 3.0 for an integer; Arrow's int64 does not
+    if kind == "INTEGER":  # JSON allows 3.0 for an integer; Arrow's int64 does not
         return lambda v: int(v) if isinstance(v, float) else v
     if kind == "ARRAY":
-        inner = _shaper_for(schema["items"])
-        if inner is None:
-            return None
-        return lambda v: None if v is None else [inner(x) for x in v]
+        return _list_shaper(_shaper_for(schema["items"]))
     if kind == "OBJECT":
-        shapers = {
-            k: s
-            for k, s in ((k, _shaper_for(p)) for k, p in schema.get("properties", {}).items())
-            if s is not None
-        }
-        if not shapers:
-            return None
-        return lambda v: (
-            None if v is None else {k: (shapers[k](x) if k in shapers else x) for k, x in v.items()}
-        )
+        props = schema.get("properties", {})
+        shapers = {k: s for k, s in ((k, _shaper_for(p)) for k, p in props.items()) if s}
+        return _object_shaper(shapers) if shapers else None
     return None
+
+
+def _list_shaper(inner: _Shaper) -> _Shaper:
+    if inner is None:
+        return None
+    return lambda v: None if v is None else [inner(x) for x in v]
+
+
+def _object_shaper(shapers: dict[str, Callable[[Any], Any]]) -> _Shaper:
+    def shape(v: Any) -> Any:
+        if v is None:
+            return None
+        return {k: (shapers[k](x) if k in shapers else x) for k, x in v.items()}
+
+    return shape

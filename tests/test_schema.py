@@ -1,18 +1,25 @@
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchgen.errors import JobError
+from batchgen.fakedata import fake_value
 from batchgen.schema import (
     AnswerValidator,
     arrow_field,
     arrow_type,
+    needs_json_text,
     normalize_schema,
     to_json_schema,
 )
+from tests.strategies import GEMINI_SCHEMAS
 
 
 def norm(raw: dict[str, Any]) -> dict[str, Any]:
@@ -184,3 +191,53 @@ def test_integers_written_as_floats_become_ints_for_arrow() -> None:
     shaped = validator.shape(value)
     assert shaped["count"] == 3 and isinstance(shaped["count"], int)
     pa.array([shaped], type=arrow_type(norm(REVIEW)))  # converts without error
+
+
+@settings(max_examples=150, deadline=None)
+@given(schema=GEMINI_SCHEMAS, seed=st.integers(0, 2**32))
+def test_any_conforming_answer_validates_and_fits_its_arrow_type(
+    schema: dict[str, Any], seed: int
+) -> None:
+    """schema → answer → validation → Arrow column holds for every schema the API accepts."""
+    canonical = normalize_schema(schema, "job.toml")
+    validator = AnswerValidator(canonical)
+    value = fake_value(schema, random.Random(seed))
+    assert validator.problem(value) is None
+    column = pa.array([validator.shape(value), None], type=arrow_type(canonical))
+    assert column.type == arrow_type(canonical)
+    assert _read_back(canonical, column[0].as_py()) == _as_written(canonical, value)
+
+
+def _as_written(schema: dict[str, Any], value: Any) -> Any:
+    """The answer as its columns hold it: absent properties as null, ints as ints."""
+    if value is None or needs_json_text(schema):
+        return value
+    schema = _branch(schema)
+    if schema.get("type") == "ARRAY":
+        return [_as_written(schema["items"], v) for v in value]
+    if schema.get("type") == "OBJECT":
+        return {p: _as_written(schema["properties"][p], value.get(p)) for p in schema["properties"]}
+    if arrow_type(schema) == pa.int64():
+        return int(value)
+    return value
+
+
+def _read_back(schema: dict[str, Any], value: Any) -> Any:
+    """A value read from Arrow, with JSON-text columns decoded."""
+    if value is None:
+        return None
+    if needs_json_text(schema):
+        return json.loads(value)
+    schema = _branch(schema)
+    if schema.get("type") == "ARRAY":
+        return [_read_back(schema["items"], v) for v in value]
+    if schema.get("type") == "OBJECT":
+        return {p: _read_back(schema["properties"][p], value[p]) for p in schema["properties"]}
+    return value
+
+
+def _branch(schema: dict[str, Any]) -> dict[str, Any]:
+    """An anyOf with one Arrow type is stored as its first non-null branch."""
+    if "anyOf" not in schema:
+        return schema
+    return next((b for b in schema["anyOf"] if arrow_type(b) != pa.null()), schema["anyOf"][0])

@@ -1,0 +1,458 @@
+"""An offline Gemini API (v1beta) for tests, benchmarks and dry runs: an ``aiohttp.web`` app.
+
+It speaks the real wire format (gemini-api.md §0-4, §8-10) for two methods::
+
+    POST /v1beta/models/{model}:generateContent
+    POST /v1beta/models/{model}:countTokens
+
+and checks a request in the order the real API does: JSON, body fields, key, model, rate
+limits, then faults, then the answer. Answers are deterministic per (model, prompt, schema);
+structured answers conform to the response schema. Faults are drawn per call with seeded dice
+(``fault_rates``) or scripted per prompt substring (``script``).
+
+Three ways to run it: :func:`create_app` (for pytest-aiohttp), :class:`EmulatorServer` (in the
+current event loop), :class:`EmulatorThread` (own loop in a daemon thread, for sync code), and
+:func:`serve` for the ``batchgen emulator`` command. The API key is never logged or echoed.
+
+Module map: :mod:`batchgen.emulator_wire` reads request bodies, :mod:`batchgen.emulator_replies`
+builds response bodies, :mod:`batchgen.fakedata` makes schema-conforming values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_exceptions import NotAppKeyWarning
+
+from batchgen.emulator_quota import QuotaWindows
+from batchgen.emulator_replies import (
+    answer_body,
+    count_tokens_body,
+    estimate_tokens,
+    quota_error,
+)
+from batchgen.emulator_wire import (
+    ApiError,
+    error_body,
+    parse_json,
+    prompt_text,
+    read_count_request,
+    read_generate_request,
+)
+
+__all__ = [
+    "APP_KEY",
+    "FAULTS",
+    "KNOWN_MODELS",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "EmulatorThread",
+    "RedactingAccessLogger",
+    "create_app",
+    "estimate_tokens",
+    "serve",
+]
+
+KNOWN_MODELS: frozenset[str] = frozenset(
+    {
+        "gemini-2.0-flash",
+        "gemini-2.0-flash-lite",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "gemini-3-pro-preview",
+        "gemini-3.1-pro-preview",
+        "gemini-3-flash-preview",
+        "gemini-3.1-flash-lite",
+        "gemini-3.5-flash-lite",
+        "gemini-3.5-flash",
+        "gemini-3.6-flash",
+        "gemini-flash-latest",
+        "gemini-flash-lite-latest",
+        "gemini-pro-latest",
+    }
+)
+FAULTS: tuple[str, ...] = (
+    "429",  # RESOURCE_EXHAUSTED with RetryInfo 0.2s
+    "500",  # INTERNAL
+    "503",  # UNAVAILABLE, "The model is overloaded"
+    "504",  # DEADLINE_EXCEEDED
+    "truncated",  # 200, JSON cut mid-way, MAX_TOKENS
+    "empty",  # 200, content without parts, MAX_TOKENS (thinking ate the budget)
+    "safety",  # 200, finishReason SAFETY, no content
+    "recitation",  # 200, finishReason RECITATION, no content
+    "blocked",  # 200, no candidates, promptFeedback.blockReason SAFETY
+    "invalid",  # 200, STOP, JSON that breaks the schema
+    "drop",  # connection closed without an HTTP response
+    "slow",  # a normal answer after an extra slow_seconds
+)
+_HTTP_FAULTS = {
+    "500": (500, "INTERNAL", "An internal error has occurred. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting"),
+    "503": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "504": (504, "DEADLINE_EXCEEDED",
+            "The service is unable to finish processing within the deadline."),
+}  # fmt: skip
+# The API takes request bodies up to 20 MB (inline data included); aiohttp's default is 1 MiB.
+MAX_BODY_BYTES = 20 * 1024 * 1024
+INJECTED_429_DELAY = 0.2  # short, so client retry tests stay fast
+_UNREGISTERED = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
+_KEY_INVALID_DETAILS = [
+    {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "API_KEY_INVALID",
+        "domain": "googleapis.com",
+        "metadata": {"service": "generativelanguage.googleapis.com"},
+    }
+]
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulator behaves. Every field has a default that answers everything at once.
+
+    Attributes:
+        api_keys: accepted keys; None accepts any non-empty key.
+        models: model names that exist; others get 404.
+        latency_ms: added to every generateContent answer.
+        latency_jitter_ms: uniform +- jitter on top of ``latency_ms``.
+        rpm_limit: requests per minute per model (sliding 60 s window), then 429.
+        tpm_limit: input tokens per minute per model (sliding 60 s window), then 429.
+        rpd_limit: requests per day per model (sliding 24 h window), then 429.
+        fault_rates: fault name -> probability per generateContent call (sum at most 1).
+        seed: seeds the fault dice and the jitter; answers depend only on the request.
+        script: prompt substring -> faults ("ok" for a normal answer) for successive calls
+            whose prompt contains it; the first matching key in dict order decides, and once
+            its list is used up those calls are answered normally.
+        record: keep the parsed body of every generateContent call in ``Emulator.received``.
+        slow_seconds: the extra delay of the "slow" fault.
+    """
+
+    api_keys: frozenset[str] | None = None
+    models: frozenset[str] = KNOWN_MODELS
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    rpd_limit: int | None = None
+    fault_rates: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    script: dict[str, list[str]] = field(default_factory=dict)
+    record: bool = False
+    slow_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, rate in self.fault_rates.items():
+            if name not in FAULTS:
+                raise ValueError(f"unknown fault {name!r} (one of {', '.join(FAULTS)})")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate for {name!r} must be within 0..1, not {rate}")
+        if sum(self.fault_rates.values()) > 1.0 + 1e-9:
+            raise ValueError("fault rates add up to more than 1")
+        for key, plan in self.script.items():
+            for entry in plan:
+                if entry != "ok" and entry not in FAULTS:
+                    raise ValueError(f"script[{key!r}]: unknown fault {entry!r}")
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """Access log without the query string, where ``?key=`` would leak the API key."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
+
+
+class Emulator:
+    """The emulator's state and handlers; ``app`` is the aiohttp application serving them."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.received: list[dict[str, Any]] = []
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.clock: Callable[[], float] = time.monotonic
+        self._dice = random.Random(self.config.seed)
+        self._jitter = random.Random(f"jitter-{self.config.seed}")
+        self._script_used: collections.Counter[str] = collections.Counter()
+        self._quota = QuotaWindows(self.config)
+        self.app = web.Application(
+            middlewares=[_envelope_middleware], client_max_size=MAX_BODY_BYTES
+        )
+        self.app[APP_KEY] = self
+        with warnings.catch_warnings():
+            # The documented str key, kept for callers that know it; APP_KEY is the typed one.
+            warnings.simplefilter("ignore", NotAppKeyWarning)
+            self.app["emulator"] = self
+        self.app.router.add_post("/v1beta/models/{name}", self._dispatch)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        # "gemini-2.5-flash:generateContent" arrives as one path segment.
+        model, _, method = request.match_info["name"].rpartition(":")
+        if method == "generateContent" and model:
+            return await self._generate(request, model)
+        if method == "countTokens" and model:
+            return await self._count(request, model)
+        raise web.HTTPNotFound()
+
+    async def _generate(self, request: web.Request, model: str) -> web.StreamResponse:
+        self.counts["generateContent"] += 1
+        raw = parse_json(await request.read())
+        if self.config.record:
+            self.received.append(raw)
+        body = read_generate_request(raw)
+        self._check_key(request)
+        self._check_model(model, "generateContent")
+        prompt = prompt_text(body)
+        self._quota.admit(model, estimate_tokens(prompt), self.clock())
+        fault = self._choose_fault(prompt)
+        if fault:
+            self.counts[f"fault:{fault}"] += 1
+        await self._delay(fault)
+        if fault == "drop":
+            raise _DropConnectionError()
+        if fault == "429":
+            raise quota_error(model, "rpm", self.config.rpm_limit or 1000, INJECTED_429_DELAY)
+        if fault in _HTTP_FAULTS:
+            raise ApiError(*_HTTP_FAULTS[fault])
+        return _json_response(answer_body(body, model, prompt, fault))
+
+    async def _count(self, request: web.Request, model: str) -> web.StreamResponse:
+        self.counts["countTokens"] += 1
+        body = read_count_request(parse_json(await request.read()))
+        self._check_key(request)
+        self._check_model(model, "countTokens")
+        return _json_response(count_tokens_body(prompt_text(body)))
+
+    def _check_key(self, request: web.Request) -> None:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
+        if not key.strip():
+            raise ApiError(403, "PERMISSION_DENIED", _UNREGISTERED)
+        if self.config.api_keys is not None and key not in self.config.api_keys:
+            message = "API key not valid. Please pass a valid API key."
+            raise ApiError(400, "INVALID_ARGUMENT", message, _KEY_INVALID_DETAILS)
+
+    def _check_model(self, model: str, method: str) -> None:
+        if model not in self.config.models:
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"models/{model} is not found for API version v1beta, or is not supported for "
+                f"{method}. Call ListModels to see the list of available models and their "
+                "supported methods.",
+            )
+
+    def _choose_fault(self, prompt: str) -> str | None:
+        """A scripted entry if a script key matches the prompt, else a roll of the dice."""
+        for key, plan in self.config.script.items():
+            if key in prompt:
+                used = self._script_used[key]
+                if used >= len(plan):
+                    return None
+                self._script_used[key] += 1
+                return None if plan[used] == "ok" else plan[used]
+        if not self.config.fault_rates:
+            return None
+        roll, edge = self._dice.random(), 0.0
+        for name, rate in self.config.fault_rates.items():
+            edge += rate
+            if roll < edge:
+                return name
+        return None
+
+    async def _delay(self, fault: str | None) -> None:
+        cfg = self.config
+        seconds = cfg.latency_ms / 1000
+        if cfg.latency_jitter_ms:
+            seconds += self._jitter.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms) / 1000
+        if fault == "slow":
+            seconds += cfg.slow_seconds
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+
+APP_KEY = web.AppKey("emulator", Emulator)
+
+
+@web.middleware
+async def _envelope_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as the API's JSON envelope; counts every status."""
+    try:
+        response = await handler(request)
+    except _DropConnectionError:
+        return _drop(request)
+    except ApiError as exc:
+        response = _json_response(exc.body(), exc.code)
+    except web.HTTPRequestEntityTooLarge:
+        message = f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."
+        response = _json_response(error_body(400, "INVALID_ARGUMENT", message), 400)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # Unknown paths and wrong HTTP methods alike: only two POST methods exist here.
+        message = f"The requested URL {request.path} was not found on this server."
+        response = _json_response(error_body(404, "NOT_FOUND", message), 404)
+    request.app[APP_KEY].counts[f"status:{response.status}"] += 1
+    return response
+
+
+def _json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    # The real API pretty-prints with two spaces and says charset=UTF-8.
+    text = json.dumps(body, indent=2, ensure_ascii=False)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+class _DropConnectionError(Exception):
+    """Raised by a handler to close the connection with nothing sent (the "drop" fault)."""
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection; the client sees a server disconnect and no HTTP response.
+
+    aiohttp then fails to write the returned response to the closing transport and treats it
+    as a client that went away, so nothing is logged as an error.
+    """
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=499)  # never sent; 499 is "client closed request" in logs
+
+
+def create_app(config: EmulatorConfig | None = None) -> web.Application:
+    """A new emulator's application; ``app[APP_KEY]`` (or ``app["emulator"]``) is the Emulator."""
+    return Emulator(config).app
+
+
+class EmulatorServer:
+    """The emulator listening on ``host:port`` in the current event loop (port 0: any free)."""
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.emulator = Emulator(config)
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> EmulatorServer:
+        # handler_cancellation: a client that gives up on a "slow" answer frees its handler;
+        # shutdown_timeout: stopping never waits long for such handlers.
+        runner = web.AppRunner(
+            self.emulator.app,
+            access_log_class=RedactingAccessLogger,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        self._runner = runner
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        port = runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class EmulatorThread:
+    """The emulator on its own event loop in a daemon thread, for synchronous callers."""
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._server = EmulatorServer(config, host, port)
+        self.emulator = self._server.emulator
+        self.base_url = ""
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> str:
+        """Start serving; return the base URL once the socket listens."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=asyncio.run, args=(self._main(),), name="batchgen-emulator", daemon=True
+            )
+            self._thread.start()
+            self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self.base_url
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with self._server:
+                self.base_url = self._server.base_url
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as exc:  # handed to the thread that called start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        if self._thread is None or self._loop is None or self._stop is None:
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    def __enter__(self) -> EmulatorThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8089) -> None:
+    """Serve until interrupted (Ctrl+C); print one line with the base URL first."""
+
+    async def run() -> None:
+        async with EmulatorServer(config, host, port) as server:
+            print(f"Gemini emulator listening on {server.base_url} (Ctrl+C to stop)", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,65 @@
+"""Hypothesis strategies shared by the tests: random schemas in Gemini's Schema dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+_NAMES = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
+
+
+def _type(name: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([name, name.lower(), name.capitalize()])
+
+
+@st.composite
+def _leaf(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["STRING", "INTEGER", "NUMBER", "BOOLEAN", "NULL"]))
+    node: dict[str, Any] = {"type": draw(_type(kind))}
+    if kind == "STRING":
+        extra = draw(st.sampled_from(["", "enum", "format", "length"]))
+        if extra == "enum":
+            node["enum"] = draw(st.lists(_NAMES, min_size=1, max_size=4, unique=True))
+        elif extra == "format":
+            node["format"] = draw(st.sampled_from(["date", "date-time", "email"]))
+        elif extra == "length":
+            low = draw(st.integers(0, 30))
+            node |= {"minLength": low, "maxLength": low + draw(st.integers(0, 10))}
+    elif kind in ("INTEGER", "NUMBER"):
+        bounds: list[float] = draw(st.lists(st.integers(-(10**6), 10**6), min_size=2, max_size=2))
+        if kind == "NUMBER":
+            bounds = [b / 7 for b in bounds]
+        lo, hi = sorted(bounds)
+        node |= draw(st.sampled_from([{}, {"minimum": lo}, {"maximum": hi},
+                                      {"minimum": lo, "maximum": hi}]))  # fmt: skip
+    if kind != "NULL" and draw(st.booleans()):
+        node["nullable"] = True
+    return node
+
+
+@st.composite
+def _container(draw: st.DrawFn, children: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["ARRAY", "OBJECT", "anyOf"]))
+    if kind == "anyOf":
+        return {"anyOf": draw(st.lists(children, min_size=1, max_size=3))}
+    node: dict[str, Any]
+    if kind == "ARRAY":
+        node = {"type": draw(_type(kind)), "items": draw(children)}
+        low = draw(st.integers(0, 3))
+        node |= draw(st.sampled_from([{}, {"minItems": low}, {"maxItems": low},
+                                      {"minItems": low, "maxItems": low + 2}]))  # fmt: skip
+    else:
+        props = draw(st.dictionaries(_NAMES, children, max_size=4))
+        node = {"type": draw(_type(kind)), "properties": props}
+        node["required"] = (
+            draw(st.lists(st.sampled_from(list(props)), unique=True)) if props else []
+        )
+        if draw(st.booleans()) and props:
+            node["propertyOrdering"] = draw(st.permutations(list(props)))
+    if draw(st.booleans()):
+        node["nullable"] = True
+    return node
+
+
+GEMINI_SCHEMAS = st.recursive(_leaf(), _container, max_leaves=12)
