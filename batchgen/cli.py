@@ -1,7 +1,9 @@
 """The command line: parse, call the library, print. The only module that imports click.
 
-Exit codes: 0 all rows done; 1 some rows failed (see OUTPUT/errors/); 2 usage, job or input
-error; 3 the API refused the run (bad key, unknown model); 130 interrupted.
+Exit codes (README, "Exit codes"): 0 every row done; 1 some rows failed (see OUTPUT/errors/);
+2 usage, job, input or output error; 3 the API refused the run (bad key, unknown model);
+4 stopped before the end (signal, API unreachable), rerun to resume; 5 a per-day quota is used
+up, rerun after it resets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import click
 
 from batchgen import __version__
-from batchgen.errors import BatchgenError, JobError
+from batchgen.errors import BatchgenError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.runner import Plan, RunOptions, RunSummary, plan_job, run_job
 
@@ -30,11 +32,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BatchgenError as exc:
+            if isinstance(exc.summary, RunSummary):
+                click.echo(_describe(exc.summary))
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt:  # before the run took over the signals
+            click.echo("error: interrupted before any row was sent", err=True)
+            sys.exit(RunStoppedError.exit_code)
 
 
 @click.group(cls=_Group)
@@ -80,6 +84,15 @@ def _load(
 @_job_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option("--emulator", is_flag=True, help="Run against the built-in emulator (offline).")
+@click.option("--fresh", is_flag=True, help="Move the existing output aside and start over.")
+@click.option("--skip-failed", is_flag=True, help="Do not retry rows that failed in earlier runs.")
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds the calls in flight may take after SIGINT/SIGTERM.",
+)
 def run(
     job_file: Path,
     input_path: Path | None,
@@ -88,18 +101,24 @@ def run(
     base_url: str | None,
     limit: int | None,
     emulator: bool,
+    fresh: bool,
+    skip_failed: bool,
+    grace: float,
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
     job = _load(job_file, input_path, output, model, base_url)
+    options = RunOptions(
+        api_key="", limit=limit, fresh=fresh, skip_failed=skip_failed, grace_seconds=grace
+    )
     if emulator:
         from batchgen.emulator import EmulatorThread
 
         with EmulatorThread() as server:
             job = replace(job, model=replace(job.model, base_url=server.base_url))
             key = os.environ.get(job.model.api_key_env) or EMULATOR_KEY
-            summary = run_job(job, RunOptions(api_key=key, limit=limit))
+            summary = run_job(job, replace(options, api_key=key))
     else:
-        summary = run_job(job, RunOptions(api_key=_api_key(job), limit=limit))
+        summary = run_job(job, replace(options, api_key=_api_key(job)))
     click.echo(_describe(summary))
     sys.exit(summary.exit_code)
 
@@ -116,14 +135,20 @@ def _api_key(job: Job) -> str:
 
 def _describe(s: RunSummary) -> str:
     lines = [
-        f"{s.rows_done} rows done, {s.rows_failed} failed, {s.rows_skipped} already done "
+        f"{s.rows_done} rows done, {s.rows_failed} failed, {s.rows_skipped} skipped as done "
         f"→ {s.output} ({s.output_rows} result rows, {s.parts} part files, {s.seconds:.1f} s)",
         f"{s.requests} requests; tokens: {s.usage['prompt']} prompt, {s.usage['output']} output, "
         f"{s.usage['thinking']} thinking, {s.usage['total']} total",
     ]
+    if s.moved_aside:
+        lines.insert(0, f"the earlier output was moved to {s.moved_aside}")
     if s.failures:
         by = ", ".join(f"{n} {c}" for c, n in s.failures.most_common())
-        lines.append(f"failed rows ({by}) are recorded in {s.output / 'errors'}")
+        lines.append(
+            f"failed rows ({by}) are recorded in {s.output / 'errors'}; a rerun retries them"
+        )
+        for category, message in list(s.first_errors.items())[:3]:
+            lines.append(f"  {category}: {message}")
     return "\n".join(lines)
 
 
@@ -207,3 +232,34 @@ def emulator(
     except ValueError as exc:
         raise JobError(f"emulator: {exc}") from None
     serve(config, host=host, port=port)
+
+
+@main.command()
+@click.argument("output", type=click.Path(path_type=Path))
+def status(output: Path) -> None:
+    """Show what OUTPUT holds: rows done, failed, remaining, tokens, the last run."""
+    from batchgen.status import output_status
+
+    st = output_status(output)
+    remaining = "unknown" if st.remaining is None else f"{st.remaining} of {st.rows_total}"
+    failed = ", ".join(f"{n} {c}" for c, n in st.failed.most_common()) or "none"
+    tokens = ", ".join(f"{n} {k}" for k, n in st.tokens.items()) or "none"
+    click.echo(f"{output}{' (a run holds the lock)' if st.running else ''}")
+    click.echo(f"  done       {st.rows_done} rows ({st.result_rows} result rows)")
+    click.echo(f"  failed     {st.rows_failed} rows ({failed})")
+    click.echo(f"  remaining  {remaining}")
+    click.echo(f"  tokens     {tokens} (answers kept)")
+    click.echo(f"  last run   {_describe_run(st.last_run)}")
+
+
+def _describe_run(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "none recorded"
+    start = run.get("started_at", "?")
+    if run.get("event") != "end":
+        return f"{run.get('run_id')} started {start}, did not finish (killed?)"
+    outcome = run.get("stopped") or ("some rows failed" if run.get("rows_failed") else "complete")
+    return (
+        f"{run.get('run_id')} {start} → {run.get('ended_at')}: {run.get('rows_done')} done, "
+        f"{run.get('rows_failed')} failed, exit {run.get('exit_code')} ({outcome})"
+    )

@@ -5,6 +5,7 @@
     200                        → the parsed response
     400 API_KEY_INVALID, 401, 403, 404 → FatalApiError: no other row can succeed
     429                        → ApiError(retryable), with the server's RetryInfo delay
+    429 on a per-day quota     → QuotaExhaustedError: the run stops until the quota resets
     500, 502, 503, 504, timeout, dropped connection → ApiError(retryable)
     other 4xx                  → ApiError(not retryable): this row's request is wrong
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.errors import FatalApiError
+from batchgen.errors import FatalApiError, QuotaExhaustedError
 from batchgen.job import ModelSpec
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -95,6 +96,12 @@ class GeminiClient:
         if status == 404:
             return FatalApiError(f"{where}: HTTP 404: {message}")
         if status == 429:
+            per_day = _per_day_quota(error)
+            if per_day:
+                return QuotaExhaustedError(
+                    f"{where}: the per-day quota {per_day} is used up; the run stopped with its "
+                    "results saved: rerun after the quota resets (midnight Pacific)"
+                )
             return ApiError("rate_limited", message, status, _retry_delay(error))
         category = "server" if status >= 500 else f"http_{status}"
         return ApiError(category, f"HTTP {status}: {message}", status, _retry_delay(error))
@@ -117,6 +124,17 @@ def _envelope(raw: bytes) -> Mapping[str, Any]:
 def _details(error: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     details = error.get("details")
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _per_day_quota(error: Mapping[str, Any]) -> str | None:
+    """The quotaId of a QuotaFailure violation that counts per day, if any."""
+    for detail in _details(error):
+        if str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            for violation in detail.get("violations") or []:
+                quota = str(violation.get("quotaId", ""))
+                if "PerDay" in quota:
+                    return quota
+    return None
 
 
 def _retry_delay(error: Mapping[str, Any]) -> float | None:

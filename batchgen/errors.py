@@ -7,18 +7,25 @@
     ├─ InputError        unreadable input, missing column: names the file, row and column
     ├─ TemplateError     a placeholder the row lacks, or a broken template
     ├─ CheckpointError   the output directory cannot be used as it is
-    └─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
+    ├─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
+    └─ RunStoppedError        stopped early, resumable: a signal, an unreachable API (exit code 4)
+       └─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
+
+Errors that end a run after it started carry its ``summary`` (what was done and flushed).
 
 Failures of single rows are not exceptions that reach the user: they become failure records.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BatchgenError(Exception):
     """Base of every error batchgen reports to the user."""
 
     exit_code = 2
+    summary: Any = None  # the RunSummary when a started run ends with this error
 
 
 class JobError(BatchgenError):
@@ -41,3 +48,15 @@ class FatalApiError(BatchgenError):
     """The API refused in a way that no other row can fix (bad key, unknown model)."""
 
     exit_code = 3
+
+
+class RunStoppedError(BatchgenError):
+    """The run stopped before the end, with everything done so far flushed; rerun to resume."""
+
+    exit_code = 4
+
+
+class QuotaExhaustedError(RunStoppedError):
+    """A per-day quota is used up: retrying before it resets only burns requests."""
+
+    exit_code = 5

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -74,6 +75,36 @@ class InputReader:
             return pa.schema([full.field(c) for c in self.columns])
         return pa.schema([pa.field(c, pa.string()) for c in self.columns])
 
+    def scan(self) -> int:
+        """Count the rows and check the id column (no nulls, no duplicates) before any call.
+
+        Reads only the id column (or, without one, the first needed column), as Arrow arrays.
+        """
+        column = self.spec.id_column or (self.columns[0] if self.columns else None)
+        if column is None:
+            return sum(b.num_rows for b in self._record_batches())
+        chunks = [b.column(column) for b in self._record_batches([column])]
+        ids = pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
+        if self.spec.id_column:
+            self._check_ids(ids)
+        return len(ids)
+
+    def _check_ids(self, ids: pa.ChunkedArray) -> None:
+        name = self.spec.id_column
+        if ids.null_count:
+            first = pc.index(pc.is_null(ids), True).as_py()
+            raise InputError(f"{self.path}: row {first + 1}: empty id in column {name!r}")
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            dup = repeated.field("values")[0]
+            first = pc.index(ids, dup).as_py()
+            second = first + 1 + pc.index(ids.slice(first + 1), dup).as_py()
+            raise InputError(
+                f"{self.path}: rows {first + 1} and {second + 1} share the id {dup.as_py()!r} "
+                f"in column {name!r} (input.id_column); ids must be unique"
+            )
+
     def batches(self) -> Iterator[list[InputRow]]:
         """Yield the rows, one record batch at a time."""
         position = 0
@@ -91,23 +122,24 @@ class InputReader:
             raise InputError(f"{self.path}: row {position + 1}: empty id in column {id_column!r}")
         return InputRow(str(row_id), position, values)
 
-    def _record_batches(self) -> Iterable[pa.RecordBatch]:
+    def _record_batches(self, columns: list[str] | None = None) -> Iterable[pa.RecordBatch]:
+        columns = self.columns if columns is None else columns
         try:
             if self.spec.format == "parquet":
                 parquet = pq.ParquetFile(self.path)
-                yield from parquet.iter_batches(batch_size=self.batch_rows, columns=self.columns)
+                yield from parquet.iter_batches(batch_size=self.batch_rows, columns=columns)
             else:
-                yield from self._csv_batches()
+                yield from self._csv_batches(columns)
         except pa.ArrowInvalid as exc:
             raise InputError(f"{self.path}: cannot read {self.spec.format}: {exc}") from None
 
-    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+    def _csv_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
         reader = pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
             convert_options=pacsv.ConvertOptions(
-                include_columns=self.columns,
-                column_types={c: pa.string() for c in self.columns},
+                include_columns=columns,
+                column_types={c: pa.string() for c in columns},
                 strings_can_be_null=True,
                 null_values=[""],
                 quoted_strings_can_be_null=False,

@@ -53,6 +53,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "generation",
             "response_schema",
             "limits",
+            "retry",
             "output",
         }
     ),
@@ -61,6 +62,15 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "prompt": frozenset({"user", "system"}),
     "limits": frozenset({"requests_per_minute", "concurrency", "timeout_seconds"}),
     "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
+    "retry": frozenset(
+        {
+            "attempts",
+            "answer_attempts",
+            "row_deadline_seconds",
+            "backoff_initial_seconds",
+            "backoff_max_seconds",
+        }
+    ),
 }
 
 
@@ -99,6 +109,22 @@ class LimitsSpec:
 
 
 @dataclass(frozen=True)
+class RetrySpec:
+    """How hard to try one row.
+
+    ``attempts`` bounds all calls for a row; transient HTTP failures (429, 5xx, timeouts, dropped
+    connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
+    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``.
+    """
+
+    attempts: int = 5
+    answer_attempts: int = 2
+    row_deadline_seconds: float = 900.0
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     directory: Path
     explode: bool = False
@@ -119,6 +145,7 @@ class Job:
     limits: LimitsSpec
     output: OutputSpec
     generation: dict[str, Any] = field(default_factory=dict)
+    retry: RetrySpec = field(default_factory=RetrySpec)
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,7 @@ def _build(raw: dict[str, Any], path: Path) -> Job:
         limits=_limits(_table(raw, "limits", path, required=False), path),
         output=_output(_table(raw, "output", path, required=False), base, path),
         generation=_generation(_table(raw, "generation", path, required=False), path),
+        retry=_retry(_table(raw, "retry", path, required=False), path),
     )
 
 
@@ -306,6 +334,18 @@ def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
         concurrency=_positive(conc, "limits.concurrency", path),
         timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
     )
+
+
+def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
+    d = RetrySpec()
+    values: dict[str, Any] = {}
+    for key in ("attempts", "answer_attempts"):
+        values[key] = _positive(_opt(table, key, int, path, "retry", getattr(d, key)),
+                                f"retry.{key}", path)  # fmt: skip
+    for key in ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+        value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
+        values[key] = float(_positive(value, f"retry.{key}", path))
+    return RetrySpec(**values)
 
 
 def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:

@@ -165,20 +165,6 @@ def part_files(directory: Path, kind: str = RESULTS_DIR) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
-def done_ids(directory: Path) -> set[str]:
-    """Row ids already in the results: read from the id column alone, which is cheap."""
-    done: set[str] = set()
-    for part in part_files(directory):
-        try:
-            column = pq.read_table(part, columns=[ROW_ID.name]).column(0)
-        except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it aside and rerun"
-            ) from None
-        done.update(column.to_pylist())
-    return done
-
-
 def error_row(
     row_id: str,
     category: str,

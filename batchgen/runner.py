@@ -1,16 +1,23 @@
-"""The bounded async pipeline: reader → workers → writer.
+"""Run a job: checks first, then a bounded async pipeline, reader → workers → writer.
 
 The reader renders rows into request bodies and puts them on a queue of at most two per worker;
 ``concurrency`` workers send them through one ``aiohttp.ClientSession`` under an ``aiolimiter``
-requests-per-minute limit; one writer buffers the outcomes and writes a part file every
-``flush_rows`` rows or ``flush_seconds`` seconds. Every queue is bounded, so memory does not grow
-with the input.
+requests-per-minute limit, each row in its own retry loop (:mod:`batchgen.retry`); one writer
+buffers the outcomes and writes a part file every ``flush_rows`` rows or ``flush_seconds``
+seconds. Every queue is bounded, so memory does not grow with the input.
+
+A run holds the output's lock, refuses an output written by a different job, skips what is
+done, and on SIGINT/SIGTERM stops taking rows, lets the calls in flight finish within the grace
+period, flushes, and raises :class:`RunStoppedError`. A second signal stops at once, after the
+flush.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import contextlib
+import itertools
+import signal
 import time
 import uuid
 from collections import Counter
@@ -24,13 +31,24 @@ import aiohttp
 import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
-from batchgen.answers import AnswerError, Usage, parse_response, structured_value
+from batchgen import __version__
+from batchgen.answers import Answer, AnswerError, Usage, parse_response, structured_value
+from batchgen.checkpoint import (
+    DoneSet,
+    append_run_record,
+    check_fingerprint,
+    compact_errors,
+    output_lock,
+    read_done,
+    remove_temporaries,
+    start_fresh,
+)
 from batchgen.client import ApiError, GeminiClient
 from batchgen.errors import (
     BatchgenError,
     CheckpointError,
-    FatalApiError,
     InputError,
+    RunStoppedError,
     TemplateError,
 )
 from batchgen.inputs import InputReader, InputRow
@@ -41,17 +59,15 @@ from batchgen.output import (
     RESULTS_DIR,
     OutputLayout,
     PartWriter,
-    done_ids,
     error_row,
 )
 from batchgen.prompts import PromptTemplate
 from batchgen.request import RequestBuilder, request_hash
+from batchgen.retry import RetryPolicy
 from batchgen.schema import AnswerValidator
 
-# Transient HTTP failures (429, 5xx, timeouts, dropped connections) get this many attempts.
-MAX_ATTEMPTS = 3
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 60.0
+READ_CHUNK = 64  # rows rendered per hop to the reader thread
+TRANSPORT_CATEGORIES = frozenset({"connection", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -60,22 +76,30 @@ class RunOptions:
 
     api_key: str
     limit: int | None = None  # consider only the first N input rows
+    fresh: bool = False  # move the existing output aside and start over
+    skip_failed: bool = False  # do not retry rows recorded as failed by earlier runs
+    grace_seconds: float = 30.0  # after a signal, how long calls in flight may take
+    unreachable_after: int = 0  # consecutive transport failures that stop the run (0: auto)
 
 
 @dataclass
 class RunSummary:
-    """What a run did; ``exit_code`` is 0 when every row it tried succeeded."""
+    """What a run did."""
 
     output: Path
-    rows_skipped: int = 0  # already in the output from an earlier run
+    run_id: str = ""
+    rows_total: int = 0  # rows in the input (or --limit)
+    rows_skipped: int = 0  # already done by an earlier run (or failed, with skip_failed)
     rows_done: int = 0
     rows_failed: int = 0
     output_rows: int = 0
     requests: int = 0
     usage: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    first_errors: dict[str, str] = field(default_factory=dict)  # category → first message
     parts: int = 0
     seconds: float = 0.0
+    moved_aside: Path | None = None  # where --fresh moved the previous output
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +118,7 @@ class _Outcome:
     rows: list[dict[str, Any]]  # result rows (several when exploded) or one failure record
     failed: bool
     category: str | None = None
+    message: str | None = None
 
 
 _TICK = object()  # wakes the writer so that a quiet run still flushes on time
@@ -111,40 +136,44 @@ class Plan:
     validator: AnswerValidator
 
     def works(
-        self, skip: set[str], limit: int | None, counts: Counter[str]
+        self, done: DoneSet, limit: int | None, skip_failed: bool, counts: Counter[str]
     ) -> Iterator[_Work | _Outcome]:
-        """Rendered requests for the rows still to do; template failures as outcomes."""
-        seen = 0
+        """Rendered requests for the rows still to do; template failures as outcomes.
+
+        With an id column a row is done when its id is in the results; without one, when its
+        request (by hash) is, so a grown or reordered input sends only its new rows.
+        """
+        by_id = self.job.input.id_column is not None
+        skip_ids = done.ids | (done.failed if skip_failed else frozenset())
+        skip_hashes = done.hashes | (done.failed_hashes if skip_failed else frozenset())
+        for row in itertools.islice(self._rows(), limit):
+            if by_id and row.row_id in skip_ids:
+                counts["skipped"] += 1
+                continue
+            item = self._render(row)
+            if not by_id and isinstance(item, _Work) and item.hash in skip_hashes:
+                counts["skipped"] += 1
+                continue
+            yield item
+
+    def _rows(self) -> Iterator[InputRow]:
         for batch in self.reader.batches():
-            for row in batch:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                if row.row_id in skip:
-                    counts["skipped"] += 1
-                    continue
-                yield self._render(row)
+            yield from batch
 
     def first_request(self) -> bytes:
         """The request body for the first input row, or the reason it cannot be rendered."""
-        for batch in self.reader.batches():
-            for row in batch:
-                user, system = self.template.render(row.values, row.row_id)
-                return self.builder.body(user, system)
+        for row in self._rows():
+            user, system = self.template.render(row.values, row.row_id)
+            return self.builder.body(user, system)
         raise InputError(f"{self.reader.path}: no rows")
 
     def _render(self, row: InputRow) -> _Work | _Outcome:
         try:
             user, system = self.template.render(row.values, row.row_id)
         except TemplateError as exc:
-            record = error_row(
-                row.row_id,
-                "template",
-                f"{self.reader.path}: {exc}",
-                attempts=0,
-                at=datetime.now(UTC),
-            )
-            return _Outcome([record], failed=True, category="template")
+            message = f"{self.reader.path}: {exc}"
+            record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
+            return _Outcome([record], failed=True, category="template", message=message)
         body = self.builder.body(user, system)
         return _Work(row, body, request_hash(body))
 
@@ -159,43 +188,60 @@ def plan_job(job: Job) -> Plan:
     reader = InputReader(job.input, needs)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
     layout = OutputLayout(job.response_schema, job.output.explode, carry, str(job.path))
-    return Plan(
-        job, reader, template, RequestBuilder(job), layout, AnswerValidator(job.response_schema)
-    )
+    validator = AnswerValidator(job.response_schema)
+    return Plan(job, reader, template, RequestBuilder(job), layout, validator)
 
 
 def run_job(job: Job, options: RunOptions) -> RunSummary:
-    """Run a job to the end (or until a fatal error) and return what it did."""
+    """Run a job until every row is done or failed; raise a BatchgenError if it cannot.
+
+    An error raised after the run started carries ``summary`` (what was done and flushed).
+    """
     plan = plan_job(job)
-    return asyncio.run(_Run(plan, options).main())
+    total = plan.reader.scan()
+    if total == 0:
+        raise InputError(f"{job.input.path}: no rows (the file has only a header)")
+    out = job.output.directory
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out):
+            moved = start_fresh(out) if options.fresh else None
+            remove_temporaries(out)
+            check_fingerprint(job, out, __version__)
+            run = _Run(plan, options, read_done(out))
+            run.summary.rows_total = min(total, options.limit or total)
+            run.summary.moved_aside = moved
+            return asyncio.run(run.main())
+    except OSError as exc:
+        raise CheckpointError(f"{out}: cannot use the output directory: {exc.strerror}") from None
 
 
 class _Run:
-    def __init__(self, plan: Plan, options: RunOptions) -> None:
+    def __init__(self, plan: Plan, options: RunOptions, done: DoneSet) -> None:
         self.plan = plan
         self.job = plan.job
         self.options = options
-        out = self.job.output.directory
-        self.summary = RunSummary(output=out)
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.results_writer = PartWriter(out / RESULTS_DIR, run_id)
-        self.errors_writer = PartWriter(out / ERRORS_DIR, run_id)
+        self.done = done
+        self.out = self.job.output.directory
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.summary = RunSummary(output=self.out, run_id=self.run_id)
+        self.results_writer = PartWriter(self.out / RESULTS_DIR, self.run_id)
+        self.errors_writer = PartWriter(self.out / ERRORS_DIR, self.run_id)
         concurrency = self.job.limits.concurrency
         self.work: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=2 * concurrency)
         self.outcomes: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
         self.limiter = AsyncLimiter(self.job.limits.requests_per_minute, 60)
-        self.fatal: BatchgenError | None = None
+        self.retry = RetryPolicy(self.job.retry)
+        self.stop: BatchgenError | None = None
         self.stopping = asyncio.Event()
+        self.workers: list[asyncio.Task[None]] = []
+        self.signals = 0
+        self.transport_failures = 0
+        self.unreachable_after = options.unreachable_after or max(20, 2 * concurrency)
 
     async def main(self) -> RunSummary:
-        started = time.monotonic()
-        try:
-            self.job.output.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointError(
-                f"{self.job.output.directory}: cannot create output directory: {exc.strerror}"
-            ) from None
-        skip = done_ids(self.job.output.directory)
+        started, started_at = time.monotonic(), datetime.now(UTC)
+        await asyncio.to_thread(append_run_record, self.out, self._record("start", started_at))
         concurrency = self.job.limits.concurrency
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -204,38 +250,117 @@ class _Run:
             )
             writer = asyncio.create_task(self._write())
             ticker = asyncio.create_task(self._tick())
-            reader = asyncio.create_task(self._read(skip))
-            workers = [asyncio.create_task(self._worker(client)) for _ in range(concurrency)]
-            await asyncio.gather(*workers)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            ticker.cancel()
-            await self.outcomes.put(None)
-            await writer
+            reader = asyncio.create_task(self._read())
+            self.workers = [asyncio.create_task(self._worker(client)) for _ in range(concurrency)]
+            with self._signal_handlers():
+                await asyncio.gather(*self.workers, return_exceptions=True)
+                for task in (reader, ticker):
+                    task.cancel()
+                await asyncio.gather(reader, ticker, return_exceptions=True)
+                await self.outcomes.put(None)
+                await writer
+        await asyncio.to_thread(self._finish, started_at)
         self.summary.seconds = time.monotonic() - started
-        if self.fatal is not None:
-            raise self.fatal
+        if self.stop is not None:
+            self.stop.summary = self.summary
+            raise self.stop
         return self.summary
 
-    async def _read(self, skip: set[str]) -> None:
+    def _finish(self, started_at: datetime) -> None:
+        """Fold the failure records and append the run's end record."""
+        compact_errors(self.out, read_done(self.out).ids, self.run_id)
+        append_run_record(self.out, self._record("end", started_at))
+
+    def _record(self, event: str, started_at: datetime) -> dict[str, Any]:
+        """A run record: what ran and what it did; never the key or the base URL."""
+        s = self.summary
+        record: dict[str, Any] = {
+            "event": event,
+            "run_id": self.run_id,
+            "job": self.job.name,
+            "model": self.job.model.name,
+            "started_at": started_at.isoformat(),
+            "rows_total": s.rows_total,
+            "batchgen_version": __version__,
+        }
+        if event == "end":
+            record |= {
+                "ended_at": datetime.now(UTC).isoformat(),
+                "rows_done": s.rows_done,
+                "rows_failed": s.rows_failed,
+                "rows_skipped": s.rows_skipped,
+                "requests": s.requests,
+                "tokens": dict(s.usage),
+                "failures": dict(s.failures),
+                "exit_code": self.stop.exit_code if self.stop is not None else s.exit_code,
+                "stopped": str(self.stop) if self.stop is not None else None,
+            }
+        return record
+
+    # --- stopping -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (RuntimeError, ValueError):  # not the main thread: the caller handles signals
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            grace = self.options.grace_seconds
+            self._halt(
+                RunStoppedError(
+                    f"{self.out}: stopped by {sig.name}: results so far are saved; "
+                    "rerun the same command to resume"
+                )
+            )
+            asyncio.get_running_loop().call_later(grace, self._cancel_workers)
+        else:
+            self._cancel_workers()
+
+    def _halt(self, reason: BatchgenError) -> None:
+        """Stop taking rows; the first reason given is the one reported."""
+        if self.stop is None:
+            self.stop = reason
+        self.stopping.set()
+
+    def _cancel_workers(self) -> None:
+        for task in self.workers:
+            task.cancel()
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    async def _read(self) -> None:
         """Feed the workers; a bad input stops the reading, not the rows already queued."""
         counts: Counter[str] = Counter()
-        works = self.plan.works(skip, self.options.limit, counts)
+        works = self.plan.works(self.done, self.options.limit, self.options.skip_failed, counts)
         try:
             while not self.stopping.is_set():
-                item = await asyncio.to_thread(next, works, None)
-                if item is None:
+                chunk = await asyncio.to_thread(lambda: list(itertools.islice(works, READ_CHUNK)))
+                if not chunk:
                     break
-                if isinstance(item, _Outcome):
-                    await self.outcomes.put(item)
-                else:
-                    await self.work.put(item)
+                for item in chunk:
+                    if isinstance(item, _Outcome):
+                        await self.outcomes.put(item)
+                    else:
+                        await self.work.put(item)
         except BatchgenError as exc:
-            self.fatal = exc
+            self._halt(exc)
         finally:
             self.summary.rows_skipped = counts["skipped"]
-            for _ in range(self.job.limits.concurrency):
-                await self.work.put(None)
+        for _ in range(self.job.limits.concurrency):  # not reached when cancelled
+            await self.work.put(None)
 
     async def _worker(self, client: GeminiClient) -> None:
         while not self.stopping.is_set():
@@ -243,48 +368,52 @@ class _Run:
             if work is None:
                 return
             try:
-                outcome = await self._call(client, work)
-            except FatalApiError as exc:
-                if self.fatal is None:
-                    self.fatal = exc
-                self.stopping.set()
+                outcome = await self._row(client, work)
+            except BatchgenError as exc:  # a bad key, an unknown model, a used-up daily quota
+                self._halt(exc)
                 return
             await self.outcomes.put(outcome)
+            self._watch_transport(outcome)
 
-    async def _call(self, client: GeminiClient, work: _Work) -> _Outcome:
-        """One row: call (retrying transient failures), check the answer, shape the rows."""
-        attempt = 0
-        while True:
-            attempt += 1
-            await self.limiter.acquire()
-            self.summary.requests += 1
-            try:
-                payload, latency_ms = await client.generate(work.body)
-            except ApiError as exc:
-                if exc.retryable and attempt < MAX_ATTEMPTS:
-                    await asyncio.sleep(_backoff(exc.retry_delay, attempt))
-                    continue
-                return self._failure(work, exc.category, exc.message, attempt, status=exc.status)
-            answer = parse_response(payload)
-            self._count(answer.usage)
-            try:
-                value = structured_value(answer, self.plan.validator)
-            except AnswerError as exc:
-                return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
-            meta = _meta(
-                answer.usage,
-                answer.model_version,
-                answer.response_id,
-                answer.finish_reason,
-                latency_ms,
-                attempt,
-                work.hash,
+    def _watch_transport(self, outcome: _Outcome) -> None:
+        """Stop when every recent row failed to reach the API at all: it is down, not the rows."""
+        if outcome.category not in TRANSPORT_CATEGORIES:
+            self.transport_failures = 0
+            return
+        self.transport_failures += 1
+        if self.transport_failures >= self.unreachable_after:
+            self._halt(
+                RunStoppedError(
+                    f"{self.job.model.base_url}: unreachable ({self.transport_failures} rows in "
+                    f"a row failed: {outcome.message}); rerun to resume"
+                )
             )
-            ids = {
-                "row_id": work.row.row_id,
-                **{c: work.row.values[c] for c in self.job.input.carry},
-            }
-            return _Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
+
+    async def _row(self, client: GeminiClient, work: _Work) -> _Outcome:
+        """One row through its retry loop; what still fails becomes a failure record."""
+        attempt = 0
+        try:
+            async for retrying in self.retry.for_row():
+                with retrying:
+                    attempt = retrying.retry_state.attempt_number
+                    return await self._attempt(client, work, attempt)
+        except ApiError as exc:
+            return self._failure(work, exc.category, exc.message, attempt, status=exc.status)
+        except AnswerError as exc:
+            return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
+        raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
+
+    async def _attempt(self, client: GeminiClient, work: _Work, attempt: int) -> _Outcome:
+        await self.limiter.acquire()
+        self.summary.requests += 1
+        payload, latency_ms = await client.generate(work.body)
+        answer = parse_response(payload)
+        self._count(answer.usage)
+        value = structured_value(answer, self.plan.validator)
+        meta = _meta(answer, latency_ms, attempt, work.hash)
+        row = work.row
+        ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
+        return _Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
     def _failure(
         self,
@@ -306,7 +435,7 @@ class _Run:
             request_hash=work.hash,
             at=datetime.now(UTC),
         )
-        return _Outcome([record], failed=True, category=category)
+        return _Outcome([record], failed=True, category=category, message=message)
 
     def _count(self, usage: Usage) -> None:
         u = self.summary.usage
@@ -340,48 +469,41 @@ class _Run:
         await self._flush(results, errors)
 
     def _tally(self, outcome: _Outcome) -> None:
+        s = self.summary
         if outcome.failed:
-            self.summary.rows_failed += 1
-            self.summary.failures[outcome.category or "unknown"] += 1
+            s.rows_failed += 1
+            category = outcome.category or "unknown"
+            s.failures[category] += 1
+            s.first_errors.setdefault(category, outcome.message or "")
         else:
-            self.summary.rows_done += 1
-            self.summary.output_rows += len(outcome.rows)
+            s.rows_done += 1
+            s.output_rows += len(outcome.rows)
 
     async def _flush(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
-        if results:
-            table = pa.Table.from_pylist(results, schema=self.plan.layout.schema)
-            await asyncio.to_thread(self.results_writer.write, table)
-            self.summary.parts += 1
-        if errors:
-            table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
-            await asyncio.to_thread(self.errors_writer.write, table)
+        try:
+            if results:
+                table = pa.Table.from_pylist(results, schema=self.plan.layout.schema)
+                await asyncio.to_thread(self.results_writer.write, table)
+                self.summary.parts += 1
+            if errors:
+                table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
+                await asyncio.to_thread(self.errors_writer.write, table)
+        except CheckpointError as exc:  # disk full, folder gone: stop paying for lost answers
+            self._halt(exc)
+            self._cancel_workers()
 
 
-def _backoff(server_delay: float | None, attempt: int) -> float:
-    """The server's delay when it gave one, else capped exponential backoff with jitter."""
-    if server_delay is not None:
-        return server_delay
-    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
-
-
-def _meta(
-    usage: Usage,
-    model_version: str | None,
-    response_id: str | None,
-    finish_reason: str | None,
-    latency_ms: float,
-    attempts: int,
-    request_hash: str,
-) -> dict[str, Any]:
+def _meta(answer: Answer, latency_ms: float, attempts: int, request_hash: str) -> dict[str, Any]:
+    usage = answer.usage
     return {
         "prompt_tokens": usage.prompt,
         "output_tokens": usage.output,
         "thinking_tokens": usage.thinking,
         "cached_tokens": usage.cached,
         "total_tokens": usage.total,
-        "model_version": model_version,
-        "response_id": response_id,
-        "finish_reason": finish_reason,
+        "model_version": answer.model_version,
+        "response_id": answer.response_id,
+        "finish_reason": answer.finish_reason,
         "latency_ms": round(latency_ms, 3),
         "attempts": attempts,
         "completed_at": datetime.now(UTC),

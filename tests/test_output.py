@@ -4,15 +4,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from batchgen.errors import CheckpointError, JobError
+from batchgen.errors import JobError
 from batchgen.output import (
     ERRORS_SCHEMA,
     META_FIELDS,
     OutputLayout,
     PartWriter,
-    done_ids,
     error_row,
     part_files,
 )
@@ -105,7 +105,7 @@ def test_column_collisions_are_refused(name: str) -> None:
         OutputLayout(schema, False, pa.schema([("topic", pa.string())]), "job.toml")
 
 
-def test_part_writer_is_atomic_and_done_ids_reads_ids(tmp_path: Path) -> None:
+def test_part_writer_is_atomic(tmp_path: Path) -> None:
     writer = PartWriter(tmp_path / "results", "run1")
     for start in (0, 3):
         table = pa.table({"row_id": [str(i) for i in range(start, start + 3)], "x": [1, 2, 3]})
@@ -115,7 +115,7 @@ def test_part_writer_is_atomic_and_done_ids_reads_ids(tmp_path: Path) -> None:
         "part-run1-00002.parquet",
     ]
     assert not list((tmp_path / "results").glob(".*"))  # no temporary file left behind
-    assert done_ids(tmp_path) == {"0", "1", "2", "3", "4", "5"}
+    assert pq.read_table(tmp_path / "results").num_rows == 6
 
 
 def test_error_rows_fit_their_schema() -> None:
@@ -131,11 +131,3 @@ def test_error_rows_fit_their_schema() -> None:
     )
     table = pa.Table.from_pylist([row], schema=ERRORS_SCHEMA)
     assert len(table.column("raw_text")[0].as_py()) == 2000
-
-
-def test_done_ids_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
-    assert done_ids(tmp_path / "nothing") == set()
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "part-x-00001.parquet").write_text("not parquet")
-    with pytest.raises(CheckpointError, match="unreadable part file"):
-        done_ids(tmp_path)

@@ -127,21 +127,25 @@ def test_bad_key_stops_the_run_at_once(project: Path, emulator: EmulatorThread) 
 
 
 def test_unusable_answers_become_failure_records(project: Path) -> None:
-    script = {"Kindle": ["safety", "safety"], "Roomba": ["invalid"], "Yeti": ["500", "ok"]}
+    # Two Kindle rows fail on both answer attempts; one Roomba and one Yeti row need a retry.
+    script = {"Kindle": ["safety"] * 4, "Roomba": ["invalid"], "Yeti": ["500"]}
     with EmulatorThread(EmulatorConfig(script=script)) as server:
         job = load_job(
             project / "jobs" / "review_insights.toml", Overrides(base_url=server.base_url)
         )
         summary = run_job(job, RunOptions(api_key=KEY))
-    assert summary.failures == {"safety": 2, "schema": 1}
-    assert summary.rows_done == 17 and summary.exit_code == 1
+    assert summary.failures == {"safety": 2}
+    assert summary.rows_done == 18 and summary.exit_code == 1
+    assert "answer stopped by the API (SAFETY)" in summary.first_errors["safety"]
     errors = read_dir(job.output.directory, "errors")
     assert errors.schema == ERRORS_SCHEMA
+    assert errors.column("attempts").to_pylist() == [2, 2]
     results = read_dir(job.output.directory)
-    assert set(errors.column("row_id").to_pylist()) == {"rv-1003", "rv-1004", "rv-1017"}
+    assert set(errors.column("row_id").to_pylist()) == {"rv-1003", "rv-1004"}
     assert not set(errors.column("row_id").to_pylist()) & set(results.column("row_id").to_pylist())
-    yeti = results.filter(pa.compute.field("product") == "Yeti Rambler 20oz tumbler")
-    assert sorted(yeti.column("attempts").to_pylist()) == [1, 2]  # the 500 was retried
+    for product in ("Yeti Rambler 20oz tumbler", "Roomba j7+"):
+        rows = results.filter(pa.compute.field("product") == product)
+        assert sorted(rows.column("attempts").to_pylist()) == [1, 2]  # retried once
 
 
 def test_cli_run_with_the_builtin_emulator(project: Path) -> None:

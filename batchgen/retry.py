@@ -1,0 +1,69 @@
+"""How one row is retried, with tenacity driving the loop.
+
+Transient HTTP failures (429, 5xx, timeouts, dropped connections) are retried until the row's
+``attempts``; answer failures (blocked, SAFETY, invalid JSON, schema) until ``answer_attempts``
+of them. The wait is the server's RetryInfo delay when it gave one, else tenacity's capped
+exponential backoff with jitter. No retry starts after the row's deadline. Everything else
+(a 400, a bad key, a used-up daily quota) is raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from batchgen.answers import AnswerError
+from batchgen.client import ApiError
+from batchgen.job import RetrySpec
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class RetryPolicy:
+    """Builds the retry loop for each row from the job's ``[retry]`` section."""
+
+    def __init__(self, spec: RetrySpec, sleep: Sleep = asyncio.sleep) -> None:
+        self.spec = spec
+        self._sleep = sleep
+        self._backoff = wait_exponential(
+            multiplier=spec.backoff_initial_seconds, max=spec.backoff_max_seconds
+        ) + wait_random(0, spec.backoff_initial_seconds)
+
+    def for_row(self) -> AsyncRetrying:
+        """A fresh retry loop; use as ``async for attempt in policy.for_row(): with attempt:``."""
+        answer_failures = 0
+
+        def should_retry(state: RetryCallState) -> bool:
+            nonlocal answer_failures
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ApiError):
+                return exc.retryable
+            if isinstance(exc, AnswerError):
+                answer_failures += 1
+                return answer_failures < self.spec.answer_attempts
+            return False
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.spec.attempts)
+            | stop_after_delay(self.spec.row_deadline_seconds),
+            wait=self._wait,
+            retry=should_retry,
+            sleep=self._sleep,
+            reraise=True,
+        )
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ApiError) and exc.retry_delay is not None:
+            return exc.retry_delay
+        return float(self._backoff(state))

@@ -1,0 +1,95 @@
+"""The retry policy, driven with a fake sleep: no test here waits for real."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from batchgen.answers import AnswerError
+from batchgen.client import ApiError
+from batchgen.job import RetrySpec
+from batchgen.retry import RetryPolicy
+
+
+class FakeSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+async def drive(policy: RetryPolicy, failures: list[Exception]) -> tuple[int, str]:
+    """Run one row whose first calls raise ``failures``; return (attempts, outcome)."""
+    attempt = 0
+    try:
+        async for retrying in policy.for_row():
+            with retrying:
+                attempt = retrying.retry_state.attempt_number
+                if attempt <= len(failures):
+                    raise failures[attempt - 1]
+                return attempt, "ok"
+    except (ApiError, AnswerError) as exc:
+        return attempt, type(exc).__name__
+    raise AssertionError
+
+
+SPEC = RetrySpec(attempts=5, answer_attempts=2, backoff_initial_seconds=1, backoff_max_seconds=8)
+
+
+async def test_server_retry_delay_is_honoured() -> None:
+    sleep = FakeSleep()
+    failures: list[Exception] = [
+        ApiError("rate_limited", "slow down", 429, retry_delay=26.5),
+        ApiError("server", "overloaded", 503),
+    ]
+    assert await drive(RetryPolicy(SPEC, sleep), failures) == (3, "ok")
+    assert sleep.waits[0] == 26.5
+    assert 2 <= sleep.waits[1] <= 3  # exponential: initial * 2 ** 1, plus up to 1 s jitter
+
+
+async def test_backoff_is_exponential_and_capped() -> None:
+    sleep = FakeSleep()
+    failures: list[Exception] = [ApiError("server", "x", 500) for _ in range(4)]
+    assert await drive(RetryPolicy(SPEC, sleep), failures) == (5, "ok")
+    assert [int(w) for w in sleep.waits] == [1, 2, 4, 8]
+
+
+async def test_attempts_are_bounded() -> None:
+    sleep = FakeSleep()
+    failures: list[Exception] = [ApiError("connection", "reset", None) for _ in range(9)]
+    assert await drive(RetryPolicy(SPEC, sleep), failures) == (5, "ApiError")
+    assert len(sleep.waits) == 4
+
+
+@pytest.mark.parametrize("status", [400, 413])
+async def test_client_errors_are_not_retried(status: int) -> None:
+    sleep = FakeSleep()
+    failures: list[Exception] = [ApiError(f"http_{status}", "bad request", status)]
+    assert await drive(RetryPolicy(SPEC, sleep), failures) == (1, "ApiError")
+    assert sleep.waits == []
+
+
+async def test_answer_failures_have_their_own_budget() -> None:
+    sleep = FakeSleep()
+    policy = RetryPolicy(SPEC, sleep)
+    safety = [AnswerError("safety", "blocked"), AnswerError("schema", "bad")]
+    assert await drive(policy, safety) == (2, "AnswerError")
+    # transient failures do not use up the answer budget
+    mixed: list[Exception] = [ApiError("server", "x", 503), AnswerError("invalid_json", "cut")]
+    assert await drive(policy, mixed) == (3, "ok")
+
+
+async def test_no_retry_after_the_row_deadline() -> None:
+    policy = RetryPolicy(RetrySpec(attempts=10, row_deadline_seconds=0.001), FakeSleep())
+    calls = 0
+    try:
+        async for retrying in policy.for_row():
+            with retrying:
+                calls += 1
+                time.sleep(0.01)  # the call itself outlasts the row's deadline
+                raise ApiError("server", "x", 503)
+    except ApiError:
+        pass
+    assert calls == 1
