@@ -4,7 +4,7 @@
 
     200                        → the parsed response
     400 API_KEY_INVALID, 401, 403, 404 → FatalApiError: no other row can succeed
-    429                        → ApiError(retryable), with the server's RetryInfo delay
+    429                        → ApiError(retryable), with the RetryInfo (or Retry-After) delay
     429 on a per-day quota     → QuotaExhaustedError: the run stops until the quota resets
     500, 502, 503, 504, timeout, dropped connection → ApiError(retryable)
     other 4xx                  → ApiError(not retryable): this row's request is wrong
@@ -14,6 +14,7 @@ The API key travels only in the ``x-goog-api-key`` header and is scrubbed from e
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import time
@@ -71,6 +72,7 @@ class GeminiClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = resp.headers.get("Retry-After")
         except TimeoutError:
             raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
@@ -81,9 +83,9 @@ class GeminiClient:
                 return json.loads(raw), latency_ms
             except ValueError:
                 raise ApiError("bad_response", "HTTP 200 with a body that is not JSON") from None
-        raise self._error(status, raw)
+        raise self._error(status, raw, retry_after)
 
-    def _error(self, status: int, raw: bytes) -> Exception:
+    def _error(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
         error = _envelope(raw)
         message = self._scrub(str(error.get("message") or raw[:200].decode(errors="replace")))
         where = f"{self._model.base_url} (model {self._model.name})"
@@ -102,9 +104,13 @@ class GeminiClient:
                     f"{where}: the per-day quota {per_day} is used up; the run stopped with its "
                     "results saved: rerun after the quota resets (midnight Pacific)"
                 )
-            return ApiError("rate_limited", message, status, _retry_delay(error))
+        delay = _retry_delay(error)
+        if delay is None:  # Gemini itself sends none, but proxies in front of it may
+            delay = _retry_after(retry_after)
+        if status == 429:
+            return ApiError("rate_limited", message, status, delay)
         category = "server" if status >= 500 else f"http_{status}"
-        return ApiError(category, f"HTTP {status}: {message}", status, _retry_delay(error))
+        return ApiError(category, f"HTTP {status}: {message}", status, delay)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -135,6 +141,21 @@ def _per_day_quota(error: Mapping[str, Any]) -> str | None:
                 if "PerDay" in quota:
                     return quota
     return None
+
+
+def _retry_after(header: str | None) -> float | None:
+    """A Retry-After header: seconds, or an HTTP date."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _retry_delay(error: Mapping[str, Any]) -> float | None:
