@@ -5,6 +5,7 @@
     OUTPUT/
       results/part-<run>-<seq>.parquet   one row per answer (per item when exploded)
       errors/part-<run>-<seq>.parquet    one row per input row that ended in failure
+      usage/part-<run>-<seq>.parquet     one row per API call that returned usage (the ledger)
 
 A part file is written under a temporary name, fsynced and renamed, so it is whole or absent.
 """
@@ -26,6 +27,7 @@ from batchgen.schema import arrow_field, arrow_type, property_names
 
 RESULTS_DIR = "results"
 ERRORS_DIR = "errors"
+USAGE_DIR = "usage"
 RAW_TEXT_LIMIT = 2000
 
 # batchgen's own columns, after the row id, the carried columns and the answer's columns.
@@ -55,6 +57,26 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("raw_text", pa.string()),
         pa.field("request_hash", pa.string()),
         pa.field("failed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+# The usage ledger: one row per API call that returned usage (retries and failed answers too).
+USAGE_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("job", pa.string()),
+        pa.field("row_id", pa.string()),
+        pa.field("attempt", pa.int32()),
+        pa.field("model", pa.string()),  # the model asked for (model_version may be more exact)
+        pa.field("model_version", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
+        pa.field("thinking_tokens", pa.int64()),
+        pa.field("cached_tokens", pa.int64()),
+        pa.field("total_tokens", pa.int64()),
+        pa.field("http_status", pa.int32()),
+        pa.field("outcome", pa.string()),  # "ok", or the answer's failure category
+        pa.field("finish_reason", pa.string()),
+        pa.field("at", pa.timestamp("ms", tz="UTC")),
     ]
 )
 RESERVED = frozenset([ROW_ID.name, ITEM_INDEX.name] + [f.name for f in META_FIELDS])
