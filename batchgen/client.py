@@ -39,12 +39,14 @@ class ApiError(Exception):
         message: str,
         status: int | None = None,
         retry_delay: float | None = None,
+        quota: str | None = None,
     ) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
         self.status = status
         self.retry_delay = retry_delay
+        self.quota = quota  # the QuotaFailure quotaId of a 429, when the server names it
 
     @property
     def retryable(self) -> bool:
@@ -97,18 +99,17 @@ class GeminiClient:
             )
         if status == 404:
             return FatalApiError(f"{where}: HTTP 404: {message}")
-        if status == 429:
-            per_day = _per_day_quota(error)
-            if per_day:
-                return QuotaExhaustedError(
-                    f"{where}: the per-day quota {per_day} is used up; the run stopped with its "
-                    "results saved: rerun after the quota resets (midnight Pacific)"
-                )
+        quota = _quota_id(error)
+        if status == 429 and quota and "PerDay" in quota:
+            return QuotaExhaustedError(
+                f"{where}: the per-day quota {quota} is used up; the run stopped with its "
+                "results saved: rerun after the quota resets (midnight Pacific)"
+            )
         delay = _retry_delay(error)
         if delay is None:  # Gemini itself sends none, but proxies in front of it may
             delay = _retry_after(retry_after)
         if status == 429:
-            return ApiError("rate_limited", message, status, delay)
+            return ApiError("rate_limited", message, status, delay, quota)
         category = "server" if status >= 500 else f"http_{status}"
         return ApiError(category, f"HTTP {status}: {message}", status, delay)
 
@@ -132,14 +133,13 @@ def _details(error: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
 
-def _per_day_quota(error: Mapping[str, Any]) -> str | None:
-    """The quotaId of a QuotaFailure violation that counts per day, if any."""
+def _quota_id(error: Mapping[str, Any]) -> str | None:
+    """The quotaId of the first QuotaFailure violation, if any (per minute, per day, tokens...)."""
     for detail in _details(error):
         if str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
             for violation in detail.get("violations") or []:
-                quota = str(violation.get("quotaId", ""))
-                if "PerDay" in quota:
-                    return quota
+                if isinstance(violation, dict) and violation.get("quotaId"):
+                    return str(violation["quotaId"])
     return None
 
 

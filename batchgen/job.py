@@ -60,7 +60,9 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "input": frozenset({"path", "format", "id_column", "carry"}),
     "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
     "prompt": frozenset({"user", "system"}),
-    "limits": frozenset({"requests_per_minute", "concurrency", "timeout_seconds"}),
+    "limits": frozenset(
+        {"requests_per_minute", "tokens_per_minute", "concurrency", "timeout_seconds"}
+    ),
     "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
     "retry": frozenset(
         {
@@ -104,6 +106,7 @@ class PromptSpec:
 @dataclass(frozen=True)
 class LimitsSpec:
     requests_per_minute: int = 1000
+    tokens_per_minute: int | None = None  # input (prompt) tokens, as the API counts its TPM
     concurrency: int = 32
     timeout_seconds: float = 600.0
 
@@ -329,8 +332,10 @@ def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
     rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
     conc = _opt(table, "concurrency", int, path, "limits", d.concurrency)
     timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
+    tpm = _opt(table, "tokens_per_minute", int, path, "limits")
     return LimitsSpec(
         requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
+        tokens_per_minute=None if tpm is None else _positive(tpm, "limits.tokens_per_minute", path),
         concurrency=_positive(conc, "limits.concurrency", path),
         timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
     )

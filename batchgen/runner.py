@@ -29,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import pyarrow as pa
-from aiolimiter import AsyncLimiter
 
 from batchgen import __version__
 from batchgen.answers import Answer, AnswerError, Usage, parse_response, structured_value
@@ -53,10 +52,13 @@ from batchgen.errors import (
 )
 from batchgen.inputs import InputReader, InputRow
 from batchgen.job import Job
+from batchgen.limits import RateLimits
 from batchgen.output import (
     ERRORS_DIR,
     ERRORS_SCHEMA,
     RESULTS_DIR,
+    USAGE_DIR,
+    USAGE_SCHEMA,
     OutputLayout,
     PartWriter,
     error_row,
@@ -111,6 +113,7 @@ class _Work:
     row: InputRow
     body: bytes
     hash: str
+    tokens: int  # estimated prompt tokens (characters / 4)
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ class Plan:
             record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
             return _Outcome([record], failed=True, category="template", message=message)
         body = self.builder.body(user, system)
-        return _Work(row, body, request_hash(body))
+        tokens = (len(user) + len(system or "")) // 4 + 1
+        return _Work(row, body, request_hash(body), tokens)
 
 
 def plan_job(job: Job) -> Plan:
@@ -230,7 +234,10 @@ class _Run:
         concurrency = self.job.limits.concurrency
         self.work: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=2 * concurrency)
         self.outcomes: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
-        self.limiter = AsyncLimiter(self.job.limits.requests_per_minute, 60)
+        limits = self.job.limits
+        self.limits = RateLimits(limits.requests_per_minute, limits.tokens_per_minute)
+        self.ledger: list[dict[str, Any]] = []
+        self.usage_writer = PartWriter(self.out / USAGE_DIR, self.run_id)
         self.retry = RetryPolicy(self.job.retry)
         self.stop: BatchgenError | None = None
         self.stopping = asyncio.Event()
@@ -404,16 +411,51 @@ class _Run:
         raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
     async def _attempt(self, client: GeminiClient, work: _Work, attempt: int) -> _Outcome:
-        await self.limiter.acquire()
+        charged = self.limits.estimate(work.tokens)
+        await self.limits.acquire(charged)
         self.summary.requests += 1
-        payload, latency_ms = await client.generate(work.body)
+        try:
+            payload, latency_ms = await client.generate(work.body)
+        except ApiError as exc:
+            if exc.status == 429:
+                self.limits.rejected(exc.retry_delay, exc.quota)
+            raise
         answer = parse_response(payload)
-        self._count(answer.usage)
-        value = structured_value(answer, self.plan.validator)
+        await self.limits.settle(work.tokens, charged, answer.usage.prompt)
+        try:
+            value = structured_value(answer, self.plan.validator)
+        except AnswerError as exc:
+            self._bill(work, attempt, answer, exc.category)
+            raise
+        self._bill(work, attempt, answer, "ok")
         meta = _meta(answer, latency_ms, attempt, work.hash)
         row = work.row
         ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
         return _Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
+
+    def _bill(self, work: _Work, attempt: int, answer: Answer, outcome: str) -> None:
+        """One ledger row for a call that returned usage: every such call is paid for."""
+        usage = answer.usage
+        self._count(usage)
+        self.ledger.append(
+            {
+                "run_id": self.run_id,
+                "job": self.job.name,
+                "row_id": work.row.row_id,
+                "attempt": attempt,
+                "model": self.job.model.name,
+                "model_version": answer.model_version,
+                "prompt_tokens": usage.prompt,
+                "output_tokens": usage.output,
+                "thinking_tokens": usage.thinking,
+                "cached_tokens": usage.cached,
+                "total_tokens": usage.total,
+                "http_status": 200,
+                "outcome": outcome,
+                "finish_reason": answer.finish_reason,
+                "at": datetime.now(UTC),
+            }
+        )
 
     def _failure(
         self,
@@ -480,7 +522,11 @@ class _Run:
             s.output_rows += len(outcome.rows)
 
     async def _flush(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        ledger, self.ledger = self.ledger, []
         try:
+            if ledger:
+                table = pa.Table.from_pylist(ledger, schema=USAGE_SCHEMA)
+                await asyncio.to_thread(self.usage_writer.write, table)
             if results:
                 table = pa.Table.from_pylist(results, schema=self.plan.layout.schema)
                 await asyncio.to_thread(self.results_writer.write, table)
