@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,22 @@ def _load(
     return load_job(job_file, Overrides(input_path, output, model, base_url))
 
 
+def _duration(text: str | None) -> float | None:
+    """'55m', '1h30m', '90s' or plain seconds."""
+    if text is None:
+        return None
+    match = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
+    if not match or not any(match.groups()):
+        raise JobError(f"--time-budget {text!r}: give a duration such as 55m, 1h30m or 90s")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise JobError(f"--time-budget {text!r}: must be more than 0")
+    return total
+
+
 @main.command()
 @_job_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
@@ -91,7 +108,19 @@ def _load(
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Seconds the calls in flight may take after SIGINT/SIGTERM.",
+    help="Seconds the calls in flight may take after SIGINT/SIGTERM or at the time budget.",
+)
+@click.option("--max-cost", type=click.FloatRange(min=0), help="Stop once this run spent USD.")
+@click.option("--time-budget", metavar="DURATION", help="Stop cleanly within e.g. 55m.")
+@click.option("--prices", type=click.Path(path_type=Path), help="Price table overriding/adding.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--progress-every",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between progress lines when not on a terminal.",
 )
 def run(
     job_file: Path,
@@ -104,11 +133,28 @@ def run(
     fresh: bool,
     skip_failed: bool,
     grace: float,
+    max_cost: float | None,
+    time_budget: str | None,
+    prices: Path | None,
+    quiet: bool,
+    log_format: str,
+    progress_every: float,
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
+    from batchgen.progress import choose
+    from batchgen.usage import PriceTable
+
     job = _load(job_file, input_path, output, model, base_url)
     options = RunOptions(
-        api_key="", limit=limit, fresh=fresh, skip_failed=skip_failed, grace_seconds=grace
+        api_key="",
+        limit=limit,
+        fresh=fresh,
+        skip_failed=skip_failed,
+        grace_seconds=grace,
+        prices=PriceTable.load(prices),
+        max_cost=max_cost,
+        time_budget=_duration(time_budget),
+        progress=choose(quiet, log_format, progress_every),
     )
     if emulator:
         from batchgen.emulator import EmulatorThread
@@ -138,7 +184,8 @@ def _describe(s: RunSummary) -> str:
         f"{s.rows_done} rows done, {s.rows_failed} failed, {s.rows_skipped} skipped as done "
         f"→ {s.output} ({s.output_rows} result rows, {s.parts} part files, {s.seconds:.1f} s)",
         f"{s.requests} requests; tokens: {s.usage['prompt']} prompt, {s.usage['output']} output, "
-        f"{s.usage['thinking']} thinking, {s.usage['total']} total",
+        f"{s.usage['thinking']} thinking, {s.usage['total']} total; cost "
+        + ("unpriced" if s.cost is None else f"${s.cost:.4f}"),
     ]
     if s.moved_aside:
         lines.insert(0, f"the earlier output was moved to {s.moved_aside}")

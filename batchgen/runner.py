@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from batchgen import __version__
 from batchgen.answers import Answer, AnswerError, Usage, parse_response, structured_value
+from batchgen.budget import Budget, BudgetReachedError, Pricer
 from batchgen.checkpoint import (
     DoneSet,
     append_run_record,
@@ -63,6 +64,7 @@ from batchgen.output import (
     PartWriter,
     error_row,
 )
+from batchgen.progress import NoProgress, Progress, Snapshot
 from batchgen.prompts import PromptTemplate
 from batchgen.request import RequestBuilder, request_hash
 from batchgen.retry import RetryPolicy
@@ -82,6 +84,10 @@ class RunOptions:
     skip_failed: bool = False  # do not retry rows recorded as failed by earlier runs
     grace_seconds: float = 30.0  # after a signal, how long calls in flight may take
     unreachable_after: int = 0  # consecutive transport failures that stop the run (0: auto)
+    prices: Pricer | None = None  # batchgen.usage.PriceTable: costs in the summary and records
+    max_cost: float | None = None  # USD this run may spend; needs prices for the model
+    time_budget: float | None = None  # seconds, from the start of run_job
+    progress: Progress | None = None  # where progress goes (batchgen.progress.choose)
 
 
 @dataclass
@@ -102,6 +108,8 @@ class RunSummary:
     parts: int = 0
     seconds: float = 0.0
     moved_aside: Path | None = None  # where --fresh moved the previous output
+    cost: float | None = None  # USD billed by this run; None when the model has no price
+    stopped_by: str | None = None  # signal, time_budget, max_cost, unreachable, api, input, disk
 
     @property
     def exit_code(self) -> int:
@@ -201,7 +209,10 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
 
     An error raised after the run started carries ``summary`` (what was done and flushed).
     """
+    started = time.monotonic()
     plan = plan_job(job)
+    max_output = job.generation.get("maxOutputTokens")
+    budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
     total = plan.reader.scan()
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
@@ -212,8 +223,9 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
             moved = start_fresh(out) if options.fresh else None
             remove_temporaries(out)
             check_fingerprint(job, out, __version__)
-            run = _Run(plan, options, read_done(out))
+            run = _Run(plan, options, read_done(out), budget, started)
             run.summary.rows_total = min(total, options.limit or total)
+            run.rows_todo = max(0, run.summary.rows_total - run._already)
             run.summary.moved_aside = moved
             return asyncio.run(run.main())
     except OSError as exc:
@@ -221,8 +233,16 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
 
 
 class _Run:
-    def __init__(self, plan: Plan, options: RunOptions, done: DoneSet) -> None:
+    def __init__(
+        self, plan: Plan, options: RunOptions, done: DoneSet, budget: Budget, started: float
+    ) -> None:
         self.plan = plan
+        self.budget = budget
+        self.started = started
+        self.progress = options.progress or NoProgress()
+        already = done.ids if plan.job.input.id_column else done.hashes
+        self.rows_todo = 0  # set once rows_total is known (see run_job)
+        self._already = len(already) + (len(done.failed) if options.skip_failed else 0)
         self.job = plan.job
         self.options = options
         self.done = done
@@ -247,7 +267,7 @@ class _Run:
         self.unreachable_after = options.unreachable_after or max(20, 2 * concurrency)
 
     async def main(self) -> RunSummary:
-        started, started_at = time.monotonic(), datetime.now(UTC)
+        started_at = datetime.now(UTC)
         await asyncio.to_thread(append_run_record, self.out, self._record("start", started_at))
         concurrency = self.job.limits.concurrency
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -259,6 +279,7 @@ class _Run:
             ticker = asyncio.create_task(self._tick())
             reader = asyncio.create_task(self._read())
             self.workers = [asyncio.create_task(self._worker(client)) for _ in range(concurrency)]
+            self._watch_time_budget()
             with self._signal_handlers():
                 await asyncio.gather(*self.workers, return_exceptions=True)
                 for task in (reader, ticker):
@@ -266,8 +287,10 @@ class _Run:
                 await asyncio.gather(reader, ticker, return_exceptions=True)
                 await self.outcomes.put(None)
                 await writer
+        self.summary.cost = self.budget.cost
         await asyncio.to_thread(self._finish, started_at)
-        self.summary.seconds = time.monotonic() - started
+        self.summary.seconds = time.monotonic() - self.started
+        self.progress.close(self._snapshot())
         if self.stop is not None:
             self.stop.summary = self.summary
             raise self.stop
@@ -299,7 +322,9 @@ class _Run:
                 "requests": s.requests,
                 "tokens": dict(s.usage),
                 "failures": dict(s.failures),
+                "cost_usd": s.cost,
                 "exit_code": self.stop.exit_code if self.stop is not None else s.exit_code,
+                "stopped_by": s.stopped_by,
                 "stopped": str(self.stop) if self.stop is not None else None,
             }
         return record
@@ -330,19 +355,39 @@ class _Run:
                 RunStoppedError(
                     f"{self.out}: stopped by {sig.name}: results so far are saved; "
                     "rerun the same command to resume"
-                )
+                ),
+                "signal",
             )
             asyncio.get_running_loop().call_later(grace, self._cancel_workers)
         else:
             self._cancel_workers()
 
-    def _halt(self, reason: BatchgenError) -> None:
+    def _halt(self, reason: BatchgenError, by: str) -> None:
         """Stop taking rows; the first reason given is the one reported."""
         if self.stop is None:
             self.stop = reason
+            self.summary.stopped_by = by
         self.stopping.set()
 
+    def _watch_time_budget(self) -> None:
+        """Stop taking rows a grace period before the budget ends; stop the calls at its end."""
+        budget = self.options.time_budget
+        if budget is None:
+            return
+        left = budget - (time.monotonic() - self.started)
+        grace = min(self.options.grace_seconds, budget / 4)
+        loop = asyncio.get_running_loop()
+        stop = RunStoppedError(
+            f"{self.out}: the time budget of {budget:g} s is used up; results so far are "
+            "saved: the next run resumes"
+        )
+        loop.call_later(max(0.0, left - grace), self._halt, stop, "time_budget")
+        # the calls still in flight then end just before the budget does, leaving time to flush
+        loop.call_later(max(0.0, left - min(1.0, grace / 4)), self._cancel_workers)
+
     def _cancel_workers(self) -> None:
+        """Stop the calls in flight now (only ever after a reason to stop was given)."""
+        assert self.stop is not None, "workers cancelled without a reason to stop"
         for task in self.workers:
             task.cancel()
 
@@ -363,7 +408,7 @@ class _Run:
                     else:
                         await self.work.put(item)
         except BatchgenError as exc:
-            self._halt(exc)
+            self._halt(exc, "input")
         finally:
             self.summary.rows_skipped = counts["skipped"]
         for _ in range(self.job.limits.concurrency):  # not reached when cancelled
@@ -376,8 +421,11 @@ class _Run:
                 return
             try:
                 outcome = await self._row(client, work)
+            except BudgetReachedError as exc:
+                self._halt(exc, "max_cost")
+                return
             except BatchgenError as exc:  # a bad key, an unknown model, a used-up daily quota
-                self._halt(exc)
+                self._halt(exc, "api")
                 return
             await self.outcomes.put(outcome)
             self._watch_transport(outcome)
@@ -393,7 +441,8 @@ class _Run:
                 RunStoppedError(
                     f"{self.job.model.base_url}: unreachable ({self.transport_failures} rows in "
                     f"a row failed: {outcome.message}); rerun to resume"
-                )
+                ),
+                "unreachable",
             )
 
     async def _row(self, client: GeminiClient, work: _Work) -> _Outcome:
@@ -412,15 +461,19 @@ class _Run:
 
     async def _attempt(self, client: GeminiClient, work: _Work, attempt: int) -> _Outcome:
         charged = self.limits.estimate(work.tokens)
+        held = await self.budget.reserve(charged)
         await self.limits.acquire(charged)
         self.summary.requests += 1
         try:
             payload, latency_ms = await client.generate(work.body)
         except ApiError as exc:
+            await self.budget.settle(held, None)
             if exc.status == 429:
                 self.limits.rejected(exc.retry_delay, exc.quota)
             raise
         answer = parse_response(payload)
+        await self.budget.settle(held, answer.usage)
+        self.summary.cost = self.budget.cost
         await self.limits.settle(work.tokens, charged, answer.usage.prompt)
         try:
             value = structured_value(answer, self.plan.validator)
@@ -520,6 +573,18 @@ class _Run:
         else:
             s.rows_done += 1
             s.output_rows += len(outcome.rows)
+        self.progress.update(self._snapshot())
+
+    def _snapshot(self) -> Snapshot:
+        s = self.summary
+        return Snapshot(
+            rows_todo=self.rows_todo,
+            rows_done=s.rows_done,
+            rows_failed=s.rows_failed,
+            tokens=s.usage["total"],
+            cost=self.budget.cost,
+            elapsed=time.monotonic() - self.started,
+        )
 
     async def _flush(self, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         ledger, self.ledger = self.ledger, []
@@ -535,7 +600,7 @@ class _Run:
                 table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
                 await asyncio.to_thread(self.errors_writer.write, table)
         except CheckpointError as exc:  # disk full, folder gone: stop paying for lost answers
-            self._halt(exc)
+            self._halt(exc, "disk")
             self._cancel_workers()
 
 

@@ -1,0 +1,107 @@
+"""Money while a run works: the spend so far, and the ``--max-cost`` guard (per run).
+
+Every call that returned usage is billed (retries and unusable answers too). With a cap, each
+call first reserves its expected cost — its estimated prompt tokens, and the mean output and
+thinking tokens of the calls so far (``maxOutputTokens`` before the first answer) — and a call
+whose reservation does not fit waits for the calls in flight to settle. With nothing in flight, one
+call may go while the spend is under the cap; once the spend reaches the cap, the run stops. So
+the spend ends within about one call's cost of the cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from batchgen.answers import Usage
+from batchgen.errors import JobError, RunStoppedError
+
+FIRST_OUTPUT_GUESS = 1024  # output + thinking tokens expected before any answer, without a max
+
+
+class Pricer(Protocol):
+    """What :class:`batchgen.usage.PriceTable` offers the runner."""
+
+    def cost(
+        self, model: str, *, prompt: int, output: int, thinking: int, cached: int, batch: bool = ...
+    ) -> float | None: ...
+
+
+class BudgetReachedError(RunStoppedError):
+    """``--max-cost`` is reached; the run stopped with everything so far saved."""
+
+    exit_code = 6
+
+
+class Budget:
+    """Tracks the spend of one run and enforces its cap."""
+
+    def __init__(
+        self,
+        pricer: Pricer | None,
+        model: str,
+        cap: float | None = None,
+        max_output_tokens: int | None = None,
+    ) -> None:
+        self._pricer = pricer
+        self._model = model
+        self.cap = cap
+        self.priced = pricer is not None and self._price(Usage(prompt=1000)) is not None
+        if cap is not None and not self.priced:
+            raise JobError(
+                f"--max-cost: no price for model {model!r}, so the spend cannot be capped; "
+                "add it with --prices FILE"
+            )
+        self.spent = 0.0
+        self._reserved = 0.0
+        self._calls = 0
+        self._output_sum = 0
+        self._first_guess = max_output_tokens or FIRST_OUTPUT_GUESS
+        self._settled = asyncio.Condition() if cap is not None else None
+
+    @property
+    def cost(self) -> float | None:
+        """This run's spend, or None when the model has no price."""
+        return self.spent if self.priced else None
+
+    async def reserve(self, prompt_tokens: int) -> float:
+        """Hold a call's expected cost before sending it; wait or stop at the cap."""
+        if self._settled is None:
+            return 0.0
+        expected_output = self._output_sum / self._calls if self._calls else self._first_guess
+        need = self._price(Usage(prompt=prompt_tokens, output=round(expected_output))) or 0.0
+        assert self.cap is not None
+        async with self._settled:
+            while self.spent + self._reserved + need > self.cap:
+                if self._reserved == 0 and self.spent < self.cap:
+                    break  # alone, one call may pass: its real cost is what will be learnt
+                if self._reserved == 0:
+                    raise BudgetReachedError(
+                        f"--max-cost ${self.cap:g} reached (this run spent ${self.spent:.4f}); "
+                        "results so far are saved: rerun to go on"
+                    )
+                await self._settled.wait()
+            self._reserved += need
+        return need
+
+    async def settle(self, held: float, usage: Usage | None) -> None:
+        """Replace a reservation by the call's real cost (None: the call returned no usage)."""
+        if usage is not None:
+            self.spent += self._price(usage) or 0.0
+            self._calls += 1
+            self._output_sum += usage.output + usage.thinking
+        if self._settled is not None:
+            async with self._settled:
+                self._reserved = max(0.0, self._reserved - held)
+                self._settled.notify_all()
+
+    def _price(self, usage: Usage) -> float | None:
+        if self._pricer is None:
+            return None
+        return self._pricer.cost(
+            self._model,
+            prompt=usage.prompt,
+            output=usage.output,
+            thinking=usage.thinking,
+            cached=usage.cached,
+        )

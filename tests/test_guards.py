@@ -1,0 +1,116 @@
+"""Budget and time guards, run records and progress output, against the emulator."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchgen.budget import BudgetReachedError
+from batchgen.checkpoint import read_run_records
+from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.errors import JobError, RunStoppedError
+from batchgen.job import Overrides, load_job
+from batchgen.output import part_files
+from batchgen.progress import LineProgress, Snapshot, choose
+from batchgen.runner import RunOptions, run_job
+from batchgen.usage import PriceTable
+from tests.test_resume import make_job
+
+KEY = "guard-key-77"
+
+
+def ledger_cost(out: Path, prices: PriceTable, run_id: str | None = None) -> tuple[float, float]:
+    """(total cost, most expensive call) of the ledger, by hand from the price table."""
+    costs = []
+    for part in part_files(out, "usage"):
+        for row in pq.read_table(part).to_pylist():
+            if run_id is None or row["run_id"] == run_id:
+                cost = prices.cost(row["model"], prompt=row["prompt_tokens"],
+                                   output=row["output_tokens"], thinking=row["thinking_tokens"],
+                                   cached=row["cached_tokens"])  # fmt: skip
+                assert cost is not None
+                costs.append(cost)
+    return sum(costs), max(costs)
+
+
+def test_max_cost_stops_within_one_call_of_the_cap_and_the_output_resumes(
+    project: Path,
+) -> None:
+    prices = PriceTable.load()
+    with EmulatorThread(EmulatorConfig()) as server:
+        job = load_job(
+            project / "jobs" / "cookie_recipes.toml", Overrides(base_url=server.base_url)
+        )
+        cap = 0.012
+        with pytest.raises(BudgetReachedError, match=r"--max-cost \$0.012 reached") as info:
+            run_job(job, RunOptions(api_key=KEY, prices=prices, max_cost=cap))
+        summary = info.value.summary
+        assert info.value.exit_code == 6 and summary.stopped_by == "max_cost"
+        spent, dearest = ledger_cost(job.output.directory, prices, summary.run_id)
+        assert summary.cost == pytest.approx(spent)
+        assert cap - dearest <= spent <= cap + dearest  # within one call's cost of the cap
+        end = read_run_records(job.output.directory)[-1]
+        assert end["stopped_by"] == "max_cost" and end["cost_usd"] == pytest.approx(spent)
+        rest = run_job(job, RunOptions(api_key=KEY, prices=prices))  # no cap: it resumes
+    assert rest.rows_skipped == summary.rows_done and summary.rows_done + rest.rows_done == 12
+
+
+def test_max_cost_needs_a_price(project: Path) -> None:
+    job = load_job(project / "jobs" / "cookie_recipes.toml", Overrides(model="gemini-9-ultra"))
+    with pytest.raises(JobError, match="no price for model 'gemini-9-ultra'"):
+        run_job(job, RunOptions(api_key=KEY, prices=PriceTable.load(), max_cost=1.0))
+
+
+def test_time_budget_stops_cleanly_and_is_recorded(tmp_path: Path) -> None:
+    path = make_job(tmp_path, 400, concurrency=2)
+    with EmulatorThread(EmulatorConfig(latency_ms=100)) as server:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        with pytest.raises(RunStoppedError, match="time budget of 2 s is used up") as info:
+            run_job(job, RunOptions(api_key=KEY, time_budget=2.0, grace_seconds=0.5))
+    summary = info.value.summary
+    assert info.value.exit_code == 4 and summary.stopped_by == "time_budget"
+    assert 0 < summary.rows_done < 400
+    assert summary.seconds < 4  # stopped on time, not at the end of the input
+    assert read_run_records(tmp_path / "out")[-1]["stopped_by"] == "time_budget"
+
+
+def test_run_records_carry_usage_and_cost_and_never_the_key(project: Path) -> None:
+    with EmulatorThread(EmulatorConfig()) as server:
+        job = load_job(project / "jobs" / "review_insights.toml",
+                       Overrides(base_url=server.base_url))  # fmt: skip
+        summary = run_job(job, RunOptions(api_key=KEY, prices=PriceTable.load()))
+    start, end = read_run_records(job.output.directory)
+    assert (start["event"], end["event"]) == ("start", "end")
+    assert end["rows_done"] == 20 and end["exit_code"] == 0
+    assert end["tokens"]["prompt"] == summary.usage["prompt"] > 0
+    assert end["cost_usd"] == pytest.approx(summary.cost) and summary.cost > 0
+    assert KEY not in (job.output.directory / "runs.jsonl").read_text()
+
+
+def test_progress_lines_for_cron_and_json_for_collectors() -> None:
+    snap = Snapshot(rows_todo=100, rows_done=40, rows_failed=2, tokens=12_345, cost=0.5,
+                    elapsed=10.0)  # fmt: skip
+    text = io.StringIO()
+    LineProgress(every=0, stream=text).update(snap)
+    assert (
+        "42/100 rows (2 failed), 4.2 rows/s, 12,345 tokens, $0.5000, ETA 0m13s" in text.getvalue()
+    )
+    records = io.StringIO()
+    progress = LineProgress(every=3600, as_json=True, stream=records)
+    progress.update(snap)  # not yet due
+    progress.close(snap)
+    (line,) = records.getvalue().splitlines()
+    assert json.loads(line) | {"ts": None} == {
+        "ts": None, "event": "finished", "rows_todo": 100, "rows_done": 40, "rows_failed": 2,
+        "rows_per_s": 4.2, "tokens": 12345, "cost_usd": 0.5, "eta_s": 14,
+    }  # fmt: skip
+
+
+def test_not_on_a_terminal_progress_is_lines_and_quiet_is_nothing() -> None:
+    stream = io.StringIO()
+    assert isinstance(choose(False, "text", 60, stream), LineProgress)
+    assert type(choose(True, "text", 60, stream)).__name__ == "NoProgress"
