@@ -17,7 +17,8 @@ from batchgen.errors import (
     TemplateError,
 )
 from batchgen.job import Job, Overrides, load_job
-from batchgen.runner import Plan, RunOptions, RunSummary, plan_job, run_job
+from batchgen.plan import Plan, plan_job
+from batchgen.runner import RunOptions, RunSummary, run_job
 
 __all__ = [
     "BatchgenError",

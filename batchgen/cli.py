@@ -21,7 +21,8 @@ import click
 from batchgen import __version__
 from batchgen.errors import BatchgenError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
-from batchgen.runner import Plan, RunOptions, RunSummary, plan_job, run_job
+from batchgen.plan import Plan, plan_job
+from batchgen.runner import RunOptions, RunSummary, run_job
 
 EMULATOR_KEY = "emulator-key"
 

@@ -49,9 +49,7 @@ from batchgen.errors import (
     CheckpointError,
     InputError,
     RunStoppedError,
-    TemplateError,
 )
-from batchgen.inputs import InputReader, InputRow
 from batchgen.job import Job
 from batchgen.limits import RateLimits
 from batchgen.output import (
@@ -60,15 +58,12 @@ from batchgen.output import (
     RESULTS_DIR,
     USAGE_DIR,
     USAGE_SCHEMA,
-    OutputLayout,
     PartWriter,
     error_row,
 )
+from batchgen.plan import Outcome, Plan, Work, plan_job
 from batchgen.progress import NoProgress, Progress, Snapshot
-from batchgen.prompts import PromptTemplate
-from batchgen.request import RequestBuilder, request_hash
 from batchgen.retry import RetryPolicy
-from batchgen.schema import AnswerValidator
 
 READ_CHUNK = 64  # rows rendered per hop to the reader thread
 TRANSPORT_CATEGORIES = frozenset({"connection", "timeout"})
@@ -116,92 +111,7 @@ class RunSummary:
         return 1 if self.rows_failed else 0
 
 
-@dataclass(frozen=True)
-class _Work:
-    row: InputRow
-    body: bytes
-    hash: str
-    tokens: int  # estimated prompt tokens (characters / 4)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    rows: list[dict[str, Any]]  # result rows (several when exploded) or one failure record
-    failed: bool
-    category: str | None = None
-    message: str | None = None
-
-
 _TICK = object()  # wakes the writer so that a quiet run still flushes on time
-
-
-@dataclass
-class Plan:
-    """Everything checked and compiled before the first request: see :func:`plan_job`."""
-
-    job: Job
-    reader: InputReader
-    template: PromptTemplate
-    builder: RequestBuilder
-    layout: OutputLayout
-    validator: AnswerValidator
-
-    def works(
-        self, done: DoneSet, limit: int | None, skip_failed: bool, counts: Counter[str]
-    ) -> Iterator[_Work | _Outcome]:
-        """Rendered requests for the rows still to do; template failures as outcomes.
-
-        With an id column a row is done when its id is in the results; without one, when its
-        request (by hash) is, so a grown or reordered input sends only its new rows.
-        """
-        by_id = self.job.input.id_column is not None
-        skip_ids = done.ids | (done.failed if skip_failed else frozenset())
-        skip_hashes = done.hashes | (done.failed_hashes if skip_failed else frozenset())
-        for row in itertools.islice(self._rows(), limit):
-            if by_id and row.row_id in skip_ids:
-                counts["skipped"] += 1
-                continue
-            item = self._render(row)
-            if not by_id and isinstance(item, _Work) and item.hash in skip_hashes:
-                counts["skipped"] += 1
-                continue
-            yield item
-
-    def _rows(self) -> Iterator[InputRow]:
-        for batch in self.reader.batches():
-            yield from batch
-
-    def first_request(self) -> bytes:
-        """The request body for the first input row, or the reason it cannot be rendered."""
-        for row in self._rows():
-            user, system = self.template.render(row.values, row.row_id)
-            return self.builder.body(user, system)
-        raise InputError(f"{self.reader.path}: no rows")
-
-    def _render(self, row: InputRow) -> _Work | _Outcome:
-        try:
-            user, system = self.template.render(row.values, row.row_id)
-        except TemplateError as exc:
-            message = f"{self.reader.path}: {exc}"
-            record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
-            return _Outcome([record], failed=True, category="template", message=message)
-        body = self.builder.body(user, system)
-        tokens = (len(user) + len(system or "")) // 4 + 1
-        return _Work(row, body, request_hash(body), tokens)
-
-
-def plan_job(job: Job) -> Plan:
-    """Check the job against its input and compile everything; no network, no writes."""
-    template = PromptTemplate(job.prompt, str(job.path))
-    needs = dict.fromkeys(template.variables, "used in the prompt")
-    needs.update(dict.fromkeys(job.input.carry, "input.carry"))
-    if job.input.id_column:
-        needs[job.input.id_column] = "input.id_column"
-    reader = InputReader(job.input, needs)
-    carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
-    layout = OutputLayout(job.response_schema, job.output.explode, carry, str(job.path))
-    validator = AnswerValidator(job.response_schema)
-    return Plan(job, reader, template, RequestBuilder(job), layout, validator)
 
 
 def run_job(job: Job, options: RunOptions) -> RunSummary:
@@ -252,7 +162,7 @@ class _Run:
         self.results_writer = PartWriter(self.out / RESULTS_DIR, self.run_id)
         self.errors_writer = PartWriter(self.out / ERRORS_DIR, self.run_id)
         concurrency = self.job.limits.concurrency
-        self.work: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=2 * concurrency)
+        self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=2 * concurrency)
         self.outcomes: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
         limits = self.job.limits
         self.limits = RateLimits(limits.requests_per_minute, limits.tokens_per_minute)
@@ -403,7 +313,7 @@ class _Run:
                 if not chunk:
                     break
                 for item in chunk:
-                    if isinstance(item, _Outcome):
+                    if isinstance(item, Outcome):
                         await self.outcomes.put(item)
                     else:
                         await self.work.put(item)
@@ -430,7 +340,7 @@ class _Run:
             await self.outcomes.put(outcome)
             self._watch_transport(outcome)
 
-    def _watch_transport(self, outcome: _Outcome) -> None:
+    def _watch_transport(self, outcome: Outcome) -> None:
         """Stop when every recent row failed to reach the API at all: it is down, not the rows."""
         if outcome.category not in TRANSPORT_CATEGORIES:
             self.transport_failures = 0
@@ -445,7 +355,7 @@ class _Run:
                 "unreachable",
             )
 
-    async def _row(self, client: GeminiClient, work: _Work) -> _Outcome:
+    async def _row(self, client: GeminiClient, work: Work) -> Outcome:
         """One row through its retry loop; what still fails becomes a failure record."""
         attempt = 0
         try:
@@ -459,7 +369,7 @@ class _Run:
             return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
         raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
-    async def _attempt(self, client: GeminiClient, work: _Work, attempt: int) -> _Outcome:
+    async def _attempt(self, client: GeminiClient, work: Work, attempt: int) -> Outcome:
         charged = self.limits.estimate(work.tokens)
         held = await self.budget.reserve(charged)
         await self.limits.acquire(charged)
@@ -484,9 +394,9 @@ class _Run:
         meta = _meta(answer, latency_ms, attempt, work.hash)
         row = work.row
         ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
-        return _Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
+        return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
-    def _bill(self, work: _Work, attempt: int, answer: Answer, outcome: str) -> None:
+    def _bill(self, work: Work, attempt: int, answer: Answer, outcome: str) -> None:
         """One ledger row for a call that returned usage: every such call is paid for."""
         usage = answer.usage
         self._count(usage)
@@ -512,14 +422,14 @@ class _Run:
 
     def _failure(
         self,
-        work: _Work,
+        work: Work,
         category: str,
         message: str,
         attempts: int,
         *,
         status: int | None = None,
         text: str | None = None,
-    ) -> _Outcome:
+    ) -> Outcome:
         record = error_row(
             work.row.row_id,
             category,
@@ -530,7 +440,7 @@ class _Run:
             request_hash=work.hash,
             at=datetime.now(UTC),
         )
-        return _Outcome([record], failed=True, category=category, message=message)
+        return Outcome([record], failed=True, category=category, message=message)
 
     def _count(self, usage: Usage) -> None:
         u = self.summary.usage
@@ -563,7 +473,7 @@ class _Run:
                 results, errors, last = [], [], time.monotonic()
         await self._flush(results, errors)
 
-    def _tally(self, outcome: _Outcome) -> None:
+    def _tally(self, outcome: Outcome) -> None:
         s = self.summary
         if outcome.failed:
             s.rows_failed += 1

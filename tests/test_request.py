@@ -10,9 +10,9 @@ import pytest
 
 from batchgen.errors import InputError, TemplateError
 from batchgen.job import load_job
+from batchgen.plan import plan_job
 from batchgen.prompts import PromptTemplate
 from batchgen.request import RequestBuilder, request_hash
-from batchgen.runner import plan_job
 from tests.conftest import ROOT, write_job
 
 SEED_JOB = """

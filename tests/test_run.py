@@ -17,7 +17,8 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import FatalApiError
 from batchgen.job import Overrides, load_job
 from batchgen.output import ERRORS_SCHEMA, part_files
-from batchgen.runner import RunOptions, plan_job, run_job
+from batchgen.plan import plan_job
+from batchgen.runner import RunOptions, run_job
 
 KEY = "test-key-123456"
 

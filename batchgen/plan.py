@@ -1,0 +1,116 @@
+"""Everything checked and compiled before the first request: the job against its input.
+
+:func:`plan_job` loads nothing over the network and writes nothing: it opens the input (its
+header or Parquet footer), checks every column the job needs, compiles the templates, derives
+the output columns and the answer validator. ``batchgen validate`` is this plan; ``run`` starts
+from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from batchgen.checkpoint import DoneSet
+from batchgen.errors import InputError, TemplateError
+from batchgen.inputs import InputReader, InputRow
+from batchgen.job import Job
+from batchgen.output import OutputLayout, error_row
+from batchgen.prompts import PromptTemplate
+from batchgen.request import RequestBuilder, request_hash
+from batchgen.schema import AnswerValidator
+
+
+@dataclass(frozen=True)
+class Work:
+    """A rendered request for one row."""
+
+    row: InputRow
+    body: bytes
+    hash: str
+    tokens: int  # estimated prompt tokens (characters / 4)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one row: its result rows, or its failure record."""
+
+    rows: list[dict[str, Any]]  # result rows (several when exploded) or one failure record
+    failed: bool
+    category: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class Plan:
+    """Everything checked and compiled before the first request: see :func:`plan_job`."""
+
+    job: Job
+    reader: InputReader
+    template: PromptTemplate
+    builder: RequestBuilder
+    layout: OutputLayout
+    validator: AnswerValidator
+
+    def works(
+        self, done: DoneSet, limit: int | None, skip_failed: bool, counts: Counter[str]
+    ) -> Iterator[Work | Outcome]:
+        """Rendered requests for the rows still to do; template failures as outcomes.
+
+        With an id column a row is done when its id is in the results; without one, when its
+        request (by hash) is, so a grown or reordered input sends only its new rows.
+        """
+        by_id = self.job.input.id_column is not None
+        skip_ids = done.ids | (done.failed if skip_failed else frozenset())
+        skip_hashes = done.hashes | (done.failed_hashes if skip_failed else frozenset())
+        for row in itertools.islice(self._rows(), limit):
+            if by_id and row.row_id in skip_ids:
+                counts["skipped"] += 1
+                continue
+            item = self._render(row)
+            if not by_id and isinstance(item, Work) and item.hash in skip_hashes:
+                counts["skipped"] += 1
+                continue
+            yield item
+
+    def _rows(self) -> Iterator[InputRow]:
+        for batch in self.reader.batches():
+            yield from batch
+
+    def first_request(self) -> bytes:
+        """The request body for the first input row, or the reason it cannot be rendered."""
+        for row in self._rows():
+            user, system = self.template.render(row.values, row.row_id)
+            return self.builder.body(user, system)
+        raise InputError(f"{self.reader.path}: no rows")
+
+    def _render(self, row: InputRow) -> Work | Outcome:
+        try:
+            user, system = self.template.render(row.values, row.row_id)
+        except TemplateError as exc:
+            message = f"{self.reader.path}: {exc}"
+            record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
+            return Outcome([record], failed=True, category="template", message=message)
+        body = self.builder.body(user, system)
+        tokens = (len(user) + len(system or "")) // 4 + 1
+        return Work(row, body, request_hash(body), tokens)
+
+
+def plan_job(job: Job) -> Plan:
+    """Check the job against its input and compile everything; no network, no writes."""
+    template = PromptTemplate(job.prompt, str(job.path))
+    needs = dict.fromkeys(template.variables, "used in the prompt")
+    needs.update(dict.fromkeys(job.input.carry, "input.carry"))
+    if job.input.id_column:
+        needs[job.input.id_column] = "input.id_column"
+    reader = InputReader(job.input, needs)
+    carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
+    layout = OutputLayout(job.response_schema, job.output.explode, carry, str(job.path))
+    validator = AnswerValidator(job.response_schema)
+    return Plan(job, reader, template, RequestBuilder(job), layout, validator)
