@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from batchgen import __version__
+from batchgen.cli_report import estimate, report
 from batchgen.errors import BatchgenError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
@@ -280,6 +281,10 @@ def emulator(
     except ValueError as exc:
         raise JobError(f"emulator: {exc}") from None
     serve(config, host=host, port=port)
+
+
+main.add_command(report)
+main.add_command(estimate)
 
 
 @main.command()

@@ -87,6 +87,34 @@ class GeminiClient:
                 raise ApiError("bad_response", "HTTP 200 with a body that is not JSON") from None
         raise self._error(status, raw, retry_after)
 
+    async def count_tokens(self, contents_body: bytes) -> int:
+        """POST a countTokens request; return its ``totalTokens``, or raise as :meth:`generate`.
+
+        ``contents_body`` is a CountTokensRequest: ``{"contents": [...]}`` counts the contents
+        alone; ``{"generateContentRequest": {"model": "models/…", ...}}`` counts the request as
+        generateContent would bill its prompt, systemInstruction included (gemini-api.md §8).
+        """
+        m = self._model
+        url = f"{m.base_url}/{m.api_version}/models/{m.name}:countTokens"
+        try:
+            async with self._session.post(
+                url, data=contents_body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ApiError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        if status != 200:
+            raise self._error(status, raw, retry_after)
+        try:
+            payload = json.loads(raw)
+            return int(payload.get("totalTokens", 0))  # proto3 JSON leaves a zero count out
+        except (ValueError, TypeError, AttributeError):
+            raise ApiError("bad_response", "countTokens: HTTP 200 without a count") from None
+
     def _error(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
         error = _envelope(raw)
         message = self._scrub(str(error.get("message") or raw[:200].decode(errors="replace")))

@@ -1,0 +1,130 @@
+"""The ``report`` and ``estimate`` commands: parse, call the library, print.
+
+Registered on the main group in :mod:`batchgen.cli` (``main.add_command(report)``,
+``main.add_command(estimate)``), whose ``invoke`` turns a BatchgenError into one line on stderr
+and its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from batchgen.errors import JobError
+from batchgen.job import Job, Overrides, load_job
+from batchgen.usage import PriceTable
+
+EMULATOR_KEY = "emulator-key"  # what `run --emulator` sends when the key's variable is unset
+_PATH = click.Path(path_type=Path)
+
+
+@click.command("report")
+@click.argument("outputs", nargs=-1, required=True, type=_PATH)
+@click.option(
+    "--by",
+    type=click.Choice(["job", "model", "day", "run", "finish_reason"]),
+    default="job",
+    show_default=True,
+    help="Group the totals by this.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--prices", type=_PATH, help="A price file (TOML) that overrides or adds models.")
+@click.option("--plot", type=_PATH, help="Also save a PNG of cost per day and tokens per run.")
+def report(
+    outputs: tuple[Path, ...], by: str, fmt: str, prices: Path | None, plot: Path | None
+) -> None:
+    """Requests, rows, tokens and cost of one or more OUTPUT directories.
+
+    Every call that returned usage is counted and priced, retries and failed answers too; a
+    model without a price is shown as unpriced, never as 0.
+    """
+    from batchgen.report import format_report, plot_report
+    from batchgen.report import report as build_report
+
+    rep = build_report(outputs, by=by, prices=PriceTable.load(prices))
+    for warning in rep.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(format_report(rep, fmt))
+    if plot is not None:
+        click.echo(f"plot saved to {plot_report(rep, plot)}", err=True)
+
+
+@click.command("estimate")
+@click.argument("job_file", type=_PATH)
+@click.option("--input", "input_path", type=_PATH, help="Input file instead of the job's.")
+@click.option("--output", type=_PATH, help="Output directory instead of the job's.")
+@click.option("--model", help="Model name instead of the job's model.name.")
+@click.option("--base-url", help="API base URL (e.g. a proxy) instead of the job's.")
+@click.option(
+    "--sample",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Count the prompts of N rows spread over the input, and scale.",
+)
+@click.option("--all", "all_rows", is_flag=True, help="Count the prompts of every row.")
+@click.option("--offline", is_flag=True, help="No API: about 4 characters a token (rough).")
+@click.option("--emulator", is_flag=True, help="Count with the built-in emulator (offline).")
+@click.option("--prices", type=_PATH, help="A price file (TOML) that overrides or adds models.")
+@click.option(
+    "--history",
+    type=_PATH,
+    help="An earlier output of this job to take output sizes from (default: the job's output).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def estimate(
+    job_file: Path,
+    input_path: Path | None,
+    output: Path | None,
+    model: str | None,
+    base_url: str | None,
+    sample: int,
+    all_rows: bool,
+    offline: bool,
+    emulator: bool,
+    prices: Path | None,
+    history: Path | None,
+    fmt: str,
+) -> None:
+    """Estimate JOB_FILE's tokens, cost and run time before running it."""
+    from batchgen.estimate import Estimate, estimate_job, format_estimate
+
+    job = load_job(job_file, Overrides(input_path, output, model, base_url))
+    table = PriceTable.load(prices)
+    rows = None if all_rows else sample
+
+    def count(job: Job, key: str = "") -> Estimate:
+        return estimate_job(
+            job, api_key=key, sample=rows, offline=offline, prices=table, history=history
+        )
+
+    if offline:
+        result = count(job)
+    elif emulator:
+        from batchgen.emulator import EmulatorThread
+
+        with EmulatorThread() as server:
+            job = replace(job, model=replace(job.model, base_url=server.base_url))
+            result = count(job, os.environ.get(job.model.api_key_env) or EMULATOR_KEY)
+    else:
+        result = count(job, _api_key(job))
+    click.echo(format_estimate(result, fmt))
+
+
+def _api_key(job: Job) -> str:
+    key = os.environ.get(job.model.api_key_env, "").strip()
+    if not key:
+        raise JobError(
+            f"{job.path}: no API key for countTokens: set ${job.model.api_key_env} "
+            "(model.api_key_env), or use --offline or --emulator"
+        )
+    return key

@@ -1,0 +1,200 @@
+"""`estimate`: prompt tokens counted before a run, checked against what the run then reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import click
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+
+from batchgen.cli import main
+from batchgen.cli_report import estimate, report
+from batchgen.client import GeminiClient
+from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
+from batchgen.errors import CheckpointError, FatalApiError
+from batchgen.estimate import (
+    count_request,
+    estimate_job,
+    format_estimate,
+    rough_tokens,
+    sample_positions,
+    small_answer,
+)
+from batchgen.job import Job, Overrides, load_job
+from batchgen.output import part_files
+from batchgen.request import RequestBuilder
+from batchgen.runner import RunOptions, run_job
+from batchgen.schema import AnswerValidator, normalize_schema
+from tests.strategies import GEMINI_SCHEMAS
+
+KEY = "test-key-123456"
+JOBS = ["review_insights", "cookie_recipes"]
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}))) as server:
+        yield server
+
+
+@pytest.fixture
+def cli() -> click.Group:
+    """The main command group with this module's commands (until cli.py registers them)."""
+    for command in (report, estimate):
+        if command.name not in main.commands:
+            main.add_command(command)
+    return main
+
+
+def load(project: Path, name: str, server: EmulatorThread, **overrides: Path) -> Job:
+    return load_job(
+        project / "jobs" / f"{name}.toml", Overrides(base_url=server.base_url, **overrides)
+    )
+
+
+def ledger(out: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in part_files(out, "usage")], ignore_index=True)
+
+
+@pytest.mark.parametrize("name", JOBS)
+@pytest.mark.parametrize(
+    ("sample", "offline"),
+    [(None, False), (200, False), (5, False), (5, True)],
+    ids=["all", "default-sample", "sample-5", "offline-sample-5"],
+)
+def test_estimate_predicts_the_prompt_tokens_a_run_reports(
+    project: Path, emulator: EmulatorThread, name: str, sample: int | None, offline: bool
+) -> None:
+    job = load(project, name, emulator)
+    est = estimate_job(job, api_key=KEY, sample=sample, offline=offline)
+    counts = emulator.emulator.counts
+    assert counts["generateContent"] == 0  # nothing paid for while estimating
+    assert counts["countTokens"] == (0 if offline else est.sampled)
+    run_job(job, RunOptions(api_key=KEY))
+    reported = int(ledger(job.output.directory)["prompt_tokens"].sum())
+    assert est.prompt_tokens == pytest.approx(reported, rel=0.10)
+    if sample is None or sample >= est.rows:  # every row counted: exactly what was billed
+        assert est.prompt_tokens == reported
+
+
+async def test_count_tokens_counts_the_system_instruction(project: Path) -> None:
+    path = project / "jobs" / "cookie_recipes.toml"
+    body = RequestBuilder(load_job(path)).body(
+        "List 3 vegan cookie recipes.", "You are a pastry chef who writes precise recipes."
+    )
+    async with EmulatorServer() as server, aiohttp.ClientSession() as session:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        client = GeminiClient(session, job.model, KEY, 10)
+        contents = json.dumps({"contents": json.loads(body)["contents"]}).encode()
+        alone = await client.count_tokens(contents)
+        whole = await client.count_tokens(count_request(job.model.name, body))
+        answer, _ = await client.generate(body)
+    assert alone == rough_tokens("List 3 vegan cookie recipes.")
+    assert whole == answer["usageMetadata"]["promptTokenCount"] > alone
+
+
+def test_output_range_from_the_schema_and_max_output_tokens(
+    project: Path, emulator: EmulatorThread
+) -> None:
+    job = load(project, "cookie_recipes", emulator)
+    est = estimate_job(job, api_key=KEY)
+    minimal = rough_tokens(json.dumps(small_answer(job.response_schema), separators=(",", ":")))
+    assert (est.output_low, est.output_high) == (12 * minimal, 12 * 8192)
+    assert "maxOutputTokens 8,192" in est.output_source
+    # gemini-2.5-flash: 0.30 in, 2.50 out per 1M; output at the ceiling for every row.
+    assert est.cost_high == pytest.approx((est.prompt_tokens * 0.30 + 12 * 8192 * 2.50) / 1e6)
+    assert est.cost_low == pytest.approx((est.prompt_tokens * 0.30 + 12 * minimal * 2.50) / 1e6)
+    # 12 rows at 600 requests per minute; no tokens_per_minute in the job.
+    assert est.minutes_requests == pytest.approx(12 / 600) and est.minutes_tokens is None
+
+
+def test_output_measured_in_a_pilot_run(project: Path, emulator: EmulatorThread) -> None:
+    job = load(project, "cookie_recipes", emulator)
+    run_job(job, RunOptions(api_key=KEY, limit=4))
+    calls = ledger(job.output.directory)
+    per_row = float((calls["output_tokens"] + calls["thinking_tokens"]).mean())
+    est = estimate_job(job, api_key=KEY)
+    assert est.output_low == round(12 * per_row) == est.output_high
+    assert est.output_source.startswith(f"measured in {job.output.directory} (4 answers")
+    assert est.minutes_latency is not None
+    text = format_estimate(est)
+    assert "measured in" in text and "USD " in text
+
+    # The same output under a changed prompt is another job: its sizes are not used.
+    changed = replace(job, prompt=replace(job.prompt, user=job.prompt.user + " Be brief."))
+    est = estimate_job(changed, api_key=KEY)
+    assert est.output_high == 12 * 8192
+    assert any("written by a different job (prompt.user changed)" in n for n in est.notes)
+    with pytest.raises(CheckpointError, match="not a batchgen output"):
+        estimate_job(job, api_key=KEY, history=project)
+
+
+def test_tokens_per_minute_bounds_the_run_time(project: Path, emulator: EmulatorThread) -> None:
+    job = load(project, "review_insights", emulator)
+    job = replace(job, limits=replace(job.limits, tokens_per_minute=100, requests_per_minute=60))
+    est = estimate_job(job, api_key=KEY)
+    assert est.minutes_tokens == pytest.approx(est.prompt_tokens / 100)
+    assert est.minutes == est.minutes_tokens > est.minutes_requests == pytest.approx(20 / 60)
+    assert "at tokens_per_minute 100" in format_estimate(est)
+
+
+def test_an_unpriced_model_has_no_cost(project: Path, emulator: EmulatorThread) -> None:
+    job = load_job(
+        project / "jobs" / "review_insights.toml",
+        Overrides(base_url=emulator.base_url, model="gemini-flash-latest"),
+    )
+    est = estimate_job(job, api_key=KEY)
+    assert est.cost_low is None and est.cost_high is None and est.prompt_tokens > 0
+    assert "unpriced" in format_estimate(est)
+    assert any("no price for model 'gemini-flash-latest'" in n for n in est.notes)
+
+
+def test_a_refused_key_or_unknown_model_stops_the_estimate(
+    project: Path, emulator: EmulatorThread
+) -> None:
+    job = load(project, "review_insights", emulator)
+    with pytest.raises(FatalApiError, match=r"refused the key in \$GEMINI_API_KEY") as info:
+        estimate_job(job, api_key="wrong-key-987")
+    assert "wrong-key-987" not in str(info.value)
+    with pytest.raises(FatalApiError, match="HTTP 404"):
+        estimate_job(replace(job, model=replace(job.model, name="gemini-9")), api_key=KEY)
+
+
+def test_sample_positions_spread_over_the_input() -> None:
+    assert sample_positions(10, 3) == [0, 3, 6]
+    assert sample_positions(1000, 4) == [0, 250, 500, 750]
+    assert sample_positions(5, 200) == sample_positions(5, None) == [0, 1, 2, 3, 4]
+
+
+@settings(max_examples=200, deadline=None)
+@given(GEMINI_SCHEMAS)
+def test_the_minimal_answer_conforms_to_any_schema(schema: dict[str, object]) -> None:
+    canonical = normalize_schema(schema, "test")
+    assert AnswerValidator(canonical).problem(small_answer(canonical)) is None
+
+
+def test_cli_estimate(project: Path, cli: click.Group) -> None:
+    runner = CliRunner()
+    job = str(project / "jobs" / "review_insights.toml")
+    result = runner.invoke(cli, ["estimate", job, "--emulator", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["rows"], data["sampled"], data["method"]) == (20, 20, "countTokens")
+    result = runner.invoke(cli, ["estimate", job, "--offline", "--sample", "4"])
+    assert result.exit_code == 0, result.output
+    assert "on 4 of 20 rows spread over the input, scaled" in result.stdout
+    assert "USD " in result.stdout and "at requests_per_minute 1,000" in result.stdout
+
+    result = runner.invoke(cli, ["estimate", job])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {job}: no API key for countTokens: set $GEMINI_API_KEY (model.api_key_env), "
+        "or use --offline or --emulator\n"
+    )
