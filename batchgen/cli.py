@@ -9,7 +9,6 @@ up, rerun after it resets.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import replace
@@ -19,13 +18,12 @@ from typing import Any
 import click
 
 from batchgen import __version__
+from batchgen.cli_common import api_target
 from batchgen.cli_report import estimate, report
 from batchgen.errors import BatchgenError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.runner import RunOptions, RunSummary, run_job
-
-EMULATOR_KEY = "emulator-key"
 
 
 class _Group(click.Group):
@@ -158,27 +156,10 @@ def run(
         time_budget=_duration(time_budget),
         progress=choose(quiet, log_format, progress_every),
     )
-    if emulator:
-        from batchgen.emulator import EmulatorThread
-
-        with EmulatorThread() as server:
-            job = replace(job, model=replace(job.model, base_url=server.base_url))
-            key = os.environ.get(job.model.api_key_env) or EMULATOR_KEY
-            summary = run_job(job, replace(options, api_key=key))
-    else:
-        summary = run_job(job, replace(options, api_key=_api_key(job)))
+    with api_target(job, emulator, "use --emulator to run offline") as (target, key):
+        summary = run_job(target, replace(options, api_key=key))
     click.echo(_describe(summary))
     sys.exit(summary.exit_code)
-
-
-def _api_key(job: Job) -> str:
-    key = os.environ.get(job.model.api_key_env, "").strip()
-    if not key:
-        raise JobError(
-            f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), "
-            "or use --emulator to run offline"
-        )
-    return key
 
 
 def _describe(s: RunSummary) -> str:

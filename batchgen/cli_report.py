@@ -7,17 +7,14 @@ and its exit code.
 
 from __future__ import annotations
 
-import os
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from batchgen.errors import JobError
+from batchgen.cli_common import api_target
 from batchgen.job import Job, Overrides, load_job
 from batchgen.usage import PriceTable
 
-EMULATOR_KEY = "emulator-key"  # what `run --emulator` sends when the key's variable is unset
 _PATH = click.Path(path_type=Path)
 
 
@@ -109,22 +106,7 @@ def estimate(
 
     if offline:
         result = count(job)
-    elif emulator:
-        from batchgen.emulator import EmulatorThread
-
-        with EmulatorThread() as server:
-            job = replace(job, model=replace(job.model, base_url=server.base_url))
-            result = count(job, os.environ.get(job.model.api_key_env) or EMULATOR_KEY)
     else:
-        result = count(job, _api_key(job))
+        with api_target(job, emulator, "use --offline or --emulator") as (target, key):
+            result = count(target, key)
     click.echo(format_estimate(result, fmt))
-
-
-def _api_key(job: Job) -> str:
-    key = os.environ.get(job.model.api_key_env, "").strip()
-    if not key:
-        raise JobError(
-            f"{job.path}: no API key for countTokens: set ${job.model.api_key_env} "
-            "(model.api_key_env), or use --offline or --emulator"
-        )
-    return key

@@ -68,24 +68,14 @@ class GeminiClient:
     async def generate(self, body: bytes) -> tuple[dict[str, Any], float]:
         """POST one request; return (response JSON, latency in ms) or raise."""
         started = time.perf_counter()
-        try:
-            async with self._session.post(
-                self._model.url, data=body, headers=self._headers, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-        except TimeoutError:
-            raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise ApiError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        status, raw, retry_after = await self._post(self._model.url, body)
         latency_ms = (time.perf_counter() - started) * 1000
-        if status == 200:
-            try:
-                return json.loads(raw), latency_ms
-            except ValueError:
-                raise ApiError("bad_response", "HTTP 200 with a body that is not JSON") from None
-        raise self._error(status, raw, retry_after)
+        if status != 200:
+            raise self._error(status, raw, retry_after)
+        try:
+            return json.loads(raw), latency_ms
+        except ValueError:
+            raise ApiError("bad_response", "HTTP 200 with a body that is not JSON") from None
 
     async def count_tokens(self, contents_body: bytes) -> int:
         """POST a countTokens request; return its ``totalTokens``, or raise as :meth:`generate`.
@@ -96,17 +86,7 @@ class GeminiClient:
         """
         m = self._model
         url = f"{m.base_url}/{m.api_version}/models/{m.name}:countTokens"
-        try:
-            async with self._session.post(
-                url, data=contents_body, headers=self._headers, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-        except TimeoutError:
-            raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise ApiError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        status, raw, retry_after = await self._post(url, contents_body)
         if status != 200:
             raise self._error(status, raw, retry_after)
         try:
@@ -114,6 +94,18 @@ class GeminiClient:
             return int(payload.get("totalTokens", 0))  # proto3 JSON leaves a zero count out
         except (ValueError, TypeError, AttributeError):
             raise ApiError("bad_response", "countTokens: HTTP 200 without a count") from None
+
+    async def _post(self, url: str, body: bytes) -> tuple[int, bytes, str | None]:
+        """(status, body, Retry-After) of one POST; transport failures as retryable ApiError."""
+        try:
+            async with self._session.post(
+                url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                return resp.status, await resp.read(), resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ApiError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
 
     def _error(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
         error = _envelope(raw)

@@ -195,6 +195,6 @@ def test_cli_estimate(project: Path, cli: click.Group) -> None:
     result = runner.invoke(cli, ["estimate", job])
     assert result.exit_code == 2
     assert result.stderr == (
-        f"error: {job}: no API key for countTokens: set $GEMINI_API_KEY (model.api_key_env), "
+        f"error: {job}: no API key: set $GEMINI_API_KEY (model.api_key_env), "
         "or use --offline or --emulator\n"
     )
