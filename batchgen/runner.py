@@ -172,6 +172,7 @@ class _Run:
         self.stop: BatchgenError | None = None
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
+        self.timers: list[asyncio.TimerHandle] = []  # time budget and grace period
         self.signals = 0
         self.transport_failures = 0
         self.unreachable_after = options.unreachable_after or max(20, 2 * concurrency)
@@ -192,6 +193,8 @@ class _Run:
             self._watch_time_budget()
             with self._signal_handlers():
                 await asyncio.gather(*self.workers, return_exceptions=True)
+                for timer in self.timers:  # the work is over: a late timer must not stop it
+                    timer.cancel()
                 for task in (reader, ticker):
                     task.cancel()
                 await asyncio.gather(reader, ticker, return_exceptions=True)
@@ -268,7 +271,7 @@ class _Run:
                 ),
                 "signal",
             )
-            asyncio.get_running_loop().call_later(grace, self._cancel_workers)
+            self.timers.append(asyncio.get_running_loop().call_later(grace, self._cancel_workers))
         else:
             self._cancel_workers()
 
@@ -291,9 +294,10 @@ class _Run:
             f"{self.out}: the time budget of {budget:g} s is used up; results so far are "
             "saved: the next run resumes"
         )
-        loop.call_later(max(0.0, left - grace), self._halt, stop, "time_budget")
+        self.timers.append(loop.call_later(max(0.0, left - grace), self._halt, stop, "time_budget"))
         # the calls still in flight then end just before the budget does, leaving time to flush
-        loop.call_later(max(0.0, left - min(1.0, grace / 4)), self._cancel_workers)
+        end = loop.call_later(max(0.0, left - min(1.0, grace / 4)), self._cancel_workers)
+        self.timers.append(end)
 
     def _cancel_workers(self) -> None:
         """Stop the calls in flight now (only ever after a reason to stop was given)."""
