@@ -54,10 +54,11 @@ class Budget:
             )
         self.spent = 0.0
         self._reserved = 0.0
+        self._holds = 0  # calls holding a reservation (counted: float sums do not return to 0)
         self._calls = 0
         self._output_sum = 0
         self._first_guess = max_output_tokens or FIRST_OUTPUT_GUESS
-        self._settled = asyncio.Condition() if cap is not None else None
+        self._settled = asyncio.Event()  # set whenever a reservation is given back
 
     @property
     def cost(self) -> float | None:
@@ -66,34 +67,38 @@ class Budget:
 
     async def reserve(self, prompt_tokens: int) -> float:
         """Hold a call's expected cost before sending it; wait or stop at the cap."""
-        if self._settled is None:
+        if self.cap is None:
             return 0.0
-        expected_output = self._output_sum / self._calls if self._calls else self._first_guess
-        need = self._price(Usage(prompt=prompt_tokens, output=round(expected_output))) or 0.0
-        assert self.cap is not None
-        async with self._settled:
-            while self.spent + self._reserved + need > self.cap:
-                if self._reserved == 0 and self.spent < self.cap:
-                    break  # alone, one call may pass: its real cost is what will be learnt
-                if self._reserved == 0:
-                    raise BudgetReachedError(
-                        f"--max-cost ${self.cap:g} reached (this run spent ${self.spent:.4f}); "
-                        "results so far are saved: rerun to go on"
-                    )
-                await self._settled.wait()
-            self._reserved += need
+        while self.spent + self._reserved + (need := self._expected(prompt_tokens)) > self.cap:
+            if not self._holds and self.spent < self.cap:
+                break  # alone, one call may pass: its real cost is what will be learnt
+            if not self._holds:
+                raise BudgetReachedError(
+                    f"--max-cost ${self.cap:g} reached (this run spent ${self.spent:.4f}); "
+                    "results so far are saved: rerun to go on"
+                )
+            self._settled.clear()
+            await self._settled.wait()
+        self._reserved += need
+        self._holds += 1
         return need
 
-    async def settle(self, held: float, usage: Usage | None) -> None:
-        """Replace a reservation by the call's real cost (None: the call returned no usage)."""
+    def settle(self, held: float, usage: Usage | None) -> None:
+        """Replace a reservation by the call's real cost (None: the call returned no usage,
+        or never finished). Synchronous, so that it can run in a ``finally``."""
         if usage is not None:
             self.spent += self._price(usage) or 0.0
             self._calls += 1
             self._output_sum += usage.output + usage.thinking
-        if self._settled is not None:
-            async with self._settled:
-                self._reserved = max(0.0, self._reserved - held)
-                self._settled.notify_all()
+        if self.cap is not None:
+            self._holds -= 1
+            self._reserved = max(0.0, self._reserved - held) if self._holds else 0.0
+            self._settled.set()
+
+    def _expected(self, prompt_tokens: int) -> float:
+        """A call's expected cost: its prompt, and the mean output of the calls so far."""
+        expected_output = self._output_sum / self._calls if self._calls else self._first_guess
+        return self._price(Usage(prompt=prompt_tokens, output=round(expected_output))) or 0.0
 
     def _price(self, usage: Usage) -> float | None:
         if self._pricer is None:

@@ -376,17 +376,19 @@ class _Run:
     async def _attempt(self, client: GeminiClient, work: Work, attempt: int) -> Outcome:
         charged = self.limits.estimate(work.tokens)
         held = await self.budget.reserve(charged)
-        await self.limits.acquire(charged)
-        self.summary.requests += 1
+        usage: Usage | None = None
         try:
+            await self.limits.acquire(charged)
+            self.summary.requests += 1
             payload, latency_ms = await client.generate(work.body)
+            answer = parse_response(payload)
+            usage = answer.usage
         except ApiError as exc:
-            await self.budget.settle(held, None)
             if exc.status == 429:
                 self.limits.rejected(exc.retry_delay, exc.quota)
             raise
-        answer = parse_response(payload)
-        await self.budget.settle(held, answer.usage)
+        finally:  # also when the call fails, is cancelled or stops the run
+            self.budget.settle(held, usage)
         self.summary.cost = self.budget.cost
         await self.limits.settle(work.tokens, charged, answer.usage.prompt)
         try:

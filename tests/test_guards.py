@@ -114,3 +114,35 @@ def test_not_on_a_terminal_progress_is_lines_and_quiet_is_nothing() -> None:
     stream = io.StringIO()
     assert isinstance(choose(False, "text", 60, stream), LineProgress)
     assert type(choose(True, "text", 60, stream)).__name__ == "NoProgress"
+
+
+class FlatPrice:
+    """$1 per 1,000 tokens of any kind: easy sums."""
+
+    def cost(self, model: str, *, prompt: int, output: int, thinking: int, cached: int,
+             batch: bool = False) -> float | None:  # fmt: skip
+        return (prompt + output + thinking) / 1000
+
+
+async def test_budget_reserves_waits_and_stops_at_the_cap() -> None:
+    import asyncio
+
+    from batchgen.answers import Usage
+    from batchgen.budget import Budget
+
+    budget = Budget(FlatPrice(), "m", cap=3.0, max_output_tokens=500)
+    first = await budget.reserve(500)  # expects 500 + 500 tokens: $1
+    second = await budget.reserve(500)
+    third = await budget.reserve(500)
+    assert (first, second, third) == (1.0, 1.0, 1.0)
+    fourth = asyncio.ensure_future(budget.reserve(500))
+    await asyncio.sleep(0)
+    assert not fourth.done()  # $3 held: it waits for a call to settle
+    budget.settle(first, Usage(prompt=500, output=100))  # the real call cost $0.60
+    budget.settle(second, None)  # a failed call costs nothing and frees its hold
+    assert await fourth == pytest.approx(0.6)  # the estimate learnt from the real call
+    budget.settle(third, Usage(prompt=500, output=1500))  # $2
+    budget.settle(0.6, Usage(prompt=500, output=100))
+    assert budget.spent == pytest.approx(3.2)
+    with pytest.raises(BudgetReachedError, match=r"spent \$3.2000"):
+        await budget.reserve(500)
