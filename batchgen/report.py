@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.checkpoint import JOB_FILE
+from batchgen.checkpoint import JOB_FILE, read_run_records
 from batchgen.errors import CheckpointError, JobError
 from batchgen.output import ERRORS_DIR, RESULTS_DIR, USAGE_DIR, USAGE_SCHEMA, part_files
 from batchgen.usage import PriceTable
@@ -94,6 +94,8 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
     unpriced, notes = _price(ledger, prices)
     warnings += notes
     groups = _aggregate(ledger, pd.concat(rows, ignore_index=True), by)
+    if by == "run":
+        groups = _with_run_records(groups, outputs)
     return Report(by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices)
 
 
@@ -251,6 +253,32 @@ def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame
     return groups[[by, *COLUMNS]]
 
 
+RUN_COLUMNS = ("started", "exit", "stopped_by")
+
+
+def _with_run_records(groups: pd.DataFrame, outputs: Sequence[Path]) -> pd.DataFrame:
+    """Add each run's start, exit code and stop reason from runs.jsonl (and the runs that made
+    no call at all); a run with a start record but no end record did not finish (killed)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for out in dict.fromkeys(outputs):
+        for record in read_run_records(out):
+            entry = runs.setdefault(
+                record["run_id"],
+                {"started": record.get("started_at", "")[:19], "exit": "killed?", "seq": len(runs)},
+            )
+            if record.get("event") == "end":
+                entry["exit"] = str(record.get("exit_code"))
+                entry["stopped_by"] = record.get("stopped_by") or ""
+    frame = pd.DataFrame.from_dict(runs, orient="index", columns=[*RUN_COLUMNS, "seq"])
+    merged = groups.set_index("run").join(frame, how="outer")
+    counts = [c for c in COLUMNS if c != "cost_usd"]
+    merged[counts] = merged[counts].fillna(0).astype(np.int64)
+    merged[list(RUN_COLUMNS)] = merged[list(RUN_COLUMNS)].fillna("")
+    merged.loc[merged["requests"] == 0, "cost_usd"] = 0.0  # a run that made no call cost 0
+    merged = merged.sort_values("seq", na_position="last", kind="stable")  # in the order run
+    return merged.drop(columns="seq").reset_index(names="run")
+
+
 def _total(groups: pd.DataFrame) -> dict[str, Any]:
     total: dict[str, Any] = {c: int(groups[c].sum()) for c in COLUMNS if c != "cost_usd"}
     costs = groups["cost_usd"]
@@ -281,10 +309,14 @@ def format_report(rep: Report, fmt: str = "table") -> str:
         return json.dumps(_as_json(rep), indent=2, ensure_ascii=False)
     if fmt not in ("table", "markdown"):
         raise JobError(f"--format {fmt}: unknown format (one of {', '.join(FORMATS)})")
-    header = [rep.by, *_LABELS.values()]
+    extra = [c for c in RUN_COLUMNS if c in rep.groups.columns]
+    header = [rep.by, *_LABELS.values(), *extra]
     digits = usd_digits(*rep.groups["cost_usd"], rep.total["cost_usd"])
-    lines = [_cells(r, rep.by, digits) for r in rep.groups.to_dict("records")]
-    lines.append(["total", *_cells(rep.total, None, digits)[1:]])
+    lines = [
+        _cells(r, rep.by, digits) + [str(r[c]) for c in extra]
+        for r in rep.groups.to_dict("records")
+    ]
+    lines.append(["total", *_cells(rep.total, None, digits)[1:], *([""] * len(extra))])
     note = f"prices: {rep.prices.describe()}"
     if fmt == "markdown":
         rule = ["---", *["---:"] * (len(header) - 1)]

@@ -385,3 +385,27 @@ def test_cli_report_plot(outputs: list[Path], cli: click.Group, tmp_path: Path) 
     result = CliRunner().invoke(cli, ["report", str(outputs[0]), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_by_run_shows_each_run_record_including_killed_and_stopped_runs(tmp_path: Path) -> None:
+    from tests.test_resume import make_job
+
+    path = make_job(tmp_path, 30, concurrency=2)
+    with EmulatorThread(EmulatorConfig()) as server:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        run_job(job, RunOptions(api_key="k", limit=10))
+        with pytest.raises(Exception, match="max-cost"):
+            run_job(job, RunOptions(api_key="k", prices=PriceTable.load(), max_cost=1e-9))
+        run_job(job, RunOptions(api_key="k"))
+    out = tmp_path / "out"
+    with (out / "runs.jsonl").open("a") as f:  # a run that was SIGKILLed: a start, no end
+        f.write(json.dumps({"event": "start", "run_id": "20991231T000000-dead00",
+                            "started_at": "2099-12-31T00:00:00+00:00"}) + "\n")  # fmt: skip
+    rep = build_report([out], by="run")
+    runs = rep.groups.set_index("run")
+    assert len(runs) == 4
+    assert list(runs["exit"]) == ["0", "6", "0", "killed?"]
+    assert list(runs["stopped_by"]) == ["", "max_cost", "", ""]
+    assert list(runs["rows_done"]) == [10, 1, 19, 0]  # the capped run made one call
+    text = format_report(rep, "table")
+    assert "stopped_by" in text.splitlines()[0] and "max_cost" in text
