@@ -1,7 +1,8 @@
 """Client-side limits: requests and input tokens per minute, adapted when the server says 429.
 
-Both limits are aiolimiter leaky buckets with a small burst, so that no 60-second window holds
-more than the limit plus one burst (the API counts in sliding windows). A request acquires one
+Both limits are aiolimiter leaky buckets that start full and allow a burst of half a second's
+worth after a lull, so that no 60-second window holds more than the limit (the API counts in
+sliding windows). A request acquires one
 request and its *estimated* prompt tokens; the estimate (characters / 4) is corrected by the
 ratio of real to estimated tokens seen so far, and any shortfall is paid when the answer tells
 the real count.
@@ -100,6 +101,7 @@ class RateLimits:
         self._token_bucket = _bucket(tokens_per_minute) if tokens_per_minute else None
         self._ratio = 1.0  # real / estimated prompt tokens, learnt from answers
         self._paused_until = 0.0
+        self._primed = False
         self.rejections = 0
 
     def estimate(self, estimated_tokens: int) -> int:
@@ -108,11 +110,21 @@ class RateLimits:
 
     async def acquire(self, tokens: int) -> None:
         """Wait out any pause, then for a request slot and ``tokens`` prompt tokens."""
+        if not self._primed:
+            await self._prime()
         while (wait := self._paused_until - self._clock()) > 0:
             await asyncio.sleep(wait)
         await self._request_bucket.acquire()
         if self._token_bucket is not None:
             await self._token_bucket.acquire(min(tokens, self._token_bucket.max_rate))
+
+    async def _prime(self) -> None:
+        """Start the buckets full: a burst at the start would put the first sliding window
+        over the limit by the burst (and earn as many 429s at its end)."""
+        self._primed = True
+        for bucket in (self._request_bucket, self._token_bucket):
+            if bucket is not None and bucket.max_rate > 1:
+                await bucket.acquire(bucket.max_rate - 1)
 
     async def settle(self, estimated: int, charged: int, actual: int) -> None:
         """Learn from an answer's real prompt tokens; pay any shortfall to the token bucket.

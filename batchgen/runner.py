@@ -124,6 +124,7 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
     total = plan.reader.scan()
+    pa.default_memory_pool().release_unused()  # the scan's id column is not needed any more
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     out = job.output.directory
@@ -211,7 +212,7 @@ class _Run:
 
     def _finish(self, started_at: datetime) -> None:
         """Fold the failure records and append the run's end record."""
-        compact_errors(self.out, read_done(self.out).ids, self.run_id)
+        compact_errors(self.out, self.run_id)
         append_run_record(self.out, self._record("end", started_at))
 
     def _record(self, event: str, started_at: datetime) -> dict[str, Any]:
