@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import pyarrow as pa
 
@@ -240,10 +241,18 @@ class AnswerValidator:
         json_schema = to_json_schema(schema)
         jsonschema.Draft202012Validator.check_schema(json_schema)
         self._validator = jsonschema.Draft202012Validator(json_schema)
+        # fastjsonschema compiles the schema to Python: ~25x faster on the answers that conform
+        # (nearly all); jsonschema stays the authority and explains the ones that do not.
+        self._fast = fastjsonschema.compile(json_schema)
         self._shaper = _shaper_for(schema)
 
     def problem(self, value: Any) -> str | None:
         """The first way ``value`` breaks the schema, as one line, or None when it conforms."""
+        try:
+            self._fast(value)
+            return None
+        except fastjsonschema.JsonSchemaException:
+            pass
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is None:
             return None

@@ -72,9 +72,17 @@ class ModelPrice:
     def cost(
         self, *, prompt: int, output: int, thinking: int, cached: int, batch: bool = False
     ) -> float:
-        """The USD cost of one call with these token counts."""
-        counts = [np.array([n], np.int64) for n in (prompt, output, thinking, cached)]
-        return float(self.costs(*counts, batch=batch)[0])
+        """The USD cost of one call with these token counts (the runner's hot path: no numpy)."""
+        rate_in, rate_out, rate_cached = self.input, self.output, self.cached
+        long = self.long_context
+        if long is not None and prompt > long.threshold:
+            rate_in, rate_out, rate_cached = long.input, long.output, long.cached
+        usd = (
+            max(prompt - cached, 0) * rate_in
+            + cached * rate_cached
+            + (output + thinking) * rate_out
+        ) / PER
+        return usd * (1 - self.batch_discount) if batch else usd
 
     def costs(
         self,

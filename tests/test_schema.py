@@ -241,3 +241,18 @@ def _branch(schema: dict[str, Any]) -> dict[str, Any]:
     if "anyOf" not in schema:
         return schema
     return next((b for b in schema["anyOf"] if arrow_type(b) != pa.null()), schema["anyOf"][0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(schema=GEMINI_SCHEMAS, seed=st.integers(0, 2**32))
+def test_the_fast_validator_agrees_with_jsonschema(schema: dict[str, Any], seed: int) -> None:
+    """The compiled fast path never accepts what jsonschema rejects, nor the other way."""
+    import jsonschema
+
+    from batchgen.fakedata import fake_invalid_value
+
+    reference = jsonschema.Draft202012Validator(to_json_schema(schema))
+    validator = AnswerValidator(normalize_schema(schema, "job.toml"))
+    for value in (fake_value(schema, random.Random(seed)),
+                  fake_invalid_value(schema, random.Random(seed))):  # fmt: skip
+        assert (validator.problem(value) is None) == reference.is_valid(value)
