@@ -166,8 +166,12 @@ def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
     """
     kind = schema.get("type")
     if "anyOf" in schema:
-        types = {arrow_type(b) for b in schema["anyOf"]} - {pa.null()}
-        return types.pop() if len(types) == 1 else pa.string()
+        branches = [b for b in schema["anyOf"] if arrow_type(b) != pa.null()]
+        types = {arrow_type(b) for b in branches}
+        # one type, and no JSON text inside, so that every branch shapes its values alike
+        if len(types) == 1 and not any(_holds_json_text(b) for b in branches):
+            return types.pop()
+        return pa.string() if branches else pa.null()
     if kind in _ARROW_SCALARS:
         return _ARROW_SCALARS[kind]
     if kind == "ARRAY":
@@ -191,10 +195,22 @@ def arrow_field(name: str, schema: Mapping[str, Any], required: bool = False) ->
 
 def needs_json_text(schema: Mapping[str, Any]) -> bool:
     """Whether values of this schema are stored as JSON text (see :func:`arrow_type`)."""
-    if arrow_type(schema) != pa.string():
-        return False
-    branches = schema.get("anyOf", [schema])
-    return any(b.get("type") != "STRING" for b in branches)
+    return arrow_type(schema) == pa.string() and not _text(schema)
+
+
+def _holds_json_text(schema: Mapping[str, Any]) -> bool:
+    """Whether this schema, or any schema inside it, is stored as JSON text."""
+    inner = [*schema.get("anyOf", []), *schema.get("properties", {}).values()]
+    if "items" in schema:
+        inner.append(schema["items"])
+    return needs_json_text(schema) or any(_holds_json_text(s) for s in inner)
+
+
+def _text(schema: Mapping[str, Any]) -> bool:
+    """A STRING, or an anyOf whose branches are all text (or null), however nested."""
+    if "anyOf" in schema:
+        return all(b.get("type") == "NULL" or _text(b) for b in schema["anyOf"])
+    return bool(schema.get("type") == "STRING")
 
 
 def to_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -238,9 +238,10 @@ def _read_back(schema: dict[str, Any], value: Any) -> Any:
 
 def _branch(schema: dict[str, Any]) -> dict[str, Any]:
     """An anyOf with one Arrow type is stored as its first non-null branch."""
-    if "anyOf" not in schema:
-        return schema
-    return next((b for b in schema["anyOf"] if arrow_type(b) != pa.null()), schema["anyOf"][0])
+    while "anyOf" in schema:
+        branches = schema["anyOf"]
+        schema = next((b for b in branches if arrow_type(b) != pa.null()), branches[0])
+    return schema
 
 
 @settings(max_examples=150, deadline=None)
