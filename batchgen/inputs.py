@@ -94,10 +94,12 @@ class InputReader:
         if ids.null_count:
             first = pc.index(pc.is_null(ids), True).as_py()
             raise InputError(f"{self.path}: row {first + 1}: empty id in column {name!r}")
-        counts = pc.value_counts(ids)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-        if len(repeated):
-            dup = repeated.field("values")[0]
+        # Sorting finds repeats in a fraction of the memory of a hash table of every id.
+        ordered = pc.take(ids, pc.sort_indices(ids))
+        repeats = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+        at = pc.index(repeats, True).as_py() if len(ordered) > 1 else -1
+        if at >= 0:
+            dup = ordered[at]
             first = pc.index(ids, dup).as_py()
             second = first + 1 + pc.index(ids.slice(first + 1), dup).as_py()
             raise InputError(

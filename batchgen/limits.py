@@ -36,7 +36,8 @@ class AdaptiveRate:
         self.configured = configured
         self.rate = configured
         self._clock = clock
-        self._accepted: deque[tuple[float, float]] = deque()  # (time, amount), last 60 s
+        # what the server accepted in the last 60 s, per second: [second, amount] (at most 61)
+        self._accepted: deque[list[float]] = deque()
         self._accepted_sum = 0.0
         self._last_increase = clock()
         self.quiet_until = 0.0  # 429s before this belong to a burst already answered
@@ -44,7 +45,11 @@ class AdaptiveRate:
     def accepted(self, amount: float = 1.0) -> None:
         """The server accepted ``amount`` (a request, or its prompt tokens)."""
         now = self._clock()
-        self._accepted.append((now, amount))
+        second = float(int(now))
+        if self._accepted and self._accepted[-1][0] == second:
+            self._accepted[-1][1] += amount
+        else:
+            self._accepted.append([second, amount])
         self._accepted_sum += amount
         self._trim(now)
         minutes = (now - self._last_increase) / 60
@@ -70,7 +75,7 @@ class AdaptiveRate:
         return True
 
     def _trim(self, now: float) -> None:
-        while self._accepted and self._accepted[0][0] < now - 60:
+        while self._accepted and self._accepted[0][0] < now - 61:
             self._accepted_sum -= self._accepted.popleft()[1]
 
 
