@@ -5,10 +5,11 @@ It speaks the real wire format (gemini-api.md §0-4, §8-10) for two methods::
     POST /v1beta/models/{model}:generateContent
     POST /v1beta/models/{model}:countTokens
 
-and checks a request in the order the real API does: JSON, body fields, key, model, rate
-limits, then faults, then the answer. Answers are deterministic per (model, prompt, schema);
-structured answers conform to the response schema. Faults are drawn per call with seeded dice
-(``fault_rates``) or scripted per prompt substring (``script``).
+plus ``GET /_emulator/stats`` (its own: :attr:`Emulator.counts` as JSON, for tools that run it
+in another process). It checks a request in the order the real API does: JSON, body fields,
+key, model, rate limits, then faults, then the answer. Answers are deterministic per (model,
+prompt, schema); structured answers conform to the response schema. Faults are drawn per call
+with seeded dice (``fault_rates``) or scripted per prompt substring (``script``).
 
 Three ways to run it: :func:`create_app` (for pytest-aiohttp), :class:`EmulatorServer` (in the
 current event loop), :class:`EmulatorThread` (own loop in a daemon thread, for sync code), and
@@ -41,6 +42,7 @@ from batchgen.emulator_replies import (
     answer_body,
     count_tokens_body,
     estimate_tokens,
+    pretty_json,
     quota_error,
 )
 from batchgen.emulator_wire import (
@@ -60,6 +62,7 @@ __all__ = [
     "EmulatorConfig",
     "EmulatorServer",
     "EmulatorThread",
+    "STATS_PATH",
     "RedactingAccessLogger",
     "create_app",
     "estimate_tokens",
@@ -106,6 +109,7 @@ _HTTP_FAULTS = {
     "504": (504, "DEADLINE_EXCEEDED",
             "The service is unable to finish processing within the deadline."),
 }  # fmt: skip
+STATS_PATH = "/_emulator/stats"
 # The API takes request bodies up to 20 MB (inline data included); aiohttp's default is 1 MiB.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 INJECTED_429_DELAY = 0.2  # short, so client retry tests stay fast
@@ -199,6 +203,11 @@ class Emulator:
             warnings.simplefilter("ignore", NotAppKeyWarning)
             self.app["emulator"] = self
         self.app.router.add_post("/v1beta/models/{name}", self._dispatch)
+        self.app.router.add_get(STATS_PATH, self._stats)
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """The counts so far; not itself counted, so polling does not change them."""
+        return web.Response(text=json.dumps(dict(self.counts)), content_type="application/json")
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         # "gemini-2.5-flash:generateContent" arrives as one path segment.
@@ -305,16 +314,17 @@ async def _envelope_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        # Unknown paths and wrong HTTP methods alike: only two POST methods exist here.
+        # Unknown paths and wrong HTTP methods alike: only two API methods exist here.
         message = f"The requested URL {request.path} was not found on this server."
         response = _json_response(error_body(404, "NOT_FOUND", message), 404)
-    request.app[APP_KEY].counts[f"status:{response.status}"] += 1
+    if request.path != STATS_PATH:
+        request.app[APP_KEY].counts[f"status:{response.status}"] += 1
     return response
 
 
 def _json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     # The real API pretty-prints with two spaces and says charset=UTF-8.
-    text = json.dumps(body, indent=2, ensure_ascii=False)
+    text = pretty_json(body)
     return web.Response(text=text, status=status, content_type="application/json")
 
 

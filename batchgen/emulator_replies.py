@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import secrets
@@ -21,6 +22,7 @@ from batchgen.fakedata import fake_invalid_value, fake_prose, fake_value
 
 __all__ = [
     "answer_body",
+    "pretty_json",
     "count_tokens_body",
     "duration",
     "estimate_tokens",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 # Gemini 2.5 and 3.x think before answering; 2.0 and older do not (gemini-api.md §1, §9).
+_encode_str = json.encoder.encode_basestring  # the C implementation when there is one
 _NON_THINKING_MODEL = re.compile(r"gemini-(1\.|2\.0)|gemma")
 _DYNAMIC_THOUGHTS = (100, 1500)
 _LEVEL_THOUGHTS = {"MINIMAL": (0, 64), "LOW": (60, 500), "MEDIUM": (200, 1000)}
@@ -53,6 +56,88 @@ _QUOTA_MESSAGE = (
     "* Quota exceeded for metric: generativelanguage.googleapis.com/{metric}, limit: {limit}, "
     "model: {model}\nPlease retry in {delay}."
 )
+
+
+def pretty_json(value: Any) -> str:
+    """``json.dumps(value, indent=2, ensure_ascii=False)``, the same text at about twice the speed.
+
+    The real API pretty-prints its answers, so the emulator does too, in every reply; the
+    standard library's indenting encoder is pure Python and was a third of the emulator's CPU.
+    Anything unusual (a type JSON lacks, a cycle) goes to ``json.dumps`` for its exact error.
+    """
+    out: list[str] = []
+    try:
+        _pretty(value, out, "\n")
+    except (TypeError, RecursionError):
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return "".join(out)
+
+
+def _pretty(value: Any, out: list[str], newline: str) -> None:
+    # The checks in json.encoder's order, so subclasses come out as json.dumps writes them.
+    if isinstance(value, str):
+        out.append(_encode_str(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(_float_text(value))
+    elif isinstance(value, list | tuple):
+        _pretty_items(value, out, newline)
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        sep = "{" + inner
+        for key, item in value.items():
+            out.append(sep)
+            out.append(_encode_str(_key_text(key)))
+            out.append(": ")
+            _pretty(item, out, inner)
+            sep = "," + inner
+        out.append(newline + "}")
+    else:
+        raise TypeError(type(value).__name__)
+
+
+def _pretty_items(value: list[Any] | tuple[Any, ...], out: list[str], newline: str) -> None:
+    if not value:
+        out.append("[]")
+        return
+    inner = newline + "  "
+    sep = "[" + inner
+    for item in value:
+        out.append(sep)
+        _pretty(item, out, inner)
+        sep = "," + inner
+    out.append(newline + "]")
+
+
+def _float_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as json.dumps writes it (before quoting)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float):
+        return _float_text(key)
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
+    raise TypeError(type(key).__name__)
 
 
 def estimate_tokens(text: str) -> int:
@@ -194,7 +279,7 @@ def _answer_text(config: Mapping[str, Any], rng: random.Random, invalid: bool) -
         return "unexpected" if invalid else str(rng.choice(schema["enum"]))
     if isinstance(schema, Mapping):
         value = fake_invalid_value(schema, rng) if invalid else fake_value(schema, rng)
-        return json.dumps(value, indent=2, ensure_ascii=False)
+        return pretty_json(value)
     if mime == "application/json" and not invalid:
         return json.dumps({"answer": fake_prose(rng)}, indent=2)
     return fake_prose(rng)

@@ -10,6 +10,7 @@ JSON MIME type). :func:`read_generate_request` returns the body in canonical cam
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -95,6 +96,10 @@ _SCALAR_TYPES = {
     "enum": "TYPE_ENUM",
 }
 _UPPER = re.compile(r"[A-Z]")
+# A batch sends one generationConfig (with its responseSchema) in every call, so reading it and
+# checking its schema are memoized: the emulator then keeps up with a client at thousands of
+# calls per second. Distinct configs (tests) just miss; both caches are small and bounded.
+_CONFIG_CACHE_SIZE = 64
 
 
 class ApiError(Exception):
@@ -210,6 +215,14 @@ class _Reader:
     def single(self, value: Any, kind: str, here: str, key: str, parent: str) -> Any:
         if kind == "any":
             return value
+        if kind == "GenerationConfig" and isinstance(value, Mapping):
+            try:
+                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            except (TypeError, ValueError):  # not from json.loads: read it as it is
+                return self.message(value, kind, here)
+            config, violations = _read_config(text, here)
+            self.violations.extend(violations)
+            return config
         if kind in _MESSAGES:
             return self.message(value, kind, here)
         if isinstance(value, Mapping):
@@ -246,6 +259,17 @@ class _Reader:
         if not ok:
             self.invalid(here, _SCALAR_TYPES[kind], value)
         return value
+
+
+@functools.lru_cache(maxsize=_CONFIG_CACHE_SIZE)
+def _read_config(text: str, path: str) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """A GenerationConfig (as compact JSON) read at ``path``: (canonical copy, violations).
+
+    The copy is shared by every call that sends the same config; nothing downstream mutates it.
+    """
+    reader = _Reader()
+    config = reader.message(json.loads(text), "GenerationConfig", path)
+    return config, tuple(reader.violations)
 
 
 def _raise_violations(violations: list[tuple[str, str]]) -> None:
@@ -332,7 +356,22 @@ def _request_problems(body: Mapping[str, Any], where: str) -> list[str]:
     enum_source = schema if schema is not None else json_schema
     if mime == "text/x.enum" and not (isinstance(enum_source, Mapping) and enum_source.get("enum")):
         return [f"{at}.response_schema: text/x.enum needs a STRING schema with enum values"]
-    return _schema_problems(schema, f"{at}.response_schema") if schema is not None else []
+    return _schema_problems_once(schema, f"{at}.response_schema") if schema is not None else []
+
+
+# path -> (the schema object last checked there, its problems). Only two paths exist (a generate
+# request, and one inside countTokens); the entry holds the schema, so its identity stays unique.
+_SCHEMA_CHECKS: dict[str, tuple[object, list[str]]] = {}
+
+
+def _schema_problems_once(schema: Mapping[str, Any], path: str) -> list[str]:
+    """_schema_problems, remembered for the last schema object: a cached config's schema."""
+    last = _SCHEMA_CHECKS.get(path)
+    if last is not None and last[0] is schema:
+        return list(last[1])
+    problems = _schema_problems(schema, path)
+    _SCHEMA_CHECKS[path] = (schema, problems)
+    return list(problems)
 
 
 def _schema_problems(node: Mapping[str, Any], path: str) -> list[str]:

@@ -26,6 +26,7 @@ from batchgen.emulator import (
     APP_KEY,
     FAULTS,
     KNOWN_MODELS,
+    STATS_PATH,
     Emulator,
     EmulatorConfig,
     EmulatorServer,
@@ -34,6 +35,7 @@ from batchgen.emulator import (
     create_app,
     estimate_tokens,
 )
+from batchgen.emulator_replies import pretty_json
 from batchgen.fakedata import fake_invalid_value, fake_value
 from batchgen.schema import to_json_schema
 from tests.strategies import GEMINI_SCHEMAS
@@ -278,6 +280,26 @@ def test_fake_value_conforms_to_any_gemini_schema(schema: dict[str, Any], seed: 
         assert not validator.is_valid(fake_invalid_value(schema, random.Random(seed)))
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_pretty_json_writes_what_json_dumps_writes(value: Any) -> None:
+    assert pretty_json(value) == json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def test_pretty_json_odd_keys_tuples_and_errors() -> None:
+    value = {7: (), 2.5: [float("inf"), -0.0], False: {}, None: "é\n\u2028", "x": (1, [2])}
+    assert pretty_json(value) == json.dumps(value, indent=2, ensure_ascii=False)
+    with pytest.raises(TypeError):
+        pretty_json({"a": object()})
+
+
 # --- errors, in the real API's envelope ----------------------------------------------------
 
 
@@ -381,6 +403,26 @@ async def test_schema_errors_name_the_field_and_come_before_the_key_check(
     assert await call(client, ask("hi", schema), key=None) == (400, expected)
 
 
+async def test_a_config_seen_before_gets_the_same_answers(make_client: MakeClient) -> None:
+    """The emulator memoizes reading a generationConfig; errors must come back every time."""
+    client, _ = await make_client()
+    bad = {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}, "additionalProperties": 1}
+    untyped = {"type": "OBJECT", "properties": {"a": {"description": "no type"}}}
+    for _ in range(2):
+        status, answer = await call(client, ask("hi", bad))
+        assert status == 400 and "additionalProperties" in answer["error"]["message"]
+        status, answer = await call(client, ask("hi", untyped))
+        assert status == 400 and "properties[a].type: must be specified" in str(answer)
+        count = {"generateContentRequest": ask("hi", untyped)}
+        status, answer = await call(client, count, method="countTokens")
+        assert status == 400 and "generate_content_request.generation_config" in str(answer)
+        status, _ = await call(client, ask("hi", responseSchema={"type": "STRING"}))
+        assert status == 400  # a schema without a JSON MIME type
+    good = ask("hi", {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}})
+    first, second = await call(client, good), await call(client, good)
+    assert first[0] == second[0] == 200 and text_of(first[1]) == text_of(second[1])
+
+
 async def test_other_bad_bodies(make_client: MakeClient) -> None:
     client, _ = await make_client()
     unknown = 'Invalid JSON payload received. Unknown name "prompt": Cannot find field.'
@@ -424,6 +466,23 @@ async def test_unknown_routes_and_methods_are_404_envelopes(make_client: MakeCli
             body = await r.json()
             assert r.status == 404 and body["error"]["status"] == "NOT_FOUND"
     assert emulator.counts["status:404"] == 3
+
+
+async def test_stats_route_returns_the_counts_and_is_not_counted(
+    make_client: MakeClient,
+) -> None:
+    client, emulator = await make_client()
+    await call(client, ask("hello"))
+    await call(client, ask("hello"), key=None)
+    for _ in range(2):
+        async with client.get(STATS_PATH) as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            stats = await r.json()
+    assert stats == dict(emulator.counts)
+    assert stats == {"generateContent": 2, "status:200": 1, "status:403": 1}
+    async with client.post(STATS_PATH) as r:  # only GET; and a wrong method is not counted
+        assert r.status == 404
+    assert emulator.counts == stats
 
 
 # --- thinking and maxOutputTokens ----------------------------------------------------------

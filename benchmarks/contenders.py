@@ -1,0 +1,108 @@
+"""The loops batchgen is measured against, each run as its own process.
+
+``python benchmarks/contenders.py bare URL INPUT CONCURRENCY``
+    The transport floor: one aiohttp ClientSession, CONCURRENCY workers, the request body batchgen
+    sends, the answer read and its status checked; no parsing, no output.
+``python benchmarks/contenders.py peer URL INPUT CONCURRENCY OUTPUT``
+    What a user would otherwise write: pandas reads the input, the official google-genai SDK's
+    async client sends each row under an ``asyncio.Semaphore``, the answers are parsed and
+    pyarrow writes them to Parquet.
+
+Each prints one JSON line: rows, ok (answers with HTTP 200), seconds (its own loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from harness import API_KEY, MODEL, SCHEMA, render_prompt
+
+
+async def bare(url: str, input_path: str, concurrency: int) -> dict[str, Any]:
+    import aiohttp
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(input_path).to_pydict()
+    prompts = [
+        render_prompt(p, c, n)
+        for p, c, n in zip(table["product"], table["category"], table["notes"], strict=True)
+    ]
+    tail = json.dumps(
+        {"responseMimeType": "application/json", "responseSchema": SCHEMA},
+        separators=(",", ":"),
+    ).encode()
+    endpoint = f"{url}/v1beta/models/{MODEL}:generateContent"
+    headers = {"x-goog-api-key": API_KEY, "Content-Type": "application/json"}
+    todo = iter(prompts)
+    ok = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok
+        for prompt in todo:
+            text = json.dumps(prompt, ensure_ascii=False).encode()
+            body = b'{"contents":[{"role":"user","parts":[{"text":' + text
+            body += b'}]}],"generationConfig":' + tail + b"}"
+            async with session.post(endpoint, data=body, headers=headers) as resp:
+                await resp.read()
+                ok += resp.status == 200
+
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return {"rows": len(prompts), "ok": ok, "seconds": time.perf_counter() - started}
+
+
+async def peer(url: str, input_path: str, concurrency: int, output: str) -> dict[str, Any]:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google import genai
+    from google.genai import types
+
+    started = time.perf_counter()
+    df = pd.read_csv(input_path, dtype=str)
+    client = genai.Client(
+        api_key=API_KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
+    )
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_schema=SCHEMA
+    )
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(row: Any) -> dict[str, Any]:
+        prompt = render_prompt(row.product, row.category, row.notes)
+        async with semaphore:
+            response = await client.aio.models.generate_content(
+                model=MODEL, contents=prompt, config=config
+            )
+        usage = response.usage_metadata
+        return {
+            "id": row.id,
+            **json.loads(response.text or "{}"),
+            "prompt_tokens": usage.prompt_token_count if usage else None,
+            "output_tokens": usage.candidates_token_count if usage else None,
+        }
+
+    results = await asyncio.gather(*(one(row) for row in df.itertuples(index=False)))
+    pq.write_table(pa.Table.from_pylist(results), output)
+    return {"rows": len(df), "ok": len(results), "seconds": time.perf_counter() - started}
+
+
+def main(argv: list[str]) -> None:
+    kind, url, input_path, concurrency = argv[0], argv[1], argv[2], int(argv[3])
+    if kind == "bare":
+        result = asyncio.run(bare(url, input_path, concurrency))
+    elif kind == "peer":
+        result = asyncio.run(peer(url, input_path, concurrency, argv[4]))
+    else:
+        raise SystemExit(f"unknown contender {kind!r}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
