@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from batchgen import __version__
-from batchgen.cli_common import api_target
+from batchgen.cli_common import api_target, job_options
 from batchgen.cli_report import estimate, report
 from batchgen.errors import BatchgenError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
@@ -48,29 +48,6 @@ def main() -> None:
     """Bulk structured generation with Gemini: CSV/Parquet rows in, typed Parquet out."""
 
 
-def _job_options(f: Any) -> Any:
-    for option in reversed(
-        [
-            click.argument("job_file", type=click.Path(path_type=Path)),
-            click.option(
-                "--input",
-                "input_path",
-                type=click.Path(path_type=Path),
-                help="Input file instead of the job's input.path.",
-            ),
-            click.option(
-                "--output",
-                type=click.Path(path_type=Path),
-                help="Output directory instead of the job's output.directory.",
-            ),
-            click.option("--model", help="Model name instead of the job's model.name."),
-            click.option("--base-url", help="API base URL (e.g. a proxy) instead of the job's."),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
 def _load(
     job_file: Path,
     input_path: Path | None,
@@ -98,7 +75,7 @@ def _duration(text: str | None) -> float | None:
 
 
 @main.command()
-@_job_options
+@job_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option("--emulator", is_flag=True, help="Run against the built-in emulator (offline).")
 @click.option("--fresh", is_flag=True, help="Move the existing output aside and start over.")
@@ -183,7 +160,7 @@ def _describe(s: RunSummary) -> str:
 
 
 @main.command()
-@_job_options
+@job_options
 @click.option("--show-request", is_flag=True, help="Print the request for the first input row.")
 def validate(
     job_file: Path,

@@ -1,4 +1,4 @@
-"""What the commands that call the API share: where to send the job, and with which key."""
+"""What the commands that take a job share: its options, where to send it, and with which key."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
 
 from batchgen.errors import JobError
 from batchgen.job import Job
@@ -31,3 +35,27 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     with EmulatorThread() as server:
         local = replace(job, model=replace(job.model, base_url=server.base_url))
         yield local, os.environ.get(job.model.api_key_env) or EMULATOR_KEY
+
+
+def job_options(f: Any) -> Any:
+    """JOB_FILE, and --input, --output, --model, --base-url to override the job file."""
+    for option in reversed(
+        [
+            click.argument("job_file", type=click.Path(path_type=Path)),
+            click.option(
+                "--input",
+                "input_path",
+                type=click.Path(path_type=Path),
+                help="Input file instead of the job's input.path.",
+            ),
+            click.option(
+                "--output",
+                type=click.Path(path_type=Path),
+                help="Output directory instead of the job's output.directory.",
+            ),
+            click.option("--model", help="Model name instead of the job's model.name."),
+            click.option("--base-url", help="API base URL (e.g. a proxy) instead of the job's."),
+        ]
+    ):
+        f = option(f)
+    return f

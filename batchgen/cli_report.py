@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from batchgen.cli_common import api_target
+from batchgen.cli_common import api_target, job_options
 from batchgen.job import Job, Overrides, load_job
 from batchgen.usage import PriceTable
 
@@ -56,11 +56,7 @@ def report(
 
 
 @click.command("estimate")
-@click.argument("job_file", type=_PATH)
-@click.option("--input", "input_path", type=_PATH, help="Input file instead of the job's.")
-@click.option("--output", type=_PATH, help="Output directory instead of the job's.")
-@click.option("--model", help="Model name instead of the job's model.name.")
-@click.option("--base-url", help="API base URL (e.g. a proxy) instead of the job's.")
+@job_options
 @click.option(
     "--sample",
     default=200,
