@@ -142,7 +142,7 @@ def machine() -> list[str]:
             versions.append(f"{name} (not installed)")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return [
-        f"- batchgen: {_commit()}",
+        f"- code: {_commit()}",
         f"- CPU: {cpu}, {os.cpu_count()} cores (shared), {mem:.0f} GiB RAM",
         f"- OS: {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
@@ -156,18 +156,21 @@ go, why a target is missed and what would fix it: [PROFILE.md](PROFILE.md)."""
 
 
 def _commit() -> str:
-    """The checkout's commit, and which files under batchgen/ differ from it."""
+    """The last commit that changed batchgen/, and the files there that differ from it."""
 
     def git(*args: str) -> str:
         cmd = ["git", "-C", str(HERE.parent), *args]
         done = subprocess.run(cmd, capture_output=True, text=True)
         return done.stdout if done.returncode == 0 else ""
 
-    commit = git("log", "-1", "--format=%h of %cd", "--date=format:%Y-%m-%d %H:%M").strip()
+    fmt = ["--format=%h of %cd", "--date=format:%Y-%m-%d %H:%M"]
+    commit = git("log", "-1", *fmt, "--", "batchgen").strip()
     if not commit:
         return "not a git checkout"
     changed = [line[3:] for line in git("status", "--porcelain", "--", "batchgen").splitlines()]
-    return f"commit {commit}" + (f"; uncommitted changes: {', '.join(changed)}" if changed else "")
+    return f"batchgen/ as of commit {commit}" + (
+        f"; uncommitted changes: {', '.join(changed)}" if changed else ""
+    )
 
 
 def _report(argv: list[str], quick: bool, outcome: Outcome, table: str, elapsed: float) -> str:

@@ -81,8 +81,8 @@ class Outcome:
     ) -> None:
         text = "n/a" if value is None else fmt.format(value)
         met = None if value is None or check is None or not self.judge else check(value)
-        if target and not self.judge:
-            target = f"({target})"
+        if target and not self.judge and not target.startswith("("):
+            target = f"({target})"  # shown, not checked
         self.metrics.append(Metric(scenario, name, value, text, target, met))
 
 
