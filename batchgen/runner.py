@@ -134,9 +134,8 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
             moved = start_fresh(out) if options.fresh else None
             remove_temporaries(out)
             check_fingerprint(job, out, __version__)
-            run = _Run(plan, options, read_done(out), budget, started)
-            run.summary.rows_total = min(total, options.limit or total)
-            run.rows_todo = max(0, run.summary.rows_total - run._already)
+            rows = min(total, options.limit or total)
+            run = _Run(plan, options, read_done(out), budget, started, rows)
             run.summary.moved_aside = moved
             return asyncio.run(run.main())
     except OSError as exc:
@@ -145,21 +144,27 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
 
 class _Run:
     def __init__(
-        self, plan: Plan, options: RunOptions, done: DoneSet, budget: Budget, started: float
+        self,
+        plan: Plan,
+        options: RunOptions,
+        done: DoneSet,
+        budget: Budget,
+        started: float,
+        rows_total: int,
     ) -> None:
         self.plan = plan
         self.budget = budget
         self.started = started
         self.progress = options.progress or NoProgress()
         already = done.ids if plan.job.input.id_column else done.hashes
-        self.rows_todo = 0  # set once rows_total is known (see run_job)
-        self._already = len(already) + (len(done.failed) if options.skip_failed else 0)
+        skipped = len(already) + (len(done.failed) if options.skip_failed else 0)
+        self.rows_todo = max(0, rows_total - skipped)  # for progress and its ETA
         self.job = plan.job
         self.options = options
         self.done = done
         self.out = self.job.output.directory
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.summary = RunSummary(output=self.out, run_id=self.run_id)
+        self.summary = RunSummary(output=self.out, run_id=self.run_id, rows_total=rows_total)
         self.results_writer = PartWriter(self.out / RESULTS_DIR, self.run_id)
         self.errors_writer = PartWriter(self.out / ERRORS_DIR, self.run_id)
         concurrency = self.job.limits.concurrency

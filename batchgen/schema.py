@@ -22,33 +22,24 @@ from batchgen.errors import JobError
 
 TYPES = ("STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL")
 
+# Constraints that mean the same in JSON Schema, copied as they are by to_json_schema.
+_CONSTRAINTS = (
+    "required",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+)
 # The fields of `message Schema` in content.proto; anything else is a 400 from the API.
 SCHEMA_KEYS = frozenset(
-    {
-        "type",
-        "format",
-        "title",
-        "description",
-        "nullable",
-        "enum",
-        "items",
-        "maxItems",
-        "minItems",
-        "properties",
-        "required",
-        "minProperties",
-        "maxProperties",
-        "minimum",
-        "maximum",
-        "minLength",
-        "maxLength",
-        "pattern",
-        "example",
-        "anyOf",
-        "propertyOrdering",
-        "default",
-    }
-)
+    {"type", "format", "title", "description", "nullable", "enum", "items", "properties",
+     "example", "anyOf", "propertyOrdering", "default", *_CONSTRAINTS}
+)  # fmt: skip
 
 _JSON_TYPES = {
     "STRING": "string",
@@ -232,18 +223,7 @@ def _to_json(node: Mapping[str, Any]) -> dict[str, Any]:
         out["items"] = _to_json(node["items"])
     if "properties" in node:
         out["properties"] = {k: _to_json(v) for k, v in node["properties"].items()}
-    for key in (
-        "required",
-        "minItems",
-        "maxItems",
-        "minProperties",
-        "maxProperties",
-        "minimum",
-        "maximum",
-        "minLength",
-        "maxLength",
-        "pattern",
-    ):
+    for key in _CONSTRAINTS:
         if key in node:
             out[key] = node[key]
     return out

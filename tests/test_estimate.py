@@ -8,14 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 
 from batchgen.cli import main
-from batchgen.cli_report import estimate, report
 from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import CheckpointError, FatalApiError
@@ -42,15 +40,6 @@ JOBS = ["review_insights", "cookie_recipes"]
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}))) as server:
         yield server
-
-
-@pytest.fixture
-def cli() -> click.Group:
-    """The main command group with this module's commands (until cli.py registers them)."""
-    for command in (report, estimate):
-        if command.name not in main.commands:
-            main.add_command(command)
-    return main
 
 
 def load(project: Path, name: str, server: EmulatorThread, **overrides: Path) -> Job:
@@ -180,19 +169,19 @@ def test_the_minimal_answer_conforms_to_any_schema(schema: dict[str, object]) ->
     assert AnswerValidator(canonical).problem(small_answer(canonical)) is None
 
 
-def test_cli_estimate(project: Path, cli: click.Group) -> None:
+def test_cli_estimate(project: Path) -> None:
     runner = CliRunner()
     job = str(project / "jobs" / "review_insights.toml")
-    result = runner.invoke(cli, ["estimate", job, "--emulator", "--format", "json"])
+    result = runner.invoke(main, ["estimate", job, "--emulator", "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["rows"], data["sampled"], data["method"]) == (20, 20, "countTokens")
-    result = runner.invoke(cli, ["estimate", job, "--offline", "--sample", "4"])
+    result = runner.invoke(main, ["estimate", job, "--offline", "--sample", "4"])
     assert result.exit_code == 0, result.output
     assert "on 4 of 20 rows spread over the input, scaled" in result.stdout
     assert "USD " in result.stdout and "at requests_per_minute 1,000" in result.stdout
 
-    result = runner.invoke(cli, ["estimate", job])
+    result = runner.invoke(main, ["estimate", job])
     assert result.exit_code == 2
     assert result.stderr == (
         f"error: {job}: no API key: set $GEMINI_API_KEY (model.api_key_env), "

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +17,6 @@ from click.testing import CliRunner
 
 from batchgen.checkpoint import read_run_records
 from batchgen.cli import main
-from batchgen.cli_report import estimate, report
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, JobError
 from batchgen.job import Overrides, load_job
@@ -33,15 +31,6 @@ DAY1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 DAY2 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 RUN1 = "20261101T100000-aaaaaa"
 RUN2 = "20261102T093000-bbbbbb"
-
-
-@pytest.fixture
-def cli() -> click.Group:
-    """The main command group with this module's commands (until cli.py registers them)."""
-    for command in (report, estimate):
-        if command.name not in main.commands:
-            main.add_command(command)
-    return main
 
 
 def call(
@@ -342,14 +331,14 @@ def test_report_of_real_runs_with_retries_and_failures(project: Path) -> None:
     assert reasons["SAFETY"]["output_tokens"] == 0
 
 
-def test_cli_report(project: Path, cli: click.Group, tmp_path: Path) -> None:
+def test_cli_report(project: Path, tmp_path: Path) -> None:
     with EmulatorThread() as server:
         for name in ("review_insights", "cookie_recipes"):
             job = load_job(project / "jobs" / f"{name}.toml", Overrides(base_url=server.base_url))
             run_job(job, RunOptions(api_key=KEY, limit=4))
     outs = [str(project / "out" / n) for n in ("review_insights", "cookie_recipes")]
     runner = CliRunner()
-    result = runner.invoke(cli, ["report", *outs, "--by", "model", "--format", "json"])
+    result = runner.invoke(main, ["report", *outs, "--by", "model", "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [g["model"] for g in data["groups"]] == ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
@@ -358,20 +347,20 @@ def test_cli_report(project: Path, cli: click.Group, tmp_path: Path) -> None:
     # An unpriced model: a warning naming it on stderr, "unpriced" in the table, exit 0.
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."gemini-2.5-flash"]\ninput = 0.5\noutput = 3\n')
-    result = runner.invoke(cli, ["report", outs[1], "--prices", str(prices)])
+    result = runner.invoke(main, ["report", outs[1], "--prices", str(prices)])
     assert result.exit_code == 0 and "warning" not in result.stderr
-    result = runner.invoke(cli, ["report", outs[0], "--by", "day", "--format", "markdown"])
+    result = runner.invoke(main, ["report", outs[0], "--by", "day", "--format", "markdown"])
     assert result.exit_code == 0 and result.stdout.startswith("| day |")
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[models."x"]\ninput = 1\n')
-    result = runner.invoke(cli, ["report", outs[0], "--prices", str(bad)])
+    result = runner.invoke(main, ["report", outs[0], "--prices", str(bad)])
     assert result.exit_code == 2
     assert result.stderr == f"error: {bad}: models.\"x\" needs 'output' (USD per 1M tokens)\n"
 
 
-def test_cli_report_warns_about_an_unpriced_model(outputs: list[Path], cli: click.Group) -> None:
-    result = CliRunner().invoke(cli, ["report", *map(str, outputs)])
+def test_cli_report_warns_about_an_unpriced_model(outputs: list[Path]) -> None:
+    result = CliRunner().invoke(main, ["report", *map(str, outputs)])
     assert result.exit_code == 0, result.output
     assert "warning: no price for model 'my-tuned-model'" in result.stderr
     assert result.stderr.count("\n") == 1
@@ -379,10 +368,10 @@ def test_cli_report_warns_about_an_unpriced_model(outputs: list[Path], cli: clic
     assert notes.endswith("unpriced")
 
 
-def test_cli_report_plot(outputs: list[Path], cli: click.Group, tmp_path: Path) -> None:
+def test_cli_report_plot(outputs: list[Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "usage.png"
-    result = CliRunner().invoke(cli, ["report", str(outputs[0]), "--plot", str(png)])
+    result = CliRunner().invoke(main, ["report", str(outputs[0]), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
