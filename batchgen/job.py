@@ -63,7 +63,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "limits": frozenset(
         {"requests_per_minute", "tokens_per_minute", "concurrency", "timeout_seconds"}
     ),
-    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
+    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds", "sync_seconds"}),
     "retry": frozenset(
         {
             "attempts",
@@ -133,6 +133,7 @@ class OutputSpec:
     explode: bool = False
     flush_rows: int = 1000
     flush_seconds: float = 30.0
+    sync_seconds: float = 1.0  # the journal is fsynced at most this often (group commit)
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,7 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
 def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
     d = OutputSpec(directory=Path())
     flush_s = _opt(table, "flush_seconds", (int, float), path, "output", d.flush_seconds)
+    sync_s = _opt(table, "sync_seconds", (int, float), path, "output", d.sync_seconds)
     return OutputSpec(
         directory=_resolve(base, _opt(table, "directory", str, path, "output", f"out/{path.stem}")),
         explode=_opt(table, "explode", bool, path, "output", False),
@@ -363,6 +365,7 @@ def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
             _opt(table, "flush_rows", int, path, "output", d.flush_rows), "output.flush_rows", path
         ),
         flush_seconds=float(_positive(flush_s, "output.flush_seconds", path)),
+        sync_seconds=float(_positive(sync_s, "output.sync_seconds", path)),
     )
 
 
