@@ -464,4 +464,3 @@ def read_run_records(directory: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             records.append(json.loads(line))
     return records
-

@@ -116,7 +116,8 @@ class LineProgress:
             line = (
                 f"{datetime.now(UTC):%H:%M:%S} {event}: {finished}/{snap.rows_todo} rows "
                 f"({snap.rows_failed} failed), {rate:.1f} rows/s, {snap.tokens:,} tokens, "
-                f"{_money(snap.cost)}" + (f", ETA {_duration(eta)}" if eta is not None else "")
+                f"{_money(snap.cost)}"
+                + (f", ETA {_duration(eta)}" if eta is not None else "")
                 + (f"; {snap.note}" if snap.note else "")
             )
         self._stream.write(line + "\n")
