@@ -82,18 +82,20 @@ class StopControl:
     def signal_handlers(self, install: bool) -> Iterator[None]:
         """SIGINT/SIGTERM stop the run cleanly while the block runs (when ``install``)."""
         loop = asyncio.get_running_loop()
-        installed = []
+        installed = {}
         for sig in (signal.SIGINT, signal.SIGTERM) if install else ():
             try:
+                previous = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self.on_signal, sig)
-                installed.append(sig)
+                installed[sig] = previous
             except (RuntimeError, ValueError):  # not the main thread: the caller handles signals
                 pass
         try:
             yield
         finally:
-            for sig in installed:
+            for sig, previous in installed.items():
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, previous)  # the caller's own (the CLI's), not the default
 
     def on_signal(self, sig: signal.Signals) -> None:
         """The first signal stops taking rows; a second, or the grace period, ends the calls."""
