@@ -15,6 +15,18 @@ from typing import TYPE_CHECKING, Any
 from batchgen._version import __version__
 
 if TYPE_CHECKING:
+    from batchgen.api import (
+        aestimate_file,
+        agenerate,
+        aoutput_status,
+        areport_outputs,
+        arun_file,
+        estimate_file,
+        generate,
+        output_status,
+        report_outputs,
+        run_file,
+    )
     from batchgen.errors import (
         BatchgenError,
         CheckpointError,
@@ -31,6 +43,16 @@ if TYPE_CHECKING:
     from batchgen.runner import RunOptions, RunSummary, arun_job, run_job
 
 _WHERE = {
+    "aestimate_file": "api",
+    "agenerate": "api",
+    "aoutput_status": "api",
+    "areport_outputs": "api",
+    "arun_file": "api",
+    "estimate_file": "api",
+    "generate": "api",
+    "output_status": "api",
+    "report_outputs": "api",
+    "run_file": "api",
     "BatchgenError": "errors",
     "CheckpointError": "errors",
     "FatalApiError": "errors",
@@ -53,6 +75,16 @@ _WHERE = {
 
 __all__ = [
     "__version__",
+    "aestimate_file",
+    "agenerate",
+    "aoutput_status",
+    "areport_outputs",
+    "arun_file",
+    "estimate_file",
+    "generate",
+    "output_status",
+    "report_outputs",
+    "run_file",
     "BatchgenError",
     "CheckpointError",
     "FatalApiError",

@@ -177,9 +177,26 @@ def load_job(path: str | Path, overrides: Overrides | None = None) -> Job:
     return _apply(job, overrides) if overrides else job
 
 
-def _build(raw: dict[str, Any], path: Path) -> Job:
+def job_from_mapping(raw: Mapping[str, Any], where: str, base: Path) -> Job:
+    """A job from the same tables a job file holds (for the Python API); ``where`` names it
+    in messages, and relative paths are relative to ``base``."""
+    return _build(dict(raw), Path(where), base)
+
+
+def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "") -> str:
+    """The key: ``api_key`` when given, else the environment variable the job names."""
+    key = (api_key if api_key is not None else os.environ.get(job.model.api_key_env, "")).strip()
+    if not key:
+        how = alternative or "or pass api_key="
+        raise JobError(
+            f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), {how}"
+        )
+    return key
+
+
+def _build(raw: dict[str, Any], path: Path, base: Path | None = None) -> Job:
     _check_keys(raw, "", path)
-    base = path.parent
+    base = path.parent if base is None else base
     return Job(
         name=_opt(raw, "name", str, path, "", path.stem),
         path=path,
