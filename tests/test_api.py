@@ -35,8 +35,8 @@ def test_sync_and_async_api_inside_a_running_loop_match_the_cli(tmp_path: Path) 
         written = pq.read_table(tmp_path / "out" / "results").sort_by("row_id")
 
         async def main() -> tuple[pd.DataFrame, pd.DataFrame]:
-            common = dict(prompt=PROMPT, schema=SCHEMA, model=job.model.name,
-                          base_url=server.base_url, api_key=KEY)  # fmt: skip
+            common = {"prompt": PROMPT, "schema": SCHEMA, "model": job.model.name,
+                          "base_url": server.base_url, "api_key": KEY}  # fmt: skip
             in_loop = batchgen.generate(rows, **common)  # the sync form, inside a running loop
             awaited = await batchgen.agenerate(rows.to_dict("records"), **common)
             return in_loop, awaited
