@@ -105,6 +105,7 @@ class RunSummary:
     moved_aside: Path | None = None  # where --fresh moved the previous output
     cost: float | None = None  # USD billed by this run; None when the model has no price
     stopped_by: str | None = None  # signal, time_budget, max_cost, unreachable, api, input, disk
+    answered_by: Counter[str] = field(default_factory=Counter)  # modelVersion → billed calls
 
     @property
     def exit_code(self) -> int:
@@ -412,6 +413,7 @@ class _Run:
         """One ledger row for a call that returned usage: every such call is paid for."""
         usage = answer.usage
         self._count(usage)
+        self.summary.answered_by[answer.model_version or ""] += 1
         self.ledger.append(
             {
                 "run_id": self.run_id,
