@@ -303,17 +303,16 @@ class PriceTable:
         """The period on day ``at`` of the first of ``names`` in the table, an exact name first.
 
         The ledger's ``model_version`` names what answered, ``model`` what was asked for (an
-        alias such as ``gemini-flash-latest``): pass both, the more exact first.
+        alias such as ``gemini-flash-latest``, or a retired model routed elsewhere): pass both,
+        the one that answered first, so that a call is priced as the model that served it.
         """
         day = at or utc_today()
         billed = self.billed_as(self.chosen(*names), day)
         return self.models[billed].period(day) if billed is not None else None
 
     def chosen(self, *names: str | None) -> str | None:
-        """The table's name for the first of ``names`` it has exactly, else by version parts."""
-        keys = [n.removeprefix("models/") for n in names if n]
-        found = next((k for k in keys if k in self.models), None)
-        return found or next((k for k in map(self.key, keys) if k is not None), None)
+        """The table's name for the first of ``names`` it knows, exactly or by version parts."""
+        return next((k for k in map(self.key, names) if k is not None), None)
 
     def cost(
         self,

@@ -138,14 +138,15 @@ def test_model_names_fall_back_to_their_release_only_by_version_parts(
     assert prices.table.key(name) == priced_as
 
 
-def test_resolve_prefers_an_exact_name_over_a_version_fallback(prices: DatedTable) -> None:
+def test_resolve_prices_the_model_that_answered_before_the_one_asked(prices: DatedTable) -> None:
     def name(*names: str | None) -> str | None:
         price = prices.resolve(*names)
         return price.name if price else None
 
-    # model_version exact wins; then the model asked for; only then a version fallback.
+    # The model_version that answered wins, exactly or by its version; then the model asked for.
     assert name("gemini-2.5-pro", "gemini-pro-latest") == "gemini-2.5-pro"
-    assert name("gemini-2.5-flash-002", "gemini-2.5-pro") == "gemini-2.5-pro"
+    assert name("gemini-2.5-flash-002", "gemini-2.5-pro") == "gemini-2.5-flash"
+    assert name("my-tuned-model-7", "gemini-2.5-pro") == "gemini-2.5-pro"
     assert name(None, "gemini-2.5-flash-002") == "gemini-2.5-flash"
     assert name(None, None) is None
 
