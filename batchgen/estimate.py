@@ -154,21 +154,9 @@ def estimate_job(
             f"{unrenderable} of {len(positions)} sampled rows do not render (an empty column "
             "the prompt needs): they would fail as 'template' rows, unpaid"
         )
-    if price is None:
-        notes.append(
-            f"no price for model {job.model.name!r} on {day.isoformat()}: cost unknown; "
-            "pass --prices FILE"
-        )
-    else:
-        notes += _price_change(table, price, day)
+    costs = _tier_costs(price, counts, guess, scale)
+    notes += _price_notes(table, price, job.model.name, day)
     answered = total - unrenderable * scale
-    costs = {
-        tier: (
-            _cost(price, counts, guess.low, 1.0, scale, tier),
-            _cost(price, counts, guess.high, guess.calls_per_row, scale, tier),
-        )
-        for tier in TIERS
-    }
     return Estimate(
         job=job.name,
         model=job.model.name,
@@ -181,21 +169,38 @@ def estimate_job(
         output_high=round(guess.high * answered),
         output_source=guess.source,
         calls_per_row=guess.calls_per_row,
-        cost_low=costs["standard"][0],
-        cost_high=costs["standard"][1],
+        cost_low=costs["standard"][0] if costs else None,
+        cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
         **_minutes_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale),
         notes=tuple(notes),
         priced_on=day.isoformat(),
-        tier_costs={
-            t: (lo, hi) for t, (lo, hi) in costs.items() if lo is not None and hi is not None
-        },
+        tier_costs=costs,
     )
 
 
-def _price_change(table: PriceTable, price: ModelPrice, day: date) -> list[str]:
-    """A note when the model's price changes after ``day``: a later run costs otherwise."""
+def _tier_costs(
+    price: ModelPrice | None, counts: Sequence[int], guess: OutputGuess, scale: float
+) -> dict[str, tuple[float, float]]:
+    """(low, high) cost per service tier; empty when the model has no price."""
+    if price is None:
+        return {}
+    return {
+        tier: (
+            _cost(price, counts, guess.low, 1.0, scale, tier),
+            _cost(price, counts, guess.high, guess.calls_per_row, scale, tier),
+        )
+        for tier in TIERS
+    }
+
+
+def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: date) -> list[str]:
+    """No price at all, or a price that changes after ``day``: a later run costs otherwise."""
+    if price is None:
+        return [
+            f"no price for model {model!r} on {day.isoformat()}: cost unknown; pass --prices FILE"
+        ]
     later = [p for p in table.models[price.name].periods if p.start and p.start > day]
     if not later:
         return []
@@ -403,16 +408,14 @@ def _within(
 
 
 def _cost(
-    price: ModelPrice | None,
+    price: ModelPrice,
     counts: Sequence[int],
     output: float,
     calls: float,
     scale: float,
     tier: str = "standard",
-) -> float | None:
+) -> float:
     """The cost of every row: each sampled prompt at its own context tier, scaled to the input."""
-    if price is None:
-        return None
     per_call = round(output / calls)
     sampled = sum(
         price.cost(prompt=n, output=per_call, thinking=0, cached=0, tier=tier) * calls

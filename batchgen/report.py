@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from batchgen.checkpoint import JOB_FILE, read_run_records
 from batchgen.errors import CheckpointError, JobError
 from batchgen.output import ERRORS_DIR, RESULTS_DIR, USAGE_DIR, USAGE_SCHEMA, part_files
-from batchgen.usage import PriceTable, same_model, utc_today
+from batchgen.usage import TIERS, PriceTable, same_model, utc_today
 
 __all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
 
@@ -208,10 +208,7 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
     calls["cost_usd"] = np.nan
     unpriced: list[str] = []
     notes: list[str] = []
-    keys = calls.assign(
-        _day=pd.to_datetime(calls["at"], utc=True).dt.strftime("%Y-%m-%d"),
-        _tier=calls["tier"].fillna("standard") if "tier" in calls else "standard",
-    )
+    keys = calls.assign(_day=_utc_days(calls["at"]), _tier=_tiers(calls))
     by_group = keys.groupby(["model_version", "model", "_day", "_tier"], dropna=False).groups
     for (version, model, day, tier), index in by_group.items():
         version = version if isinstance(version, str) else None
@@ -219,6 +216,9 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
         when = date.fromisoformat(day) if isinstance(day, str) else utc_today()
         price = prices.resolve(version, asked, at=when)
         name = version or asked or NONE
+        if tier not in TIERS:
+            notes.append(f"no price for the {tier!r} service tier: its calls are unpriced")
+            continue
         if price is None:
             if name not in unpriced:
                 unpriced.append(name)
@@ -232,6 +232,19 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
         counts = [part[c].fillna(0).to_numpy(np.int64) for c in TOKENS[:4]]
         calls.loc[index, "cost_usd"] = price.costs(*counts, tier=str(tier))
     return tuple(unpriced), list(dict.fromkeys(notes))
+
+
+def _utc_days(at: pd.Series) -> pd.Series:
+    return pd.to_datetime(at, utc=True).dt.strftime("%Y-%m-%d")
+
+
+def _tiers(calls: pd.DataFrame) -> pd.Series | str:
+    """The tier of each call: a ``tier`` column (the API's spellings: ``flex``,
+    ``SERVICE_TIER_FLEX``; unspecified is standard) or, without one, standard."""
+    if "tier" not in calls:
+        return "standard"
+    tier = calls["tier"].fillna("").astype(str).str.lower().str.removeprefix("service_tier_")
+    return tier.replace({"": "standard", "unspecified": "standard"})
 
 
 def _pricing_note(

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -288,3 +289,19 @@ def test_max_cost_on_a_current_model_through_the_cli(project: Path) -> None:
                          "0.0001", "--quiet", today=date(2026, 12, 2))  # fmt: skip
     assert code == 6, err
     assert "error: --max-cost $0.0001 reached" in err and "cost $0.0" in out
+
+
+def test_a_tier_column_in_the_ledger_prices_each_call_at_its_tier() -> None:
+    # The ledger has no tier column yet; pricing reads one when a later ledger carries it.
+    from batchgen.report import _price
+
+    flash = "gemini-3.8-flash"
+    rows = [one_call(flash, at("2026-12-02"), r) for r in "abcde"]
+    calls = pd.DataFrame(rows).assign(
+        tier=["standard", "flex", "SERVICE_TIER_BATCH", None, "priority"]
+    )
+    _, notes = _price(calls, PriceTable.load())
+    full = 0.75 + 3.75
+    assert calls["cost_usd"].tolist()[:4] == pytest.approx([full, full / 2, full / 2, full])
+    assert pd.isna(calls["cost_usd"].iloc[4])
+    assert notes == ["no price for the 'priority' service tier: its calls are unpriced"]
