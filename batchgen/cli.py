@@ -175,7 +175,7 @@ def _answered_by(s: RunSummary, asked: str | None) -> str:
     if not others:
         return ""
     names = ", ".join(f"{v} ({s.answered_by[v]} calls)" for v in others)
-    return f"answered by {names} (asked {asked})"
+    return f"answered by {names}; asked {asked}"
 
 
 @main.command()

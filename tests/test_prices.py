@@ -118,7 +118,7 @@ def test_the_run_summary_says_which_model_answered() -> None:
     summary.answered_by = Counter({"gemini-3.8-flash-001": 3})
     assert _describe(summary, "gemini-3.8-flash").count("answered by") == 0  # its own version
     line = _describe(summary, "gemini-2.5-flash").splitlines()[-1]
-    assert line == "answered by gemini-3.8-flash-001 (3 calls) (asked gemini-2.5-flash)"
+    assert line == "answered by gemini-3.8-flash-001 (3 calls); asked gemini-2.5-flash"
 
 
 @pytest.mark.parametrize(
