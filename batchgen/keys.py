@@ -31,11 +31,6 @@ def keys_of(values: pa.Array | pa.ChunkedArray | Iterable[str | None]) -> Keys:
     return np.fromiter((key_of(str(v)) if v is not None else 0 for v in items), dtype=np.uint64)
 
 
-def sorted_unique(keys: Keys) -> Keys:
-    """The distinct keys, sorted: the form :func:`contains` searches."""
-    return np.unique(keys)
-
-
 def contains(table: Keys, keys: Keys) -> npt.NDArray[np.bool_]:
     """For each of ``keys``, whether it is in the sorted ``table`` (bisection, vectorised)."""
     if not len(table) or not len(keys):
