@@ -234,21 +234,44 @@ class AnswerValidator:
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self.schema = schema
-        json_schema = to_json_schema(schema)
-        jsonschema.Draft202012Validator.check_schema(json_schema)
-        self._validator = jsonschema.Draft202012Validator(json_schema)
+        self._setup(to_json_schema(schema), _shaper_for(schema), fast=True)
+
+    @classmethod
+    def for_json_schema(
+        cls, json_schema: Mapping[str, Any], shaper: Callable[[Any], Any] | None
+    ) -> AnswerValidator:
+        """A validator for a user's own JSON Schema (any draft it names; 2020-12 by default)."""
+        self = cls.__new__(cls)
+        self.schema = json_schema
+        self._setup(json_schema, shaper, fast=_fast_safe(json_schema))
+        return self
+
+    def _setup(
+        self, json_schema: Mapping[str, Any], shaper: Callable[[Any], Any] | None, fast: bool
+    ) -> None:
+        kind = jsonschema.validators.validator_for(
+            json_schema, default=jsonschema.Draft202012Validator
+        )
+        kind.check_schema(json_schema)
+        self._validator = kind(json_schema)
         # fastjsonschema compiles the schema to Python: ~25x faster on the answers that conform
         # (nearly all); jsonschema stays the authority and explains the ones that do not.
-        self._fast = fastjsonschema.compile(json_schema)
-        self._shaper = _shaper_for(schema)
+        self._fast: Callable[[Any], Any] | None = None
+        if fast:
+            try:
+                self._fast = fastjsonschema.compile(dict(json_schema))
+            except fastjsonschema.JsonSchemaDefinitionException:
+                pass  # jsonschema alone: slower, as exact
+        self._shaper = shaper
 
     def problem(self, value: Any) -> str | None:
         """The first way ``value`` breaks the schema, as one line, or None when it conforms."""
-        try:
-            self._fast(value)
-            return None
-        except fastjsonschema.JsonSchemaException:
-            pass
+        if self._fast is not None:
+            try:
+                self._fast(value)
+                return None
+            except fastjsonschema.JsonSchemaException:
+                pass
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is None:
             return None
@@ -256,8 +279,34 @@ class AnswerValidator:
         return f"answer{where}: {error.message}"
 
     def shape(self, value: Any) -> Any:
-        """Make a conforming value fit its Arrow type (integers as int, JSON text columns)."""
+        """Make a conforming value fit its Arrow type (integers as int, JSON text columns).
+
+        Raises ValueError (a ``ShapeError``) when a value cannot take its type, as a date that
+        does not parse.
+        """
         return self._shaper(value) if self._shaper is not None else value
+
+
+# JSON Schema keywords fastjsonschema (drafts 4-7) does not know: it would pass what they forbid.
+_NEWER_KEYWORDS = frozenset(
+    {"prefixItems", "unevaluatedProperties", "unevaluatedItems", "dependentRequired",
+     "dependentSchemas", "$dynamicRef", "$recursiveRef", "$anchor", "minContains", "maxContains"}
+)  # fmt: skip
+# Keys beside a $ref that constrain nothing; draft 7 ignores a $ref's siblings, 2020-12 does not.
+_ANNOTATIONS = frozenset({"$ref", "description", "title", "default", "examples", "$comment"})
+
+
+def _fast_safe(node: Any) -> bool:
+    """Whether fastjsonschema checks this schema at least as strictly as jsonschema does."""
+    if isinstance(node, list):
+        return all(_fast_safe(n) for n in node)
+    if not isinstance(node, Mapping):
+        return True
+    if _NEWER_KEYWORDS & node.keys():
+        return False
+    if "$ref" in node and not node.keys() <= _ANNOTATIONS:
+        return False
+    return all(_fast_safe(v) for k, v in node.items() if k not in ("enum", "const"))
 
 
 _Shaper = Callable[[Any], Any] | None
