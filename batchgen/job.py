@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ class Job:
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
 
-    @property
+    @cached_property
     def schema(self) -> ResponseSchema:
         """The response schema with its dialect: request key, Arrow field, validator."""
         return ResponseSchema(self.schema_dialect, self.response_schema, self.schema_source)

@@ -21,12 +21,14 @@ and converts each (already validated) answer to fit them. The choices, in the or
 * ``enum``/``const`` take the type of their values (string enums are string columns: Parquet
   already dictionary-encodes repeated strings, and a plain string type lets parts written by
   different runs concatenate); mixed-type enums are JSON text.
-* ``type: object`` with ``properties`` is a struct (extra keys an answer carries are dropped); with
+* ``type: object`` with ``properties`` is a struct, its fields in ``propertyOrdering`` order (as
+  in the Gemini dialect) and then as declared; keys an answer adds are dropped. With
   no properties and ``additionalProperties`` a schema, ``map<string, T>``; otherwise (free-form
   objects) JSON text.
 * ``type: array``: ``items`` gives ``list<T>``; ``prefixItems`` (or draft-7 ``items`` as a list)
   gives a struct with fields ``item_0``, ``item_1``… (nullable past ``minItems``), unless
-  further items are allowed by an ``items`` schema, then JSON text.
+  further items are allowed by an ``items`` schema, then JSON text. With no ``items`` at all,
+  items past the named ones (which JSON Schema allows, and models do not send) are dropped.
 * ``string`` is string, except ``format: date`` → date32 and ``format: date-time`` →
   timestamp(us, UTC): the answer's text is parsed (RFC 3339; a time without offset is read as
   UTC) and a string that does not parse makes the row a ``schema`` failure.
@@ -195,8 +197,9 @@ class _Mapper:
         if isinstance(props, Mapping) and props:
             required = set(node.get("required") or ())
             fields = []
-            for name, sub in props.items():
-                child = self.map(sub, f"{path}.{name}", stack)
+            ordering = [n for n in node.get("propertyOrdering") or () if n in props]
+            for name in [*ordering, *(n for n in props if n not in ordering)]:
+                child = self.map(props[name], f"{path}.{name}", stack)
                 fields.append(
                     (str(name), replace(child, nullable=child.nullable or name not in required))
                 )
