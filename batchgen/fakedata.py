@@ -44,6 +44,8 @@ DEFAULT_MIN_ITEMS = 1
 DEFAULT_MAX_ITEMS = 4
 # Past this depth only what the schema demands is generated, so recursive $refs terminate.
 MAX_DEPTH = 12
+# Past this many nested $ref expansions, likewise (recursive trees stay answer-sized).
+MAX_REFS = 3
 JSON_TYPES = ("string", "number", "integer", "boolean", "array", "object", "null")
 # Keys in an answer for an object that only says what its values are (additionalProperties).
 MAP_KEYS = (1, 3)
@@ -138,6 +140,7 @@ class _Faker:
     def __init__(self, root: Mapping[str, Any], rng: random.Random) -> None:
         self.root = root
         self.rng = rng
+        self.refs = 0  # $refs being expanded on the way down to the current node
 
     def resolve(self, node: Mapping[str, Any]) -> Mapping[str, Any]:
         """Follow local ``$ref`` pointers (``#``, ``#/$defs/X``); unknown ones become ``{}``."""
@@ -187,7 +190,18 @@ class _Faker:
         return names
 
     def value(self, node: Mapping[str, Any], depth: int) -> Any:
-        node = self.resolve(node)
+        if isinstance(node.get("$ref"), str):
+            # The API unrolls references only a few levels deep; past that, only what is required.
+            self.refs += 1
+            try:
+                return self.value_of(
+                    self.resolve(node), depth if self.refs <= MAX_REFS else MAX_DEPTH
+                )
+            finally:
+                self.refs -= 1
+        return self.value_of(self.resolve(node), depth)
+
+    def value_of(self, node: Mapping[str, Any], depth: int) -> Any:
         rng = self.rng
         if "const" in node:
             return node["const"]
@@ -269,8 +283,8 @@ class _Faker:
         low, high = _item_bounds(node)
         if prefix and not isinstance(items, Mapping):  # a tuple: as many items as it names
             low, high = min(len(prefix), high), min(len(prefix), high)
-        if depth >= MAX_DEPTH:
-            high = low
+        if depth >= MAX_DEPTH:  # only what the schema demands, so recursive arrays end
+            low = high = min(low, _int(node, "minItems") or 0)
         count = self.rng.randint(low, high)
         items = items if isinstance(items, Mapping) else {"type": "string"}
         values = [
@@ -377,8 +391,10 @@ def _matching(pattern: str, low: int | None, high: int | None, rng: random.Rando
         maker = rstr.Rstr(rng)
         for _ in range(PATTERN_TRIES):
             text = maker.xeger(pattern)
-            if regex.search(text) and (low or 0) <= len(text) <= (high or len(text)):
-                return text
+            # rstr repeats `+`/`*` up to 100 times; cut to maxLength, keep it if it still matches
+            for cut in (text, text[:high] if high is not None else text):
+                if regex.search(cut) and (low or 0) <= len(cut) <= (high or len(cut)):
+                    return cut
     except (re.error, ValueError, IndexError):
         pass  # a pattern Python cannot read: fall back to plain words
     return None

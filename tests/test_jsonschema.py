@@ -6,6 +6,7 @@ import random
 from datetime import UTC, date, datetime
 from typing import Any
 
+import jsonschema
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from batchgen.answers import Answer, AnswerError, Usage, structured_value
 from batchgen.errors import JobError
-from batchgen.fakedata import fake_value
+from batchgen.fakedata import fake_invalid_value, fake_value
 from batchgen.jsonschema_dialect import map_json_schema
 from batchgen.response_schema import GEMINI, JSON_SCHEMA, ResponseSchema, resolve_schema
 from tests.strategies import JSON_SCHEMAS
@@ -262,7 +263,7 @@ def test_resolve_schema_takes_a_pydantic_model_and_refuses_other_things() -> Non
         resolve_schema(3)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(JSON_SCHEMAS, st.integers(0, 2**32))
 def test_any_conforming_answer_validates_and_fits_its_column(
     schema: dict[str, Any], seed: int
@@ -273,3 +274,13 @@ def test_any_conforming_answer_validates_and_fits_its_column(
     assert validator.problem(value) is None
     column = pa.array([validator.shape(value)], type=resolved.answer_field().type)
     assert len(column) == 1 and column.type == resolved.answer_field().type
+
+
+@settings(max_examples=60, deadline=None)
+@given(JSON_SCHEMAS, st.integers(0, 2**32))
+def test_a_nonconforming_answer_is_caught(schema: dict[str, Any], seed: int) -> None:
+    resolved = resolve_schema({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema})
+    value = fake_invalid_value(resolved.wire, random.Random(seed))
+    reference = jsonschema.Draft202012Validator(resolved.wire)
+    # the fast path (fastjsonschema on a draft-7 spelling) never passes what jsonschema refuses
+    assert (resolved.validator().problem(value) is None) == reference.is_valid(value)
