@@ -198,21 +198,25 @@ def test_each_pydantic_model_round_trips_with_its_fields_as_columns(
         if expected is not None:
             assert schema.field(name).type == expected, name
     for row in table.to_pylist():  # each stored answer is still a valid instance of the model
-        assert model.model_validate(_unmap({n: row[n] for n in model.model_fields}, model))
+        answer = {n: _unmap(row[n], schema.field(n).type) for n in model.model_fields}
+        assert model.model_validate({n: v for n, v in answer.items() if v is not None})
 
 
-def _unmap(value: Any, model: Any) -> Any:
+def _unmap(value: Any, kind: pa.DataType) -> Any:
     """Undo what Arrow holds differently: tuples as item_N structs, maps as key/value pairs,
     JSON-text columns as text, and a field left out as null."""
-    if isinstance(value, dict) and value and all(k.startswith("item_") for k in value):
-        return [_unmap(v, model) for v in value.values()]
-    if isinstance(value, dict):
-        return {k: _unmap(v, model) for k, v in value.items() if v is not None}
-    if isinstance(value, list) and value and isinstance(value[0], tuple):
-        return {k: _unmap(v, model) for k, v in value}
-    if isinstance(value, list):
-        return [_unmap(v, model) for v in value]
-    if isinstance(value, str) and value[:1] == "{":
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {k: _unmap(v, kind.item_type) for k, v in value}
+    if pa.types.is_list(kind):
+        return [_unmap(v, kind.value_type) for v in value]
+    if pa.types.is_struct(kind):
+        fields = {f.name: _unmap(value[f.name], f.type) for f in kind}
+        if all(name.startswith("item_") for name in fields):
+            return list(fields.values())
+        return {name: v for name, v in fields.items() if v is not None}
+    if pa.types.is_string(kind) and value[:1] == "{":
         return json.loads(value)
     return value
 
