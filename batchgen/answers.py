@@ -102,4 +102,7 @@ def structured_value(answer: Answer, validator: AnswerValidator) -> Any:
     problem = validator.problem(value)
     if problem is not None:
         raise AnswerError("schema", f"the answer breaks the schema: {problem}", answer.text)
-    return validator.shape(value)
+    try:
+        return validator.shape(value)
+    except ValueError as exc:  # conforms, yet cannot take its column type (a date that is not)
+        raise AnswerError("schema", f"the answer breaks the schema: {exc}", answer.text) from None

@@ -215,6 +215,9 @@ def validate(
     click.echo(
         f"  model   {job.model.name} at {job.model.base_url} (key from ${job.model.api_key_env})"
     )
+    click.echo(f"  schema  {job.schema.describe(len(plan.layout.answer_columns))}")
+    for path in job.schema.json_text_fields():
+        click.echo(f"    as JSON text: {path}")
     click.echo(f"  output  {job.output.directory}")
     for f in plan.layout.schema:
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")

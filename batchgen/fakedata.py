@@ -3,7 +3,8 @@
 Two schema dialects arrive at the emulator: the Gemini ``Schema`` proto of ``responseSchema``
 (upper-case type names, ``nullable``, ``propertyOrdering``) and the JSON Schema subset of
 ``responseJsonSchema`` (lower-case types, type lists with ``"null"``, ``$ref``/``$defs``,
-``oneOf``, ``const``, ``prefixItems``). Their keywords do not clash, so one generator reads both.
+``oneOf``, ``allOf``, ``const``, ``prefixItems``, ``additionalProperties``, ``pattern``). Their
+keywords do not clash, so one generator reads both.
 It expects camelCase keys: the emulator normalizes snake_case proto names before calling it.
 
 Everything is drawn from the ``random.Random`` passed in, so a seeded generator gives the same
@@ -12,11 +13,16 @@ value every time.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import rstr
 
 __all__ = ["WORDS", "fake_invalid_value", "fake_prose", "fake_value", "fake_words"]
 
@@ -38,7 +44,13 @@ DEFAULT_MIN_ITEMS = 1
 DEFAULT_MAX_ITEMS = 4
 # Past this depth only what the schema demands is generated, so recursive $refs terminate.
 MAX_DEPTH = 12
+# Past this many nested $ref expansions, likewise (recursive trees stay answer-sized).
+MAX_REFS = 3
 JSON_TYPES = ("string", "number", "integer", "boolean", "array", "object", "null")
+# Keys in an answer for an object that only says what its values are (additionalProperties).
+MAP_KEYS = (1, 3)
+# Tries at a string that matches a pattern and the length bounds at once.
+PATTERN_TRIES = 20
 _EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 
@@ -65,7 +77,7 @@ def fake_value(schema: Mapping[str, Any], rng: random.Random) -> Any:
 
     Returns:
         A JSON-serializable value: required properties always present, optional ones usually,
-        enums, bounds, lengths and item counts respected. ``pattern`` is not honoured.
+        enums, bounds, lengths, patterns (by ``rstr``) and item counts respected.
     """
     return _Faker(schema, rng).value(schema, 0)
 
@@ -128,6 +140,7 @@ class _Faker:
     def __init__(self, root: Mapping[str, Any], rng: random.Random) -> None:
         self.root = root
         self.rng = rng
+        self.refs = 0  # $refs being expanded on the way down to the current node
 
     def resolve(self, node: Mapping[str, Any]) -> Mapping[str, Any]:
         """Follow local ``$ref`` pointers (``#``, ``#/$defs/X``); unknown ones become ``{}``."""
@@ -140,7 +153,23 @@ class _Faker:
                     target = target.get(part) if isinstance(target, Mapping) else None
             node = target if isinstance(target, Mapping) else {}
             seen += 1
+        if isinstance(node.get("allOf"), list):
+            return self.merge_all_of(node)
         return node
+
+    def merge_all_of(self, node: Mapping[str, Any]) -> dict[str, Any]:
+        """allOf as one schema: properties and required united, other keys the first one's."""
+        merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
+        for part in node["allOf"]:
+            part = self.resolve(part) if isinstance(part, Mapping) else {}
+            for key, value in part.items():
+                if key == "properties":
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required":
+                    merged["required"] = [*merged.get("required", []), *value]
+                else:
+                    merged.setdefault(key, value)
+        return merged
 
     def admitted_types(self, node: Mapping[str, Any]) -> set[str]:
         """JSON types a node can take at its root; every type when unconstrained."""
@@ -161,7 +190,18 @@ class _Faker:
         return names
 
     def value(self, node: Mapping[str, Any], depth: int) -> Any:
-        node = self.resolve(node)
+        if isinstance(node.get("$ref"), str):
+            # The API unrolls references only a few levels deep; past that, only what is required.
+            self.refs += 1
+            try:
+                return self.value_of(
+                    self.resolve(node), depth if self.refs <= MAX_REFS else MAX_DEPTH
+                )
+            finally:
+                self.refs -= 1
+        return self.value_of(self.resolve(node), depth)
+
+    def value_of(self, node: Mapping[str, Any], depth: int) -> Any:
         rng = self.rng
         if "const" in node:
             return node["const"]
@@ -180,7 +220,7 @@ class _Faker:
         names = _type_names(node)
         if not names:
             # JSON Schema may leave the type implicit in its other keywords.
-            if "properties" in node:
+            if "properties" in node or "additionalProperties" in node:
                 return "object"
             return "array" if "items" in node or "prefixItems" in node else "string"
         concrete = [n for n in names if n != "null"]
@@ -188,8 +228,16 @@ class _Faker:
             return "null"
         return self.rng.choice(concrete)
 
+    def map_value(self, node: Mapping[str, Any], depth: int) -> dict[str, Any]:
+        """An object that only says what its values are: a few keys of words."""
+        count = self.rng.randint(*MAP_KEYS) if depth < MAX_DEPTH else 0
+        keys = dict.fromkeys(fake_words(self.rng, 1, 1) for _ in range(count))
+        return {k: self.value(node["additionalProperties"], depth + 1) for k in keys}
+
     def typed_value(self, node: Mapping[str, Any], type_name: str, depth: int) -> Any:
         if type_name == "object":
+            if not node.get("properties") and isinstance(node.get("additionalProperties"), dict):
+                return self.map_value(node, depth)
             return self.object_value(node, depth)
         if type_name == "array":
             return self.array_value(node, depth)
@@ -228,17 +276,24 @@ class _Faker:
         return out
 
     def array_value(self, node: Mapping[str, Any], depth: int) -> list[Any]:
-        low, high = _item_bounds(node)
-        if depth >= MAX_DEPTH:
-            high = low
-        count = self.rng.randint(low, high)
-        prefix = node.get("prefixItems")
+        prefix, items = node.get("prefixItems"), node.get("items")
+        if isinstance(items, list):  # draft 7 tuples: items is the list, additionalItems the rest
+            prefix, items = items, node.get("additionalItems")
         prefix = prefix if isinstance(prefix, list) else []
-        items = node.get("items")
+        low, high = _item_bounds(node)
+        if prefix and not isinstance(items, Mapping):  # a tuple: as many items as it names
+            low, high = min(len(prefix), high), min(len(prefix), high)
+        if depth >= MAX_DEPTH:  # only what the schema demands, so recursive arrays end
+            low = high = min(low, _int(node, "minItems") or 0)
+        count = self.rng.randint(low, high)
         items = items if isinstance(items, Mapping) else {"type": "string"}
-        return [
+        values = [
             self.value(prefix[i] if i < len(prefix) else items, depth + 1) for i in range(count)
         ]
+        if node.get("uniqueItems") is True:  # duplicates dropped, as long as enough are left
+            unique = list({json.dumps(v, sort_keys=True): v for v in values}.values())
+            values = unique if len(unique) >= low else values
+        return values
 
 
 def _json_type(value: Any) -> str:
@@ -304,17 +359,45 @@ def _fake_number(node: Mapping[str, Any], rng: random.Random) -> float:
 
 
 def _fake_string(node: Mapping[str, Any], rng: random.Random) -> str:
+    low, high = _int(node, "minLength"), _int(node, "maxLength")
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        text = _matching(pattern, low, high, rng)
+        if text is not None:
+            return text
     fmt = str(node.get("format", "")).lower()
     if fmt == "date":
         text = (_EPOCH + timedelta(days=rng.randint(0, 3650))).date().isoformat()
     elif fmt == "date-time":
         moment = _EPOCH + timedelta(seconds=rng.randint(0, 10 * 365 * 86400))
         text = moment.isoformat().replace("+00:00", "Z")
+    elif fmt == "time":
+        text = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}"
     elif fmt == "email":
         text = f"{rng.choice(WORDS)}.{rng.choice(WORDS)}@example.com"
+    elif fmt in ("uri", "url"):
+        text = f"https://example.com/{rng.choice(WORDS)}/{rng.choice(WORDS)}"
+    elif fmt == "uuid":
+        text = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     else:
         text = fake_words(rng)
-    return _fit_length(text, _int(node, "minLength"), _int(node, "maxLength"), rng)
+    return _fit_length(text, low, high, rng)
+
+
+def _matching(pattern: str, low: int | None, high: int | None, rng: random.Random) -> str | None:
+    """A string that ``pattern`` finds (JSON Schema patterns are not anchored), in the bounds."""
+    try:
+        regex = re.compile(pattern)
+        maker = rstr.Rstr(rng)
+        for _ in range(PATTERN_TRIES):
+            text = maker.xeger(pattern)
+            # rstr repeats `+`/`*` up to 100 times; cut to maxLength, keep it if it still matches
+            for cut in (text, text[:high] if high is not None else text):
+                if regex.search(cut) and (low or 0) <= len(cut) <= (high or len(cut)):
+                    return cut
+    except (re.error, ValueError, IndexError):
+        pass  # a pattern Python cannot read: fall back to plain words
+    return None
 
 
 def _fit_length(text: str, low: int | None, high: int | None, rng: random.Random) -> str:

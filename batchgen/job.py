@@ -12,11 +12,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from batchgen.errors import JobError
-from batchgen.schema import normalize_schema
+from batchgen.response_schema import (
+    GEMINI,
+    ResponseSchema,
+    gemini_schema,
+    json_schema,
+    load_pydantic_schema,
+)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -52,6 +59,9 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "prompt",
             "generation",
             "response_schema",
+            "response_json_schema",
+            "json_schema_file",
+            "schema",
             "limits",
             "retry",
             "output",
@@ -138,7 +148,12 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Job:
-    """A whole job, checked. ``response_schema`` is in canonical Gemini form."""
+    """A whole job, checked.
+
+    ``response_schema`` is the schema the job sends: in canonical form for the Gemini dialect,
+    as written for the JSON Schema dialect (``schema_dialect``); ``schema_source`` names the job
+    key it came from.
+    """
 
     name: str
     path: Path
@@ -150,6 +165,13 @@ class Job:
     output: OutputSpec
     generation: dict[str, Any] = field(default_factory=dict)
     retry: RetrySpec = field(default_factory=RetrySpec)
+    schema_dialect: str = GEMINI
+    schema_source: str = "response_schema"
+
+    @cached_property
+    def schema(self) -> ResponseSchema:
+        """The response schema with its dialect: request key, Arrow field, validator."""
+        return ResponseSchema(self.schema_dialect, self.response_schema, self.schema_source)
 
 
 @dataclass(frozen=True)
@@ -197,17 +219,20 @@ def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "")
 def _build(raw: dict[str, Any], path: Path, base: Path | None = None) -> Job:
     _check_keys(raw, "", path)
     base = path.parent if base is None else base
+    schema = _schema(raw, base, path)
     return Job(
         name=_opt(raw, "name", str, path, "", path.stem),
         path=path,
         input=_input(_table(raw, "input", path), base, path),
         model=_model(_table(raw, "model", path), path),
         prompt=_prompt(_table(raw, "prompt", path), path),
-        response_schema=_schema(raw, base, path),
+        response_schema=schema.wire,
         limits=_limits(_table(raw, "limits", path, required=False), path),
         output=_output(_table(raw, "output", path, required=False), base, path),
         generation=_generation(_table(raw, "generation", path, required=False), path),
         retry=_retry(_table(raw, "retry", path, required=False), path),
+        schema_dialect=schema.dialect,
+        schema_source=schema.source,
     )
 
 
@@ -328,21 +353,42 @@ def _prompt(table: dict[str, Any], path: Path) -> PromptSpec:
     )
 
 
-def _schema(raw: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
-    inline = raw.get("response_schema")
-    file = _opt(raw, "schema_file", str, path, "")
-    if (inline is None) == (file is None):
-        raise JobError(f"{path}: give exactly one of schema_file or [response_schema]")
-    if file is not None:
-        schema_path = _resolve(base, file)
-        try:
-            inline = json.loads(schema_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise JobError(f"{path}: schema_file {file!r}: cannot read: {exc.strerror}") from None
-        except ValueError as exc:
-            raise JobError(f"{path}: schema_file {file!r}: invalid JSON: {exc}") from None
-        return normalize_schema(inline, f"{schema_path}")
-    return normalize_schema(inline, f"{path}")
+_SCHEMA_KEYS = ("response_schema", "schema_file", "response_json_schema", "json_schema_file",
+                "schema")  # fmt: skip
+
+
+def _schema(raw: dict[str, Any], base: Path, path: Path) -> ResponseSchema:
+    """The one schema the job gives, by whichever of the schema keys it uses."""
+    given = [k for k in _SCHEMA_KEYS if raw.get(k) is not None]
+    if len(given) != 1:
+        said = f"it gives {' and '.join(given)}" if given else "it gives none"
+        raise JobError(
+            f"{path}: give exactly one of [response_schema], schema_file (Gemini's Schema), "
+            f"[response_json_schema], json_schema_file (JSON Schema) or schema = "
+            f"'module:Model' (pydantic); {said}"
+        )
+    key = given[0]
+    if key == "schema":
+        target = _opt(raw, "schema", str, path, "")
+        return json_schema(load_pydantic_schema(target, base, str(path)), f"{path}: schema",
+                           f"schema = {target!r}")  # fmt: skip
+    if key.endswith("_file"):
+        value, where = _read_schema_file(_opt(raw, key, str, path, ""), key, base, path)
+    else:
+        value, where = raw[key], str(path)
+    if key in ("response_schema", "schema_file"):
+        return gemini_schema(value, where, key)
+    return json_schema(value, where, key)
+
+
+def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any, str]:
+    schema_path = _resolve(base, file)
+    try:
+        return json.loads(schema_path.read_text(encoding="utf-8")), str(schema_path)
+    except OSError as exc:
+        raise JobError(f"{path}: {key} {file!r}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise JobError(f"{path}: {key} {file!r}: invalid JSON: {exc}") from None
 
 
 def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
@@ -398,7 +444,12 @@ def _camel_keys(value: Any) -> Any:
 def _generation(table: dict[str, Any], path: Path) -> dict[str, Any]:
     config: dict[str, Any] = _camel_keys(table)
     for key in config:
-        if key in ("responseMimeType", "responseSchema", "responseJsonSchema"):
+        if key == "responseJsonSchema":
+            raise JobError(
+                f"{path}: generation.responseJsonSchema: put a JSON Schema in "
+                "[response_json_schema] or json_schema_file instead (batchgen sends it)"
+            )
+        if key in ("responseMimeType", "responseSchema"):
             raise JobError(
                 f"{path}: generation.{key} is set by batchgen; put the schema in "
                 "[response_schema] or schema_file"

@@ -393,6 +393,8 @@ def fingerprint_parts(job: Job) -> dict[str, Any]:
     return {
         "model": job.model.name,
         "response_schema": job.response_schema,
+        # only when not Gemini's, so that fingerprints of existing outputs stay as they were
+        **({"schema_dialect": job.schema_dialect} if job.schema_dialect != "gemini" else {}),
         "prompt.user": job.prompt.user,
         "prompt.system": job.prompt.system,
         "generation": job.generation,

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchgen.errors import JobError
-from batchgen.schema import arrow_field, arrow_type, property_names
+from batchgen.response_schema import ResponseSchema, resolve_schema
 
 RAW_TEXT_LIMIT = 2000
 
@@ -71,30 +71,34 @@ RESERVED = frozenset([ROW_ID.name, ITEM_INDEX.name] + [f.name for f in META_FIEL
 class OutputLayout:
     """How answers become rows: the result columns derived from the schema.
 
-    A top-level OBJECT gives one column per property. A top-level ARRAY gives one row per item
-    when exploded (with ``item_index``; an OBJECT item gives one column per property), else one
-    list column ``result``. Any other top-level type gives one column ``result``.
+    A top-level object gives one column per property. A top-level array gives one row per item
+    when exploded (with ``item_index``; an object item gives one column per property), else one
+    list column ``result``. Any other top-level type gives one column ``result``. Both schema
+    dialects go through the answer's Arrow type, so their columns follow the same rule.
     """
 
     def __init__(
-        self, schema: Mapping[str, Any], explode: bool, carry: pa.Schema, where: str
+        self,
+        schema: Mapping[str, Any] | ResponseSchema,
+        explode: bool,
+        carry: pa.Schema,
+        where: str,
     ) -> None:
-        self.explode = explode and schema["type"] == "ARRAY"
+        answer = resolve_schema(schema).answer_field()
+        self.explode = explode and pa.types.is_list(answer.type)
         if explode and not self.explode:
-            raise JobError(f"{where}: output.explode needs a top-level ARRAY responseSchema")
-        shaped = schema["items"] if self.explode else schema
+            raise JobError(f"{where}: output.explode needs a top-level ARRAY (array) schema")
+        shaped = answer.type.value_field if self.explode else answer
         self._properties: list[str] | None = None
-        if shaped.get("type") == "OBJECT" and shaped.get("properties"):
-            self._properties = property_names(shaped)
-            required = set(shaped.get("required", ())) if not shaped.get("nullable") else set()
-            answer = [
-                arrow_field(p, shaped["properties"][p], p in required and not self.explode)
-                for p in self._properties
-            ]
-        else:
-            answer = [pa.field("result", arrow_type(shaped))]
+        columns = [pa.field("result", shaped.type)]
+        if pa.types.is_struct(shaped.type):
+            self._properties = [f.name for f in shaped.type]
+            # a null answer or an exploded row with no items leaves every column null
+            loose = shaped.nullable or self.explode
+            columns = [f.with_nullable(True) if loose else f for f in shaped.type]
+        self.answer_columns = [f.name for f in columns]
         extra = [ITEM_INDEX] if self.explode else []
-        fields = [ROW_ID, *carry, *answer, *extra, *META_FIELDS]
+        fields = [ROW_ID, *carry, *columns, *extra, *META_FIELDS]
         _check_unique(fields, carry, where)
         self.schema = pa.schema(fields)
 

@@ -125,6 +125,6 @@ def plan_job(job: Job) -> Plan:
         needs[job.input.id_column] = "input.id_column"
     reader = InputReader(job.input, needs)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
-    layout = OutputLayout(job.response_schema, job.output.explode, carry, str(job.path))
-    validator = AnswerValidator(job.response_schema)
+    layout = OutputLayout(job.schema, job.output.explode, carry, str(job.path))
+    validator = job.schema.validator()
     return Plan(job, reader, template, RequestBuilder(job), layout, validator)

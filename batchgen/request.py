@@ -1,7 +1,7 @@
 """Build the generateContent request body: the shape in ../shared/gemini-api.md §1.
 
-The parts every row shares (generationConfig with the responseSchema) are serialized once;
-each row adds only its own text.
+The parts every row shares (generationConfig with the responseSchema, or the responseJsonSchema
+of a JSON Schema job) are serialized once; each row adds only its own text.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class RequestBuilder:
         config = {
             **job.generation,
             "responseMimeType": "application/json",
-            "responseSchema": job.response_schema,
+            job.schema.wire_key: job.response_schema,
         }
         self._tail = b',"generationConfig":' + _dumps(config) + b"}"
 

@@ -236,19 +236,50 @@ class AnswerValidator:
         self.schema = schema
         json_schema = to_json_schema(schema)
         jsonschema.Draft202012Validator.check_schema(json_schema)
-        self._validator = jsonschema.Draft202012Validator(json_schema)
+        self._setup(json_schema, _shaper_for(schema), fast=json_schema)
+
+    @classmethod
+    def for_json_schema(
+        cls, json_schema: Mapping[str, Any], shaper: Callable[[Any], Any] | None
+    ) -> AnswerValidator:
+        """A validator for a user's own JSON Schema (any draft it names; 2020-12 by default).
+
+        The schema must be checked already (``response_schema.json_schema`` does, at load time):
+        checking against the 2020-12 metaschema costs some 20 ms.
+        """
+        self = cls.__new__(cls)
+        self.schema = json_schema
+        self._setup(json_schema, shaper, fast=_fast_schema(json_schema))
+        return self
+
+    def _setup(
+        self,
+        json_schema: Mapping[str, Any],
+        shaper: Callable[[Any], Any] | None,
+        fast: dict[str, Any] | None,
+    ) -> None:
+        kind = jsonschema.validators.validator_for(
+            json_schema, default=jsonschema.Draft202012Validator
+        )
+        self._validator = kind(json_schema)
         # fastjsonschema compiles the schema to Python: ~25x faster on the answers that conform
         # (nearly all); jsonschema stays the authority and explains the ones that do not.
-        self._fast = fastjsonschema.compile(json_schema)
-        self._shaper = _shaper_for(schema)
+        self._fast: Callable[[Any], Any] | None = None
+        if fast is not None:
+            try:
+                self._fast = fastjsonschema.compile(fast)
+            except fastjsonschema.JsonSchemaDefinitionException:
+                pass  # jsonschema alone: slower, as exact
+        self._shaper = shaper
 
     def problem(self, value: Any) -> str | None:
         """The first way ``value`` breaks the schema, as one line, or None when it conforms."""
-        try:
-            self._fast(value)
-            return None
-        except fastjsonschema.JsonSchemaException:
-            pass
+        if self._fast is not None:
+            try:
+                self._fast(value)
+                return None
+            except fastjsonschema.JsonSchemaException:
+                pass
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is None:
             return None
@@ -256,8 +287,63 @@ class AnswerValidator:
         return f"answer{where}: {error.message}"
 
     def shape(self, value: Any) -> Any:
-        """Make a conforming value fit its Arrow type (integers as int, JSON text columns)."""
+        """Make a conforming value fit its Arrow type (integers as int, JSON text columns).
+
+        Raises ValueError (a ``ShapeError``) when a value cannot take its type, as a date that
+        does not parse.
+        """
         return self._shaper(value) if self._shaper is not None else value
+
+
+# JSON Schema keywords fastjsonschema (drafts 4-7) does not know: it would pass what they forbid.
+# prefixItems is not among them: it has a draft-7 spelling (items as a list, additionalItems).
+_NEWER_KEYWORDS = frozenset(
+    {"unevaluatedProperties", "unevaluatedItems", "dependentRequired", "dependentSchemas",
+     "$dynamicRef", "$recursiveRef", "$anchor", "minContains", "maxContains"}
+)  # fmt: skip
+# Keys beside a $ref that constrain nothing; draft 7 ignores a $ref's siblings, 2020-12 does not.
+_ANNOTATIONS = frozenset({"$ref", "description", "title", "default", "examples", "$comment"})
+
+
+_VALUES = frozenset({"enum", "const", "default", "examples", "required"})  # data, not schemas
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+class _NotForFastError(Exception):
+    """The schema says something fastjsonschema would not check."""
+
+
+def _for_fast(node: Any) -> Any:
+    """The schema in the draft-7 spelling that fastjsonschema checks exactly (or raise)."""
+    if isinstance(node, list):
+        return [_for_fast(n) for n in node]
+    if not isinstance(node, Mapping):
+        return node
+    if _NEWER_KEYWORDS & node.keys() or ("$ref" in node and not node.keys() <= _ANNOTATIONS):
+        raise _NotForFastError
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _VALUES:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            out[key] = {name: _for_fast(sub) for name, sub in value.items()}
+        else:
+            out[key] = _for_fast(value)
+    if "prefixItems" in out and not isinstance(out.get("items"), list):
+        rest = out.pop("items", None)
+        out["items"] = out.pop("prefixItems")
+        if rest is not None:
+            out["additionalItems"] = rest
+    return out
+
+
+def _fast_schema(json_schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What fastjsonschema compiles for this schema, or None when it cannot check it exactly."""
+    try:
+        fast = dict(_for_fast(json_schema))
+    except _NotForFastError:
+        return None
+    return {**fast, "$schema": "http://json-schema.org/draft-07/schema#"}
 
 
 _Shaper = Callable[[Any], Any] | None

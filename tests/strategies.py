@@ -63,3 +63,67 @@ def _container(draw: st.DrawFn, children: st.SearchStrategy[dict[str, Any]]) -> 
 
 
 GEMINI_SCHEMAS = st.recursive(_leaf(), _container, max_leaves=12)
+
+
+# --- JSON Schema (responseJsonSchema) -----------------------------------------------------------
+
+_PATTERNS = ("^[A-Z]{3}$", "^[a-z0-9_]+$", "^INV-[0-9]{4}$", "[0-9]")
+
+
+@st.composite
+def _json_leaf(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["string", "integer", "number", "boolean", "null", "const"]))
+    if kind == "const":
+        return {"const": draw(st.one_of(_NAMES, st.integers(-5, 5), st.booleans()))}
+    node: dict[str, Any] = {"type": kind}
+    if kind == "string":
+        extra = draw(st.sampled_from(["", "enum", "date", "date-time", "length", "pattern"]))
+        if extra == "enum":
+            node["enum"] = draw(st.lists(_NAMES, min_size=1, max_size=4, unique=True))
+        elif extra in ("date", "date-time"):
+            node["format"] = extra
+        elif extra == "length":
+            low = draw(st.integers(0, 20))
+            node |= {"minLength": low, "maxLength": low + draw(st.integers(0, 10))}
+        elif extra == "pattern":
+            node["pattern"] = draw(st.sampled_from(_PATTERNS))
+    elif kind in ("integer", "number"):
+        lo, hi = sorted(draw(st.lists(st.integers(-(10**6), 10**6), min_size=2, max_size=2)))
+        node |= draw(st.sampled_from([{}, {"minimum": lo}, {"maximum": hi},
+                                      {"minimum": lo, "maximum": hi}]))  # fmt: skip
+    if kind not in ("null", "const") and draw(st.booleans()):
+        node["type"] = [kind, "null"]  # the JSON Schema way to say nullable
+    return node
+
+
+@st.composite
+def _json_container(draw: st.DrawFn, children: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["array", "object", "map", "tuple", "nullable", "union"]))
+    if kind == "array":
+        return {"type": "array", "items": draw(children), "maxItems": draw(st.integers(0, 3))}
+    if kind == "map":
+        return {"type": "object", "additionalProperties": draw(children)}
+    if kind == "tuple":
+        prefix = draw(st.lists(children, min_size=1, max_size=3))
+        return {"type": "array", "prefixItems": prefix, "items": False}
+    if kind == "nullable":
+        return {"anyOf": [draw(children), {"type": "null"}]}
+    if kind == "union":  # objects with distinct field names: the union's struct of all fields
+        left, right = draw(children), draw(children)
+        one = {"type": "object", "properties": {"a": left}, "required": ["a"]}
+        other = {"type": "object", "properties": {"b": right}, "required": ["b"]}
+        return {"anyOf": [one, other]}
+    props = draw(st.dictionaries(_NAMES, children, min_size=1, max_size=4))
+    required = draw(st.lists(st.sampled_from(list(props)), unique=True))
+    return {"type": "object", "properties": props, "required": required}
+
+
+@st.composite
+def _with_defs(draw: st.DrawFn, schema: dict[str, Any]) -> dict[str, Any]:
+    """The same schema, sometimes with its root moved into $defs behind a $ref."""
+    if draw(st.booleans()):
+        return {"$defs": {"Root": schema}, "$ref": "#/$defs/Root"}
+    return schema
+
+
+JSON_SCHEMAS = st.recursive(_json_leaf(), _json_container, max_leaves=10).flatmap(_with_defs)

@@ -94,7 +94,7 @@ def test_schema_file_and_its_errors(tmp_path: Path) -> None:
 
 def test_both_schema_forms_is_an_error(tmp_path: Path) -> None:
     path = write_job(tmp_path, 'schema_file = "s.json"\n' + MINIMAL)
-    with pytest.raises(JobError, match="exactly one of schema_file or"):
+    with pytest.raises(JobError, match="exactly one of .*it gives response_schema and schema_file"):
         load_job(path)
 
 
