@@ -123,7 +123,7 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
     plan = plan_job(job)
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
-    total = plan.reader.scan()
+    total = plan.reader.scan().rows
     pa.default_memory_pool().release_unused()  # the scan's id column is not needed any more
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")

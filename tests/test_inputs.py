@@ -80,8 +80,11 @@ def test_non_utf8_in_the_body_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_bytes(b"id,text\n1,ok\n2,caf\xe9\n")
     reader = InputReader(InputSpec(path, "csv"), {"text": "prompt"})
-    with pytest.raises(InputError, match=r"rows.csv: cannot read csv: .*UTF8"):
+    with pytest.raises(InputError) as info:
         read_all(reader)
+    assert str(info.value) == (
+        f"{path}: row 2, column 'text': not UTF-8 (byte 0xe9); re-encode the file as UTF-8"
+    )
 
 
 def test_missing_file_and_not_parquet(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_missing_file_and_not_parquet(tmp_path: Path) -> None:
         InputReader(InputSpec(tmp_path / "nope.csv", "csv"), {})
     bad = tmp_path / "bad.parquet"
     bad.write_text("id,text\n")
-    with pytest.raises(InputError, match="bad.parquet: cannot read parquet"):
+    with pytest.raises(InputError, match="bad.parquet: not a Parquet file"):
         InputReader(InputSpec(bad, "parquet"), {})
 
 
