@@ -204,14 +204,14 @@ class InputReader:
         """No null (empty CSV cell) or empty-string id."""
         empty = pc.is_null(ids)
         if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
-            empty = pc.or_(empty, pc.equal(ids, ""))
+            empty = pc.or_kleene(empty, pc.equal(ids, ""))  # null or "" is True
         at = pc.index(empty, True).as_py()
         if at >= 0:
             raise self._empty_id(position + at)
 
     def _empty_id(self, position: int) -> InputError:
         return InputError(
-            f"{self.path}: row {position + 1}: empty id in column {self.spec.id_column!r}"
+            f"{self.path}: row {position + 1:,}: empty id in column {self.spec.id_column!r}"
         )
 
     def _check_repeats(self, id_keys: Keys) -> None:
@@ -228,12 +228,12 @@ class InputReader:
             here = id_keys[position : position + batch.num_rows]
             values = batch.column(0)
             for index in np.flatnonzero(contains(suspects, here)).tolist():
-                value = str(values[index].as_py())
-                first = seen.setdefault(value, position + index)
-                if first != position + index:
+                value, row = str(values[index].as_py()), position + index
+                first = seen.setdefault(value, row)
+                if first != row:
                     raise InputError(
-                        f"{self.path}: rows {first + 1} and {position + index + 1} share the id "
-                        f"{value!r} in column {name!r} (input.id_column); ids must be unique"
+                        f"{self.path}: rows {first + 1:,} and {row + 1:,} share the id {value!r} "
+                        f"in column {name!r} (input.id_column); ids must be unique"
                     )
 
     # --- the run --------------------------------------------------------------------------
@@ -406,11 +406,10 @@ class InputReader:
         """A parse error names no row: find it with Python's csv from the last good row on."""
         found = None
         if "Expected" in str(exc):
-            width = len(self.available)
             try:
-                found = find_csv_row(self.path, done, width, CSV_MAX_ROW_BYTES)
-            except RowTooLongError:
-                found = None
+                found = find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
+            except RowTooLongError as long:  # a quote never closed, up to the end of the file
+                return self._too_long_at(f"row {long.position + 1:,} (from line {long.line:,})")
         if found is None:
             return InputError(f"{self.path}: after row {done:,}: cannot read csv: {_line(exc)}")
         row, why = found
@@ -425,6 +424,9 @@ class InputReader:
             find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
         except RowTooLongError as long:
             where = f"row {long.position + 1:,} (from line {long.line:,})"
+        return self._too_long_at(where)
+
+    def _too_long_at(self, where: str) -> InputError:
         return InputError(
             f"{self.path}: {where}: longer than {CSV_MAX_ROW_BYTES >> 20} MiB, the most batchgen "
             "reads in one row; a quote that is never closed does this: check the quotes there"

@@ -19,7 +19,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-READ_ERRORS = (OSError, pa.ArrowException, UnicodeDecodeError, ValueError, csv.Error)
+READ_ERRORS = (
+    OSError,
+    pa.ArrowException,
+    UnicodeDecodeError,
+    ValueError,
+    ArithmeticError,
+    csv.Error,
+)
 
 
 def first_invalid(column: pa.Array) -> int | None:
