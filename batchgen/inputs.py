@@ -4,11 +4,12 @@ Memory stays flat: one record batch (about a megabyte of CSV, or ``batch_rows`` 
 held at a time. CSV columns are read as strings (an empty cell is null): CSV has no types, and a
 type guessed from the first block can fail thousands of rows later, in the middle of a night run.
 
-One reader configuration serves ``validate``, the pre-scan and the run (:meth:`InputReader.
-_arrow_batches`): quoted values may hold newlines; every string is checked to be UTF-8 before it
-is used; a CSV row longer than the block grows the block (up to :data:`CSV_MAX_ROW_BYTES`); and
-any error of pyarrow or the OS becomes an :class:`InputError` naming the file, and the row,
-column and row group wherever they can be found (:mod:`batchgen.inputs_locate`).
+One reader configuration serves ``validate``, the pre-scan and the run (every read goes through
+``InputReader._arrow_batches``): quoted values may hold newlines; every string is checked to be
+UTF-8 before it is used; a CSV row longer than the block grows the block (up to
+:data:`CSV_MAX_ROW_BYTES`); and any error of pyarrow or the OS becomes an :class:`InputError`
+naming the file, and the row, column and row group wherever they can be found
+(:mod:`batchgen.inputs_locate`).
 """
 
 from __future__ import annotations
@@ -119,18 +120,11 @@ class InputReader:
 
     def _column_names(self) -> list[str]:
         _check_file(self.path, self.spec.format)
+        if self.spec.format == "parquet":
+            return list(self._parquet().schema_arrow.names)
         try:
-            if self.spec.format == "parquet":
-                return list(self._parquet().schema_arrow.names)
             return _csv_header(self.path)
-        except InputError:
-            raise
         except READ_ERRORS as exc:
-            if self.spec.format == "parquet":  # it starts as Parquet does: the end is missing
-                raise InputError(
-                    f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "
-                    f"({_line(exc)}); re-create or re-download it"
-                ) from None
             raise InputError(f"{self.path}: cannot read csv: {_line(exc)}") from None
 
     def _check_unique(self, needs: Mapping[str, str]) -> None:
@@ -144,8 +138,14 @@ class InputReader:
                 )
 
     def _parquet(self) -> pq.ParquetFile:
-        # Pages written with checksums are verified: a flipped bit is an error, not a value.
-        return pq.ParquetFile(self.path, page_checksum_verification=True)
+        try:
+            # Pages written with checksums are verified: a flipped bit is an error, not a value.
+            return pq.ParquetFile(self.path, page_checksum_verification=True)
+        except READ_ERRORS as exc:  # it starts as Parquet does (checked): the end is missing
+            raise InputError(
+                f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "
+                f"({_line(exc)}); re-create or re-download it"
+            ) from None
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the columns read (CSV: all strings)."""
@@ -291,17 +291,19 @@ class InputReader:
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
+        was = self.stamp
         try:
             now = _Stamp.of(self.path)
-        except OSError:
-            now = _Stamp(-1, -1)
-        if now != self.stamp:
-            was = self.stamp or now
+        except OSError as exc:
+            what = f"now {exc.strerror or 'unreadable'}"
+        else:
+            if now == was or was is None:
+                return
             what = f"size {was.size:,} → {now.size:,} bytes" if now.size != was.size else "mtime"
-            raise InputError(
-                f"{self.path}: changed while the run was reading it ({what}); results so far "
-                "are saved; rerun to continue"
-            )
+        raise InputError(
+            f"{self.path}: changed while the run was reading it ({what}); results so far are "
+            "saved; rerun to continue"
+        )
 
     def _valid(self, batch: pa.RecordBatch, position: int, where: str = "") -> pa.RecordBatch:
         """The batch, once every value in it is valid (strings UTF-8); else the first bad one."""

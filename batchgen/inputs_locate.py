@@ -130,7 +130,9 @@ def csv_rows(path: Path, start: int, limit: int) -> Iterator[CsvRow]:
             line = reader.line_num + 1
             try:
                 fields = next(reader, None)
-            except csv.Error:
+            except csv.Error as exc:
+                if "field larger than field limit" not in str(exc):
+                    raise
                 raise RowTooLongError(position, line) from None
             if fields is None:
                 return

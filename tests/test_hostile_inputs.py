@@ -322,7 +322,7 @@ def test_scan_returns_the_id_keys_in_input_order(tmp_path: Path) -> None:
     assert (no_ids.rows, no_ids.id_keys) == (12_000, None)
 
 
-@pytest.mark.parametrize("change", ["append", "rewrite"])
+@pytest.mark.parametrize("change", ["append", "rewrite", "remove"])
 def test_an_input_changed_under_the_run_stops_it(tmp_path: Path, change: str) -> None:
     path = tmp_path / "rows.parquet"
     write_parquet(path, 3_000)
@@ -333,6 +333,8 @@ def test_an_input_changed_under_the_run_stops_it(tmp_path: Path, change: str) ->
     if change == "append":
         with path.open("ab") as f:
             f.write(b"more")
+    elif change == "remove":
+        path.unlink()
     else:
         stat = path.stat()  # same size, a later mtime (set: the clock may not have ticked)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))

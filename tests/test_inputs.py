@@ -5,10 +5,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchgen import inputs
 from batchgen.errors import InputError
 from batchgen.inputs import InputReader
+from batchgen.inputs_locate import describe_invalid, first_invalid
 from batchgen.job import InputSpec
 
 
@@ -102,3 +105,17 @@ def test_empty_id_is_named(tmp_path: Path) -> None:
     reader = InputReader(InputSpec(path, "csv", "id"), {"id": "id"})
     with pytest.raises(InputError, match="row 2: empty id in column 'id'"):
         read_all(reader)
+
+
+@given(
+    size=st.integers(1, 300),
+    bad=st.sets(st.integers(0, 299), max_size=4),
+    byte=st.sampled_from([0x80, 0xC3, 0xE9, 0xFF]),
+)
+def test_first_invalid_finds_the_first_bad_string(size: int, bad: set[int], byte: int) -> None:
+    values = [b"ok %d" % i if i not in bad else b"bad " + bytes([byte]) for i in range(size)]
+    column = pa.array(values, pa.binary()).view(pa.string())
+    first = min((i for i in bad if i < size), default=None)
+    assert first_invalid(column) == first
+    if first is not None:
+        assert describe_invalid(column, first) == f"not UTF-8 (byte 0x{byte:02x})"
