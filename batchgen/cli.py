@@ -178,7 +178,7 @@ def validate(
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     click.echo(f"ok: {job.path}")
     click.echo(
-        f"  input   {job.input.path} ({job.input.format}; {rows} rows; "
+        f"  input   {job.input.path} ({job.input.format}; {rows:,} rows; "
         f"reads {', '.join(plan.reader.columns)})"
     )
     click.echo(

@@ -113,7 +113,7 @@ class InputReader:
             col = missing[0]
             raise InputError(
                 f"{self.path}: no column {col!r} ({needs[col]}); "
-                f"the file has: {', '.join(self.available) or 'no columns'}"
+                f"the file has: {', '.join(self.available) or 'no columns'}{self._near(col)}"
             )
         self._check_unique(needs)
         self.columns = [c for c in self.available if c in needs]
@@ -126,6 +126,13 @@ class InputReader:
             return _csv_header(self.path)
         except READ_ERRORS as exc:
             raise InputError(f"{self.path}: cannot read csv: {_line(exc)}") from None
+
+    def _near(self, name: str) -> str:
+        """A header name that differs only by spaces or case (invisible in the list above)."""
+        for have in self.available:
+            if have.strip().casefold() == name.casefold():
+                return f"; did you mean {have!r}?"
+        return ""
 
     def _check_unique(self, needs: Mapping[str, str]) -> None:
         """Two columns of one name: which one a job means is a guess, so refuse to guess."""

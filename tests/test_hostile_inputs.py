@@ -257,7 +257,7 @@ def test_quoted_newlines_across_blocks_read_alike_in_validate_and_run(
     (tmp_path / "rows.csv").write_bytes(b"id,review,other\n" + b"".join(rows))  # > 1 MiB
     job = write_job(tmp_path, JOB.format(name="rows.csv"))
     code, out, err = invoke(["validate", str(job)])
-    assert code == 0 and "30000 rows" in out, out + err
+    assert code == 0 and "30,000 rows" in out, out + err
 
     reader = InputReader(InputSpec(tmp_path / "rows.csv", "csv", "id"), {"id": "", "review": ""})
     values = [r.values["review"] for b in reader.batches() for r in b]

@@ -63,6 +63,9 @@ def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}: no column 'topic' (used in the prompt); the file has: id, text"
     )
+    path.write_text("id, Topic\n1,a\n")
+    with pytest.raises(InputError, match=r"the file has: id,  Topic; did you mean ' Topic'\?$"):
+        InputReader(InputSpec(path, "csv"), {"topic": "used in the prompt"})
 
 
 @pytest.mark.parametrize(
