@@ -22,7 +22,7 @@ import click
 from batchgen import __version__
 from batchgen.cli_common import api_target, job_options, warn_lifecycle
 from batchgen.cli_report import estimate, prices, report
-from batchgen.errors import BatchgenError, InternalError, JobError, RunStoppedError
+from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.runner import RunOptions, RunSummary, run_job
@@ -204,13 +204,17 @@ def validate(
     base_url: str | None,
     show_request: bool,
 ) -> None:
-    """Check JOB_FILE against its input without any network call."""
+    """Check JOB_FILE against its input (every value a run reads) without any network call."""
     job = _load(job_file, input_path, output, model, base_url)
     plan = plan_job(job)
     warn_lifecycle(job.model.name)
+    rows = plan.reader.scan().rows  # every value the run reads, read as the run reads it
+    if rows == 0:
+        raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     click.echo(f"ok: {job.path}")
     click.echo(
-        f"  input   {job.input.path} ({job.input.format}; reads {', '.join(plan.reader.columns)})"
+        f"  input   {job.input.path} ({job.input.format}; {rows:,} rows; "
+        f"reads {', '.join(plan.reader.columns)})"
     )
     click.echo(
         f"  model   {job.model.name} at {job.model.base_url} (key from ${job.model.api_key_env})"

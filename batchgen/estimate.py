@@ -131,7 +131,7 @@ def estimate_job(
     if sample is not None and sample < 1:
         raise JobError(f"--sample {sample}: count at least one row")
     plan = plan_job(job)
-    total = plan.reader.scan()
+    total = plan.reader.scan().rows
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     positions = sample_positions(total, sample)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
+import numpy as np
 import pyarrow as pa
 
 from batchgen import __version__
@@ -33,7 +34,9 @@ from batchgen.budget import Budget, BudgetReachedError, Pricer
 from batchgen.calls import Billed, RowCaller
 from batchgen.client import GeminiClient
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
+from batchgen.inputs import Scan
 from batchgen.job import Job
+from batchgen.keys import contains
 from batchgen.limits import RateLimits
 from batchgen.outdir import DoneState, OutputDir
 from batchgen.plan import Outcome, Plan, Work, plan_job
@@ -88,7 +91,7 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
 async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     """:func:`run_job`, for callers with an event loop of their own."""
     started = time.monotonic()
-    plan, total = await asyncio.to_thread(_scan, job)
+    plan, scan = await asyncio.to_thread(_scan, job)
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
     out = OutputDir(job.output.directory)
@@ -96,20 +99,29 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     await asyncio.to_thread(_enter, out, lock)
     try:
         moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
-        run = _Run(plan, options, out, state, budget, started, min(total, options.limit or total))
+        run = _Run(plan, options, out, state, budget, started, scan)
         run.summary.moved_aside, run.summary.folded = moved, folded
         return await run.main()
     finally:
         lock.__exit__(None, None, None)
 
 
-def _scan(job: Job) -> tuple[Plan, int]:
+def _scan(job: Job) -> tuple[Plan, Scan]:
     plan = plan_job(job)
-    total = plan.reader.scan()
+    scan = plan.reader.scan()
     pa.default_memory_pool().release_unused()  # the scan's columns are not needed any more
-    if total == 0:
+    if scan.rows == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
-    return plan, total
+    return plan, scan
+
+
+def _rows_todo(scan: Scan, state: DoneState, limit: int | None, skip_failed: bool) -> int:
+    """Rows of the input (up to ``limit``) not done yet: exact with an id column."""
+    rows = min(scan.rows, limit or scan.rows)
+    skip = np.union1d(state.done, state.failed) if skip_failed else state.done
+    if scan.id_keys is None:  # matched by request hash, known only once rendered
+        return max(0, rows - len(skip))
+    return int((~contains(skip, scan.id_keys[:rows])).sum())
 
 
 def _enter(out: OutputDir, lock: contextlib.AbstractContextManager[None]) -> None:
@@ -142,13 +154,14 @@ class _Run:
         state: DoneState,
         budget: Budget,
         started: float,
-        rows_total: int,
+        scan: Scan,
     ) -> None:
         self.plan, self.job, self.options, self.out = plan, plan.job, options, out
         self.state, self.budget, self.started = state, budget, started
         self.progress = options.progress or NoProgress()
-        skipped = len(state.done) + (len(state.failed) if options.skip_failed else 0)
-        self.rows_todo = max(0, rows_total - skipped)  # for progress, its ETA and what remains
+        rows_total = min(scan.rows, options.limit or scan.rows)
+        # for progress, its ETA and what remains
+        self.rows_todo = _rows_todo(scan, state, options.limit, options.skip_failed)
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.summary = RunSummary(output=out.path, run_id=self.run_id, rows_total=rows_total)
         self.stop = StopControl(out.path, options.grace_seconds)

@@ -5,10 +5,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchgen import inputs
 from batchgen.errors import InputError
 from batchgen.inputs import InputReader
+from batchgen.inputs_locate import describe_invalid, first_invalid
 from batchgen.job import InputSpec
 
 
@@ -60,6 +63,9 @@ def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}: no column 'topic' (used in the prompt); the file has: id, text"
     )
+    path.write_text("id, Topic\n1,a\n")
+    with pytest.raises(InputError, match=r"the file has: id,  Topic; did you mean ' Topic'\?$"):
+        InputReader(InputSpec(path, "csv"), {"topic": "used in the prompt"})
 
 
 @pytest.mark.parametrize(
@@ -80,8 +86,11 @@ def test_non_utf8_in_the_body_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_bytes(b"id,text\n1,ok\n2,caf\xe9\n")
     reader = InputReader(InputSpec(path, "csv"), {"text": "prompt"})
-    with pytest.raises(InputError, match=r"rows.csv: cannot read csv: .*UTF8"):
+    with pytest.raises(InputError) as info:
         read_all(reader)
+    assert str(info.value) == (
+        f"{path}: row 2, column 'text': not UTF-8 (byte 0xe9); re-encode the file as UTF-8"
+    )
 
 
 def test_missing_file_and_not_parquet(tmp_path: Path) -> None:
@@ -89,7 +98,7 @@ def test_missing_file_and_not_parquet(tmp_path: Path) -> None:
         InputReader(InputSpec(tmp_path / "nope.csv", "csv"), {})
     bad = tmp_path / "bad.parquet"
     bad.write_text("id,text\n")
-    with pytest.raises(InputError, match="bad.parquet: cannot read parquet"):
+    with pytest.raises(InputError, match="bad.parquet: not a Parquet file"):
         InputReader(InputSpec(bad, "parquet"), {})
 
 
@@ -99,3 +108,17 @@ def test_empty_id_is_named(tmp_path: Path) -> None:
     reader = InputReader(InputSpec(path, "csv", "id"), {"id": "id"})
     with pytest.raises(InputError, match="row 2: empty id in column 'id'"):
         read_all(reader)
+
+
+@given(
+    size=st.integers(1, 300),
+    bad=st.sets(st.integers(0, 299), max_size=4),
+    byte=st.sampled_from([0x80, 0xC3, 0xE9, 0xFF]),
+)
+def test_first_invalid_finds_the_first_bad_string(size: int, bad: set[int], byte: int) -> None:
+    values = [b"ok %d" % i if i not in bad else b"bad " + bytes([byte]) for i in range(size)]
+    column = pa.array(values, pa.binary()).view(pa.string())
+    first = min((i for i in bad if i < size), default=None)
+    assert first_invalid(column) == first
+    if first is not None:
+        assert describe_invalid(column, first) == f"not UTF-8 (byte 0x{byte:02x})"
