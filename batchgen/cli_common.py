@@ -13,6 +13,7 @@ import click
 
 from batchgen.errors import JobError
 from batchgen.job import Job
+from batchgen.redact import cleartext_warning
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset
 
@@ -28,6 +29,9 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
                 f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), "
                 f"or {alternative}"
             )
+        warning = cleartext_warning(job.model.base_url)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
         yield job, key
         return
     from batchgen.emulator import EmulatorThread

@@ -56,7 +56,8 @@ def candidate(text: str | None, reason: str = "STOP") -> dict[str, Any]:
     ("payload", "category"),
     [
         ({"promptFeedback": {"blockReason": "SAFETY"}}, "blocked"),
-        ({}, "no_candidates"),
+        ({"candidates": [], "usageMetadata": {"promptTokenCount": 5}}, "no_candidates"),
+        ({"candidates": None, "usageMetadata": {"promptTokenCount": 5}}, "no_candidates"),
         ({"candidates": [{"finishReason": "SAFETY", "index": 0}]}, "safety"),
         ({"candidates": [{"finishReason": "RECITATION", "index": 0}]}, "recitation"),
         (candidate('[{"recipeName": "Choc', "MAX_TOKENS"), "max_tokens"),

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from batchgen.answers import AnswerError
 from batchgen.client import ApiError, GeminiClient
 from batchgen.errors import FatalApiError, QuotaExhaustedError
 from batchgen.job import ModelSpec
@@ -130,7 +131,8 @@ async def test_a_400_fails_the_row_without_retry(call: Any) -> None:
     assert not info.value.retryable and info.value.status == 400
 
 
-async def test_a_200_that_is_not_json(call: Any) -> None:
-    with pytest.raises(ApiError, match="not JSON") as info:
+async def test_a_200_that_is_not_json_is_a_malformed_answer(call: Any) -> None:
+    with pytest.raises(AnswerError, match="not JSON") as info:
         await call("notjson")
-    assert info.value.retryable
+    assert info.value.category == "malformed_response"
+    assert info.value.text == "this is not json"
