@@ -233,7 +233,7 @@ def _decode(raw: bytearray) -> Any:
     except UnicodeDecodeError as exc:
         problem = f"is not UTF-8 text (byte {exc.start})"
     except json.JSONDecodeError as exc:
-        problem = f"is not JSON ({exc.msg} at character {exc.pos} of {len(exc.doc)})"
+        problem = f"is not JSON ({exc.msg}: character {exc.pos} of {len(exc.doc)})"
     except RecursionError:
         problem = "is JSON nested too deeply to read"
     raise AnswerError(MALFORMED, f"HTTP 200 body {problem}", _excerpt_text(raw))
