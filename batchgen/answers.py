@@ -18,6 +18,7 @@ from batchgen.schema import AnswerValidator
 MALFORMED = "malformed_response"
 EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
 _MAX_COUNT = 2**31 - 1  # token counts are int32 in the proto; more would not fit the output
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what an Arrow int64 or float64 column takes
 # A body with none of these is not an answer at all (the real API always sends usageMetadata).
 _RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata")
 _COUNTS = {
@@ -214,7 +215,30 @@ def structured_value(answer: Answer, validator: AnswerValidator) -> Any:
         value = json.loads(answer.text)
     except ValueError as exc:
         raise AnswerError("invalid_json", f"the answer is not JSON: {exc}", answer.text) from None
-    problem = validator.problem(value)
+    except RecursionError:
+        raise AnswerError("invalid_json", "the answer is nested too deeply", answer.text) from None
+    try:
+        problem = validator.problem(value)
+        shaped = None if problem else validator.shape(value)
+    except RecursionError:
+        problem = "nested too deeply to check"
+    if problem is None and _beyond_64_bits(shaped):  # JSON Schema's integers have no bounds
+        problem = "a whole number beyond 64 bits, which no output column can hold"
     if problem is not None:
         raise AnswerError("schema", f"the answer breaks the schema: {problem}", answer.text)
-    return validator.shape(value)
+    return shaped
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    """Whether a whole number anywhere in ``value`` is outside the int64 range (no recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -74,6 +74,8 @@ def candidate(text: str | None, reason: str = "STOP") -> dict[str, Any]:
         (candidate("Here are some cookies!"), "invalid_json"),
         (candidate('[{"recipeName": 3}]'), "schema"),
         (candidate('{"recipeName": "x"}'), "schema"),
+        (candidate("[" * 100_000), "invalid_json"),  # deeper than Python's recursion limit
+        (candidate('[{"recipeName": "x", "ingredients": [], "n": 1' + "0" * 30 + "}]"), "schema"),
     ],
 )
 def test_unusable_answers_get_a_category(
