@@ -145,7 +145,8 @@ class EmulatorConfig:
         script: prompt substring -> faults ("ok" for a normal answer) for successive calls
             whose prompt contains it; the first matching key in dict order decides, and once
             its list is used up those calls are answered normally.
-        record: keep the parsed body of every generateContent call in ``Emulator.received``.
+        record: keep the parsed body of every generateContent call in ``Emulator.received``,
+            and the headers of every API call in ``Emulator.received_headers``.
         slow_seconds: the extra delay of the "slow" fault.
         hostile: sizes, delays and the redirect target of the hostile faults
             (:data:`batchgen.emulator_hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
@@ -169,7 +170,7 @@ class EmulatorConfig:
         known = FAULTS + HOSTILE_FAULTS
         for name, rate in self.fault_rates.items():
             if name not in known:
-                raise ValueError(f"unknown fault {name!r} (one of {', '.join(FAULTS)})")
+                raise ValueError(f"unknown fault {name!r} (one of {', '.join(known)})")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rate for {name!r} must be within 0..1, not {rate}")
         if sum(self.fault_rates.values()) > 1.0 + 1e-9:
