@@ -2,13 +2,15 @@
 
 Exit codes (README, "Exit codes"): 0 every row done; 1 some rows failed (see OUTPUT/errors/);
 2 usage, job, input or output error; 3 the API refused the run (bad key, unknown model);
-4 stopped before the end (signal, API unreachable), rerun to resume; 5 a per-day quota is used
-up, rerun after it resets.
+4 stopped before the end (signal, API unreachable, rows left), rerun to resume; 5 a per-day
+quota is used up, rerun after it resets; 6 --max-cost reached; 70 a bug in batchgen stopped the
+run (what was answered is saved).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import replace
@@ -20,7 +22,7 @@ import click
 from batchgen import __version__
 from batchgen.cli_common import api_target, job_options
 from batchgen.cli_report import estimate, report
-from batchgen.errors import BatchgenError, JobError, RunStoppedError
+from batchgen.errors import BatchgenError, InternalError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.runner import RunOptions, RunSummary, run_job
@@ -37,9 +39,18 @@ class _Group(click.Group):
                 click.echo(_describe(exc.summary))
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:  # before the run took over the signals
-            click.echo("error: interrupted before any row was sent", err=True)
+        except KeyboardInterrupt:  # a caller without batchgen's own entry point's handlers
+            click.echo("error: interrupted; nothing more was sent: rerun to resume", err=True)
             sys.exit(RunStoppedError.exit_code)
+        except Exception as exc:  # a bug: one line, unless asked for the traceback
+            if os.environ.get("BATCHGEN_DEBUG"):
+                raise
+            click.echo(
+                f"error: internal error: {type(exc).__name__}: {exc} (a bug in batchgen: "
+                "please report it; BATCHGEN_DEBUG=1 shows the traceback)",
+                err=True,
+            )
+            sys.exit(InternalError.exit_code)
 
 
 @click.group(cls=_Group)
@@ -149,6 +160,10 @@ def _describe(s: RunSummary) -> str:
     ]
     if s.moved_aside:
         lines.insert(0, f"the earlier output was moved to {s.moved_aside}")
+    if s.folded:
+        lines.insert(0, f"folded {s.folded} journal segments left by a killed run into parts")
+    if s.rows_remaining:
+        lines.append(f"{s.rows_remaining} rows remain: rerun the same command to take them")
     if s.failures:
         by = ", ".join(f"{n} {c}" for c, n in s.failures.most_common())
         lines.append(

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from batchgen.errors import JobError
-from batchgen.job import Job
+from batchgen.job import Job, resolve_api_key
 from batchgen.redact import cleartext_warning
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset
@@ -23,12 +22,7 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     """The job and its key: the built-in emulator on 127.0.0.1, or the API with the key from
     the environment variable the job names (a JobError saying ``alternative`` when unset)."""
     if not emulator:
-        key = os.environ.get(job.model.api_key_env, "").strip()
-        if not key:
-            raise JobError(
-                f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), "
-                f"or {alternative}"
-            )
+        key = resolve_api_key(job, alternative=f"or {alternative}")
         warning = cleartext_warning(job.model.base_url)
         if warning:
             click.echo(f"warning: {warning}", err=True)

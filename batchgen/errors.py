@@ -8,8 +8,9 @@
     ├─ TemplateError     a placeholder the row lacks, or a broken template
     ├─ CheckpointError   the output directory cannot be used as it is
     ├─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
-    └─ RunStoppedError        stopped early, resumable: a signal, an unreachable API (exit code 4)
-       └─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
+    ├─ RunStoppedError        stopped early, resumable: a signal, an unreachable API (exit code 4)
+    │  └─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
+    └─ InternalError     a bug in batchgen stopped the run; what was answered is saved (exit 70)
 
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
 
@@ -60,3 +61,9 @@ class QuotaExhaustedError(RunStoppedError):
     """A per-day quota is used up: retrying before it resets only burns requests."""
 
     exit_code = 5
+
+
+class InternalError(BatchgenError):
+    """A bug in batchgen stopped the run; everything answered so far is saved."""
+
+    exit_code = 70

@@ -33,15 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pyarrow as pa
-import pyarrow.parquet as pq
 from aiolimiter import AsyncLimiter
 
-from batchgen.checkpoint import JOB_FILE, fingerprint_parts
 from batchgen.client import ApiError, GeminiClient
 from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.job import Job
-from batchgen.output import part_files
+from batchgen.outdir import JOB_FILE, RESULTS_DIR, OutputDir, fingerprint_parts, read_job_record
 from batchgen.plan import Plan, plan_job
 from batchgen.report import load_calls, usd_digits
 from batchgen.retry import RetryPolicy
@@ -272,10 +269,7 @@ def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGu
         if history is not None:
             raise CheckpointError(f"{out}: not a batchgen output (no {JOB_FILE})")
         return None
-    try:
-        parts = json.loads((out / JOB_FILE).read_text(encoding="utf-8"))["parts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{out / JOB_FILE}: unreadable; is this a batchgen output?") from None
+    parts = read_job_record(out)["parts"]
     mine = fingerprint_parts(job)
     changed = [k for k in mine if k != "model" and parts.get(k) != mine[k]]
     if changed or parts.get("model") != job.model.name:
@@ -299,10 +293,10 @@ def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGu
 
 
 def _mean_latency(out: Path) -> float | None:
-    tables = [pq.read_table(p, columns=["row_id", "latency_ms"]) for p in part_files(out)]
-    if not tables:
+    table = OutputDir(out).read(RESULTS_DIR, ["row_id", "latency_ms"])
+    if table is None:
         return None
-    latency = pa.concat_tables(tables).to_pandas().drop_duplicates("row_id")["latency_ms"]
+    latency = table.to_pandas().drop_duplicates("row_id")["latency_ms"]
     mean = latency.mean()
     return None if math.isnan(mean) else float(mean)
 

@@ -70,7 +70,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "max_response_mb",
         }
     ),
-    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
+    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds", "sync_seconds"}),
     "retry": frozenset(
         {
             "attempts",
@@ -148,6 +148,7 @@ class OutputSpec:
     explode: bool = False
     flush_rows: int = 1000
     flush_seconds: float = 30.0
+    sync_seconds: float = 1.0  # the journal is fsynced at most this often (group commit)
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,26 @@ def load_job(path: str | Path, overrides: Overrides | None = None) -> Job:
     return _apply(job, overrides) if overrides else job
 
 
-def _build(raw: dict[str, Any], path: Path) -> Job:
+def job_from_mapping(raw: Mapping[str, Any], where: str, base: Path) -> Job:
+    """A job from the same tables a job file holds (for the Python API); ``where`` names it
+    in messages, and relative paths are relative to ``base``."""
+    return _build(dict(raw), Path(where), base)
+
+
+def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "") -> str:
+    """The key: ``api_key`` when given, else the environment variable the job names."""
+    key = (api_key if api_key is not None else os.environ.get(job.model.api_key_env, "")).strip()
+    if not key:
+        how = alternative or "or pass api_key="
+        raise JobError(
+            f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), {how}"
+        )
+    return key
+
+
+def _build(raw: dict[str, Any], path: Path, base: Path | None = None) -> Job:
     _check_keys(raw, "", path)
-    base = path.parent
+    base = path.parent if base is None else base
     return Job(
         name=_opt(raw, "name", str, path, "", path.stem),
         path=path,
@@ -378,6 +396,7 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
 def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
     d = OutputSpec(directory=Path())
     flush_s = _opt(table, "flush_seconds", (int, float), path, "output", d.flush_seconds)
+    sync_s = _opt(table, "sync_seconds", (int, float), path, "output", d.sync_seconds)
     return OutputSpec(
         directory=_resolve(base, _opt(table, "directory", str, path, "output", f"out/{path.stem}")),
         explode=_opt(table, "explode", bool, path, "output", False),
@@ -385,6 +404,7 @@ def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
             _opt(table, "flush_rows", int, path, "output", d.flush_rows), "output.flush_rows", path
         ),
         flush_seconds=float(_positive(flush_s, "output.flush_seconds", path)),
+        sync_seconds=float(_positive(sync_s, "output.sync_seconds", path)),
     )
 
 

@@ -1,33 +1,19 @@
-"""The output directory: typed result columns, failure records, and crash-safe part files.
+"""The rows a run writes: typed result columns from the schema, failure records, the ledger.
 
-::
-
-    OUTPUT/
-      results/part-<run>-<seq>.parquet   one row per answer (per item when exploded)
-      errors/part-<run>-<seq>.parquet    one row per input row that ended in failure
-      usage/part-<run>-<seq>.parquet     one row per API call that returned usage (the ledger)
-
-A part file is written under a temporary name, fsynced and renamed, so it is whole or absent.
+Where they go (the output directory, its journal and part files) is :mod:`batchgen.outdir`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from batchgen.errors import CheckpointError, JobError
+from batchgen.errors import JobError
 from batchgen.schema import arrow_field, arrow_type, property_names
 
-RESULTS_DIR = "results"
-ERRORS_DIR = "errors"
-USAGE_DIR = "usage"
 RAW_TEXT_LIMIT = 2000
 
 # batchgen's own columns, after the row id, the carried columns and the answer's columns.
@@ -143,48 +129,6 @@ def _check_unique(fields: Sequence[pa.Field], carry: pa.Schema, where: str) -> N
                 "rename the schema property or drop it from input.carry"
             )
         seen.add(f.name)
-
-
-@dataclass
-class PartWriter:
-    """Writes numbered part files for one run into one folder of the output directory."""
-
-    folder: Path
-    run_id: str
-    seq: int = 0
-
-    def write(self, table: pa.Table) -> Path:
-        """Write ``table`` as the next part: temporary name, fsync, rename, fsync the folder."""
-        self.seq += 1
-        final = self.folder / f"part-{self.run_id}-{self.seq:05d}.parquet"
-        tmp = self.folder / f".{final.name}.tmp"
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(self.folder)
-        except OSError as exc:
-            raise CheckpointError(f"{self.folder}: cannot write results: {exc.strerror}") from None
-        return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def part_files(directory: Path, kind: str = RESULTS_DIR) -> list[Path]:
-    """The whole part files of one kind, oldest run first."""
-    folder = directory / kind
-    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
 def error_row(

@@ -8,19 +8,19 @@ from it.
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from batchgen.checkpoint import DoneSet
 from batchgen.errors import InputError, TemplateError
 from batchgen.inputs import InputReader, InputRow
 from batchgen.job import Job
+from batchgen.keys import Keys, contains, keys_of
+from batchgen.outdir import DoneState
 from batchgen.output import OutputLayout, error_row
 from batchgen.prompts import PromptTemplate
 from batchgen.request import RequestBuilder, request_hash
@@ -59,25 +59,39 @@ class Plan:
     validator: AnswerValidator
 
     def works(
-        self, done: DoneSet, limit: int | None, skip_failed: bool, counts: Counter[str]
+        self,
+        done: DoneState,
+        limit: int | None,
+        skip_failed: bool,
+        counts: MutableMapping[str, int],
     ) -> Iterator[Work | Outcome]:
         """Rendered requests for the rows still to do; template failures as outcomes.
 
         With an id column a row is done when its id is in the results; without one, when its
         request (by hash) is, so a grown or reordered input sends only its new rows.
         """
-        by_id = self.job.input.id_column is not None
-        skip_ids = done.ids | (done.failed if skip_failed else frozenset())
-        skip_hashes = done.hashes | (done.failed_hashes if skip_failed else frozenset())
-        for row in itertools.islice(self._rows(), limit):
-            if by_id and row.row_id in skip_ids:
-                counts["skipped"] += 1
-                continue
-            item = self._render(row)
-            if not by_id and isinstance(item, Work) and item.hash in skip_hashes:
-                counts["skipped"] += 1
-                continue
-            yield item
+        skip = np.union1d(done.done, done.failed) if skip_failed else done.done
+        left = limit
+        for batch in self.reader.batches():
+            if left is not None:
+                batch, left = batch[:left], left - min(left, len(batch))
+            yield from self._batch(batch, skip, counts)
+            if left == 0:
+                return
+
+    def _batch(
+        self, rows: list[InputRow], skip: Keys, counts: MutableMapping[str, int]
+    ) -> Iterator[Work | Outcome]:
+        if self.job.input.id_column is not None:
+            done = contains(skip, keys_of([row.row_id for row in rows]))
+            counts["skipped"] += int(done.sum())
+            yield from (self._render(row) for row, d in zip(rows, done, strict=True) if not d)
+            return
+        items = [self._render(row) for row in rows]
+        hashes = [item.hash if isinstance(item, Work) else "" for item in items]
+        done = contains(skip, keys_of(hashes)) & np.array([bool(h) for h in hashes], dtype=bool)
+        counts["skipped"] += int(done.sum())
+        yield from (item for item, d in zip(items, done, strict=True) if not d)
 
     def _rows(self) -> Iterator[InputRow]:
         for batch in self.reader.batches():

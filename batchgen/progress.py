@@ -28,6 +28,7 @@ class Snapshot:
     tokens: int
     cost: float | None  # None when the model has no price
     elapsed: float
+    note: str = ""  # what the run is waiting for, when it waits (e.g. on the server)
 
 
 class Progress(Protocol):
@@ -63,7 +64,8 @@ class BarProgress:
             self._bar = self._tqdm(total=snap.rows_todo, unit="row", file=self._stream)
         finished = snap.rows_done + snap.rows_failed
         self._bar.set_postfix_str(
-            f"failed={snap.rows_failed} tokens={snap.tokens:,} cost={_money(snap.cost)}",
+            f"failed={snap.rows_failed} tokens={snap.tokens:,} cost={_money(snap.cost)}"
+            + (f" {snap.note}" if snap.note else ""),
             refresh=False,
         )
         self._bar.update(finished - self._bar.n)
@@ -107,12 +109,16 @@ class LineProgress:
                 "cost_usd": None if snap.cost is None else round(snap.cost, 6),
                 "eta_s": None if eta is None else round(eta),
             }
+            if snap.note:
+                record["note"] = snap.note
             line = json.dumps(record)
         else:
             line = (
                 f"{datetime.now(UTC):%H:%M:%S} {event}: {finished}/{snap.rows_todo} rows "
                 f"({snap.rows_failed} failed), {rate:.1f} rows/s, {snap.tokens:,} tokens, "
-                f"{_money(snap.cost)}" + (f", ETA {_duration(eta)}" if eta is not None else "")
+                f"{_money(snap.cost)}"
+                + (f", ETA {_duration(eta)}" if eta is not None else "")
+                + (f"; {snap.note}" if snap.note else "")
             )
         self._stream.write(line + "\n")
         self._stream.flush()

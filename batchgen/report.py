@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from batchgen.checkpoint import JOB_FILE, read_run_records
 from batchgen.errors import CheckpointError, JobError
-from batchgen.output import ERRORS_DIR, RESULTS_DIR, USAGE_DIR, USAGE_SCHEMA, part_files
+from batchgen.outdir import (
+    JOB_FILE,
+    RESULTS_DIR,
+    USAGE_DIR,
+    OutputDir,
+    read_job_record,
+    read_run_records,
+)
+from batchgen.output import USAGE_SCHEMA
 from batchgen.usage import PriceTable
 
 __all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
@@ -44,7 +49,6 @@ FORMATS = ("table", "csv", "json", "markdown")
 TOKENS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
 COLUMNS = ("requests", "rows_done", "rows_failed", *TOKENS, "cost_usd", "unpriced_requests")
 NONE = "(none)"
-_RUN_ID = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]+)-")
 
 
 @dataclass(frozen=True)
@@ -104,33 +108,22 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
 
 def _job(out: Path) -> tuple[str, str]:
     """(job name, model) from the output's job.json."""
-    path = out / JOB_FILE
-    if not path.is_file():
+    if not (out / JOB_FILE).is_file():
         raise CheckpointError(
             f"{out}: not a batchgen output (no {JOB_FILE}); pass an output directory such as "
             "out/cookie_recipes"
         )
+    record = read_job_record(out)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
         return str(record["job"]), str(record["parts"]["model"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: unreadable; is this a batchgen output?") from None
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{out / JOB_FILE}: unreadable; is this a batchgen output?") from None
 
 
 def _read(out: Path, kind: str, columns: list[str]) -> pd.DataFrame | None:
-    """The part files of one kind with a ``run`` column from their names, or None."""
-    tables = []
-    for part in part_files(out, kind):
-        try:
-            table = pq.read_table(part, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
-            ) from None
-        match = _RUN_ID.match(part.name)
-        run = match.group(1) if match else None
-        tables.append(table.append_column("run", pa.array([run] * table.num_rows, pa.string())))
-    return pa.concat_tables(tables).to_pandas() if tables else None
+    """The rows of one kind (parts and journal) with a ``run`` column, or None."""
+    table = OutputDir(out).read(kind, columns)
+    return table.to_pandas() if table is not None else None
 
 
 def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -166,19 +159,18 @@ def _empty_calls() -> pd.DataFrame:
 
 
 def _rows(out: Path, calls: pd.DataFrame) -> pd.DataFrame:
-    """One row per input row with an outcome: done (in results) or failed (in errors only)."""
+    """One row per input row with an outcome: done (in results) or failed (the done rule of
+    batchgen.outdir: in errors and not done, with its latest failure)."""
     job, model = _job(out)
     results = _read(out, RESULTS_DIR, ["row_id", "finish_reason", "completed_at"])
-    errors = _read(out, ERRORS_DIR, ["row_id", "failed_at"])
     frames = []
-    done: set[str] = set()
     if results is not None:
         first = results.drop_duplicates("row_id")  # exploded answers repeat the row
-        done = set(first["row_id"])
         frames.append(first.rename(columns={"completed_at": "at"}).assign(done=1, failed=0))
-    if errors is not None:
-        failed = errors[~errors["row_id"].isin(done)].sort_values("failed_at")
-        failed = failed.drop_duplicates("row_id", keep="last").rename(columns={"failed_at": "at"})
+    latest = OutputDir(out).latest_failures(["row_id", "failed_at"])
+    if latest.num_rows:
+        failed = latest.select(["row_id", "failed_at", "run"]).to_pandas()
+        failed = failed.rename(columns={"failed_at": "at"})
         last = calls.sort_values("at").drop_duplicates("row_id", keep="last")
         reasons = last.set_index("row_id")["finish_reason"]
         failed = failed.assign(finish_reason=failed["row_id"].map(reasons), done=0, failed=1)

@@ -1,7 +1,7 @@
 """What an output directory holds: rows done and failed, tokens, and the runs that made it.
 
-Read from the output alone (the id and token columns, the failure records and runs.jsonl), so
-it is cheap and works while a run is writing.
+Read from the output alone through :mod:`batchgen.outdir` (parts and journal segments alike:
+a killed run's answers count), so it is cheap and works while a run is writing.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from batchgen.checkpoint import JOB_FILE, LOCK_FILE, read_run_records
 from batchgen.errors import CheckpointError
-from batchgen.output import ERRORS_DIR, RESULTS_DIR, part_files
+from batchgen.outdir import JOB_FILE, LOCK_FILE, RESULTS_DIR, OutputDir, read_job_record
 
 TOKEN_COLUMNS = (
     "prompt_tokens",
@@ -56,11 +53,12 @@ def output_status(directory: Path) -> OutputStatus:
     """Read the status of ``directory``; CheckpointError when it is not a batchgen output."""
     if not (directory / JOB_FILE).exists():
         raise CheckpointError(f"{directory}: not a batchgen output (no {JOB_FILE})")
+    read_job_record(directory)  # refuses an output of a newer format
+    out = OutputDir(directory)
     status = OutputStatus(directory, running=(directory / LOCK_FILE).exists())
-    results = _read(directory, RESULTS_DIR, ["row_id", *TOKEN_COLUMNS])
+    results = out.read(RESULTS_DIR, ["row_id", *TOKEN_COLUMNS])
     if results is not None:
-        done = pc.unique(results.column("row_id"))
-        status.rows_done = len(done)
+        status.rows_done = out.done_rows()
         status.result_rows = results.num_rows
         # Exploded answers repeat the call's usage on every item: count each call once.
         first = results.group_by("row_id", use_threads=False).aggregate(
@@ -68,28 +66,12 @@ def output_status(directory: Path) -> OutputStatus:
         )
         status.tokens = {c.removesuffix("_tokens"): pc.sum(first.column(f"{c}_first")).as_py() or 0
                          for c in TOKEN_COLUMNS}  # fmt: skip
-    else:
-        done = pa.array([], pa.string())
-    errors = _read(directory, ERRORS_DIR, ["row_id", "category", "failed_at"])
-    if errors is not None:
-        still = errors.filter(pc.invert(pc.is_in(errors.column("row_id"), done)))
-        latest = still.sort_by([("failed_at", "descending")]).group_by(
-            "row_id", use_threads=False).aggregate([("category", "first")])  # fmt: skip
-        status.failed = Counter(latest.column("category_first").to_pylist())
-    runs = read_run_records(directory)
+    latest = out.latest_failures(["row_id", "category", "failed_at"])
+    status.failed = Counter(latest.column("category").to_pylist())
+    runs = out.run_records()
     ends = {r["run_id"]: r for r in runs if r.get("event") == "end"}
     if runs:
         last = runs[-1]
         status.last_run = ends.get(last["run_id"], last)
         status.rows_total = last.get("rows_total")
     return status
-
-
-def _read(directory: Path, kind: str, columns: list[str]) -> pa.Table | None:
-    parts = part_files(directory, kind)
-    if not parts:
-        return None
-    try:
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
-    except (OSError, pa.ArrowException) as exc:
-        raise CheckpointError(f"{directory / kind}: unreadable part file ({exc})") from None

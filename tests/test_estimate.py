@@ -26,7 +26,7 @@ from batchgen.estimate import (
     small_answer,
 )
 from batchgen.job import Job, Overrides, load_job
-from batchgen.output import part_files
+from batchgen.outdir import part_files
 from batchgen.request import RequestBuilder
 from batchgen.runner import RunOptions, run_job
 from batchgen.schema import AnswerValidator, normalize_schema

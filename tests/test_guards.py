@@ -10,11 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.budget import BudgetReachedError
-from batchgen.checkpoint import read_run_records
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError, RunStoppedError
 from batchgen.job import Overrides, load_job
-from batchgen.output import part_files
+from batchgen.outdir import part_files, read_run_records
 from batchgen.progress import LineProgress, Snapshot, choose
 from batchgen.runner import RunOptions, run_job
 from batchgen.usage import PriceTable

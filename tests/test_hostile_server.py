@@ -27,7 +27,7 @@ from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator_hostile import HostileConfig
 from batchgen.job import Job, ModelSpec, Overrides, load_job
-from batchgen.output import part_files
+from batchgen.outdir import part_files
 from batchgen.runner import RunOptions, RunSummary, run_job
 from tests.conftest import write_job
 

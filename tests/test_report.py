@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batchgen.checkpoint import read_run_records
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, JobError
 from batchgen.job import Overrides, load_job
-from batchgen.output import ERRORS_SCHEMA, USAGE_SCHEMA, part_files
+from batchgen.outdir import part_files, read_run_records
+from batchgen.output import ERRORS_SCHEMA, USAGE_SCHEMA
 from batchgen.report import format_report
 from batchgen.report import report as build_report
 from batchgen.runner import RunOptions, run_job

@@ -1,0 +1,3 @@
+"""The one version source (pyproject.toml reads it too)."""
+
+__version__ = "0.2.0"

@@ -1,0 +1,279 @@
+"""The Python API: generate from a DataFrame, run a job file, estimate, report, status.
+
+Every function has an async twin (``agenerate``, ``arun``, ...). The sync forms work inside a
+running event loop too (Jupyter, an async service): there they run on their own loop in a
+worker thread. The library resolves the API key itself (``api_key=``, else the environment
+variable the job names), never installs signal handlers unless asked, and its messages name
+parameters, not command-line flags.
+
+``generate`` returns one DataFrame in input order: the answer's typed columns (Arrow-backed
+pandas dtypes, exactly the types the command line writes to Parquet), then ``status`` ("ok" or
+"failed"), ``error`` (the failure's category and message) and the token usage of each row.
+Failed rows stay in the frame, with nulls in the answer's columns, so a row is never silently
+missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchgen.errors import JobError
+from batchgen.estimate import Estimate, estimate_job
+from batchgen.job import Job, Overrides, job_from_mapping, load_job, resolve_api_key
+from batchgen.outdir import RESULTS_DIR, OutputDir
+from batchgen.report import Report, report
+from batchgen.runner import RunOptions, RunSummary, arun_job, run_sync
+from batchgen.status import OutputStatus
+from batchgen.status import output_status as read_status
+
+__all__ = [
+    "aestimate_file",
+    "agenerate",
+    "aoutput_status",
+    "areport_outputs",
+    "arun_file",
+    "estimate_file",
+    "generate",
+    "output_status",
+    "report_outputs",
+    "run_file",
+]
+
+Data: TypeAlias = pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]
+_POSITION = "__batchgen_row"
+
+
+def generate(
+    data: Data,
+    *,
+    prompt: str,
+    schema: Mapping[str, Any],
+    model: str,
+    system: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Call ``model`` once per row of ``data`` and return the typed answers in input order.
+
+    Args:
+        data: a pandas DataFrame, a pyarrow Table, or a list of dicts.
+        prompt: the user prompt, a Jinja2 template over the row's columns (``{{ title }}``).
+        schema: the response schema (Gemini's OpenAPI-subset ``responseSchema``).
+        model: the model id, e.g. ``"gemini-3.8-flash"``.
+        system: an optional system instruction (also a template).
+        base_url: the API (or a proxy speaking v1beta); Google's by default.
+        api_key: the key; by default ``$GEMINI_API_KEY`` (or ``api_key_env=``).
+        **options: ``output`` (a directory to keep the output in and resume from; a temporary
+            one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
+            (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
+            ``max_cost``, ``prices``, ``time_budget``, ``progress``.
+
+    Returns:
+        One row per input row (per item when ``explode=True``): the answer's columns, then
+        ``status``, ``error`` and the usage columns.
+    """
+    return run_sync(
+        agenerate(data, prompt=prompt, schema=schema, model=model, system=system,
+                  base_url=base_url, api_key=api_key, **options)
+    )  # fmt: skip
+
+
+async def agenerate(
+    data: Data,
+    *,
+    prompt: str,
+    schema: Mapping[str, Any],
+    model: str,
+    system: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """:func:`generate`, for callers with an event loop of their own."""
+    output = options.pop("output", None)
+    with tempfile.TemporaryDirectory(prefix="batchgen-") as scratch:
+        folder = Path(scratch)
+        table = await asyncio.to_thread(_table, data)
+        source = folder / "input.parquet"
+        await asyncio.to_thread(pq.write_table, table, source)
+        out = Path(output) if output is not None else folder / "out"
+        job = _job(source, out, prompt, schema, model, system, base_url, options)
+        # a run that stops raises its BatchgenError (with ``summary``); ``output=`` keeps
+        # what it did, for the next call to resume
+        await arun_job(job, _run_options(job, api_key, options))
+        return await asyncio.to_thread(_collect, out)
+
+
+def run_file(job_file: str | Path, *, api_key: str | None = None, **options: Any) -> RunSummary:
+    """Run a job file (as ``batchgen run``); options are :class:`batchgen.RunOptions`'s, and
+    ``input``, ``output``, ``model`` and ``base_url`` override the job file's."""
+    return run_sync(arun_file(job_file, api_key=api_key, **options))
+
+
+async def arun_file(
+    job_file: str | Path, *, api_key: str | None = None, **options: Any
+) -> RunSummary:
+    """:func:`run_file`, for callers with an event loop of their own."""
+    job = await asyncio.to_thread(load_job, job_file, _overrides(options))
+    return await arun_job(job, _run_options(job, api_key, options))
+
+
+def estimate_file(
+    job_file: str | Path, *, api_key: str | None = None, offline: bool = False, **options: Any
+) -> Estimate:
+    """Estimate a job file's tokens, cost and time (as ``batchgen estimate``): countTokens on
+    a sample (``sample=``, default 20 rows), or offline; ``prices=`` a PriceTable."""
+    job = load_job(job_file, _overrides(options))
+    key = "" if offline else resolve_api_key(job, api_key, "or pass offline=True")
+    return estimate_job(job, api_key=key, offline=offline, **options)
+
+
+async def aestimate_file(
+    job_file: str | Path, *, api_key: str | None = None, offline: bool = False, **options: Any
+) -> Estimate:
+    """:func:`estimate_file`, without blocking the event loop."""
+    return await asyncio.to_thread(
+        lambda: estimate_file(job_file, api_key=api_key, offline=offline, **options)
+    )
+
+
+def report_outputs(
+    outputs: str | Path | Sequence[str | Path], *, by: str = "job", prices: Any = None
+) -> Report:
+    """Usage and cost of one or more output directories (as ``batchgen report``)."""
+    paths = [outputs] if isinstance(outputs, str | Path) else list(outputs)
+    return report([Path(p) for p in paths], by=by, prices=prices)
+
+
+async def areport_outputs(
+    outputs: str | Path | Sequence[str | Path], *, by: str = "job", prices: Any = None
+) -> Report:
+    """:func:`report_outputs`, without blocking the event loop."""
+    return await asyncio.to_thread(report_outputs, outputs, by=by, prices=prices)
+
+
+def output_status(output: str | Path) -> OutputStatus:
+    """What an output directory holds: rows done, failed, remaining, tokens, the last run."""
+    return read_status(Path(output))
+
+
+async def aoutput_status(output: str | Path) -> OutputStatus:
+    """:func:`output_status`, without blocking the event loop."""
+    return await asyncio.to_thread(read_status, Path(output))
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _overrides(options: dict[str, Any]) -> Overrides:
+    paths = {k: Path(options.pop(k)) if options.get(k) is not None else None
+             for k in ("input", "output")}  # fmt: skip
+    return Overrides(paths["input"], paths["output"], options.pop("model", None),
+                     options.pop("base_url", None))  # fmt: skip
+
+
+def _table(data: Data) -> pa.Table:
+    if isinstance(data, pd.DataFrame):
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    elif isinstance(data, pa.Table):
+        table = data
+    elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        table = pa.Table.from_pylist(list(data))
+    else:
+        raise JobError(
+            f"generate(data=...): give a pandas DataFrame, a pyarrow Table or a list of dicts, "
+            f"not {type(data).__name__}"
+        )
+    if table.num_rows == 0:
+        raise JobError("generate(data=...): no rows")
+    return table
+
+
+def _job(
+    source: Path,
+    out: Path,
+    prompt: str,
+    schema: Mapping[str, Any],
+    model: str,
+    system: str | None,
+    base_url: str | None,
+    options: dict[str, Any],
+) -> Job:
+    raw: dict[str, Any] = {
+        "name": options.pop("name", "generate"),
+        "input": {"path": str(source), "carry": list(options.pop("carry", ()))},
+        "model": {"name": model, "api_key_env": options.pop("api_key_env", "GEMINI_API_KEY")},
+        "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),
+        "response_schema": dict(schema),
+        "output": {"directory": str(out), "explode": bool(options.pop("explode", False))},
+    }
+    if base_url is not None:
+        raw["model"]["base_url"] = base_url
+    for section in ("generation", "limits", "retry"):
+        if section in options:
+            raw[section] = dict(options.pop(section))
+    return job_from_mapping(raw, "generate()", source.parent)
+
+
+def _run_options(job: Job, api_key: str | None, options: dict[str, Any]) -> RunOptions:
+    options.setdefault("handle_signals", False)
+    try:
+        return RunOptions(api_key=resolve_api_key(job, api_key), **options)
+    except TypeError as exc:
+        raise JobError(f"{job.path}: {exc}") from None
+
+
+def _collect(out: Path) -> pd.DataFrame:
+    """The results and the failures, one frame in input order, with a status column."""
+    store = OutputDir(out)
+    results = store.read(RESULTS_DIR)
+    failures = store.latest_failures(["row_id", "category", "message"])
+    frames = []
+    if results is not None:
+        results = results.drop_columns(["run"])
+        frame = results.to_pandas(types_mapper=pd.ArrowDtype)
+        frame["status"] = pd.Series(["ok"] * len(frame), dtype=pd.ArrowDtype(pa.string()))
+        frames.append(frame)
+    if failures.num_rows:
+        failed = pd.DataFrame({
+            "row_id": failures.column("row_id").to_pylist(),
+            "status": "failed",
+            "error": [f"{c}: {m}" for c, m in zip(
+                failures.column("category").to_pylist(), failures.column("message").to_pylist(),
+                strict=True)],
+        })  # fmt: skip
+        frames.append(failed.astype(pd.ArrowDtype(pa.string())))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"row_id": []})
+    frame[_POSITION] = frame["row_id"].astype("int64")
+    order = [_POSITION, "item_index"] if "item_index" in frame else [_POSITION]
+    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    del frame[_POSITION]
+    if "error" not in frame:
+        frame["error"] = pd.Series([None] * len(frame), dtype=pd.ArrowDtype(pa.string()))
+    first = [c for c in frame.columns if c not in ("status", "error")]
+    frame = frame[[first[0], *_answer_columns(first), "status", "error", *_meta(first)]]
+    return frame
+
+
+_META = (
+    "prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens",
+    "model_version", "response_id", "finish_reason", "latency_ms", "attempts", "completed_at",
+    "request_hash",
+)  # fmt: skip
+
+
+def _answer_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns[1:] if c not in _META]
+
+
+def _meta(columns: list[str]) -> list[str]:
+    return [c for c in columns if c in _META]
