@@ -6,15 +6,21 @@ thinking tokens of the calls so far (``maxOutputTokens`` before the first answer
 whose reservation does not fit waits for the calls in flight to settle. With nothing in flight, one
 call may go while the spend is under the cap; once the spend reaches the cap, the run stops. So
 the spend ends within about one call's cost of the cap.
+
+Calls are priced at the rate of the UTC day they are made (the price table is dated), standard
+tier; a call to a retired model that is routed elsewhere costs the routed model's rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import date
 from typing import Protocol
 
 from batchgen.answers import Usage
 from batchgen.errors import JobError, RunStoppedError
+from batchgen.usage import utc_today
 
 FIRST_OUTPUT_GUESS = 1024  # output + thinking tokens expected before any answer, without a max
 
@@ -23,7 +29,15 @@ class Pricer(Protocol):
     """What :class:`batchgen.usage.PriceTable` offers the runner."""
 
     def cost(
-        self, model: str, *, prompt: int, output: int, thinking: int, cached: int, batch: bool = ...
+        self,
+        model: str,
+        *,
+        prompt: int,
+        output: int,
+        thinking: int,
+        cached: int,
+        tier: str = ...,
+        at: date | None = ...,
     ) -> float | None: ...
 
 
@@ -42,15 +56,17 @@ class Budget:
         model: str,
         cap: float | None = None,
         max_output_tokens: int | None = None,
+        today: Callable[[], date] = utc_today,
     ) -> None:
         self._pricer = pricer
         self._model = model
+        self._today = today  # the day whose rate a call made now is billed at
         self.cap = cap
         self.priced = pricer is not None and self._price(Usage(prompt=1000)) is not None
         if cap is not None and not self.priced:
             raise JobError(
-                f"--max-cost: no price for model {model!r}, so the spend cannot be capped; "
-                "add it with --prices FILE"
+                f"--max-cost: no price for model {model!r} on {today().isoformat()}, so the "
+                "spend cannot be capped; add it with --prices FILE"
             )
         self.spent = 0.0
         self._reserved = 0.0
@@ -109,4 +125,5 @@ class Budget:
             output=usage.output,
             thinking=usage.thinking,
             cached=usage.cached,
+            at=self._today(),
         )

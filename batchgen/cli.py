@@ -20,12 +20,14 @@ from typing import Any
 import click
 
 from batchgen import __version__
-from batchgen.cli_common import api_target, job_options
-from batchgen.cli_report import estimate, report
+from batchgen.cli_common import api_target, job_options, warn_lifecycle
+from batchgen.cli_report import estimate, prices, report
 from batchgen.errors import BatchgenError, InternalError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.runner import RunOptions, RunSummary, run_job
+
+_ASKED = "batchgen.model"  # ctx.meta key: the model the run asked for, for its summary
 
 
 class _Group(click.Group):
@@ -36,7 +38,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BatchgenError as exc:
             if isinstance(exc.summary, RunSummary):
-                click.echo(_describe(exc.summary))
+                click.echo(_describe(exc.summary, ctx.meta.get(_ASKED)))
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:  # a caller without batchgen's own entry point's handlers
@@ -133,24 +135,27 @@ def run(
     from batchgen.usage import PriceTable
 
     job = _load(job_file, input_path, output, model, base_url)
+    table = PriceTable.load(prices)
+    warn_lifecycle(job.model.name, table)
+    click.get_current_context().meta[_ASKED] = job.model.name
     options = RunOptions(
         api_key="",
         limit=limit,
         fresh=fresh,
         skip_failed=skip_failed,
         grace_seconds=grace,
-        prices=PriceTable.load(prices),
+        prices=table,
         max_cost=max_cost,
         time_budget=_duration(time_budget),
         progress=choose(quiet, log_format, progress_every),
     )
     with api_target(job, emulator, "use --emulator to run offline") as (target, key):
         summary = run_job(target, replace(options, api_key=key))
-    click.echo(_describe(summary))
+    click.echo(_describe(summary, job.model.name))
     sys.exit(summary.exit_code)
 
 
-def _describe(s: RunSummary) -> str:
+def _describe(s: RunSummary, asked: str | None = None) -> str:
     lines = [
         f"{s.rows_done} rows done, {s.rows_failed} failed, {s.rows_skipped} skipped as done "
         f"→ {s.output} ({s.output_rows} result rows, {s.parts} part files, {s.seconds:.1f} s)",
@@ -164,6 +169,9 @@ def _describe(s: RunSummary) -> str:
         lines.insert(0, f"folded {s.folded} journal segments left by a killed run into parts")
     if s.rows_remaining:
         lines.append(f"{s.rows_remaining} rows remain: rerun the same command to take them")
+    answered = _answered_by(s, asked)
+    if answered:
+        lines.append(answered)
     if s.failures:
         by = ", ".join(f"{n} {c}" for c, n in s.failures.most_common())
         lines.append(
@@ -172,6 +180,17 @@ def _describe(s: RunSummary) -> str:
         for category, message in list(s.first_errors.items())[:3]:
             lines.append(f"  {category}: {message}")
     return "\n".join(lines)
+
+
+def _answered_by(s: RunSummary, asked: str | None) -> str:
+    """Which models answered, when a modelVersion names another model than the job asked."""
+    from batchgen.usage import same_model
+
+    others = [v for v in s.answered_by if not same_model(asked, v)]
+    if not others:
+        return ""
+    names = ", ".join(f"{v} ({s.answered_by[v]} calls)" for v in others)
+    return f"answered by {names}; asked {asked}"
 
 
 @main.command()
@@ -188,6 +207,7 @@ def validate(
     """Check JOB_FILE against its input without any network call."""
     job = _load(job_file, input_path, output, model, base_url)
     plan = plan_job(job)
+    warn_lifecycle(job.model.name)
     click.echo(f"ok: {job.path}")
     click.echo(
         f"  input   {job.input.path} ({job.input.format}; reads {', '.join(plan.reader.columns)})"
@@ -258,6 +278,7 @@ def emulator(
 
 main.add_command(report)
 main.add_command(estimate)
+main.add_command(prices)
 
 
 @main.command()

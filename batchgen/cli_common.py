@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import click
 
 from batchgen.job import Job, resolve_api_key
 from batchgen.redact import cleartext_warning
+from batchgen.usage import PriceTable, lifecycle_warning, utc_today
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset
 
@@ -57,3 +59,19 @@ def job_options(f: Any) -> Any:
     ):
         f = option(f)
     return f
+
+
+def today() -> date:
+    """Today in UTC; a test sets the day with ``CliRunner().invoke(main, args, obj={"today": d})``
+    (click hands ``obj`` to the group's context), so date-dependent output needs no sleeping."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    given = obj.get("today") if isinstance(obj, dict) else None
+    return given if isinstance(given, date) else utc_today()
+
+
+def warn_lifecycle(model: str, prices: PriceTable | None = None) -> None:
+    """Print ``warning: ...`` when the job's model is retired or retires within 30 days."""
+    warning = lifecycle_warning(model, today(), prices)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)

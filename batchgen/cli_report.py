@@ -1,17 +1,18 @@
-"""The ``report`` and ``estimate`` commands: parse, call the library, print.
+"""The ``report``, ``estimate`` and ``prices`` commands: parse, call the library, print.
 
 Registered on the main group in :mod:`batchgen.cli` (``main.add_command(report)``,
-``main.add_command(estimate)``), whose ``invoke`` turns a BatchgenError into one line on stderr
-and its exit code.
+``main.add_command(estimate)``, ``main.add_command(prices)``), whose ``invoke`` turns a
+BatchgenError into one line on stderr and its exit code.
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
 
 import click
 
-from batchgen.cli_common import api_target, job_options
+from batchgen.cli_common import api_target, job_options, today, warn_lifecycle
 from batchgen.job import Job, Overrides, load_job
 from batchgen.usage import PriceTable
 
@@ -93,11 +94,13 @@ def estimate(
 
     job = load_job(job_file, Overrides(input_path, output, model, base_url))
     table = PriceTable.load(prices)
+    warn_lifecycle(job.model.name, table)
     rows = None if all_rows else sample
+    day = today()
 
     def count(job: Job, key: str = "") -> Estimate:
         return estimate_job(
-            job, api_key=key, sample=rows, offline=offline, prices=table, history=history
+            job, api_key=key, sample=rows, offline=offline, prices=table, history=history, at=day
         )
 
     if offline:
@@ -106,3 +109,23 @@ def estimate(
         with api_target(job, emulator, "use --offline or --emulator") as (target, key):
             result = count(target, key)
     click.echo(format_estimate(result, fmt))
+
+
+@click.command("prices")
+@click.option("--model", help="Only this model (a dated version finds its model).")
+@click.option(
+    "--at",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only the prices in force on this UTC day (YYYY-MM-DD), and the status then.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--prices", type=_PATH, help="A price file (TOML) that overrides or adds models.")
+def prices(model: str | None, day: datetime | None, fmt: str, prices: Path | None) -> None:
+    """The price table: each model's dated prices per tier (USD per 1M tokens), and status."""
+    from batchgen.price_list import format_prices, price_rows
+
+    table = PriceTable.load(prices)
+    at: date | None = day.date() if day is not None else None
+    rows = price_rows(table, model, at, today())
+    click.echo(format_prices(rows, table, fmt))

@@ -20,6 +20,10 @@ The run time is a lower bound from the limits: rows / ``requests_per_minute``, p
 ``tokens_per_minute`` when the job sets it, and, with an earlier output, rows × its mean latency
 / ``concurrency``. The estimate covers the whole input, rows already done included, and assumes
 no implicit cache hits (which would make the real cost lower).
+
+The cost is priced at the rates in force on the day of the estimate (a model retired and routed
+elsewhere at the routed model's rates), for each service tier side by side: standard, Flex and
+Batch (both a fraction of standard, see :mod:`batchgen.usage`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import asyncio
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ from batchgen.outdir import JOB_FILE, RESULTS_DIR, OutputDir, fingerprint_parts,
 from batchgen.plan import Plan, plan_job
 from batchgen.report import load_calls, usd_digits
 from batchgen.retry import RetryPolicy
-from batchgen.usage import ModelPrice, PriceTable
+from batchgen.usage import TIERS, ModelPrice, PriceTable, utc_today
 
 __all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
 
@@ -77,7 +82,7 @@ class Estimate:
     output_high: int
     output_source: str
     calls_per_row: float
-    cost_low: float | None  # None: the model has no price
+    cost_low: float | None  # standard tier; None: the model has no price
     cost_high: float | None
     priced_as: str | None
     prices: str
@@ -87,6 +92,8 @@ class Estimate:
     requests_per_minute: int
     tokens_per_minute: int | None
     notes: tuple[str, ...] = ()
+    priced_on: str = ""  # the UTC day whose rates were used (ISO)
+    tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
 
     @property
     def minutes(self) -> float:
@@ -103,6 +110,7 @@ def estimate_job(
     offline: bool = False,
     prices: PriceTable | None = None,
     history: Path | None = None,
+    at: date | None = None,
 ) -> Estimate:
     """Estimate ``job``'s tokens, cost and run time.
 
@@ -114,6 +122,7 @@ def estimate_job(
         prices: the price table (default: the packaged one).
         history: an earlier output of the same job to take output sizes from (default: the
             job's output directory, when it holds one).
+        at: the UTC day whose prices apply (default: today).
 
     Raises:
         BatchgenError: a bad job or input; FatalApiError when countTokens refuses the key or
@@ -135,14 +144,15 @@ def estimate_job(
     notes: list[str] = []
     guess = _history_guess(job, history, notes) or _schema_guess(job)
     table = prices or PriceTable.load()
-    price = table.resolve(job.model.name)
+    day = at or utc_today()
+    price = table.resolve(job.model.name, at=day)
     if unrenderable:
         notes.append(
             f"{unrenderable} of {len(positions)} sampled rows do not render (an empty column "
             "the prompt needs): they would fail as 'template' rows, unpaid"
         )
-    if price is None:
-        notes.append(f"no price for model {job.model.name!r}: cost unknown; pass --prices FILE")
+    costs = _tier_costs(price, counts, guess, scale)
+    notes += _price_notes(table, price, job.model.name, day)
     answered = total - unrenderable * scale
     return Estimate(
         job=job.name,
@@ -156,13 +166,47 @@ def estimate_job(
         output_high=round(guess.high * answered),
         output_source=guess.source,
         calls_per_row=guess.calls_per_row,
-        cost_low=_cost(price, counts, guess.low, 1.0, scale),
-        cost_high=_cost(price, counts, guess.high, guess.calls_per_row, scale),
+        cost_low=costs["standard"][0] if costs else None,
+        cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
         **_minutes_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale),
         notes=tuple(notes),
+        priced_on=day.isoformat(),
+        tier_costs=costs,
     )
+
+
+def _tier_costs(
+    price: ModelPrice | None, counts: Sequence[int], guess: OutputGuess, scale: float
+) -> dict[str, tuple[float, float]]:
+    """(low, high) cost per service tier; empty when the model has no price."""
+    if price is None:
+        return {}
+    return {
+        tier: (
+            _cost(price, counts, guess.low, 1.0, scale, tier),
+            _cost(price, counts, guess.high, guess.calls_per_row, scale, tier),
+        )
+        for tier in TIERS
+    }
+
+
+def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: date) -> list[str]:
+    """No price at all, or a price that changes after ``day``: a later run costs otherwise."""
+    if price is None:
+        return [
+            f"no price for model {model!r} on {day.isoformat()}: cost unknown; pass --prices FILE"
+        ]
+    later = [p for p in table.models[price.name].periods if p.start and p.start > day]
+    if not later:
+        return []
+    nxt = later[0]
+    return [
+        f"{price.name}'s price changes on {nxt.start}: {nxt.input:g} in / {nxt.output:g} out "
+        f"per 1M from then (now {price.input:g} / {price.output:g}); calls made after that day "
+        "cost accordingly"
+    ]
 
 
 def _minutes_bounds(
@@ -358,14 +402,18 @@ def _within(
 
 
 def _cost(
-    price: ModelPrice | None, counts: Sequence[int], output: float, calls: float, scale: float
-) -> float | None:
-    """The cost of every row: each sampled prompt at its own tier, scaled to the input."""
-    if price is None:
-        return None
+    price: ModelPrice,
+    counts: Sequence[int],
+    output: float,
+    calls: float,
+    scale: float,
+    tier: str = "standard",
+) -> float:
+    """The cost of every row: each sampled prompt at its own context tier, scaled to the input."""
     per_call = round(output / calls)
     sampled = sum(
-        price.cost(prompt=n, output=per_call, thinking=0, cached=0) * calls for n in counts
+        price.cost(prompt=n, output=per_call, thinking=0, cached=0, tier=tier) * calls
+        for n in counts
     )
     return sampled * scale
 
@@ -389,7 +437,7 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
         f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
         f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
         f"{est.output_source}",
-        f"  cost     {_cost_range(est)}",
+        *_cost_lines(est),
         f"  time     at least {_minutes(est.minutes)}: {_time_bounds(est)}",
     ]
     if est.calls_per_row > 1:
@@ -402,13 +450,20 @@ def _range(low: float, high: float) -> str:
     return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f} .. {high:,.0f}"
 
 
-def _cost_range(est: Estimate) -> str:
-    if est.cost_low is None or est.cost_high is None:
-        return f"unpriced (no price for {est.model})"
-    digits = usd_digits(est.cost_high)
-    low, high = f"{est.cost_low:,.{digits}f}", f"{est.cost_high:,.{digits}f}"
-    amount = low if low == high else f"{low} .. {high}"
-    return f"USD {amount} (priced as {est.priced_as}; {est.prices})"
+def _cost_lines(est: Estimate) -> list[str]:
+    """One line per service tier, then where the prices come from."""
+    if not est.tier_costs:
+        return [f"  cost     unpriced (no price for {est.model})"]
+    digits = usd_digits(*(high for _, high in est.tier_costs.values()))
+    lines: list[str] = []
+    for tier, (low, high) in est.tier_costs.items():
+        lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
+        label = "  cost     " if not lines else "           "
+        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}")
+    lines.append(
+        f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
+    )
+    return lines
 
 
 def _minutes(minutes: float) -> str:

@@ -14,7 +14,9 @@ call; for a row, of its answer, or of the last call of a failed row). A failed r
 run that last wrote its failure record.
 
 A call is priced by its ``model_version`` when the price table knows it, else by the ``model``
-asked for. A model without a price is reported as unpriced, never as costing 0.
+asked for, at the rates of the call's UTC day and tier (see :mod:`batchgen.usage`); where the
+version names another model than the one asked for, the report says which answered. A model
+without a price is reported as unpriced, never as costing 0.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from batchgen.outdir import (
     read_run_records,
 )
 from batchgen.output import USAGE_SCHEMA
-from batchgen.usage import PriceTable
+from batchgen.usage import TIERS, PriceTable, same_model, utc_today
 
 __all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
 
@@ -64,6 +67,8 @@ class Report:
         unpriced: the model names without a price.
         warnings: one line each, for the user.
         prices: the price table used.
+        answered: (asked, answered, calls) where the ``model_version`` that answered names
+            another model than the one asked for (a retired model routed elsewhere, an alias).
     """
 
     by: str
@@ -73,6 +78,7 @@ class Report:
     unpriced: tuple[str, ...]
     warnings: tuple[str, ...]
     prices: PriceTable = field(repr=False)
+    answered: tuple[tuple[str, str, int], ...] = ()
 
 
 def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | None = None) -> Report:
@@ -100,7 +106,8 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
     groups = _aggregate(ledger, pd.concat(rows, ignore_index=True), by)
     if by == "run":
         groups = _with_run_records(groups, outputs)
-    return Report(by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices)
+    answered = tuple(answered_by(ledger))
+    return Report(by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices, answered)
 
 
 # --- reading an output ---------------------------------------------------------------------
@@ -185,30 +192,79 @@ def _rows(out: Path, calls: pd.DataFrame) -> pd.DataFrame:
 
 
 def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], list[str]]:
-    """Add ``cost_usd`` to every call (NaN: no price); return the unpriced models and notes."""
+    """Add ``cost_usd`` to every call (NaN: no price); return the unpriced models and notes.
+
+    Each call is priced at the period covering its UTC day (``at``) and the tier that served it
+    (a ``tier`` column when the ledger has one, else standard).
+    """
     calls["cost_usd"] = np.nan
     unpriced: list[str] = []
     notes: list[str] = []
-    by_model = calls.groupby(["model_version", "model"], dropna=False).groups
-    for (version, model), index in by_model.items():
+    keys = calls.assign(_day=_utc_days(calls["at"]), _tier=_tiers(calls))
+    by_group = keys.groupby(["model_version", "model", "_day", "_tier"], dropna=False).groups
+    for (version, model, day, tier), index in by_group.items():
         version = version if isinstance(version, str) else None
         asked = model if isinstance(model, str) else None
-        price = prices.resolve(version, asked)
+        when = date.fromisoformat(day) if isinstance(day, str) else utc_today()
+        price = prices.resolve(version, asked, at=when)
         name = version or asked or NONE
+        if tier not in TIERS:
+            notes.append(f"no price for the {tier!r} service tier: its calls are unpriced")
+            continue
         if price is None:
             if name not in unpriced:
                 unpriced.append(name)
                 notes.append(
-                    f"no price for model {name!r}: its cost is shown as unpriced; "
-                    "add it to a price file and pass --prices FILE"
+                    f"no price for model {name!r} (on {when.isoformat()}): its cost is shown as "
+                    "unpriced; add it to a price file and pass --prices FILE"
                 )
             continue
-        if price.name not in (version, asked):
-            notes.append(f"model {name!r} priced as {price.name!r} (the same model's version)")
+        notes += _pricing_note(prices, version, asked, price.name)
         part = calls.loc[index]
         counts = [part[c].fillna(0).to_numpy(np.int64) for c in TOKENS[:4]]
-        calls.loc[index, "cost_usd"] = price.costs(*counts)
+        calls.loc[index, "cost_usd"] = price.costs(*counts, tier=str(tier))
     return tuple(unpriced), list(dict.fromkeys(notes))
+
+
+def _utc_days(at: pd.Series) -> pd.Series:
+    return pd.to_datetime(at, utc=True).dt.strftime("%Y-%m-%d")
+
+
+def _tiers(calls: pd.DataFrame) -> pd.Series | str:
+    """The tier of each call: a ``tier`` column (the API's spellings: ``flex``,
+    ``SERVICE_TIER_FLEX``; unspecified is standard) or, without one, standard."""
+    if "tier" not in calls:
+        return "standard"
+    tier = calls["tier"].fillna("").astype(str).str.lower().str.removeprefix("service_tier_")
+    return tier.replace({"": "standard", "unspecified": "standard"})
+
+
+def _pricing_note(
+    prices: PriceTable, version: str | None, asked: str | None, priced_as: str
+) -> list[str]:
+    """Why a call was priced as another model than it names: a retired model, or a version."""
+    own = prices.chosen(version, asked)
+    if own is not None and own != priced_as:
+        life = prices.models[own].lifecycle
+        since = life.retires.isoformat() if life and life.retires else "?"
+        return [
+            f"model {own!r} retired on {since}: its calls from then on are priced at the rate "
+            f"of {priced_as!r}, where they are routed"
+        ]
+    if priced_as not in (version, asked):
+        name = version or asked
+        return [f"model {name!r} priced as {priced_as!r} (the same model's version)"]
+    return []
+
+
+def answered_by(calls: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """(asked, answered, calls) wherever ``model_version`` names another model than asked."""
+    pairs = calls.groupby(["model", "model_version"], dropna=True).size()
+    return [
+        (str(asked), str(answered), int(n))
+        for (asked, answered), n in pairs.items()
+        if not same_model(str(asked), str(answered))
+    ]
 
 
 def _keys(frame: pd.DataFrame, by: str) -> pd.Series:
@@ -310,6 +366,8 @@ def format_report(rep: Report, fmt: str = "table") -> str:
     ]
     lines.append(["total", *_cells(rep.total, None, digits)[1:], *([""] * len(extra))])
     note = f"prices: {rep.prices.describe()}"
+    if rep.answered:
+        note += "\n" + _answered_line(rep.answered)
     if fmt == "markdown":
         rule = ["---", *["---:"] * (len(header) - 1)]
         body = ["| " + " | ".join(row) + " |" for row in (header, rule, *lines)]
@@ -323,6 +381,11 @@ def format_report(rep: Report, fmt: str = "table") -> str:
         for row in (header, *lines)
     ]
     return "\n".join([*text, note])
+
+
+def _answered_line(answered: Sequence[tuple[str, str, int]]) -> str:
+    pairs = ", ".join(f"{a} → {b} ({n:,} calls)" for a, b, n in answered)
+    return f"answered by another model than asked: {pairs}"
 
 
 def _cells(record: dict[str, Any], by: str | None, digits: int) -> list[str]:
@@ -358,6 +421,7 @@ def _as_json(rep: Report) -> dict[str, Any]:
         "total": rep.total,
         "unpriced_models": list(rep.unpriced),
         "warnings": list(rep.warnings),
+        "answered_by": [{"asked": a, "answered": b, "calls": n} for a, b, n in rep.answered],
         "prices": {
             "source": rep.prices.source,
             "source_date": when.isoformat() if when else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import aiohttp
@@ -93,13 +94,23 @@ def test_output_range_from_the_schema_and_max_output_tokens(
     project: Path, emulator: EmulatorThread
 ) -> None:
     job = load(project, "cookie_recipes", emulator)
-    est = estimate_job(job, api_key=KEY)
+    est = estimate_job(job, api_key=KEY, at=date(2026, 12, 2))
     minimal = rough_tokens(json.dumps(small_answer(job.response_schema), separators=(",", ":")))
     assert (est.output_low, est.output_high) == (12 * minimal, 12 * 8192)
     assert "maxOutputTokens 8,192" in est.output_source
-    # gemini-2.5-flash: 0.30 in, 2.50 out per 1M; output at the ceiling for every row.
-    assert est.cost_high == pytest.approx((est.prompt_tokens * 0.30 + 12 * 8192 * 2.50) / 1e6)
-    assert est.cost_low == pytest.approx((est.prompt_tokens * 0.30 + 12 * minimal * 2.50) / 1e6)
+    # gemini-3.8-flash in 2026: 0.75 in, 3.75 out per 1M; output at the ceiling for every row.
+    assert est.cost_high == pytest.approx((est.prompt_tokens * 0.75 + 12 * 8192 * 3.75) / 1e6)
+    assert est.cost_low == pytest.approx((est.prompt_tokens * 0.75 + 12 * minimal * 3.75) / 1e6)
+    # Flex and Batch side by side, each half of standard; the doubling on 2027-01-01 is noted.
+    assert est.tier_costs["flex"] == est.tier_costs["batch"]
+    assert est.tier_costs["batch"] == pytest.approx((est.cost_low / 2, est.cost_high / 2))
+    assert any("price changes on 2027-01-01: 1.5 in / 7.5 out" in n for n in est.notes)
+    text = format_estimate(est)
+    assert "  cost     standard  USD " in text and "           batch     USD " in text
+    assert "priced as gemini-3.8-flash at its rates of 2026-12-02" in text
+    # On the day it doubles the estimate doubles (the prompts are counted the same way).
+    later = estimate_job(job, api_key=KEY, at=date(2027, 1, 1))
+    assert later.cost_high == pytest.approx(2 * est.cost_high)
     # 12 rows at 600 requests per minute; no tokens_per_minute in the job.
     assert est.minutes_requests == pytest.approx(12 / 600) and est.minutes_tokens is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -119,7 +120,7 @@ class FlatPrice:
     """$1 per 1,000 tokens of any kind: easy sums."""
 
     def cost(self, model: str, *, prompt: int, output: int, thinking: int, cached: int,
-             batch: bool = False) -> float | None:  # fmt: skip
+             tier: str = "standard", at: date | None = None) -> float | None:  # fmt: skip
         return (prompt + output + thinking) / 1000
 
 

@@ -254,14 +254,14 @@ def test_formats(outputs: list[Path]) -> None:
     rep = build_report(outputs, by="job")
     table = format_report(rep, "table")
     assert "unpriced" in table and table.splitlines()[-2].startswith("total")
-    assert "USD per 1M tokens of 2026-07-24" in table
+    assert "USD per 1M tokens at each call's UTC day (table checked 2026-11-25)" in table
     parsed = pd.read_csv(io.StringIO(format_report(rep, "csv")))
     assert list(parsed["job"]) == ["cookies", "notes"]
     assert parsed["cost_usd"].isna().tolist() == [False, True]
     data = json.loads(format_report(rep, "json"))
     assert data["groups"][1]["cost_usd"] is None and data["total"]["cost_usd"] is None
     assert data["unpriced_models"] == ["my-tuned-model"]
-    assert data["prices"]["source_date"] == "2026-07-24"
+    assert data["prices"]["source_date"] == "2026-11-25"
     markdown = format_report(rep, "markdown").splitlines()
     assert markdown[0].startswith("| job | requests |") and markdown[1].startswith("| --- |")
     with pytest.raises(JobError, match="unknown format"):
@@ -341,7 +341,7 @@ def test_cli_report(project: Path, tmp_path: Path) -> None:
     result = runner.invoke(main, ["report", *outs, "--by", "model", "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [g["model"] for g in data["groups"]] == ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
+    assert [g["model"] for g in data["groups"]] == ["gemini-2.5-flash-lite", "gemini-3.8-flash"]
     assert data["total"]["rows_done"] == 8 and data["total"]["cost_usd"] > 0
 
     # An unpriced model: a warning naming it on stderr, "unpriced" in the table, exit 0.

@@ -61,7 +61,7 @@ def test_system_instruction_and_passthrough_generation_config() -> None:
     config = body["generationConfig"]
     assert config["temperature"] == 0.7
     assert config["maxOutputTokens"] == 8192
-    assert config["thinkingConfig"] == {"thinkingBudget": 1024}
+    assert config["thinkingConfig"] == {"thinkingLevel": "low"}
     assert config["responseMimeType"] == "application/json"
     assert config["responseSchema"] == job.response_schema
     assert "systemInstruction" not in json.loads(RequestBuilder(job).body("u"))
