@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from batchgen.cli import main
 from batchgen.cli_common import api_target
 from batchgen.job import Overrides, load_job
 from batchgen.redact import cleartext_warning, is_loopback, redact_url, url_host
@@ -77,3 +81,13 @@ def test_api_target_warns_once_on_stderr(
     else:
         assert err == ""
     assert "a-key-for-the-test" not in err
+
+
+def test_validate_shows_the_base_url_without_its_credentials(project: Path) -> None:
+    job = project / "jobs" / "cookie_recipes.toml"
+    url = "https://user:hunter2@proxy.example/gemini"
+    result = CliRunner().invoke(main, ["validate", str(job), "--base-url", url, "--show-request"])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert "at https://***@proxy.example/gemini (key from $GEMINI_API_KEY)" in result.output
+    assert "POST https://***@proxy.example/gemini/v1beta/models/" in result.output
