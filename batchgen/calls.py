@@ -134,7 +134,7 @@ class RowCaller:
         if exc.status == 429:
             self.limits.rejected(exc.retry_delay, exc.quota)
         if exc.retry_delay is not None:
-            self.events.server_delay(exc.retry_delay, getattr(exc, "asked_delay", None))
+            self.events.server_delay(exc.retry_delay, exc.asked_delay)
 
     async def _bill(self, work: Work, attempt: int, answer: Answer, outcome: str) -> None:
         entry = Billed(

@@ -25,6 +25,7 @@ from batchgen.cli_report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
+from batchgen.redact import redact_url
 from batchgen.runner import RunOptions, RunSummary, run_job
 
 _ASKED = "batchgen.model"  # ctx.meta key: the model the run asked for, for its summary
@@ -217,7 +218,8 @@ def validate(
         f"reads {', '.join(plan.reader.columns)})"
     )
     click.echo(
-        f"  model   {job.model.name} at {job.model.base_url} (key from ${job.model.api_key_env})"
+        f"  model   {job.model.name} at {redact_url(job.model.base_url)} "
+        f"(key from ${job.model.api_key_env})"
     )
     click.echo(f"  schema  {job.schema.describe(len(plan.layout.answer_columns))}")
     for path in job.schema.json_text_fields():
@@ -232,7 +234,7 @@ def validate(
 def _first_request(plan: Plan) -> str:
     body = json.dumps(json.loads(plan.first_request()), indent=2, ensure_ascii=False)
     return (
-        f"POST {plan.job.model.url}\nx-goog-api-key: ${plan.job.model.api_key_env}\n"
+        f"POST {redact_url(plan.job.model.url)}\nx-goog-api-key: ${plan.job.model.api_key_env}\n"
         f"Content-Type: application/json\n\n{body}"
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from batchgen.job import Job, resolve_api_key
+from batchgen.redact import cleartext_warning
 from batchgen.usage import PriceTable, lifecycle_warning, utc_today
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset
@@ -23,7 +24,11 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     """The job and its key: the built-in emulator on 127.0.0.1, or the API with the key from
     the environment variable the job names (a JobError saying ``alternative`` when unset)."""
     if not emulator:
-        yield job, resolve_api_key(job, alternative=f"or {alternative}")
+        key = resolve_api_key(job, alternative=f"or {alternative}")
+        warning = cleartext_warning(job.model.base_url)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        yield job, key
         return
     from batchgen.emulator import EmulatorThread
 

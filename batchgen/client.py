@@ -2,14 +2,20 @@
 
 ::
 
-    200                        → the parsed response
+    200                        → the decoded JSON, read as a stream up to max_response_bytes;
+                                 more, or a body that is not JSON → AnswerError: this row's answer
+    3xx                        → ApiError(not retryable): redirects are never followed
     400 API_KEY_INVALID, 401, 403, 404 → FatalApiError: no other row can succeed
     429                        → ApiError(retryable), with the RetryInfo (or Retry-After) delay
     429 on a per-day quota     → QuotaExhaustedError: the run stops until the quota resets
     500, 502, 503, 504, timeout, dropped connection → ApiError(retryable)
     other 4xx                  → ApiError(not retryable): this row's request is wrong
 
-The API key travels only in the ``x-goog-api-key`` header and is scrubbed from every message.
+The API key travels only in the ``x-goog-api-key`` header, only to the configured host (a
+redirect could hand it to another one), and is scrubbed from every message and every body read.
+Bodies are read as a stream under a cap counted after decompression, so a gzip bomb or an endless
+body costs at most the cap in memory; error bodies get a small cap, since only their message
+matters. A delay the server asks for is capped too (an hour's Retry-After would stall the run).
 """
 
 from __future__ import annotations
@@ -20,13 +26,21 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 
+from batchgen.answers import EXCERPT_CHARS, MALFORMED, AnswerError
 from batchgen.errors import FatalApiError, QuotaExhaustedError
-from batchgen.job import ModelSpec
+from batchgen.job import LimitsSpec, ModelSpec, RetrySpec
+from batchgen.redact import redact_url, url_host
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+ERROR_BODY_BYTES = 64 * 1024  # the start of an error body holds its message; the rest is waste
+READ_CHUNK = 64 * 1024
+MIN_SCRUBBED_KEY = 8  # real keys are 39 characters; "k" in a test must not eat every "k"
+DEFAULT_MAX_RESPONSE_BYTES = LimitsSpec().max_response_bytes
+DEFAULT_MAX_SERVER_DELAY = RetrySpec().max_server_delay_seconds
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)s\s*$")
 
 
@@ -40,13 +54,15 @@ class ApiError(Exception):
         status: int | None = None,
         retry_delay: float | None = None,
         quota: str | None = None,
+        asked_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
         self.status = status
-        self.retry_delay = retry_delay
+        self.retry_delay = retry_delay  # what to wait: the server's delay, capped
         self.quota = quota  # the QuotaFailure quotaId of a 429, when the server names it
+        self.asked_delay = asked_delay  # the server's own delay, set only when it was capped
 
     @property
     def retryable(self) -> bool:
@@ -57,25 +73,44 @@ class GeminiClient:
     """Sends request bodies to one model's generateContent endpoint."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, model: ModelSpec, api_key: str, timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        model: ModelSpec,
+        api_key: str,
+        timeout: float,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
     ) -> None:
         self._session = session
         self._model = model
         self._key = api_key
+        # A body that repeats the key (an echo server, a debugging proxy) has it replaced before
+        # anything reads it. A key too short to be a real one would match ordinary text instead.
+        self._key_bytes = api_key.encode() if len(api_key) >= MIN_SCRUBBED_KEY else b""
         self._headers = {"x-goog-api-key": api_key, "Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_bytes = max_response_bytes
+        self._max_delay = max_server_delay
+        self._host = url_host(model.base_url)
 
-    async def generate(self, body: bytes) -> tuple[dict[str, Any], float]:
-        """POST one request; return (response JSON, latency in ms) or raise."""
+    async def generate(self, body: bytes) -> tuple[Any, float]:
+        """POST one request; return (the 200 body's JSON value, latency in ms) or raise.
+
+        The value may have any shape: :func:`batchgen.answers.parse_response` reads it.
+
+        Raises:
+            ApiError: the call failed (HTTP status, timeout, connection, redirect).
+            AnswerError: a 200 whose body is too large or not JSON (``response_too_large``,
+                ``malformed_response``).
+            FatalApiError, QuotaExhaustedError: no other row can succeed now.
+        """
         started = time.perf_counter()
         status, raw, retry_after = await self._post(self._model.url, body)
         latency_ms = (time.perf_counter() - started) * 1000
         if status != 200:
             raise self._error(status, raw, retry_after)
-        try:
-            return json.loads(raw), latency_ms
-        except ValueError:
-            raise ApiError("bad_response", "HTTP 200 with a body that is not JSON") from None
+        return _decode(raw), latency_ms
 
     async def count_tokens(self, contents_body: bytes) -> int:
         """POST a countTokens request; return its ``totalTokens``, or raise as :meth:`generate`.
@@ -91,26 +126,77 @@ class GeminiClient:
             raise self._error(status, raw, retry_after)
         try:
             payload = json.loads(raw)
-            return int(payload.get("totalTokens", 0))  # proto3 JSON leaves a zero count out
-        except (ValueError, TypeError, AttributeError):
-            raise ApiError("bad_response", "countTokens: HTTP 200 without a count") from None
+        except (ValueError, RecursionError):
+            payload = None
+        # proto3 JSON leaves a zero count out, and may quote an integer
+        count = payload.get("totalTokens", 0) if isinstance(payload, dict) else None
+        if isinstance(count, str) and count.isdigit():
+            count = int(count)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ApiError("bad_response", f"countTokens at {self._host}: HTTP 200 without a count")
+        return count
 
-    async def _post(self, url: str, body: bytes) -> tuple[int, bytes, str | None]:
+    async def _post(self, url: str, body: bytes) -> tuple[int, bytearray, str | None]:
         """(status, body, Retry-After) of one POST; transport failures as retryable ApiError."""
         try:
             async with self._session.post(
-                url, data=body, headers=self._headers, timeout=self._timeout
+                url, data=body, headers=self._headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                return resp.status, await resp.read(), resp.headers.get("Retry-After")
+                if 300 <= resp.status < 400:
+                    raise self._redirect(resp)
+                raw = await self._read(resp)
+                if self._key_bytes and self._key_bytes in raw:  # a proxy echoing what it got
+                    raw = raw.replace(self._key_bytes, b"***")
+                return resp.status, raw, resp.headers.get("Retry-After")
         except TimeoutError:
-            raise ApiError("timeout", f"no answer within {self._timeout.total:g} s") from None
+            raise ApiError(
+                "timeout", f"no answer from {self._host} within {self._timeout.total:g} s"
+            ) from None
         except aiohttp.ClientError as exc:
-            raise ApiError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
+            text = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise ApiError("connection", f"{self._host}: {text}") from None
 
-    def _error(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytearray:
+        """The body, decompressed, as a stream under its cap (a 200's or an error's)."""
+        cap = self._max_bytes if resp.status == 200 else ERROR_BODY_BYTES
+        raw = bytearray()
+        async for chunk in resp.content.iter_chunked(READ_CHUNK):
+            room = cap - len(raw)
+            if len(chunk) <= room:
+                raw += chunk
+                continue
+            resp.close()  # the rest is never read: the connection cannot be reused
+            if resp.status != 200:
+                return raw + chunk[:room]
+            mib = cap / 1024 / 1024
+            raise AnswerError(
+                "response_too_large",
+                f"HTTP 200 body from {self._host} is over {mib:g} MiB (limits.max_response_mb) "
+                "after decompression; raise limits.max_response_mb if answers are that long",
+                _excerpt_text(raw),
+            )
+        return raw
+
+    def _redirect(self, resp: aiohttp.ClientResponse) -> ApiError:
+        """A 3xx is never followed: the key would go along to wherever it points."""
+        location = resp.headers.get("Location", "")
+        try:
+            target = url_host(urljoin(str(resp.url), location)) if location else "nowhere"
+        except ValueError:
+            target = redact_url(location)
+        return ApiError(
+            "redirect",
+            f"HTTP {resp.status} redirect to {target} not followed: the API key is only sent to "
+            f"{self._host}; set model.base_url to the final address",
+            resp.status,
+        )
+
+    def _error(
+        self, status: int, raw: bytes | bytearray, retry_after: str | None = None
+    ) -> Exception:
         error = _envelope(raw)
         message = self._scrub(str(error.get("message") or raw[:200].decode(errors="replace")))
-        where = f"{self._model.base_url} (model {self._model.name})"
+        where = f"{redact_url(self._model.base_url)} (model {self._model.name})"
         reasons = {d.get("reason") for d in _details(error)}
         if status in (401, 403) or "API_KEY_INVALID" in reasons:
             return FatalApiError(
@@ -128,19 +214,39 @@ class GeminiClient:
         delay = _retry_delay(error)
         if delay is None:  # Gemini itself sends none, but proxies in front of it may
             delay = _retry_after(retry_after)
+        asked = delay if delay is not None and delay > self._max_delay else None
+        if asked is not None:
+            delay = self._max_delay
         if status == 429:
-            return ApiError("rate_limited", message, status, delay, quota)
+            return ApiError("rate_limited", message, status, delay, quota, asked)
         category = "server" if status >= 500 else f"http_{status}"
-        return ApiError(category, f"HTTP {status}: {message}", status, delay)
+        return ApiError(category, f"HTTP {status}: {message}", status, delay, asked_delay=asked)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
 
-def _envelope(raw: bytes) -> Mapping[str, Any]:
+def _decode(raw: bytearray) -> Any:
+    """A 200 body's JSON value; a body that is not JSON is this row's malformed answer."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        problem = f"is not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        problem = f"is not JSON ({exc.msg}: character {exc.pos} of {len(exc.doc)})"
+    except RecursionError:
+        problem = "is JSON nested too deeply to read"
+    raise AnswerError(MALFORMED, f"HTTP 200 body {problem}", _excerpt_text(raw))
+
+
+def _excerpt_text(raw: bytes | bytearray) -> str:
+    return bytes(raw[: EXCERPT_CHARS * 4]).decode(errors="replace")[:EXCERPT_CHARS]
+
+
+def _envelope(raw: bytes | bytearray) -> Mapping[str, Any]:
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if isinstance(payload, list) and payload:  # the non-SSE streaming shape wraps errors
         payload = payload[0]

@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import NotAppKeyWarning
 
+from batchgen.emulator_hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
 from batchgen.emulator_quota import QuotaWindows
 from batchgen.emulator_replies import (
     answer_body,
@@ -147,8 +148,11 @@ class EmulatorConfig:
         script: prompt substring -> faults ("ok" for a normal answer) for successive calls
             whose prompt contains it; the first matching key in dict order decides, and once
             its list is used up those calls are answered normally.
-        record: keep the parsed body of every generateContent call in ``Emulator.received``.
+        record: keep the parsed body of every generateContent call in ``Emulator.received``,
+            and the headers of every API call in ``Emulator.received_headers``.
         slow_seconds: the extra delay of the "slow" fault.
+        hostile: sizes, delays and the redirect target of the hostile faults
+            (:data:`batchgen.emulator_hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
     """
 
     api_keys: frozenset[str] | None = None
@@ -163,18 +167,20 @@ class EmulatorConfig:
     script: dict[str, list[str]] = field(default_factory=dict)
     record: bool = False
     slow_seconds: float = 2.0
+    hostile: HostileConfig = field(default_factory=HostileConfig)
 
     def __post_init__(self) -> None:
+        known = FAULTS + HOSTILE_FAULTS
         for name, rate in self.fault_rates.items():
-            if name not in FAULTS:
-                raise ValueError(f"unknown fault {name!r} (one of {', '.join(FAULTS)})")
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r} (one of {', '.join(known)})")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rate for {name!r} must be within 0..1, not {rate}")
         if sum(self.fault_rates.values()) > 1.0 + 1e-9:
             raise ValueError("fault rates add up to more than 1")
         for key, plan in self.script.items():
             for entry in plan:
-                if entry != "ok" and entry not in FAULTS:
+                if entry != "ok" and entry not in known:
                     raise ValueError(f"script[{key!r}]: unknown fault {entry!r}")
 
 
@@ -191,6 +197,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
         self.received: list[dict[str, Any]] = []
+        self.received_headers: list[dict[str, str]] = []  # with record: every call's headers
         self.counts: collections.Counter[str] = collections.Counter()
         self.clock: Callable[[], float] = time.monotonic
         self._dice = random.Random(self.config.seed)
@@ -215,6 +222,8 @@ class Emulator:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         # "gemini-2.5-flash:generateContent" arrives as one path segment.
         model, _, method = request.match_info["name"].rpartition(":")
+        if self.config.record:
+            self.received_headers.append(dict(request.headers))
         if method == "generateContent" and model:
             return await self._generate(request, model)
         if method == "countTokens" and model:
@@ -241,6 +250,9 @@ class Emulator:
             raise quota_error(model, "rpm", self.config.rpm_limit or 1000, INJECTED_429_DELAY)
         if fault in _HTTP_FAULTS:
             raise ApiError(*_HTTP_FAULTS[fault])
+        if fault in HOSTILE_FAULTS:
+            answer = answer_body(body, model, prompt, None)
+            return await hostile_reply(request, fault, self.config.hostile, model, answer)
         return _json_response(answer_body(body, model, prompt, fault))
 
     async def _count(self, request: web.Request, model: str) -> web.StreamResponse:

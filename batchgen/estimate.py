@@ -45,6 +45,7 @@ from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.job import Job
 from batchgen.outdir import JOB_FILE, RESULTS_DIR, OutputDir, fingerprint_parts, read_job_record
 from batchgen.plan import Plan, plan_job
+from batchgen.redact import redact_url
 from batchgen.report import load_calls, usd_digits
 from batchgen.retry import RetryPolicy
 from batchgen.usage import TIERS, ModelPrice, PriceTable, utc_today
@@ -297,7 +298,8 @@ async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body
                 return await client.count_tokens(body)
     except ApiError as exc:
         raise JobError(
-            f"{job.model.base_url} (model {job.model.name}): countTokens failed: {exc.message}; "
+            f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
+            f"{exc.message}; "
             "rerun, or estimate without the API with --offline"
         ) from None
     raise AssertionError("the retry loop ended without a count")  # pragma: no cover

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import JobError
+from batchgen.redact import redact_url
 from batchgen.response_schema import (
     GEMINI,
     ResponseSchema,
@@ -71,7 +72,13 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
     "prompt": frozenset({"user", "system"}),
     "limits": frozenset(
-        {"requests_per_minute", "tokens_per_minute", "concurrency", "timeout_seconds"}
+        {
+            "requests_per_minute",
+            "tokens_per_minute",
+            "concurrency",
+            "timeout_seconds",
+            "max_response_mb",
+        }
     ),
     "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds", "sync_seconds"}),
     "retry": frozenset(
@@ -81,6 +88,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "row_deadline_seconds",
             "backoff_initial_seconds",
             "backoff_max_seconds",
+            "max_server_delay_seconds",
         }
     ),
 }
@@ -119,6 +127,11 @@ class LimitsSpec:
     tokens_per_minute: int | None = None  # input (prompt) tokens, as the API counts its TPM
     concurrency: int = 32
     timeout_seconds: float = 600.0
+    max_response_mb: float = 32.0  # a bigger answer (after decompression) fails the call
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,8 @@ class RetrySpec:
 
     ``attempts`` bounds all calls for a row; transient HTTP failures (429, 5xx, timeouts, dropped
     connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
-    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``.
+    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``. A delay
+    the server asks for (RetryInfo, Retry-After) is waited at most ``max_server_delay_seconds``.
     """
 
     attempts: int = 5
@@ -135,6 +149,7 @@ class RetrySpec:
     row_deadline_seconds: float = 900.0
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
+    max_server_delay_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -342,7 +357,7 @@ def _model(table: dict[str, Any], path: Path) -> ModelSpec:
 def _base_url(url: str, where: Path | str) -> str:
     url = url.rstrip("/")
     if not re.match(r"^https?://[^/\s]+", url):
-        raise JobError(f"{where}: model.base_url must be an http(s) URL, not {url!r}")
+        raise JobError(f"{where}: model.base_url must be an http(s) URL, not {redact_url(url)!r}")
     return url.removesuffix("/v1beta")
 
 
@@ -397,11 +412,13 @@ def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
     conc = _opt(table, "concurrency", int, path, "limits", d.concurrency)
     timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
     tpm = _opt(table, "tokens_per_minute", int, path, "limits")
+    max_mb = _opt(table, "max_response_mb", (int, float), path, "limits", d.max_response_mb)
     return LimitsSpec(
         requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
         tokens_per_minute=None if tpm is None else _positive(tpm, "limits.tokens_per_minute", path),
         concurrency=_positive(conc, "limits.concurrency", path),
         timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
+        max_response_mb=float(_positive(max_mb, "limits.max_response_mb", path)),
     )
 
 
@@ -411,7 +428,12 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
     for key in ("attempts", "answer_attempts"):
         values[key] = _positive(_opt(table, key, int, path, "retry", getattr(d, key)),
                                 f"retry.{key}", path)  # fmt: skip
-    for key in ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+    for key in (
+        "row_deadline_seconds",
+        "backoff_initial_seconds",
+        "backoff_max_seconds",
+        "max_server_delay_seconds",
+    ):
         value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
         values[key] = float(_positive(value, f"retry.{key}", path))
     return RetrySpec(**values)

@@ -2,9 +2,10 @@
 
 Transient HTTP failures (429, 5xx, timeouts, dropped connections) are retried until the row's
 ``attempts``; answer failures (blocked, SAFETY, invalid JSON, schema) until ``answer_attempts``
-of them. The wait is the server's RetryInfo delay when it gave one, else tenacity's capped
-exponential backoff with jitter. No retry starts after the row's deadline. Everything else
-(a 400, a bad key, a used-up daily quota) is raised at once.
+of them. The wait is the server's RetryInfo (or Retry-After) delay when it gave one, at most
+``max_server_delay_seconds``, else tenacity's capped exponential backoff with jitter. No retry
+starts after the row's deadline. Everything else (a 400, a bad key, a used-up daily quota, a
+redirect) is raised at once.
 """
 
 from __future__ import annotations
@@ -65,5 +66,7 @@ class RetryPolicy:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ApiError) and exc.retry_delay is not None:
-            return exc.retry_delay
+            # the client caps it too; capping here keeps the job's value even for a client
+            # built with the default cap
+            return min(exc.retry_delay, self.spec.max_server_delay_seconds)
         return float(self._backoff(state))

@@ -41,6 +41,7 @@ from batchgen.limits import RateLimits
 from batchgen.outdir import DoneState, OutputDir
 from batchgen.plan import Outcome, Plan, Work, plan_job
 from batchgen.progress import NoProgress, Progress, Snapshot
+from batchgen.redact import redact_url
 from batchgen.stopping import StopControl, TransportWatch
 from batchgen.summary import RunSummary
 from batchgen.writer import FRAME_SECONDS, RunWriter
@@ -172,7 +173,7 @@ class _Run:
         limits = self.job.limits
         self.limits = RateLimits(limits.requests_per_minute, limits.tokens_per_minute)
         after = options.unreachable_after or max(20, 2 * concurrency)
-        self.watch = TransportWatch(self.stop, self.job.model.base_url, after)
+        self.watch = TransportWatch(self.stop, redact_url(self.job.model.base_url), after)
         self.emitted = 0  # rows the reader handed on (to workers, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
         self.broken = False  # the output cannot be written: drain, write nothing more
@@ -185,8 +186,10 @@ class _Run:
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             client = GeminiClient(
-                session, self.job.model, self.options.api_key, self.job.limits.timeout_seconds
-            )
+                session, self.job.model, self.options.api_key, self.job.limits.timeout_seconds,
+                max_response_bytes=self.job.limits.max_response_bytes,
+                max_server_delay=self.job.retry.max_server_delay_seconds,
+            )  # fmt: skip
             caller = RowCaller(self.plan, client, self.limits, self.budget, self.run_id, self)
             writer = asyncio.create_task(self._write())
             ticker = asyncio.create_task(self._tick())

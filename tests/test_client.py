@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from batchgen.answers import AnswerError, parse_response
 from batchgen.client import ApiError, GeminiClient
 from batchgen.errors import FatalApiError, QuotaExhaustedError
 from batchgen.job import ModelSpec
@@ -63,6 +64,9 @@ ANSWERS: dict[str, tuple[int, Any, dict[str, str]]] = {
     ),
     "bad": (400, envelope(400, "INVALID_ARGUMENT", "Invalid JSON payload received."), {}),
     "notjson": (200, "this is not json", {}),
+    "bigerror": (502, "<html>" + "x" * 1_000_000, {}),
+    "echo": (200, json.dumps({"headers": {"x-goog-api-key": KEY}}), {}),
+    "moved": (301, "", {"Location": "https://user:pw@elsewhere.example:8443/x?key=abc"}),
 }
 
 
@@ -130,7 +134,32 @@ async def test_a_400_fails_the_row_without_retry(call: Any) -> None:
     assert not info.value.retryable and info.value.status == 400
 
 
-async def test_a_200_that_is_not_json(call: Any) -> None:
-    with pytest.raises(ApiError, match="not JSON") as info:
+async def test_a_200_that_is_not_json_is_a_malformed_answer(call: Any) -> None:
+    with pytest.raises(AnswerError, match="not JSON") as info:
         await call("notjson")
-    assert info.value.retryable
+    assert info.value.category == "malformed_response"
+    assert info.value.text == "this is not json"
+
+
+async def test_an_error_body_is_read_only_as_far_as_its_message(call: Any) -> None:
+    with pytest.raises(ApiError) as info:
+        await call("bigerror")
+    assert info.value.category == "server" and len(info.value.message) < 250
+
+
+async def test_a_body_that_repeats_the_key_has_it_replaced(call: Any) -> None:
+    payload = await call("echo")
+    assert payload == {"headers": {"x-goog-api-key": "***"}}
+    with pytest.raises(AnswerError) as info:
+        parse_response(payload)
+    assert info.value.category == "malformed_response"
+    assert KEY not in (info.value.text or "") and "***" in (info.value.text or "")
+
+
+async def test_a_redirect_is_not_followed_and_names_only_the_host(call: Any) -> None:
+    with pytest.raises(ApiError) as info:
+        await call("moved")
+    error = info.value
+    assert (error.category, error.status, error.retryable) == ("redirect", 301, False)
+    assert error.message.startswith("HTTP 301 redirect to elsewhere.example:8443 not followed")
+    assert "pw" not in error.message and "abc" not in error.message

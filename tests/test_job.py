@@ -40,6 +40,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert job.model.api_key_env == "GEMINI_API_KEY"
     assert job.model.url == (f"{DEFAULT_BASE_URL}/v1beta/models/gemini-2.5-flash:generateContent")
     assert job.name == "job"
+    assert job.limits.max_response_bytes == 32 * 1024 * 1024
+    assert job.retry.max_server_delay_seconds == 300
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,9 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[output]\nexplode = 'yes'\n", "output.explode must be true or false"),
         ("[generation]\nresponseSchema = {}\n", "generation.responseSchema is set by batchgen"),
         ("[generation]\ntemprature = 1\n", "generation: unknown key 'temprature'"),
+        ("[limits]\nmax_response_mb = 0\n", "limits.max_response_mb must be > 0"),
+        ("[limits]\nmax_response_mb = 'big'\n", "limits.max_response_mb must be a number"),
+        ("[retry]\nmax_server_delay_seconds = -1\n", "retry.max_server_delay_seconds must be > 0"),
     ],
 )
 def test_bad_keys_name_the_file_and_key(tmp_path: Path, extra: str, message: str) -> None:
@@ -128,3 +133,11 @@ def test_bad_overrides(tmp_path: Path) -> None:
         load_job(path, Overrides(input=Path("rows.xlsx")))
     with pytest.raises(JobError, match="--base-url: model.base_url must be an http"):
         load_job(path, Overrides(base_url="localhost:8089"))
+
+
+def test_a_bad_base_url_is_shown_without_its_credentials(tmp_path: Path) -> None:
+    path = write_job(tmp_path, MINIMAL)
+    with pytest.raises(JobError) as info:
+        load_job(path, Overrides(base_url="ftp://user:hunter2@proxy/?key=AIzaSecret"))
+    assert "hunter2" not in str(info.value) and "AIzaSecret" not in str(info.value)
+    assert "ftp://***@proxy/?key=***" in str(info.value)

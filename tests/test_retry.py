@@ -93,3 +93,12 @@ async def test_no_retry_after_the_row_deadline() -> None:
     except ApiError:
         pass
     assert calls == 1
+
+
+@pytest.mark.parametrize(("cap", "waited"), [(None, 300.0), (5.0, 5.0), (7200.0, 3600.0)])
+async def test_a_server_delay_is_waited_at_most_the_cap(cap: float | None, waited: float) -> None:
+    sleep = FakeSleep()
+    spec = RetrySpec() if cap is None else RetrySpec(max_server_delay_seconds=cap)
+    failures: list[Exception] = [ApiError("server", "come back in an hour", 503, retry_delay=3600)]
+    assert await drive(RetryPolicy(spec, sleep), failures) == (2, "ok")
+    assert sleep.waits == [waited]
