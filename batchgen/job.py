@@ -61,7 +61,14 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
     "prompt": frozenset({"user", "system"}),
     "limits": frozenset(
-        {"requests_per_minute", "tokens_per_minute", "concurrency", "timeout_seconds"}
+        {
+            "requests_per_minute",
+            "tokens_per_minute",
+            "requests_per_day",
+            "concurrency",
+            "max_concurrency",
+            "timeout_seconds",
+        }
     ),
     "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds"}),
     "retry": frozenset(
@@ -71,6 +78,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "row_deadline_seconds",
             "backoff_initial_seconds",
             "backoff_max_seconds",
+            "outage_minutes",
         }
     ),
 }
@@ -105,9 +113,21 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class LimitsSpec:
+    """The quota and how many calls may be in flight.
+
+    ``concurrency = "auto"`` (the default) sets ``auto_concurrency``: the calls in flight follow
+    the allowed rate times the observed latency (limits.ConcurrencyController), up to
+    ``max_concurrency`` (enough for 60 s answers at 2,000 requests a minute). An integer pins
+    ``concurrency``; under "auto" that field is the fixed pool a runner without the controller
+    starts.
+    """
+
     requests_per_minute: int = 1000
     tokens_per_minute: int | None = None  # input (prompt) tokens, as the API counts its TPM
+    requests_per_day: int | None = None  # counted per Pacific day, when the API resets it
     concurrency: int = 32
+    auto_concurrency: bool = True
+    max_concurrency: int = 2048
     timeout_seconds: float = 600.0
 
 
@@ -117,7 +137,8 @@ class RetrySpec:
 
     ``attempts`` bounds all calls for a row; transient HTTP failures (429, 5xx, timeouts, dropped
     connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
-    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``.
+    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``. A run
+    whose calls have all failed server-side for ``outage_minutes`` stops (exit 4) to be rerun.
     """
 
     attempts: int = 5
@@ -125,6 +146,7 @@ class RetrySpec:
     row_deadline_seconds: float = 900.0
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
+    outage_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -330,15 +352,31 @@ def _schema(raw: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
 def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
     d = LimitsSpec()
     rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
-    conc = _opt(table, "concurrency", int, path, "limits", d.concurrency)
     timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
     tpm = _opt(table, "tokens_per_minute", int, path, "limits")
+    rpd = _opt(table, "requests_per_day", int, path, "limits")
+    cap = _opt(table, "max_concurrency", int, path, "limits", d.max_concurrency)
+    pinned = _concurrency(table.get("concurrency", "auto"), path)
     return LimitsSpec(
         requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
         tokens_per_minute=None if tpm is None else _positive(tpm, "limits.tokens_per_minute", path),
-        concurrency=_positive(conc, "limits.concurrency", path),
+        requests_per_day=None if rpd is None else _positive(rpd, "limits.requests_per_day", path),
+        concurrency=d.concurrency if pinned is None else pinned,
+        auto_concurrency=pinned is None,
+        max_concurrency=_positive(cap, "limits.max_concurrency", path),
         timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
     )
+
+
+def _concurrency(value: Any, path: Path) -> int | None:
+    """``limits.concurrency``: "auto" (None) or a positive whole number that pins it."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(
+            f'{path}: limits.concurrency must be a whole number or "auto", not {value!r}'
+        )
+    return int(_positive(value, "limits.concurrency", path))
 
 
 def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
@@ -347,7 +385,8 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
     for key in ("attempts", "answer_attempts"):
         values[key] = _positive(_opt(table, key, int, path, "retry", getattr(d, key)),
                                 f"retry.{key}", path)  # fmt: skip
-    for key in ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+    floats = ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds")
+    for key in (*floats, "outage_minutes"):
         value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
         values[key] = float(_positive(value, f"retry.{key}", path))
     return RetrySpec(**values)
