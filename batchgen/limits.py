@@ -1,16 +1,28 @@
-"""Client-side limits: requests and input tokens per minute, adapted when the server says 429.
+"""Client-side limits: the request rate (and its adaptation to 429s), and the calls in flight.
 
-Both limits are aiolimiter leaky buckets that start full and allow a burst of half a second's
-worth after a lull, so that no 60-second window holds more than the limit (the API counts in
-sliding windows). A request acquires one
-request and its *estimated* prompt tokens; the estimate (characters / 4) is corrected by the
-ratio of real to estimated tokens seen so far, and any shortfall is paid when the answer tells
-the real count.
+**Rate.** Requests per minute and input tokens per minute are each a leaky bucket owned here,
+on an injectable clock: it starts full and allows a burst of half a second's worth after a
+lull, so that no 60-second window holds more than the limit (the API counts in sliding
+windows). A request takes one request and its *estimated* prompt tokens; the estimate
+(characters / 4) is corrected by the ratio of real to estimated tokens seen so far, and any
+shortfall is paid when the answer tells the real count.
 
 When the server still answers 429 (the configured limit is too high, or someone else shares the
-quota), every worker pauses for the server's delay and the rate steps down — to just under what
+quota), every request pauses for the server's delay and the rate steps down — to just under what
 the server accepted over the last minute when we were near its limit, else by a factor — then
 climbs back by 1% of the configured rate per minute: additive increase, multiplicative decrease.
+Two details make this converge under a strict rolling window (the server counts the requests it
+accepted in the last 60 s, and its 429 says when the oldest leaves):
+
+- What the server accepted is counted at the time each request was *sent*, which is when the
+  server counted it; counted when the answer came, it would lag a whole latency behind, and
+  at a latency of 10 s the step down would land a sixth below the limit.
+- A pause restarts the buckets full, and requests that were waiting take new turns: a bucket
+  that filled up during the pause, or turns handed out before it, would send a burst into a
+  window that frees only as fast as it filled a minute ago, and earn as many 429s.
+
+**Concurrency** (:class:`ConcurrencyController`) follows below; requests per day are counted in
+:mod:`batchgen.daily`.
 """
 
 from __future__ import annotations
@@ -21,14 +33,9 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dt_time
-from zoneinfo import ZoneInfo
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from aiolimiter import AsyncLimiter
-
-from batchgen.errors import QuotaExhaustedError
 from batchgen.job import LimitsSpec
 
 BURST_SECONDS = 0.5  # how much of a minute's budget may go out at once
@@ -36,6 +43,11 @@ DECREASE = 0.7  # rate factor after a 429, when the accepted rate tells nothing
 INCREASE_PER_MINUTE = 0.01  # share of the configured rate regained per minute without 429s
 FLOOR = 0.02  # never below this share of the configured rate
 SETTLE = 0.97  # after a 429, aim this far below what the server accepted
+SLOT_SECONDS = 0.25  # what the server took is kept per quarter of a second
+MARGIN = 0.995  # send this share of the rate: at exactly the limit, milliseconds of network
+# jitter put one request of a window into the next and earn a 429
+
+Sleep = Callable[[float], Awaitable[Any]]
 
 
 class AdaptiveRate:
@@ -45,35 +57,45 @@ class AdaptiveRate:
         self.configured = configured
         self.rate = configured
         self._clock = clock
-        # what the server accepted in the last 60 s, per second: [second, amount] (at most 61)
-        self._accepted: deque[list[float]] = deque()
-        self._accepted_sum = 0.0
+        # what the server took over the last minute, by when it was sent: a ring of slots
+        slots = round(60 / SLOT_SECONDS) + 2
+        self._slots = [-1] * slots
+        self._amounts = [0.0] * slots
         self._last_increase = clock()
         self.quiet_until = 0.0  # 429s before this belong to a burst already answered
 
-    def accepted(self, amount: float = 1.0) -> None:
-        """The server accepted ``amount`` (a request, or its prompt tokens)."""
+    def accepted(self, amount: float = 1.0, sent_at: float | None = None) -> None:
+        """The server took ``amount`` (a request, or prompt tokens) sent at ``sent_at``.
+
+        Count a request when it is sent, since the server counts it when it arrives, and take
+        it back (a negative amount) if it is refused: counted when answered, it would lag a
+        whole latency behind.
+        """
         now = self._clock()
-        second = float(int(now))
-        if self._accepted and self._accepted[-1][0] == second:
-            self._accepted[-1][1] += amount
-        else:
-            self._accepted.append([second, amount])
-        self._accepted_sum += amount
-        self._trim(now)
+        slot = int((now if sent_at is None else sent_at) / SLOT_SECONDS)
+        index = slot % len(self._slots)
+        if self._slots[index] != slot:
+            if self._slots[index] > slot:
+                return  # older than the ring: long out of the window
+            self._slots[index], self._amounts[index] = slot, 0.0
+        self._amounts[index] += amount
         minutes = (now - self._last_increase) / 60
         if minutes >= 1 / 60:  # at most once a second
             step = self.configured * INCREASE_PER_MINUTE * minutes
             self.rate = min(self.configured, self.rate + step)
             self._last_increase = now
 
+    def observed(self) -> float:
+        """What the server took of what was sent over the last minute."""
+        oldest = int((self._clock() - 60) / SLOT_SECONDS)
+        return sum(a for s, a in zip(self._slots, self._amounts, strict=True) if s >= oldest)
+
     def rejected(self, delay: float) -> bool:
         """The server said 429 with this delay; return whether the rate stepped down."""
         now = self._clock()
         if now < self.quiet_until:
             return False
-        self._trim(now)
-        observed = self._accepted_sum  # what the server took over the last minute
+        observed = self.observed()
         if observed >= 0.5 * self.rate:  # we were near the server's limit: it showed us the limit
             lower = min(self.rate, observed) * SETTLE
         else:
@@ -83,20 +105,42 @@ class AdaptiveRate:
         self._last_increase = now + delay
         return True
 
-    def _trim(self, now: float) -> None:
-        while self._accepted and self._accepted[0][0] < now - 61:
-            self._accepted_sum -= self._accepted.popleft()[1]
 
+class Bucket:
+    """A leaky bucket on an injected clock, handing out turns in order (virtual scheduling).
 
-def _bucket(per_minute: float) -> AsyncLimiter:
-    burst = max(1.0, per_minute / 60 * BURST_SECONDS)
-    return AsyncLimiter(burst, burst * 60 / per_minute)
+    ``level`` drains at ``per_minute / 60`` a second; taking an amount adds it, and the taker
+    waits until the level is back within ``capacity``. It starts full: a burst at the start
+    would put the first sliding window over the limit by the burst (and earn as many 429s at
+    its end).
+    """
 
+    def __init__(self, per_minute: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.per_second = per_minute / 60 * MARGIN
+        self.capacity = max(1.0, self.per_second * BURST_SECONDS)
+        self.level = self.capacity
+        self._at = clock()
 
-def _set_rate(limiter: AsyncLimiter, per_minute: float) -> None:
-    """Change a leaky bucket's drip rate in place (aiolimiter reads it on every leak)."""
-    limiter.time_period = limiter.max_rate * 60 / per_minute
-    limiter._rate_per_sec = per_minute / 60  # aiolimiter has no setter for the rate
+    def set_rate(self, per_minute: float) -> None:
+        self._drain()
+        self.per_second = per_minute / 60 * MARGIN
+
+    def take(self, amount: float) -> float:
+        """Take ``amount`` (at most the capacity); return the seconds to wait before sending."""
+        self._drain()
+        self.level += min(amount, self.capacity)
+        return max(0.0, (self.level - self.capacity) / self.per_second)
+
+    def restart(self, at: float) -> None:
+        """Full at ``at`` (the end of a pause), every turn handed out before forgotten."""
+        self.level, self._at = self.capacity, at
+
+    def _drain(self) -> None:
+        now = self._clock()
+        if now > self._at:
+            self.level = max(0.0, self.level - (now - self._at) * self.per_second)
+            self._at = now
 
 
 class RateLimits:
@@ -107,68 +151,102 @@ class RateLimits:
         requests_per_minute: float,
         tokens_per_minute: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self.requests = AdaptiveRate(requests_per_minute, clock)
-        self._request_bucket = _bucket(requests_per_minute)
+        self._request_bucket = Bucket(requests_per_minute, clock)
         self.tokens = AdaptiveRate(tokens_per_minute, clock) if tokens_per_minute else None
-        self._token_bucket = _bucket(tokens_per_minute) if tokens_per_minute else None
+        self._token_bucket = Bucket(tokens_per_minute, clock) if tokens_per_minute else None
         self._ratio = 1.0  # real / estimated prompt tokens, learnt from answers
+        self._tokens_per_request = 0.0  # charged, on average (for the allowed request rate)
         self._paused_until = 0.0
-        self._primed = False
+        self._pauses = 0  # turns taken before the latest pause are void
         self.rejections = 0
 
     def estimate(self, estimated_tokens: int) -> int:
         """The raw estimate corrected by what answers have shown so far."""
         return max(1, round(estimated_tokens * self._ratio))
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait out any pause, then for a request slot and ``tokens`` prompt tokens."""
-        if not self._primed:
-            await self._prime()
-        while (wait := self._paused_until - self._clock()) > 0:
-            await asyncio.sleep(wait)
-        await self._request_bucket.acquire()
-        if self._token_bucket is not None:
-            await self._token_bucket.acquire(min(tokens, self._token_bucket.max_rate))
+    def per_second(self) -> float:
+        """The request rate the limits allow now, per second (for the concurrency target)."""
+        rate = self.requests.rate / 60
+        if self.tokens is not None and self._tokens_per_request > 0:
+            rate = min(rate, self.tokens.rate / 60 / self._tokens_per_request)
+        return rate
 
-    async def _prime(self) -> None:
-        """Start the buckets full: a burst at the start would put the first sliding window
-        over the limit by the burst (and earn as many 429s at its end)."""
-        self._primed = True
-        for bucket in (self._request_bucket, self._token_bucket):
-            if bucket is not None and bucket.max_rate > 1:
-                await bucket.acquire(bucket.max_rate - 1)
+    async def acquire(self, tokens: int) -> float:
+        """Wait out any pause, then for a request's turn and ``tokens`` prompt tokens.
 
-    async def settle(self, estimated: int, charged: int, actual: int) -> None:
+        Returns the time it was sent (the clock's), for :meth:`settle`.
+        """
+        self._tokens_per_request = 0.95 * self._tokens_per_request + 0.05 * tokens
+        while True:
+            while (wait := self._paused_until - self._clock()) > 0:
+                await self._sleep(wait)
+            pauses = self._pauses
+            wait = self._request_bucket.take(1)
+            if self._token_bucket is not None:
+                wait = max(wait, self._token_bucket.take(tokens))
+            if wait > 0:
+                await self._sleep(wait)
+            if pauses == self._pauses:  # no 429 meanwhile: the turn stands
+                sent = self._clock()
+                self.requests.accepted(1, sent)
+                if self.tokens is not None:
+                    self.tokens.accepted(tokens, sent)
+                return sent
+
+    async def settle(
+        self, estimated: int, charged: int, actual: int, sent_at: float | None = None
+    ) -> None:
         """Learn from an answer's real prompt tokens; pay any shortfall to the token bucket.
 
-        ``estimated`` is the raw estimate, ``charged`` what :meth:`acquire` took.
+        ``estimated`` is the raw estimate, ``charged`` what :meth:`acquire` took and
+        ``sent_at`` what it returned.
         """
-        self.requests.accepted()
         if actual > 0 and estimated > 0:
             self._ratio = 0.9 * self._ratio + 0.1 * (actual / estimated)
         if self.tokens is not None and self._token_bucket is not None:
-            self.tokens.accepted(actual)
+            self.tokens.accepted(actual - charged, sent_at)  # charged was counted when sent
             extra = actual - charged
             if extra > 0:
-                await self._token_bucket.acquire(min(extra, self._token_bucket.max_rate))
+                await self._sleep(self._token_bucket.take(extra))
         self._apply()
 
-    def rejected(self, delay: float | None, quota: str | None) -> None:
-        """A 429: pause everyone for the server's delay and step the limited rate down."""
+    def rejected(
+        self,
+        delay: float | None,
+        quota: str | None,
+        sent_at: float | None = None,
+        charged: int = 0,
+    ) -> None:
+        """A 429: pause everyone for the server's delay and step the limited rate down.
+
+        ``sent_at`` and ``charged``: what :meth:`acquire` returned and took, to take back what
+        :meth:`acquire` counted as taken by the server.
+        """
         self.rejections += 1
+        if sent_at is not None:
+            self.requests.accepted(-1, sent_at)
+            if self.tokens is not None:
+                self.tokens.accepted(-charged, sent_at)
         delay = 1.0 if delay is None else delay
         self._paused_until = max(self._paused_until, self._clock() + delay)
         on_tokens = quota is not None and "Token" in quota
         target = self.tokens if on_tokens and self.tokens is not None else self.requests
         target.rejected(delay)
+        self._pauses += 1
+        for bucket in (self._request_bucket, self._token_bucket):
+            if bucket is not None:
+                bucket.restart(self._paused_until)
         self._apply()
 
     def _apply(self) -> None:
-        _set_rate(self._request_bucket, self.requests.rate)
+        self._request_bucket.set_rate(self.requests.rate)
         if self.tokens is not None and self._token_bucket is not None:
-            _set_rate(self._token_bucket, self.tokens.rate)
+            self._token_bucket.set_rate(self.tokens.rate)
 
 
 # --- how many calls in flight ----------------------------------------------------------------
@@ -313,63 +391,3 @@ def connection_limit(limits: LimitsSpec) -> int:
     automatic concurrency of several hundred to 100 calls in flight.
     """
     return limits.concurrency if not limits.auto_concurrency else limits.max_concurrency
-
-
-# --- requests per day --------------------------------------------------------------------------
-
-PACIFIC = ZoneInfo("America/Los_Angeles")  # where the API's per-day quotas reset at midnight
-
-
-class DailyQuota:
-    """Counts requests per Pacific day against ``limits.requests_per_day``.
-
-    The API resets per-day quotas at midnight Pacific time, so the count starts again then, and
-    a run that stops on it (exit 5) can resume the next day. ``clock`` gives the current time as
-    an aware datetime; ``used`` is what earlier runs spent on the day of ``used_on``.
-    """
-
-    def __init__(
-        self,
-        per_day: int | None,
-        used: int = 0,
-        used_on: datetime | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.per_day = per_day
-        self._clock = clock
-        self._day = self.today()
-        same_day = used_on is None or used_on.astimezone(PACIFIC).date() == self._day
-        self.used = used if same_day else 0
-
-    def today(self) -> date:
-        """The Pacific calendar day now."""
-        return self._clock().astimezone(PACIFIC).date()
-
-    def allows(self, requests: int = 1) -> bool:
-        """Whether ``requests`` more fit in today's quota (always, without a quota)."""
-        self._roll()
-        return self.per_day is None or self.used + requests <= self.per_day
-
-    def spend(self, requests: int = 1) -> None:
-        """Count requests sent (call right before sending, after :meth:`allows`)."""
-        self._roll()
-        self.used += requests
-
-    def resets_at(self) -> datetime:
-        """The next midnight Pacific, when the count starts again (aware, in UTC)."""
-        midnight = datetime.combine(self.today() + timedelta(days=1), dt_time(), PACIFIC)
-        return midnight.astimezone(UTC)
-
-    def exhausted(self) -> QuotaExhaustedError:
-        """The error that stops the run (exit 5) once :meth:`allows` says no."""
-        resets = self.resets_at().strftime("%Y-%m-%d %H:%M UTC")
-        return QuotaExhaustedError(
-            f"limits.requests_per_day: {self.used:,} of {self.per_day:,} requests sent on "
-            f"{self._day} (Pacific time); the quota resets at midnight Pacific ({resets}): "
-            "rerun then to resume"
-        )
-
-    def _roll(self) -> None:
-        today = self.today()
-        if today != self._day:
-            self._day, self.used = today, 0

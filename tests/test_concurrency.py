@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.daily import DailyQuota
 from batchgen.errors import JobError, QuotaExhaustedError
 from batchgen.job import LimitsSpec, load_job
-from batchgen.limits import ConcurrencyController, DailyQuota, connection_limit
+from batchgen.limits import ConcurrencyController, connection_limit
 from tests.conftest import write_job
 from tests.test_job import MINIMAL
 
