@@ -384,6 +384,17 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
+def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyController:
+    """The run's controller: "auto" follows the limits' allowed rate; an integer pins it.
+
+    It reads the limits' clock: one clock for every time-dependent piece of a run.
+    """
+    pinned = None if spec.auto_concurrency else spec.concurrency
+    return ConcurrencyController(
+        limits.per_second, cap=spec.max_concurrency, pinned=pinned, clock=limits._clock
+    )
+
+
 def connection_limit(limits: LimitsSpec) -> int:
     """The HTTP connection pool's size: room for every call the controller may let through.
 

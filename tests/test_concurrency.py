@@ -11,7 +11,7 @@ import pytest
 from batchgen.daily import DailyQuota
 from batchgen.errors import JobError, QuotaExhaustedError
 from batchgen.job import LimitsSpec, load_job
-from batchgen.limits import ConcurrencyController, connection_limit
+from batchgen.limits import ConcurrencyController, RateLimits, concurrency_for, connection_limit
 from tests.conftest import write_job
 from tests.test_job import MINIMAL
 
@@ -137,6 +137,21 @@ async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
     ctl.release(held)
     assert ctl.in_flight == 0
     assert await asyncio.wait_for(ctl.acquire(), 1) >= 0
+
+
+def test_the_runs_controller_follows_the_rate_limits() -> None:
+    clock = Clock()
+    limits = RateLimits(1200, clock=clock)
+    auto = concurrency_for(LimitsSpec(max_concurrency=100), limits)
+    for _ in range(20):
+        auto.observe(2.0)
+    clock.now += 1
+    assert (auto.target, auto.cap) == (48, 100)  # 20/s x 2 s x 1.2
+    limits.requests.rate = 600  # after a 429 the allowed rate is lower: so is the target
+    clock.now += 1
+    assert auto.target == 24
+    pinned = concurrency_for(LimitsSpec(concurrency=5, auto_concurrency=False), limits)
+    assert pinned.target == 5
 
 
 def test_the_connection_pool_matches_the_most_calls_in_flight() -> None:
