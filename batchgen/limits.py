@@ -272,8 +272,17 @@ class ConcurrencyController:
 
     ``pinned`` fixes the target (an integer ``limits.concurrency``). Use::
 
-        async with controller.slot():
-            ...  # one call; then controller.observe(latency_seconds)
+        async with controller.slot() as slot:
+            await limits.acquire(tokens)
+            controller.sending(slot)
+            ...  # the call; then controller.observe(latency_seconds)
+
+    or, cheaper than a large pool of waiting workers, one dispatcher that takes a slot and then
+    starts the row's task, which releases it (only the dispatcher waits, and polls the target
+    four times a second)::
+
+        slot = await controller.acquire()
+        task = asyncio.create_task(row(work, slot))  # sending(slot) ... release(slot)
     """
 
     def __init__(
@@ -284,6 +293,7 @@ class ConcurrencyController:
         start: int = AUTO_START,
         headroom: float = HEADROOM,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._rate = rate  # allowed requests per second, read at each refresh
         self.cap = max(1, pinned if pinned is not None else cap)
@@ -291,8 +301,9 @@ class ConcurrencyController:
         self.start = start
         self.headroom = headroom
         self._clock = clock
+        self._sleep = sleep
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._started: dict[int, float] = {}  # slot id -> when it was taken, oldest first
+        self._held: dict[int, float | None] = {}  # slot id -> when its call was sent
         self._ids = itertools.count()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._target = min(self.cap, start if pinned is None else pinned)
@@ -300,7 +311,7 @@ class ConcurrencyController:
 
     @property
     def in_flight(self) -> int:
-        return len(self._started)
+        return len(self._held)
 
     @property
     def target(self) -> int:
@@ -323,7 +334,7 @@ class ConcurrencyController:
         self._wake()
 
     def _compute(self, now: float) -> int:
-        ages = [now - at for at in self._started.values()]  # oldest first
+        ages = [now - at for at in self._held.values() if at is not None]
         aged = _percentile(ages, PERCENTILE) if ages else 0.0
         latency = max(self.latency() or 0.0, aged)
         if latency <= 0:
@@ -332,11 +343,11 @@ class ConcurrencyController:
         return max(1, min(self.cap, wanted))
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[int]:
         """Hold one of the ``target`` places in flight for the duration of a call."""
         slot = await self.acquire()
         try:
-            yield
+            yield slot
         finally:
             self.release(slot)
 
@@ -345,12 +356,21 @@ class ConcurrencyController:
         if self._waiters or self.in_flight >= self.target:
             await self._wait_for_room()
         slot = next(self._ids)
-        self._started[slot] = self._clock()
+        self._held[slot] = None
         return slot
+
+    def sending(self, slot: int) -> None:
+        """The slot's call goes out now (after the rate limiter): its age counts from here.
+
+        Not from :meth:`acquire`: time spent waiting for the limiter is not latency, and
+        counting it would raise the target, which queues more calls at the limiter.
+        """
+        if slot in self._held:
+            self._held[slot] = self._clock()
 
     def release(self, slot: int) -> None:
         """The call in ``slot`` is over (answered, failed or cancelled)."""
-        self._started.pop(slot, None)
+        self._held.pop(slot, None)
         self._wake()
 
     async def _wait_for_room(self) -> None:
@@ -363,7 +383,11 @@ class ConcurrencyController:
                     waiter = loop.create_future()
                     self._waiters.append(waiter)
                 # a timeout, not only a wake-up: the target also grows with the calls' ages
-                await asyncio.wait((waiter,), timeout=REFRESH_SECONDS)
+                timer = asyncio.ensure_future(self._sleep(REFRESH_SECONDS))
+                try:
+                    await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
         finally:
             if not waiter.done():
                 waiter.cancel()  # _wake skips it
@@ -387,11 +411,15 @@ def _percentile(values: list[float], share: float) -> float:
 def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyController:
     """The run's controller: "auto" follows the limits' allowed rate; an integer pins it.
 
-    It reads the limits' clock: one clock for every time-dependent piece of a run.
+    It reads the limits' clock and sleeps their sleep: one clock for a run's time-dependent parts.
     """
     pinned = None if spec.auto_concurrency else spec.concurrency
     return ConcurrencyController(
-        limits.per_second, cap=spec.max_concurrency, pinned=pinned, clock=limits._clock
+        limits.per_second,
+        cap=spec.max_concurrency,
+        pinned=pinned,
+        clock=limits._clock,
+        sleep=limits._sleep,
     )
 
 

@@ -71,9 +71,24 @@ async def test_calls_still_in_flight_raise_the_target_before_any_answer() -> Non
     clock = Clock()
     ctl = controller(50, clock)  # 3,000 a minute
     slots = [await ctl.acquire() for _ in range(8)]
+    for slot in slots:
+        ctl.sending(slot)
     assert ctl.in_flight == 8 and ctl.target == 8
     clock.now += 10  # ten seconds without an answer
     assert ctl.target == 600  # 50/s x 10 s (the 90th percentile of their ages) x 1.2
+    for slot in slots:
+        ctl.release(slot)
+
+
+async def test_waiting_for_the_rate_limiter_is_not_latency() -> None:
+    clock = Clock()
+    ctl = controller(50, clock)
+    slots = [await ctl.acquire() for _ in range(8)]  # queued at the limiter, none sent yet
+    clock.now += 10
+    assert ctl.target == 8
+    ctl.sending(slots[0])
+    clock.now += 2
+    assert ctl.target == 120  # 50/s x 2 s x 1.2: the one call sent, not the ten seconds queued
     for slot in slots:
         ctl.release(slot)
 
