@@ -45,11 +45,17 @@ Sleep = Callable[[float], Awaitable[Any]]
 class Breaker:
     """Admits calls while the server works; pauses them and probes while it does not.
 
-    Use around every attempt (waiting in :meth:`admit` spends no attempt)::
+    Ask right before each call is sent, after the rate limiter's turn (waiting here spends no
+    attempt); a dispatcher waits for :meth:`wait_closed` before it takes a new row::
 
-        sent = await breaker.admit()       # raises RunStoppedError after outage_minutes
+        sent = await limits.acquire(tokens)
+        if await breaker.admit():          # it waited: the limiter's turn is stale
+            sent = await limits.acquire(tokens)
         ...                                # the call
         breaker.record(ok, server_side, sent)
+
+    Asked before the limiter instead, the calls queued at the limiter when it opens would all
+    still go out into the outage. Both waits raise RunStoppedError after ``outage_minutes``.
     """
 
     def __init__(
@@ -76,36 +82,46 @@ class Breaker:
         self.probes = 0  # probes sent, for run records
         self._changed = asyncio.Event()  # set (and replaced) when waiters should look again
 
-    def poll(self) -> float | None:
+    def poll(self, probe: bool = True) -> float | None:
         """What the next call should do now: None to go, else seconds to wait.
 
-        Going while open makes the caller the probe. Raises RunStoppedError once the breaker
-        has been open for ``outage_minutes``.
+        Going while open makes the caller the probe (unless ``probe`` is false: then only a
+        closed breaker lets it go). Raises RunStoppedError once the breaker has been open for
+        ``outage_minutes``.
         """
         if self.state == "closed":
             return None
         now = self._clock()
         if now - self._opened_at >= self.outage_seconds:
             raise self.outage()
-        if self.state == "open" and now >= self._probe_at:
+        if probe and self.state == "open" and now >= self._probe_at:
             self.state = "probing"
             self.probes += 1
             self._probe_sent = now
             return None
         limit = self._opened_at + self.outage_seconds - now
-        return max(0.0, min(self._probe_at - now, limit)) if self.state == "open" else limit
+        if probe and self.state == "open":
+            return max(0.0, min(self._probe_at - now, limit))
+        return limit
 
-    async def admit(self) -> float:
-        """Return (the send time, for :meth:`record`) once a call may go."""
+    async def admit(self) -> bool:
+        """Return once a call may go (perhaps as the probe): whether it had to wait."""
+        waited = False
         while (wait := self.poll()) is not None:
+            waited = True
             await self._wait(wait)
-        return self._clock()
+        return waited
+
+    async def wait_closed(self) -> None:
+        """Return once the breaker is closed, never as the probe (for taking new rows)."""
+        while (wait := self.poll(probe=False)) is not None:
+            await self._wait(wait)
 
     def record(self, success: bool, server_side: bool, sent_at: float | None = None) -> bool:
         """One call's outcome; return whether a failure should spend the row's attempt.
 
         ``server_side``: the failure was a 5xx, a timeout or a dropped connection.
-        ``sent_at``: what :meth:`admit` returned (None: sent now).
+        ``sent_at``: when the call was sent, on this breaker's clock (None: now).
         """
         sent = self._clock() if sent_at is None else sent_at
         if success or not server_side:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 
 import pytest
 
 from batchgen.breaker import Breaker
 from batchgen.errors import RunStoppedError
+from batchgen.job import LimitsSpec
+from batchgen.limits import RateLimits, concurrency_for
+from tests.test_quota_convergence import VirtualTime
 
 
 class Clock:
@@ -100,7 +105,7 @@ async def test_after_outage_minutes_open_admit_stops_the_run() -> None:
     probes = 0
     with pytest.raises(RunStoppedError) as info:
         while True:
-            await b.admit()
+            assert await b.admit()  # it waits each time
             probes += 1
             fail(b)
     assert clock.now == pytest.approx(1000 + 120)
@@ -120,7 +125,8 @@ async def test_a_storm_costs_the_threshold_and_the_probes_then_the_run_goes_on()
     start = clock.now
     storm_calls = answered = 0
     while answered < 400:
-        sent = await b.admit()
+        await b.admit()
+        sent = clock.now
         if 30 <= clock.now - start < 150:
             storm_calls += 1
             b.record(False, True, sent)
@@ -143,10 +149,75 @@ async def test_waiting_callers_go_when_a_probe_succeeds() -> None:
     b = Breaker(clock=clock, sleep=sleep_forever)
     fail(b, 10)
     clock.now += 5
-    probe_sent = await b.admit()  # due at once: this is the probe
+    assert not await b.admit()  # due at once, no wait: this is the probe
+    probe_sent = clock.now
     waiting = [asyncio.create_task(b.admit()) for _ in range(20)]
+    dispatcher = asyncio.create_task(b.wait_closed())
     await asyncio.sleep(0)
-    assert not any(task.done() for task in waiting)
+    assert not any(task.done() for task in [*waiting, dispatcher])
     b.record(True, False, probe_sent)
-    done, _ = await asyncio.wait(waiting, timeout=1)
-    assert len(done) == 20 and b.state == "closed"
+    done, _ = await asyncio.wait([*waiting, dispatcher], timeout=1)
+    assert len(done) == 21 and b.state == "closed"
+    assert all(task.result() for task in waiting)  # they waited: their limiter turns are stale
+
+
+async def test_taking_new_rows_never_makes_the_probe() -> None:
+    clock = Clock()
+    b = breaker(clock, outage_minutes=1)
+    fail(b, 10)
+    clock.now += 30  # a probe is due, but only an attempt may be it
+    assert b.poll(probe=False) == pytest.approx(30) and b.state == "open"
+    with pytest.raises(RunStoppedError):
+        await b.wait_closed()  # nobody probes here: the outage limit comes
+    assert b.probes == 0
+
+
+async def test_a_two_minute_storm_at_ten_second_latency_loses_no_row() -> None:
+    """Rows dispatched by the automatic concurrency through the rate limiter and the breaker,
+    in simulated time: 10 s answers at 10/s, and 503 at once to every call from 60 s to 180 s.
+    Answers to calls sent before the storm keep arriving during it and must not close the
+    breaker; the rows that failed wait without spending attempts and all end answered."""
+    time = VirtualTime()
+    limits = RateLimits(600, clock=time, sleep=time.sleep)
+    controller = concurrency_for(LimitsSpec(), limits)
+    b = Breaker(clock=time, sleep=time.sleep)
+    dice = random.Random(5)
+    storm_calls, answered, lost, tasks = [0], [0], [0], set()
+
+    async def row(slot: int) -> None:
+        attempts = 0
+        try:
+            while attempts < 5:
+                sent = await limits.acquire(100)
+                if await b.admit():
+                    sent = await limits.acquire(100)
+                controller.sending(slot)
+                if 60 <= time.now < 180:
+                    storm_calls[0] += 1
+                    attempts += b.record(False, True, sent)
+                    await time.sleep(1.0)  # the retry policy's backoff
+                    continue
+                latency = 10 * math.exp(0.4 * dice.gauss(0.0, 1.0))
+                await time.sleep(latency)
+                controller.observe(latency)
+                b.record(True, False, sent)
+                answered[0] += 1
+                return
+            lost[0] += 1
+        finally:
+            controller.release(slot)
+
+    async def dispatcher(rows: int) -> None:
+        for _ in range(rows):
+            await b.wait_closed()  # no new rows while the breaker is open
+            task = asyncio.create_task(row(await controller.acquire()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    main = asyncio.create_task(dispatcher(2400))
+    await time.run_until(600)
+    await asyncio.gather(main, *tasks)
+    assert (answered[0], lost[0]) == (2400, 0)
+    # the breaker's ten failures, then one probe after 5, 15, 35 and 75 s (the next, 135 s after
+    # it opened at ~61 s, comes after the storm and succeeds)
+    assert storm_calls[0] == 10 + 4 and b.probes == 5
