@@ -163,6 +163,7 @@ class RateLimits:
         self._tokens_per_request = 0.0  # charged, on average (for the allowed request rate)
         self._paused_until = 0.0
         self._pauses = 0  # turns taken before the latest pause are void
+        self._primed = False
         self.rejections = 0
 
     def estimate(self, estimated_tokens: int) -> int:
@@ -182,6 +183,9 @@ class RateLimits:
         Returns the time it was sent (the clock's), for :meth:`settle`.
         """
         self._tokens_per_request = 0.95 * self._tokens_per_request + 0.05 * tokens
+        if not self._primed:  # full from the first request, however long the checks took
+            self._primed = True
+            self._restart(self._clock())
         while True:
             while (wait := self._paused_until - self._clock()) > 0:
                 await self._sleep(wait)
@@ -238,10 +242,13 @@ class RateLimits:
         target = self.tokens if on_tokens and self.tokens is not None else self.requests
         target.rejected(delay)
         self._pauses += 1
+        self._restart(self._paused_until)
+        self._apply()
+
+    def _restart(self, at: float) -> None:
         for bucket in (self._request_bucket, self._token_bucket):
             if bucket is not None:
-                bucket.restart(self._paused_until)
-        self._apply()
+                bucket.restart(at)
 
     def _apply(self) -> None:
         self._request_bucket.set_rate(self.requests.rate)

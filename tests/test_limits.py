@@ -120,3 +120,19 @@ def test_accepted_requests_count_when_they_were_sent() -> None:
     assert rate.observed() == 1200
     assert rate.rejected(delay=1)
     assert rate.rate == pytest.approx(1200 * 0.97)
+
+
+async def test_the_buckets_start_full_at_the_first_request_not_at_construction() -> None:
+    """Checks and an input scan may take minutes before the first request: no burst then."""
+    clock = Clock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+
+    limits = RateLimits(1200, clock=clock, sleep=sleep)
+    clock.now += 300
+    for _ in range(3):
+        await limits.acquire(10)
+    assert waits == pytest.approx([1 / 19.9] * 3)  # paced from the first request on
