@@ -243,8 +243,23 @@ def _first_request(plan: Plan) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8089, show_default=True, type=int)
 @click.option("--latency-ms", default=0.0, show_default=True, help="Added to every answer.")
+@click.option(
+    "--latency-median-ms",
+    default=0.0,
+    show_default=True,
+    help="Median of a lognormal delay added to every answer.",
+)
+@click.option(
+    "--latency-sigma", default=0.0, show_default=True, help="Spread of that lognormal (log sd)."
+)
 @click.option("--rpm", type=int, help="Answer 429 above this many requests per minute.")
 @click.option("--tpm", type=int, help="Answer 429 above this many input tokens per minute.")
+@click.option("--rpd", type=int, help="Answer 429 above this many requests per day.")
+@click.option(
+    "--outage",
+    metavar="AFTER+SECONDS",
+    help="Answer every call 503 for SECONDS, starting AFTER s past the first call, e.g. 30+120.",
+)
 @click.option("--api-key", "api_keys", multiple=True, help="Accept only these keys (repeatable).")
 @click.option(
     "--fault",
@@ -257,14 +272,19 @@ def emulator(
     host: str,
     port: int,
     latency_ms: float,
+    latency_median_ms: float,
+    latency_sigma: float,
     rpm: int | None,
     tpm: int | None,
+    rpd: int | None,
+    outage: str | None,
     api_keys: tuple[str, ...],
     faults: tuple[str, ...],
 ) -> None:
     """Serve the offline Gemini emulator (generateContent, countTokens)."""
     from batchgen.emulator import EmulatorConfig, serve
 
+    after, seconds = _outage(outage)
     rates: dict[str, float] = {}
     for spec in faults:
         name, _, rate = spec.partition("=")
@@ -276,13 +296,29 @@ def emulator(
         config = EmulatorConfig(
             api_keys=frozenset(api_keys) or None,
             latency_ms=latency_ms,
+            latency_median_ms=latency_median_ms,
+            latency_sigma=latency_sigma,
             rpm_limit=rpm,
             tpm_limit=tpm,
+            rpd_limit=rpd,
+            outage_after_s=after,
+            outage_seconds=seconds,
             fault_rates=rates,
         )
     except ValueError as exc:
         raise JobError(f"emulator: {exc}") from None
     serve(config, host=host, port=port)
+
+
+def _outage(spec: str | None) -> tuple[float | None, float]:
+    """``--outage AFTER+SECONDS`` as (after, seconds)."""
+    if spec is None:
+        return None, 0.0
+    after, _, seconds = spec.partition("+")
+    try:
+        return float(after), float(seconds)
+    except ValueError:
+        raise JobError(f"--outage {spec}: expected AFTER+SECONDS such as 30+120") from None
 
 
 main.add_command(report)

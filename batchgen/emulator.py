@@ -38,6 +38,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import NotAppKeyWarning
 
 from batchgen.emulator_hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
+from batchgen.emulator_latency import LatencyModel
 from batchgen.emulator_quota import QuotaWindows
 from batchgen.emulator_replies import (
     answer_body,
@@ -140,6 +141,13 @@ class EmulatorConfig:
         models: model names that exist; others get 404.
         latency_ms: added to every generateContent answer.
         latency_jitter_ms: uniform +- jitter on top of ``latency_ms``.
+        latency_median_ms: the median of a lognormal delay added on top (0: none).
+        latency_sigma: that lognormal's spread (standard deviation of the log; 0: always the
+            median).
+        model_latency: model -> (median ms, sigma), overriding the two above for that model.
+        outage_after_s: an outage starts this many seconds after the first generateContent
+            call: every call answers 503 UNAVAILABLE at once for ``outage_seconds``.
+        outage_seconds: how long that outage lasts.
         rpm_limit: requests per minute per model (sliding 60 s window), then 429.
         tpm_limit: input tokens per minute per model (sliding 60 s window), then 429.
         rpd_limit: requests per day per model (sliding 24 h window), then 429.
@@ -159,6 +167,11 @@ class EmulatorConfig:
     models: frozenset[str] = KNOWN_MODELS
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    latency_median_ms: float = 0.0
+    latency_sigma: float = 0.0
+    model_latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+    outage_after_s: float | None = None
+    outage_seconds: float = 0.0
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     rpd_limit: int | None = None
@@ -171,6 +184,9 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         known = FAULTS + HOSTILE_FAULTS
+        spreads = [(self.latency_median_ms, self.latency_sigma), *self.model_latency.values()]
+        if any(median < 0 or sigma < 0 for median, sigma in spreads):
+            raise ValueError("latency medians and sigmas must be >= 0")
         for name, rate in self.fault_rates.items():
             if name not in known:
                 raise ValueError(f"unknown fault {name!r} (one of {', '.join(known)})")
@@ -201,7 +217,8 @@ class Emulator:
         self.counts: collections.Counter[str] = collections.Counter()
         self.clock: Callable[[], float] = time.monotonic
         self._dice = random.Random(self.config.seed)
-        self._jitter = random.Random(f"jitter-{self.config.seed}")
+        self._latency = LatencyModel(self.config)
+        self._first_call: float | None = None  # when the first generateContent arrived
         self._script_used: collections.Counter[str] = collections.Counter()
         self._quota = QuotaWindows(self.config)
         self.app = web.Application(
@@ -239,11 +256,12 @@ class Emulator:
         self._check_key(request)
         self._check_model(model, "generateContent")
         prompt = prompt_text(body)
+        self._check_outage()
         self._quota.admit(model, estimate_tokens(prompt), self.clock())
         fault = self._choose_fault(prompt)
         if fault:
             self.counts[f"fault:{fault}"] += 1
-        await self._delay(fault)
+        await self._delay(model, fault)
         if fault == "drop":
             raise _DropConnectionError()
         if fault == "429":
@@ -280,6 +298,19 @@ class Emulator:
                 "supported methods.",
             )
 
+    def _check_outage(self) -> None:
+        """During the configured outage every call is refused at once, as by a proxy."""
+        now = self.clock()
+        if self._first_call is None:
+            self._first_call = now
+        start = self.config.outage_after_s
+        if start is None:
+            return
+        elapsed = now - self._first_call
+        if start <= elapsed < start + self.config.outage_seconds:
+            self.counts["fault:outage"] += 1
+            raise ApiError(*_HTTP_FAULTS["503"])
+
     def _choose_fault(self, prompt: str) -> str | None:
         """A scripted entry if a script key matches the prompt, else a roll of the dice."""
         for key, plan in self.config.script.items():
@@ -298,13 +329,10 @@ class Emulator:
                 return name
         return None
 
-    async def _delay(self, fault: str | None) -> None:
-        cfg = self.config
-        seconds = cfg.latency_ms / 1000
-        if cfg.latency_jitter_ms:
-            seconds += self._jitter.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms) / 1000
+    async def _delay(self, model: str, fault: str | None) -> None:
+        seconds = self._latency.seconds(model)
         if fault == "slow":
-            seconds += cfg.slow_seconds
+            seconds += self.config.slow_seconds
         if seconds > 0:
             await asyncio.sleep(seconds)
 

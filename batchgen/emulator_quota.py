@@ -4,6 +4,10 @@ The real API limits requests per minute, input tokens per minute and requests pe
 project and model (gemini-api.md §5). Here each is a sliding window (60 s, 60 s, 24 h) over the
 requests admitted so far; a refused request does not enter any window. The 429 carries the
 time until the window frees enough room, which is what a well-behaved client waits.
+
+That is the strict model of a rolling window: only accepted requests count, and once the window
+holds the limit, the 429 says how long until the oldest accepted request leaves it. A client
+that bursts is answered with the same burst a minute later, as the burst leaves the window.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ _SECTIONS: dict[str, frozenset[str]] = {
         {
             "requests_per_minute",
             "tokens_per_minute",
+            "requests_per_day",
             "concurrency",
+            "max_concurrency",
             "timeout_seconds",
             "max_response_mb",
         }
@@ -89,6 +91,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "backoff_initial_seconds",
             "backoff_max_seconds",
             "max_server_delay_seconds",
+            "outage_minutes",
         }
     ),
 }
@@ -123,9 +126,21 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class LimitsSpec:
+    """The quota and how many calls may be in flight.
+
+    ``concurrency = "auto"`` (the default) sets ``auto_concurrency``: the calls in flight follow
+    the allowed rate times the observed latency (limits.ConcurrencyController), up to
+    ``max_concurrency`` (enough for 60 s answers at 2,000 requests a minute). An integer pins
+    ``concurrency``; under "auto" that field is the fixed pool a runner without the controller
+    starts.
+    """
+
     requests_per_minute: int = 1000
     tokens_per_minute: int | None = None  # input (prompt) tokens, as the API counts its TPM
+    requests_per_day: int | None = None  # counted per Pacific day, when the API resets it
     concurrency: int = 32
+    auto_concurrency: bool = True
+    max_concurrency: int = 2048
     timeout_seconds: float = 600.0
     max_response_mb: float = 32.0  # a bigger answer (after decompression) fails the call
 
@@ -142,6 +157,7 @@ class RetrySpec:
     connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
     until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``. A delay
     the server asks for (RetryInfo, Retry-After) is waited at most ``max_server_delay_seconds``.
+    A run whose calls have all failed server-side for ``outage_minutes`` stops (exit 4).
     """
 
     attempts: int = 5
@@ -150,6 +166,7 @@ class RetrySpec:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     max_server_delay_seconds: float = 300.0
+    outage_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -409,17 +426,33 @@ def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any,
 def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
     d = LimitsSpec()
     rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
-    conc = _opt(table, "concurrency", int, path, "limits", d.concurrency)
     timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
     tpm = _opt(table, "tokens_per_minute", int, path, "limits")
+    rpd = _opt(table, "requests_per_day", int, path, "limits")
+    cap = _opt(table, "max_concurrency", int, path, "limits", d.max_concurrency)
+    pinned = _concurrency(table.get("concurrency", "auto"), path)
     max_mb = _opt(table, "max_response_mb", (int, float), path, "limits", d.max_response_mb)
     return LimitsSpec(
         requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
         tokens_per_minute=None if tpm is None else _positive(tpm, "limits.tokens_per_minute", path),
-        concurrency=_positive(conc, "limits.concurrency", path),
+        requests_per_day=None if rpd is None else _positive(rpd, "limits.requests_per_day", path),
+        concurrency=d.concurrency if pinned is None else pinned,
+        auto_concurrency=pinned is None,
+        max_concurrency=_positive(cap, "limits.max_concurrency", path),
         timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
         max_response_mb=float(_positive(max_mb, "limits.max_response_mb", path)),
     )
+
+
+def _concurrency(value: Any, path: Path) -> int | None:
+    """``limits.concurrency``: "auto" (None) or a positive whole number that pins it."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(
+            f'{path}: limits.concurrency must be a whole number or "auto", not {value!r}'
+        )
+    return int(_positive(value, "limits.concurrency", path))
 
 
 def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
@@ -428,12 +461,8 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
     for key in ("attempts", "answer_attempts"):
         values[key] = _positive(_opt(table, key, int, path, "retry", getattr(d, key)),
                                 f"retry.{key}", path)  # fmt: skip
-    for key in (
-        "row_deadline_seconds",
-        "backoff_initial_seconds",
-        "backoff_max_seconds",
-        "max_server_delay_seconds",
-    ):
+    floats = ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds")
+    for key in (*floats, "max_server_delay_seconds", "outage_minutes"):
         value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
         values[key] = float(_positive(value, f"retry.{key}", path))
     return RetrySpec(**values)

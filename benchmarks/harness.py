@@ -94,13 +94,18 @@ def write_job(
     folder: Path,
     input_path: Path,
     *,
-    concurrency: int = 64,
+    concurrency: int | None = 64,
     rpm: int = 1_000_000_000,
     tpm: int | None = None,
 ) -> Path:
-    """A job file as a user would write it; the output goes to ``folder/out``."""
+    """A job file as a user would write it; the output goes to ``folder/out``.
+
+    ``concurrency=None`` leaves the key out: the job's default.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    limits = f"requests_per_minute = {rpm}\nconcurrency = {concurrency}\n"
+    limits = f"requests_per_minute = {rpm}\n"
+    if concurrency is not None:
+        limits += f"concurrency = {concurrency}\n"
     if tpm is not None:
         limits += f"tokens_per_minute = {tpm}\n"
     (folder / "schema.json").write_text(json.dumps(SCHEMA, indent=2), encoding="utf-8")
@@ -144,9 +149,14 @@ class EmulatorProcess:
     """
 
     def __init__(
-        self, latency_ms: float = 0.0, rpm: int | None = None, tpm: int | None = None
+        self,
+        latency_ms: float = 0.0,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        **more: float | None,
     ) -> None:
-        config = {"latency_ms": latency_ms, "rpm_limit": rpm, "tpm_limit": tpm}
+        """``more``: other EmulatorConfig fields (latency_median_ms, outage_after_s, ...)."""
+        config = {"latency_ms": latency_ms, "rpm_limit": rpm, "tpm_limit": tpm, **more}
         self.args = [sys.executable, "-c", _SERVE, json.dumps(config)]
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from paced import rate, tokens
+from quota import storm, strict, sweep
 from scenarios import FULL, QUICK, Context, Metric, Outcome, latency, memory, overhead, peer
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +33,9 @@ SCENARIOS: dict[str, Callable[[Context, Outcome], None]] = {
     "rate": rate,
     "tokens": tokens,
     "memory": memory,
+    "sweep": sweep,
+    "strict": strict,
+    "storm": storm,
 }
 
 PACKAGES = (

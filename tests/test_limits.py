@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.limits import AdaptiveRate, RateLimits, _bucket, _set_rate
+from batchgen.limits import AdaptiveRate, Bucket, RateLimits
 
 
 class Clock:
@@ -74,8 +74,12 @@ def test_the_rate_has_a_floor() -> None:
     assert rate.rate == pytest.approx(20)
 
 
+async def no_wait(seconds: float) -> None:
+    """The limiter's sleep, for tests that look only at what it learns."""
+
+
 async def test_token_estimates_learn_from_real_counts() -> None:
-    limits = RateLimits(6000, tokens_per_minute=10**6, clock=Clock())
+    limits = RateLimits(6000, tokens_per_minute=10**6, clock=Clock(), sleep=no_wait)
     assert limits.estimate(100) == 100
     for _ in range(50):
         await limits.settle(estimated=100, charged=limits.estimate(100), actual=150)
@@ -92,9 +96,43 @@ async def test_a_token_429_steps_down_the_token_rate_only() -> None:
     assert limits.requests.rate < 6000
 
 
-def test_bucket_rate_can_be_changed_in_place() -> None:
-    bucket = _bucket(1200)  # 20/s with a burst of half a second
-    assert bucket.max_rate == 10
-    _set_rate(bucket, 600)
-    assert bucket._rate_per_sec == 10  # aiolimiter's drip rate, which it reads on every leak
-    assert bucket.time_period == pytest.approx(1.0)
+def test_the_bucket_hands_out_turns_in_order_and_restarts_full_after_a_pause() -> None:
+    clock = Clock()
+    bucket = Bucket(1200 / 0.995, clock)  # 20/s (sent at 99.5%) with a burst of half a second
+    assert bucket.capacity == pytest.approx(10)
+    waits = [bucket.take(1) for _ in range(4)]  # starts full: no burst at the start
+    assert waits == pytest.approx([0.05, 0.10, 0.15, 0.20])
+    bucket.set_rate(600 / 0.995)  # later turns drip at the new rate
+    assert bucket.take(1) == pytest.approx(0.5)  # the fifth turn: 5 over the burst at 10/s
+    clock.now += 60  # a lull refills the burst allowance
+    assert [bucket.take(1) for _ in range(9)] == [0.0] * 9
+    bucket.restart(at=clock.now + 5)  # a 5 s pause: what was handed out is forgotten
+    clock.now += 5
+    assert bucket.take(1) == pytest.approx(0.1)
+
+
+def test_accepted_requests_count_when_they_were_sent() -> None:
+    """With 10 s answers, what the server accepted in the last minute is what was sent in it."""
+    clock = Clock()
+    rate = AdaptiveRate(2400, clock)
+    for i in range(1200):  # sent over the last minute at 20/s, answered 10 s later
+        rate.accepted(1, sent_at=clock.now - 60 + i / 20)
+    assert rate.observed() == 1200
+    assert rate.rejected(delay=1)
+    assert rate.rate == pytest.approx(1200 * 0.97)
+
+
+async def test_the_buckets_start_full_at_the_first_request_not_at_construction() -> None:
+    """Checks and an input scan may take minutes before the first request: no burst then."""
+    clock = Clock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+
+    limits = RateLimits(1200, clock=clock, sleep=sleep)
+    clock.now += 300
+    for _ in range(3):
+        await limits.acquire(10)
+    assert waits == pytest.approx([1 / 19.9] * 3)  # paced from the first request on

@@ -1,0 +1,179 @@
+"""RateLimits against the emulator's strict rolling window, in simulated time.
+
+The emulator's QuotaWindows counts the requests it accepted in the last 60 s and answers 429
+with the time until the oldest leaves. Workers send through RateLimits with a latency per
+answer; a virtual clock jumps from one timer to the next, so minutes take a fraction of a
+second and every run is the same. The last test adds the automatic concurrency: rows are
+dispatched as the controller allows, as a runner would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from batchgen.emulator_quota import QuotaWindows
+from batchgen.emulator_wire import ApiError
+from batchgen.job import LimitsSpec
+from batchgen.limits import RateLimits, concurrency_for
+
+MODEL = "gemini-2.5-flash"
+
+
+class VirtualTime:
+    """A clock and a sleep for many tasks: time moves to the earliest timer once all wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + max(0.0, seconds), next(self._order), future))
+        await future
+
+    async def run_until(self, end: float) -> None:
+        while True:
+            for _ in range(5):  # let every task go on until it sleeps (nested tasks take turns)
+                await asyncio.sleep(0)
+            if not self._timers or self._timers[0][0] > end:
+                return
+            when, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            if not future.done():  # a sleep cancelled meanwhile
+                future.set_result(None)
+
+
+@dataclass
+class Limits:
+    rpm_limit: int | None
+    tpm_limit: int | None = None
+    rpd_limit: int | None = None
+
+
+@dataclass
+class Tally:
+    """Answers and 429s by the second they were sent."""
+
+    ok: list[float] = field(default_factory=list)
+    limited: list[float] = field(default_factory=list)
+
+    def after(self, start: float, end: float) -> tuple[int, int]:
+        return (
+            sum(start <= t < end for t in self.ok),
+            sum(start <= t < end for t in self.limited),
+        )
+
+
+async def simulate(
+    quota: int, configured: int, latency: float, workers: int, seconds: float
+) -> Tally:
+    time = VirtualTime()
+    server = QuotaWindows(Limits(rpm_limit=quota))
+    limits = RateLimits(configured, clock=time, sleep=time.sleep)
+    tally = Tally()
+
+    async def worker() -> None:
+        while True:
+            sent = await limits.acquire(100)
+            try:
+                server.admit(MODEL, 100, time.now)
+            except ApiError as exc:
+                tally.limited.append(time.now)
+                delay = float(exc.body()["error"]["details"][-1]["retryDelay"].rstrip("s"))
+                limits.rejected(delay, "GenerateRequestsPerMinutePerProjectPerModel", sent, 100)
+                await time.sleep(delay)  # the retry policy waits the server's delay
+                continue
+            tally.ok.append(time.now)
+            await time.sleep(latency)
+            await limits.settle(100, 100, 100, sent_at=sent)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await time.run_until(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return tally
+
+
+@pytest.mark.parametrize("latency", [0.05, 2.0, 10.0])
+async def test_at_twice_the_quota_it_settles_just_under_it(latency: float) -> None:
+    quota, seconds = 600, 240.0  # the first minute, then two cycles of climbing to the limit
+    workers = int(2 * quota / 60 * latency * 1.3) + 4  # enough to send at twice the quota
+    tally = await simulate(quota, 2 * quota, latency, workers, seconds)
+    ok, limited = tally.after(60, seconds)
+    achieved = ok / (seconds - 60) * 60 / quota
+    assert limited / (ok + limited) <= 0.03
+    assert achieved >= 0.93
+
+
+async def test_at_the_quota_it_never_sees_a_429() -> None:
+    tally = await simulate(600, 600, 2.0, 30, 180.0)
+    ok, limited = tally.after(0, 180)
+    assert limited == 0 and ok / 3 / 600 >= 0.98
+
+
+async def dispatch(quota: int, median: float, seconds: float) -> tuple[Tally, int]:
+    """Rows dispatched as concurrency_for(job defaults) allows, each answered after a lognormal
+    latency (sigma 0.4); returns the tally and the most calls in flight."""
+    time = VirtualTime()
+    server = QuotaWindows(Limits(rpm_limit=quota))
+    limits = RateLimits(quota, clock=time, sleep=time.sleep)
+    controller = concurrency_for(LimitsSpec(), limits)
+    dice = random.Random(11)
+    tally, rows, most = Tally(), set(), [0]
+
+    async def row(slot: int) -> None:
+        try:
+            sent = await limits.acquire(100)
+            controller.sending(slot)
+            try:
+                server.admit(MODEL, 100, time.now)
+            except ApiError:
+                tally.limited.append(time.now)
+                return
+            tally.ok.append(time.now)
+            latency = median * math.exp(0.4 * dice.gauss(0.0, 1.0))
+            await time.sleep(latency)
+            controller.observe(latency)
+            await limits.settle(100, 100, 100, sent_at=sent)
+        finally:
+            controller.release(slot)
+
+    async def dispatcher() -> None:
+        while True:
+            slot = await controller.acquire()
+            most[0] = max(most[0], controller.in_flight)
+            task = asyncio.create_task(row(slot))
+            rows.add(task)
+            task.add_done_callback(rows.discard)
+
+    main = asyncio.create_task(dispatcher())
+    await time.run_until(seconds)
+    for task in [main, *rows]:
+        task.cancel()
+    await asyncio.gather(main, *rows, return_exceptions=True)
+    return tally, most[0]
+
+
+@pytest.mark.parametrize(("median", "ramp"), [(0.5, 20.0), (10.0, 40.0), (30.0, 90.0)])
+async def test_automatic_concurrency_fills_the_quota_at_any_latency(
+    median: float, ramp: float
+) -> None:
+    quota, seconds = 600, ramp + 90
+    tally, most = await dispatch(quota, median, seconds)
+    ok, limited = tally.after(ramp, seconds)
+    assert limited == 0
+    assert ok / (seconds - ramp) * 60 / quota >= 0.95
+    # no runaway: the target is rate x the slowest tenth (1.67 x the median) x 1.2
+    assert most <= 2 * quota / 60 * median * 1.67 * 1.2 + 8
