@@ -19,14 +19,14 @@ from datetime import date
 from typing import Protocol
 
 from batchgen.answers import Usage
-from batchgen.errors import JobError, RunStoppedError
-from batchgen.usage import utc_today
+from batchgen.errors import BudgetReachedError, JobError
+from batchgen.prices import utc_today
 
 FIRST_OUTPUT_GUESS = 1024  # output + thinking tokens expected before any answer, without a max
 
 
 class Pricer(Protocol):
-    """What :class:`batchgen.usage.PriceTable` offers the runner."""
+    """What :class:`batchgen.prices.PriceTable` offers the runner."""
 
     def cost(
         self,
@@ -39,12 +39,6 @@ class Pricer(Protocol):
         tier: str = ...,
         at: date | None = ...,
     ) -> float | None: ...
-
-
-class BudgetReachedError(RunStoppedError):
-    """``--max-cost`` is reached; the run stopped with everything so far saved."""
-
-    exit_code = 6
 
 
 class Budget:

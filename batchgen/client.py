@@ -117,7 +117,7 @@ class GeminiClient:
 
         ``contents_body`` is a CountTokensRequest: ``{"contents": [...]}`` counts the contents
         alone; ``{"generateContentRequest": {"model": "models/…", ...}}`` counts the request as
-        generateContent would bill its prompt, systemInstruction included (gemini-api.md §8).
+        generateContent would bill its prompt, systemInstruction included (docs/gemini-api.md §8).
         """
         m = self._model
         url = f"{m.base_url}/{m.api_version}/models/{m.name}:countTokens"

@@ -8,8 +8,10 @@
     ├─ TemplateError     a placeholder the row lacks, or a broken template
     ├─ CheckpointError   the output directory cannot be used as it is
     ├─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
-    ├─ RunStoppedError        stopped early, resumable: a signal, an unreachable API (exit code 4)
-    │  └─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
+    ├─ RunStoppedError        stopped early, resumable: a signal, an unreachable API, an outage,
+    │  │                       the time budget, rows left (exit code 4)
+    │  ├─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
+    │  └─ BudgetReachedError  max_cost (--max-cost) is reached (exit code 6)
     └─ InternalError     a bug in batchgen stopped the run; what was answered is saved (exit 70)
 
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
@@ -61,6 +63,12 @@ class QuotaExhaustedError(RunStoppedError):
     """A per-day quota is used up: retrying before it resets only burns requests."""
 
     exit_code = 5
+
+
+class BudgetReachedError(RunStoppedError):
+    """``max_cost`` (``--max-cost``) is reached; the run stopped with everything so far saved."""
+
+    exit_code = 6
 
 
 class InternalError(BatchgenError):

@@ -6,7 +6,8 @@ the input, and scaled to the input's row count. Two ways to count:
 - **countTokens** (the default): each sampled request is sent to the model's countTokens
   endpoint as ``{"generateContentRequest": {...}}``, the whole request, so that the
   systemInstruction (and whatever else of the request the API bills as prompt) is counted: the
-  ``{"contents": [...]}`` form counts the contents alone (gemini-api.md §8). countTokens is free.
+  ``{"contents": [...]}`` form counts the contents alone (docs/gemini-api.md §8). countTokens is
+  free.
 - **offline** (``offline=True``): about four characters a token, the emulator's rule. Rough:
   real tokenizers differ by language and content, and the schema the API may add is not seen.
 
@@ -23,7 +24,7 @@ no implicit cache hits (which would make the real cost lower).
 
 The cost is priced at the rates in force on the day of the estimate (a model retired and routed
 elsewhere at the routed model's rates), for each service tier side by side: standard, Flex and
-Batch (both a fraction of standard, see :mod:`batchgen.usage`).
+Batch (both a fraction of standard, see :mod:`batchgen.prices`).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.job import Job
 from batchgen.outdir import JOB_FILE, RESULTS_DIR, OutputDir, fingerprint_parts, read_job_record
 from batchgen.plan import Plan, plan_job
+from batchgen.prices import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
 from batchgen.report import load_calls, usd_digits
 from batchgen.retry import RetryPolicy
-from batchgen.usage import TIERS, ModelPrice, PriceTable, utc_today
 
 __all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import JobError
-from batchgen.usage import (
+from batchgen.prices import (
     STATUSES,
     TIERS,
     Lifecycle,

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from batchgen.errors import JobError
-from batchgen.usage import ModelPrice, PricedModel, PriceTable, Rates, utc_today
+from batchgen.prices import ModelPrice, PricedModel, PriceTable, Rates, utc_today
 
 __all__ = ["format_prices", "price_rows"]
 

@@ -1,21 +1,14 @@
-"""Progress while a run works: a live bar on a terminal, a periodic line in cron's mail.
+"""What a run tells about its progress: a :class:`Snapshot`, given to a :class:`Progress`.
 
-* on a terminal: a tqdm bar (rows done and failed, rows/s, tokens, cost so far, ETA);
-* elsewhere (cron, CI): one concise line every ``every`` seconds, and one at the end;
-* ``json``: the same periodic records as JSON lines, for log collectors;
-* quiet: nothing.
-
-Everything goes to stderr, so stdout stays the run's summary.
+The runner calls ``update`` often (at least every few tenths of a second, also while nothing
+completes) and ``close`` once. The reporters that print (a tqdm bar on a terminal, periodic lines
+or JSON records for cron) live in :mod:`batchgen.cli.progress`; the library is quiet by default.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO, Any, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -40,107 +33,10 @@ class Progress(Protocol):
 
 
 class NoProgress:
-    """--quiet."""
+    """Nothing (the library's default, and --quiet)."""
 
     def update(self, snap: Snapshot) -> None:
         pass
 
     def close(self, snap: Snapshot) -> None:
         pass
-
-
-class BarProgress:
-    """A live tqdm bar for a terminal."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        from tqdm import tqdm
-
-        self._bar: Any = None
-        self._tqdm = tqdm
-        self._stream = stream or sys.stderr
-
-    def update(self, snap: Snapshot) -> None:
-        if self._bar is None:
-            self._bar = self._tqdm(total=snap.rows_todo, unit="row", file=self._stream)
-        finished = snap.rows_done + snap.rows_failed
-        self._bar.set_postfix_str(
-            f"failed={snap.rows_failed} tokens={snap.tokens:,} cost={_money(snap.cost)}"
-            + (f" {snap.note}" if snap.note else ""),
-            refresh=False,
-        )
-        self._bar.update(finished - self._bar.n)
-
-    def close(self, snap: Snapshot) -> None:
-        self.update(snap)
-        self._bar.close()
-
-
-class LineProgress:
-    """One line (or JSON record) every ``every`` seconds, and one at the end."""
-
-    def __init__(self, every: float = 60.0, as_json: bool = False, stream: IO[str] | None = None):
-        self._every = every
-        self._json = as_json
-        self._stream = stream or sys.stderr
-        self._next = time.monotonic() + every
-
-    def update(self, snap: Snapshot) -> None:
-        if time.monotonic() >= self._next:
-            self._next = time.monotonic() + self._every
-            self._emit(snap, "progress")
-
-    def close(self, snap: Snapshot) -> None:
-        self._emit(snap, "finished")
-
-    def _emit(self, snap: Snapshot, event: str) -> None:
-        finished = snap.rows_done + snap.rows_failed
-        rate = finished / snap.elapsed if snap.elapsed > 0 else 0.0
-        left = snap.rows_todo - finished
-        eta = left / rate if rate > 0 and left > 0 else None
-        if self._json:
-            record = {
-                "ts": datetime.now(UTC).isoformat(timespec="seconds"),
-                "event": event,
-                "rows_todo": snap.rows_todo,
-                "rows_done": snap.rows_done,
-                "rows_failed": snap.rows_failed,
-                "rows_per_s": round(rate, 2),
-                "tokens": snap.tokens,
-                "cost_usd": None if snap.cost is None else round(snap.cost, 6),
-                "eta_s": None if eta is None else round(eta),
-            }
-            if snap.note:
-                record["note"] = snap.note
-            line = json.dumps(record)
-        else:
-            line = (
-                f"{datetime.now(UTC):%H:%M:%S} {event}: {finished}/{snap.rows_todo} rows "
-                f"({snap.rows_failed} failed), {rate:.1f} rows/s, {snap.tokens:,} tokens, "
-                f"{_money(snap.cost)}"
-                + (f", ETA {_duration(eta)}" if eta is not None else "")
-                + (f"; {snap.note}" if snap.note else "")
-            )
-        self._stream.write(line + "\n")
-        self._stream.flush()
-
-
-def _money(cost: float | None) -> str:
-    return "unpriced" if cost is None else f"${cost:,.4f}"
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def choose(quiet: bool, log_format: str, every: float, stream: IO[str] | None = None) -> Progress:
-    """The reporter a user would expect here: quiet, JSON, a bar on a terminal, else lines."""
-    stream = stream or sys.stderr
-    if quiet:
-        return NoProgress()
-    if log_format == "json":
-        return LineProgress(every, as_json=True, stream=stream)
-    if stream.isatty():
-        return BarProgress(stream)
-    return LineProgress(every, stream=stream)

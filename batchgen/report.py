@@ -14,7 +14,7 @@ call; for a row, of its answer, or of the last call of a failed row). A failed r
 run that last wrote its failure record.
 
 A call is priced by its ``model_version`` when the price table knows it, else by the ``model``
-asked for, at the rates of the call's UTC day and tier (see :mod:`batchgen.usage`); where the
+asked for, at the rates of the call's UTC day and tier (see :mod:`batchgen.prices`); where the
 version names another model than the one asked for, the report says which answered. A model
 without a price is reported as unpriced, never as costing 0.
 """
@@ -43,7 +43,7 @@ from batchgen.outdir import (
     read_run_records,
 )
 from batchgen.output import USAGE_SCHEMA
-from batchgen.usage import TIERS, PriceTable, same_model, utc_today
+from batchgen.prices import TIERS, PriceTable, same_model, utc_today
 
 __all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
 

@@ -1,4 +1,4 @@
-"""Build the generateContent request body: the shape in ../shared/gemini-api.md §1.
+"""Build the generateContent request body: the shape in docs/gemini-api.md §1.
 
 The parts every row shares (generationConfig with the responseSchema, or the responseJsonSchema
 of a JSON Schema job) are serialized once; each row adds only its own text.

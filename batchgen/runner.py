@@ -30,10 +30,16 @@ import numpy as np
 import pyarrow as pa
 
 from batchgen import __version__
-from batchgen.budget import Budget, BudgetReachedError, Pricer
+from batchgen.budget import Budget, Pricer
 from batchgen.calls import Billed, RowCaller
 from batchgen.client import GeminiClient
-from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
+from batchgen.errors import (
+    BatchgenError,
+    BudgetReachedError,
+    CheckpointError,
+    InputError,
+    InternalError,
+)
 from batchgen.inputs import Scan
 from batchgen.job import Job
 from batchgen.keys import contains
@@ -63,7 +69,7 @@ class RunOptions:
     skip_failed: bool = False  # do not retry rows recorded as failed by earlier runs
     grace_seconds: float = 30.0  # after a signal, how long calls in flight may take
     unreachable_after: int = 0  # consecutive transport failures that stop the run (0: auto)
-    prices: Pricer | None = None  # batchgen.usage.PriceTable: costs in the summary and records
+    prices: Pricer | None = None  # batchgen.prices.PriceTable: costs in the summary and records
     max_cost: float | None = None  # USD this run may spend; needs prices for the model
     time_budget: float | None = None  # seconds, from the start of the run
     progress: Progress | None = None  # where progress goes (batchgen.progress.choose)

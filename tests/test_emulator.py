@@ -35,8 +35,8 @@ from batchgen.emulator import (
     create_app,
     estimate_tokens,
 )
-from batchgen.emulator_replies import pretty_json
-from batchgen.fakedata import fake_invalid_value, fake_value
+from batchgen.emulator.fakedata import fake_invalid_value, fake_value
+from batchgen.emulator.replies import pretty_json
 from batchgen.schema import to_json_schema
 from tests.strategies import GEMINI_SCHEMAS
 

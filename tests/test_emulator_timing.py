@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from batchgen.cli import main
 from batchgen.emulator import APP_KEY, EmulatorConfig, RedactingAccessLogger, create_app
-from batchgen.emulator_latency import LatencyModel
+from batchgen.emulator.latency import LatencyModel
 from tests.test_emulator import FLASH, MakeClient, ask, call
 
 PRO = "gemini-2.5-pro"

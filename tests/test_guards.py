@@ -10,14 +10,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchgen.budget import BudgetReachedError
+from batchgen.cli.progress import LineProgress, choose
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.errors import JobError, RunStoppedError
+from batchgen.errors import BudgetReachedError, JobError, RunStoppedError
 from batchgen.job import Overrides, load_job
 from batchgen.outdir import part_files, read_run_records
-from batchgen.progress import LineProgress, Snapshot, choose
+from batchgen.prices import PriceTable
+from batchgen.progress import Snapshot
 from batchgen.runner import RunOptions, run_job
-from batchgen.usage import PriceTable
 from tests.test_resume import make_job
 
 KEY = "guard-key-77"

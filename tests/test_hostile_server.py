@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.emulator_hostile import HostileConfig
+from batchgen.emulator.hostile import HostileConfig
 from batchgen.job import Job, ModelSpec, Overrides, load_job
 from batchgen.outdir import part_files
 from batchgen.runner import RunOptions, RunSummary, run_job

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.budget import Budget
-from batchgen.cli import _describe, main
+from batchgen.cli.main import _describe, main
 from batchgen.errors import JobError
+from batchgen.prices import PriceTable, lifecycle_warning
 from batchgen.report import format_report
 from batchgen.report import report as build_report
 from batchgen.runner import RunSummary
-from batchgen.usage import PriceTable, lifecycle_warning
 from tests.test_report import call, write_output
 
 MILLION = 1_000_000

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from batchgen.emulator_quota import QuotaWindows
-from batchgen.emulator_wire import ApiError
+from batchgen.emulator.quota import QuotaWindows
+from batchgen.emulator.wire import ApiError
 from batchgen.job import LimitsSpec
 from batchgen.limits import RateLimits, concurrency_for
 

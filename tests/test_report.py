@@ -21,10 +21,10 @@ from batchgen.errors import CheckpointError, JobError
 from batchgen.job import Overrides, load_job
 from batchgen.outdir import part_files, read_run_records
 from batchgen.output import ERRORS_SCHEMA, USAGE_SCHEMA
+from batchgen.prices import PriceTable
 from batchgen.report import format_report
 from batchgen.report import report as build_report
 from batchgen.runner import RunOptions, run_job
-from batchgen.usage import PriceTable
 
 KEY = "test-key-123456"
 DAY1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

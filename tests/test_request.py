@@ -1,4 +1,4 @@
-"""Request bodies compared field by field with the documented shape (gemini-api.md §1)."""
+"""Request bodies compared field by field with the documented shape (docs/gemini-api.md §1)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchgen.emulator.fakedata import fake_value
 from batchgen.errors import JobError
-from batchgen.fakedata import fake_value
 from batchgen.schema import (
     AnswerValidator,
     arrow_field,
@@ -250,7 +250,7 @@ def test_the_fast_validator_agrees_with_jsonschema(schema: dict[str, Any], seed:
     """The compiled fast path never accepts what jsonschema rejects, nor the other way."""
     import jsonschema
 
-    from batchgen.fakedata import fake_invalid_value
+    from batchgen.emulator.fakedata import fake_invalid_value
 
     reference = jsonschema.Draft202012Validator(to_json_schema(schema))
     validator = AnswerValidator(normalize_schema(schema, "job.toml"))

@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from batchgen.emulator_replies import pretty_json, quota_error
-from batchgen.emulator_wire import error_body
+from batchgen.emulator.replies import pretty_json, quota_error
+from batchgen.emulator.wire import error_body
 
 __all__ = ["HOSTILE_FAULTS", "HostileConfig", "hostile_reply"]
 

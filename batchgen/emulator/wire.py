@@ -79,9 +79,9 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "default": "any",
     },
 }  # fmt: skip
-# Proto quirk (gemini-api.md §1): `responseJsonSchema` is the field response_json_schema_ordered,
-# while snake_case `response_json_schema` is the JSON name `_responseJsonSchema`. Both carry the
-# same thing for the emulator.
+# Proto quirk (docs/gemini-api.md §1): `responseJsonSchema` is the field
+# response_json_schema_ordered, while snake_case `response_json_schema` is the JSON name
+# `_responseJsonSchema`. Both carry the same thing for the emulator.
 _ALIASES = {
     "_responseJsonSchema": "responseJsonSchema",
     "response_json_schema": "responseJsonSchema",

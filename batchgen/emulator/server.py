@@ -1,6 +1,6 @@
 """An offline Gemini API (v1beta) for tests, benchmarks and dry runs: an ``aiohttp.web`` app.
 
-It speaks the real wire format (gemini-api.md §0-4, §8-10) for two methods::
+It speaks the real wire format (docs/gemini-api.md §0-4, §8-10) for two methods::
 
     POST /v1beta/models/{model}:generateContent
     POST /v1beta/models/{model}:countTokens
@@ -15,8 +15,8 @@ Three ways to run it: :func:`create_app` (for pytest-aiohttp), :class:`EmulatorS
 current event loop), :class:`EmulatorThread` (own loop in a daemon thread, for sync code), and
 :func:`serve` for the ``batchgen emulator`` command. The API key is never logged or echoed.
 
-Module map: :mod:`batchgen.emulator_wire` reads request bodies, :mod:`batchgen.emulator_replies`
-builds response bodies, :mod:`batchgen.fakedata` makes schema-conforming values.
+Module map: :mod:`batchgen.emulator.wire` reads request bodies, :mod:`batchgen.emulator.replies`
+builds response bodies, :mod:`batchgen.emulator.fakedata` makes schema-conforming values.
 """
 
 from __future__ import annotations
@@ -37,17 +37,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from batchgen.emulator_hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
-from batchgen.emulator_latency import LatencyModel
-from batchgen.emulator_quota import QuotaWindows
-from batchgen.emulator_replies import (
+from batchgen.emulator.hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
+from batchgen.emulator.latency import LatencyModel
+from batchgen.emulator.quota import QuotaWindows
+from batchgen.emulator.replies import (
     answer_body,
     count_tokens_body,
     estimate_tokens,
     pretty_json,
     quota_error,
 )
-from batchgen.emulator_wire import (
+from batchgen.emulator.wire import (
     ApiError,
     error_body,
     parse_json,
@@ -160,7 +160,7 @@ class EmulatorConfig:
             and the headers of every API call in ``Emulator.received_headers``.
         slow_seconds: the extra delay of the "slow" fault.
         hostile: sizes, delays and the redirect target of the hostile faults
-            (:data:`batchgen.emulator_hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
+            (:data:`batchgen.emulator.hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
     """
 
     api_keys: frozenset[str] | None = None

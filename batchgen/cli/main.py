@@ -20,8 +20,8 @@ from typing import Any
 import click
 
 from batchgen import __version__
-from batchgen.cli_common import api_target, job_options, warn_lifecycle
-from batchgen.cli_report import estimate, prices, report
+from batchgen.cli.common import api_target, job_options, warn_lifecycle
+from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
 from batchgen.job import Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
@@ -132,8 +132,8 @@ def run(
     progress_every: float,
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
-    from batchgen.progress import choose
-    from batchgen.usage import PriceTable
+    from batchgen.cli.progress import choose
+    from batchgen.prices import PriceTable
 
     job = _load(job_file, input_path, output, model, base_url)
     table = PriceTable.load(prices)
@@ -185,7 +185,7 @@ def _describe(s: RunSummary, asked: str | None = None) -> str:
 
 def _answered_by(s: RunSummary, asked: str | None) -> str:
     """Which models answered, when a modelVersion names another model than the job asked."""
-    from batchgen.usage import same_model
+    from batchgen.prices import same_model
 
     others = [v for v in s.answered_by if not same_model(asked, v)]
     if not others:

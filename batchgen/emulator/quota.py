@@ -1,7 +1,7 @@
 """Server-side rate limits of the emulator: sliding windows per model on an injected clock.
 
 The real API limits requests per minute, input tokens per minute and requests per day, per
-project and model (gemini-api.md §5). Here each is a sliding window (60 s, 60 s, 24 h) over the
+project and model (docs/gemini-api.md §5). Here each is a sliding window (60 s, 60 s, 24 h) over the
 requests admitted so far; a refused request does not enter any window. The 429 carries the
 time until the window frees enough room, which is what a well-behaved client waits.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from batchgen.emulator_replies import quota_error
+from batchgen.emulator.replies import quota_error
 
 __all__ = ["Limits", "QuotaWindows"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from batchgen.cli_common import api_target, job_options, today, warn_lifecycle
+from batchgen.cli.common import api_target, job_options, today, warn_lifecycle
 from batchgen.job import Job, Overrides, load_job
-from batchgen.usage import PriceTable
+from batchgen.prices import PriceTable
 
 _PATH = click.Path(path_type=Path)
 

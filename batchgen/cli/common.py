@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from batchgen.job import Job, resolve_api_key
+from batchgen.prices import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
-from batchgen.usage import PriceTable, lifecycle_warning, utc_today
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset
 

@@ -1,7 +1,7 @@
 """The bodies the emulator answers with: GenerateContentResponse, countTokens, error details.
 
-Pure functions of a checked request (see :mod:`batchgen.emulator_wire`), so the same prompt,
-model and schema always get the same answer text. Shapes follow gemini-api.md §3, §4 and §9 and
+Pure functions of a checked request (see :mod:`batchgen.emulator.wire`), so the same prompt,
+model and schema always get the same answer text. Shapes follow docs/gemini-api.md §3, §4 and §9 and
 the captured fixture: proto3 JSON that leaves zero counts out, ``index: 0`` on candidates,
 thinking tokens that eat into ``maxOutputTokens``.
 """
@@ -17,8 +17,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from batchgen.emulator_wire import ApiError
-from batchgen.fakedata import fake_invalid_value, fake_prose, fake_value
+from batchgen.emulator.fakedata import fake_invalid_value, fake_prose, fake_value
+from batchgen.emulator.wire import ApiError
 
 __all__ = [
     "answer_body",
@@ -30,7 +30,7 @@ __all__ = [
     "usage_metadata",
 ]
 
-# Gemini 2.5 and 3.x think before answering; 2.0 and older do not (gemini-api.md §1, §9).
+# Gemini 2.5 and 3.x think before answering; 2.0 and older do not (docs/gemini-api.md §1, §9).
 _encode_str = json.encoder.encode_basestring  # the C implementation when there is one
 _NON_THINKING_MODEL = re.compile(r"gemini-(1\.|2\.0)|gemma")
 _DYNAMIC_THOUGHTS = (100, 1500)
@@ -249,7 +249,7 @@ def _fit_output(text: str, thoughts: int, limit: int, fault: str | None) -> tupl
     if fault == "empty":
         return "", limit or thoughts, "MAX_TOKENS"
     if limit and thoughts + estimate_tokens(text) > limit:
-        # Thinking is spent first and comes out of the same budget (gemini-api.md §9.2).
+        # Thinking is spent first and comes out of the same budget (docs/gemini-api.md §9.2).
         thoughts = min(thoughts, limit)
         return text[: (limit - thoughts) * 4], thoughts, "MAX_TOKENS"
     return text, thoughts, "STOP"
