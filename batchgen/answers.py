@@ -3,7 +3,8 @@
 Proto3 JSON leaves out zero counts, so every count defaults to 0, and it reads ``null`` as "not
 set" (docs/gemini-api.md §3). Reading is total: a 200 body of any other shape (not an object, a
 field of the wrong type, a negative or non-numeric count, an error envelope, no response field at
-all) is an :class:`AnswerError` ``malformed_response`` for that row, never an exception that escapes.
+all) is an :class:`AnswerError` ``malformed_response`` for that row, never an exception that
+escapes.
 """
 
 from __future__ import annotations
