@@ -55,7 +55,7 @@ from batchgen.writer import FRAME_SECONDS, RunWriter
 __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]
 
 READ_CHUNK = 64  # rows rendered per hop to the reader thread
-NOTE_AFTER = 5.0  # a server delay at least this long is shown in the progress output
+NOTE_AFTER = 1.0  # a server delay at least this long is shown in the progress output
 T = TypeVar("T")
 
 
