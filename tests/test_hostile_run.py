@@ -28,7 +28,11 @@ def test_every_call_redirected_stops_the_run_and_says_where(tmp_path: Path) -> N
         calls = near.emulator.counts["generateContent"]
     assert result.exit_code == 4, result.output
     line = result.stderr.splitlines()[-1]  # after the progress output, one error line
-    assert line.startswith("error: ") and "redirected elsewhere (20 rows in a row failed: HTTP 302 redirect to 127.0.0.2:9" in line
+    assert (
+        line.startswith("error: ")
+        and "redirected elsewhere (20 rows in a row failed: HTTP 302 redirect to 127.0.0.2:9"
+        in line
+    )
     assert calls < 30  # it stopped; it did not try all 60 rows
     assert "rows remain: rerun the same command" in result.stdout
 
