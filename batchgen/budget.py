@@ -59,8 +59,8 @@ class Budget:
         self.priced = pricer is not None and self._price(Usage(prompt=1000)) is not None
         if cap is not None and not self.priced:
             raise JobError(
-                f"--max-cost: no price for model {model!r} on {today().isoformat()}, so the "
-                "spend cannot be capped; add it with --prices FILE"
+                f"max_cost (--max-cost): no price for model {model!r} on {today().isoformat()}, "
+                "so the spend cannot be capped; add it with a price file (prices=, --prices FILE)"
             )
         self.spent = 0.0
         self._reserved = 0.0
@@ -84,8 +84,8 @@ class Budget:
                 break  # alone, one call may pass: its real cost is what will be learnt
             if not self._holds:
                 raise BudgetReachedError(
-                    f"--max-cost ${self.cap:g} reached (this run spent ${self.spent:.4f}); "
-                    "results so far are saved: rerun to go on"
+                    f"max_cost ${self.cap:g} (--max-cost) reached (this run spent "
+                    f"${self.spent:.4f}); results so far are saved: rerun to go on"
                 )
             self._settled.clear()
             await self._settled.wait()

@@ -131,7 +131,7 @@ def estimate_job(
             the model; JobError when it fails otherwise.
     """
     if sample is not None and sample < 1:
-        raise JobError(f"--sample {sample}: count at least one row")
+        raise JobError(f"sample={sample} (--sample): count at least one row")
     plan = plan_job(job)
     total = plan.reader.scan().rows
     if total == 0:
@@ -198,7 +198,8 @@ def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: d
     """No price at all, or a price that changes after ``day``: a later run costs otherwise."""
     if price is None:
         return [
-            f"no price for model {model!r} on {day.isoformat()}: cost unknown; pass --prices FILE"
+            f"no price for model {model!r} on {day.isoformat()}: cost unknown; give a price file "
+            "(prices=, --prices FILE)"
         ]
     later = [p for p in table.models[price.name].periods if p.start and p.start > day]
     if not later:
@@ -301,7 +302,7 @@ async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body
         raise JobError(
             f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
             f"{exc.message}; "
-            "rerun, or estimate without the API with --offline"
+            "rerun, or estimate without the API (offline=True, --offline)"
         ) from None
     raise AssertionError("the retry loop ended without a count")  # pragma: no cover
 
@@ -361,7 +362,7 @@ def _schema_guess(job: Job) -> OutputGuess:
         )
     source = (
         f"from the schema: a minimal answer ({low} tokens, no thinking) up to {said} per row "
-        "(thinking included); a pilot run (--limit 20) makes this a measurement"
+        "(thinking included); a pilot run (limit=20, --limit 20) makes this a measurement"
     )
     return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
 
