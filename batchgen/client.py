@@ -159,6 +159,12 @@ class GeminiClient:
     async def _read(self, resp: aiohttp.ClientResponse) -> bytearray:
         """The body, decompressed, as a stream under its cap (a 200's or an error's)."""
         cap = self._max_bytes if resp.status == 200 else ERROR_BODY_BYTES
+        encoding = resp.headers.get("Content-Encoding", "identity").lower()
+        length = resp.content_length
+        if encoding == "identity" and length is not None and length <= cap:
+            # the common case: a plain body whose declared length is under the cap (aiohttp
+            # reads no more than Content-Length), read in one call
+            return bytearray(await resp.read())
         raw = bytearray()
         async for chunk in resp.content.iter_chunked(READ_CHUNK):
             room = cap - len(raw)
