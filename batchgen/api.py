@@ -82,7 +82,8 @@ def generate(
         **options: ``output`` (a directory to keep the output in and resume from; a temporary
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
-            ``max_cost``, ``prices``, ``time_budget``, ``progress``.
+            ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
+            ``time_budget``, ``progress``.
 
     Returns:
         One row per input row (per item when ``explode=True``): the answer's columns, then

@@ -123,15 +123,15 @@ class RowCaller:
     async def call(self, work: Work) -> Outcome:
         """One row through its retry loop; what still fails becomes a failure record."""
         attempt = 0
-        tier = FlexFallback(self.job.model.tier, self.job.retry, self.now)
+        fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
         try:
             async for retrying in self.retry.for_row():
                 with retrying:
                     attempt = retrying.retry_state.attempt_number
                     try:
-                        return await self._attempt(work, attempt, tier.tier)
+                        return await self._attempt(work, attempt, fallback.tier)
                     except ApiError as exc:
-                        tier.refused(exc)
+                        fallback.refused(exc)
                         raise
         except ApiError as exc:
             return self._failure(work, exc.category, exc.message, attempt, status=exc.status)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import batchgen
 from batchgen.answers import Usage
 from batchgen.budget import Budget
 from batchgen.calls import FlexFallback
@@ -266,6 +267,20 @@ def test_without_a_fallback_flex_rows_keep_asking_for_flex(tmp_path: Path) -> No
         tiers = {b.get("serviceTier") for b in server.emulator.received}
     assert summary.rows_done == 2 and tiers == {"flex"}
     assert set(ledger(job.output.directory)["tier"]) == {"flex"}
+
+
+def test_the_python_api_takes_the_tier() -> None:
+    rows = [{"text": f"thing {i}"} for i in range(3)]
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING"}}}
+    config = EmulatorConfig(flex_standard_share=1.0, record=True)
+    with EmulatorThread(config) as server:
+        frame = batchgen.generate(rows, prompt="Name {{ text }}", schema=schema, model=MODEL,
+                                  base_url=server.base_url, api_key=KEY, tier="flex")  # fmt: skip
+        asked = {b.get("serviceTier") for b in server.emulator.received}
+        with pytest.raises(JobError, match='tier = "batch" is not available yet'):
+            batchgen.generate(rows, prompt="Name {{ text }}", schema=schema, model=MODEL,
+                              base_url=server.base_url, api_key=KEY, tier="batch")  # fmt: skip
+    assert list(frame["status"]) == ["ok"] * 3 and asked == {"flex"}
 
 
 def test_fallback_counts_from_the_first_capacity_refusal() -> None:
