@@ -96,6 +96,7 @@ class Estimate:
     notes: tuple[str, ...] = ()
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
+    tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
 
     @property
     def minutes(self) -> float:
@@ -176,6 +177,7 @@ def estimate_job(
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
+        tier=job.model.tier,
     )
 
 
@@ -463,7 +465,8 @@ def _cost_lines(est: Estimate) -> list[str]:
     for tier, (low, high) in est.tier_costs.items():
         lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
         label = "  cost     " if not lines else "           "
-        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}")
+        mark = "  ← this job's tier" if tier == est.tier else ""
+        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}{mark}")
     lines.append(
         f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
     )

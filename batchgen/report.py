@@ -151,7 +151,8 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
     answers = results.drop_duplicates("row_id").rename(
         columns={"completed_at": "at", "attempts": "attempt"}
     )
-    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok")
+    # written before batchgen sent a serviceTier: every call was standard
+    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok", tier="standard")
     note = (
         f"{out}: no usage ledger (written before batchgen kept one): requests, tokens and "
         "cost count only the answers kept, not retries or failed calls"
