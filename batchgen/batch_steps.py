@@ -16,6 +16,7 @@ during collection downloads and collects the same results again, and never submi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -60,11 +61,12 @@ async def submit_chunk(store: BatchStore, client: BatchClient, chunk: ChunkRecor
             return store.mark(chunk.chunk, "submitted", batch_name=found.name)
     elif chunk.state != "uploaded":
         return chunk
-    if chunk.file_name is None:
+    file_name = chunk.file_name
+    if file_name is None:
         raise ValueError(f"chunk {chunk.chunk} has no uploaded file")
     if chunk.state != "submitting":
         chunk = store.mark(chunk.chunk, "submitting")
-    batch = await client.create(chunk.file_name, chunk.display_name)
+    batch = await client.create(file_name, chunk.display_name)
     return store.mark(chunk.chunk, "submitted", batch_name=batch.name)
 
 
@@ -87,8 +89,7 @@ async def collect_chunk(
         raise ValueError(f"chunk {chunk.chunk} is {chunk.state}, not submitted")
     mine = [works[row] for row in chunk.rows if row in works]
     try:
-        waits = {"sleep": sleep} if sleep is not None else {}
-        batch = await client.wait(chunk.batch_name, on_update, **waits)
+        batch = await client.wait(chunk.batch_name, on_update, sleep=sleep or asyncio.sleep)
     except ApiError as exc:
         if exc.category != "not_found":
             raise
