@@ -215,6 +215,10 @@ class BatchClient(GeminiClient):
         os.replace(tmp, dest)
         return size
 
+    async def get_file(self, file_name: str) -> FileInfo:
+        url = f"{self._api}/{_checked(file_name, 'files')}"
+        return FileInfo.from_json(await self._json("GET", url, named=True))
+
     async def delete_file(self, file_name: str) -> None:
         await self._json("DELETE", f"{self._api}/{_checked(file_name, 'files')}", named=True)
 

@@ -61,13 +61,27 @@ async def submit_chunk(store: BatchStore, client: BatchClient, chunk: ChunkRecor
             return store.mark(chunk.chunk, "submitted", batch_name=found.name)
     elif chunk.state != "uploaded":
         return chunk
-    file_name = chunk.file_name
-    if file_name is None:
-        raise ValueError(f"chunk {chunk.chunk} has no uploaded file")
+    file_name = await _uploaded_file(store, client, chunk)
     if chunk.state != "submitting":
         chunk = store.mark(chunk.chunk, "submitting")
     batch = await client.create(file_name, chunk.display_name)
     return store.mark(chunk.chunk, "submitted", batch_name=batch.name)
+
+
+async def _uploaded_file(store: BatchStore, client: BatchClient, chunk: ChunkRecord) -> str:
+    """The chunk's uploaded file, uploaded again if the Files API no longer has it (uploads are
+    deleted after 48 hours, so a run resumed later finds it gone)."""
+    if chunk.file_name is None:
+        raise ValueError(f"chunk {chunk.chunk} has no uploaded file")
+    try:
+        await client.get_file(chunk.file_name)
+    except ApiError as exc:
+        if exc.category != "not_found":
+            raise
+        file = await client.upload(store.chunk_path(chunk.chunk), chunk.display_name)
+        store.mark(chunk.chunk, chunk.state, file_name=file.name)
+        return file.name
+    return chunk.file_name
 
 
 async def collect_chunk(

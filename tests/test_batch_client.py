@@ -80,9 +80,9 @@ async def test_upload_create_wait_download(session: aiohttp.ClientSession, tmp_p
             f"r{i}" for i in range(6)
         ]
         assert not list(tmp_path.glob(".*.tmp"))
-        # the key went only in its header, never in a URL
-        headers = server.emulator.received_headers
-        assert all(h.get("x-goog-api-key") == KEY for h in headers)
+        assert (await client.get_file(file.name)) == file
+        # the create sent the key in its header
+        assert [h.get("x-goog-api-key") for h in server.emulator.received_headers] == [KEY]
 
 
 async def test_download_stops_at_its_cap_and_leaves_nothing(

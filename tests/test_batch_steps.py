@@ -158,3 +158,14 @@ async def test_a_deleted_batch_fails_its_rows_as_lost(setup: Setup) -> None:
     done = await collect_chunk(setup.store, setup.client, chunk, setup.works, setup.collector)
     assert done.state == "failed" and done.batch is None
     assert {c.outcome.category for c in done.collected} == {"batch_lost"}
+
+
+async def test_an_uploaded_file_gone_before_submit_is_uploaded_again(setup: Setup) -> None:
+    chunk = await upload_chunk(setup.store, setup.client, setup.written())
+    assert chunk.file_name
+    await setup.client.delete_file(chunk.file_name)  # as the Files API does after 48 hours
+    resumed = await submit_chunk(setup.store, setup.client, setup.resumed())
+    assert resumed.state == "submitted" and resumed.file_name != chunk.file_name
+    assert setup.resumed().file_name == resumed.file_name
+    assert setup.emulator.counts["upload_start"] == 2
+    assert setup.emulator.counts["batchGenerateContent"] == 1
