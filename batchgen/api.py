@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 
 from batchgen.errors import JobError
 from batchgen.estimate import Estimate, estimate_job
-from batchgen.job import Job, Overrides, job_from_mapping, load_job, resolve_api_key
+from batchgen.job import (
+    Job,
+    Overrides,
+    job_from_mapping,
+    load_job,
+    require_online,
+    resolve_api_key,
+)
 from batchgen.outdir import RESULTS_DIR, OutputDir
 from batchgen.report import Report, report
 from batchgen.runner import RunOptions, RunSummary, arun_job, run_sync
@@ -75,7 +82,8 @@ def generate(
         **options: ``output`` (a directory to keep the output in and resume from; a temporary
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
-            ``max_cost``, ``prices``, ``time_budget``, ``progress``.
+            ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
+            ``time_budget``, ``progress``.
 
     Returns:
         One row per input row (per item when ``explode=True``): the answer's columns, then
@@ -115,7 +123,7 @@ async def agenerate(
 
 def run_file(job_file: str | Path, *, api_key: str | None = None, **options: Any) -> RunSummary:
     """Run a job file (as ``batchgen run``); options are :class:`batchgen.RunOptions`'s, and
-    ``input``, ``output``, ``model`` and ``base_url`` override the job file's."""
+    ``input``, ``output``, ``model``, ``base_url`` and ``tier`` override the job file's."""
     return run_sync(arun_file(job_file, api_key=api_key, **options))
 
 
@@ -178,7 +186,7 @@ def _overrides(options: dict[str, Any]) -> Overrides:
     paths = {k: Path(options.pop(k)) if options.get(k) is not None else None
              for k in ("input", "output")}  # fmt: skip
     return Overrides(paths["input"], paths["output"], options.pop("model", None),
-                     options.pop("base_url", None))  # fmt: skip
+                     options.pop("base_url", None), options.pop("tier", None))  # fmt: skip
 
 
 def _table(data: Data) -> pa.Table:
@@ -211,7 +219,11 @@ def _job(
     raw: dict[str, Any] = {
         "name": options.pop("name", "generate"),
         "input": {"path": str(source), "carry": list(options.pop("carry", ()))},
-        "model": {"name": model, "api_key_env": options.pop("api_key_env", "GEMINI_API_KEY")},
+        "model": {
+            "name": model,
+            "api_key_env": options.pop("api_key_env", "GEMINI_API_KEY"),
+            "tier": options.pop("tier", "standard"),
+        },
         "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),
         "response_schema": dict(schema),
         "output": {"directory": str(out), "explode": bool(options.pop("explode", False))},
@@ -225,6 +237,7 @@ def _job(
 
 
 def _run_options(job: Job, api_key: str | None, options: dict[str, Any]) -> RunOptions:
+    require_online(job)
     options.setdefault("handle_signals", False)
     try:
         return RunOptions(api_key=resolve_api_key(job, api_key), **options)

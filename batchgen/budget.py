@@ -7,8 +7,10 @@ whose reservation does not fit waits for the calls in flight to settle. With not
 call may go while the spend is under the cap; once the spend reaches the cap, the run stops. So
 the spend ends within about one call's cost of the cap.
 
-Calls are priced at the rate of the UTC day they are made (the price table is dated), standard
-tier; a call to a retired model that is routed elsewhere costs the routed model's rate.
+Calls are priced at the rate of the UTC day they are made (the price table is dated) and of
+their service tier: a call reserves at the tier it asks for (Flex: half price) and settles at the
+tier that served it (a Flex call served at standard costs the standard rate); a call to a retired
+model that is routed elsewhere costs the routed model's rate.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Protocol
 
 from batchgen.answers import Usage
 from batchgen.errors import BudgetReachedError, JobError
-from batchgen.prices import utc_today
+from batchgen.prices import TIERS, utc_today
 
 FIRST_OUTPUT_GUESS = 1024  # output + thinking tokens expected before any answer, without a max
 
@@ -59,8 +61,8 @@ class Budget:
         self.priced = pricer is not None and self._price(Usage(prompt=1000)) is not None
         if cap is not None and not self.priced:
             raise JobError(
-                f"--max-cost: no price for model {model!r} on {today().isoformat()}, so the "
-                "spend cannot be capped; add it with --prices FILE"
+                f"max_cost (--max-cost): no price for model {model!r} on {today().isoformat()}, "
+                "so the spend cannot be capped; add it with a price file (prices=, --prices FILE)"
             )
         self.spent = 0.0
         self._reserved = 0.0
@@ -75,17 +77,19 @@ class Budget:
         """This run's spend, or None when the model has no price."""
         return self.spent if self.priced else None
 
-    async def reserve(self, prompt_tokens: int) -> float:
-        """Hold a call's expected cost before sending it; wait or stop at the cap."""
-        if self.cap is None:
+    async def reserve(self, prompt_tokens: int, tier: str = "standard") -> float:
+        """Hold a call's expected cost at the ``tier`` it asks for before sending it; wait or
+        stop at the cap."""
+        cap = self.cap
+        if cap is None:
             return 0.0
-        while self.spent + self._reserved + (need := self._expected(prompt_tokens)) > self.cap:
-            if not self._holds and self.spent < self.cap:
+        while self.spent + self._reserved + (need := self._expected(prompt_tokens, tier)) > cap:
+            if not self._holds and self.spent < cap:
                 break  # alone, one call may pass: its real cost is what will be learnt
             if not self._holds:
                 raise BudgetReachedError(
-                    f"--max-cost ${self.cap:g} reached (this run spent ${self.spent:.4f}); "
-                    "results so far are saved: rerun to go on"
+                    f"max_cost ${self.cap:g} (--max-cost) reached (this run spent "
+                    f"${self.spent:.4f}); results so far are saved: rerun to go on"
                 )
             self._settled.clear()
             await self._settled.wait()
@@ -93,11 +97,12 @@ class Budget:
         self._holds += 1
         return need
 
-    def settle(self, held: float, usage: Usage | None) -> None:
-        """Replace a reservation by the call's real cost (None: the call returned no usage,
-        or never finished). Synchronous, so that it can run in a ``finally``."""
+    def settle(self, held: float, usage: Usage | None, tier: str = "standard") -> None:
+        """Replace a reservation by the call's real cost at the ``tier`` that served it (None:
+        the call returned no usage, or never finished). Synchronous, so that it can run in a
+        ``finally``."""
         if usage is not None:
-            self.spent += self._price(usage) or 0.0
+            self.spent += self._price(usage, tier) or 0.0
             self._calls += 1
             self._output_sum += usage.output + usage.thinking
         if self.cap is not None:
@@ -105,12 +110,13 @@ class Budget:
             self._reserved = max(0.0, self._reserved - held) if self._holds else 0.0
             self._settled.set()
 
-    def _expected(self, prompt_tokens: int) -> float:
+    def _expected(self, prompt_tokens: int, tier: str) -> float:
         """A call's expected cost: its prompt, and the mean output of the calls so far."""
         expected_output = self._output_sum / self._calls if self._calls else self._first_guess
-        return self._price(Usage(prompt=prompt_tokens, output=round(expected_output))) or 0.0
+        usage = Usage(prompt=prompt_tokens, output=round(expected_output))
+        return self._price(usage, tier) or 0.0
 
-    def _price(self, usage: Usage) -> float | None:
+    def _price(self, usage: Usage, tier: str = "standard") -> float | None:
         if self._pricer is None:
             return None
         return self._pricer.cost(
@@ -119,5 +125,6 @@ class Budget:
             output=usage.output,
             thinking=usage.thinking,
             cached=usage.cached,
+            tier=tier if tier in TIERS else "standard",  # e.g. "priority": not cheaper
             at=self._today(),
         )

@@ -16,15 +16,21 @@ redirect could hand it to another one), and is scrubbed from every message and e
 Bodies are read as a stream under a cap counted after decompression, so a gzip bomb or an endless
 body costs at most the cap in memory; error bodies get a small cap, since only their message
 matters. A delay the server asks for is capped too (an hour's Retry-After would stall the run).
+
+Which service tier served a call is the ``x-gemini-service-tier`` response header, else the
+answer's ``usageMetadata.serviceTier`` (docs/gemini-api.md §11); a Flex job's requests also carry
+``X-Server-Timeout``, the hint the Flex guide gives for answers that take minutes.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -42,6 +48,18 @@ MIN_SCRUBBED_KEY = 8  # real keys are 39 characters; "k" in a test must not eat 
 DEFAULT_MAX_RESPONSE_BYTES = LimitsSpec().max_response_bytes
 DEFAULT_MAX_SERVER_DELAY = RetrySpec().max_server_delay_seconds
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)s\s*$")
+TIER_HEADER = "x-gemini-service-tier"
+_TIER_WORD = re.compile(r"^[A-Za-z_]{1,40}$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A 200 answer: its JSON value, its latency, and the service tier that served it
+    (lowercase, e.g. ``flex``; None when the server did not say)."""
+
+    payload: Any
+    latency_ms: float
+    tier: str | None = None
 
 
 class ApiError(Exception):
@@ -89,13 +107,21 @@ class GeminiClient:
         # anything reads it. A key too short to be a real one would match ordinary text instead.
         self._key_bytes = api_key.encode() if len(api_key) >= MIN_SCRUBBED_KEY else b""
         self._headers = {"x-goog-api-key": api_key, "Content-Type": "application/json"}
+        if model.tier == "flex":  # the server waits 600 s unless told (a hint, best-effort)
+            self._headers["X-Server-Timeout"] = str(math.ceil(timeout))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_response_bytes
         self._max_delay = max_server_delay
         self._host = url_host(model.base_url)
 
     async def generate(self, body: bytes) -> tuple[Any, float]:
-        """POST one request; return (the 200 body's JSON value, latency in ms) or raise.
+        """POST one request; return (the 200 body's JSON value, latency in ms) or raise as
+        :meth:`reply` does."""
+        reply = await self.reply(body)
+        return reply.payload, reply.latency_ms
+
+    async def reply(self, body: bytes) -> Reply:
+        """POST one request; return its :class:`Reply` or raise.
 
         The value may have any shape: :func:`batchgen.answers.parse_response` reads it.
 
@@ -106,11 +132,12 @@ class GeminiClient:
             FatalApiError, QuotaExhaustedError: no other row can succeed now.
         """
         started = time.perf_counter()
-        status, raw, retry_after = await self._post(self._model.url, body)
+        status, raw, headers = await self._post(self._model.url, body)
         latency_ms = (time.perf_counter() - started) * 1000
         if status != 200:
-            raise self._error(status, raw, retry_after)
-        return _decode(raw), latency_ms
+            raise self._error(status, raw, headers.get("Retry-After"))
+        payload = _decode(raw)
+        return Reply(payload, latency_ms, served_tier(headers.get(TIER_HEADER), payload))
 
     async def count_tokens(self, contents_body: bytes) -> int:
         """POST a countTokens request; return its ``totalTokens``, or raise as :meth:`generate`.
@@ -121,9 +148,9 @@ class GeminiClient:
         """
         m = self._model
         url = f"{m.base_url}/{m.api_version}/models/{m.name}:countTokens"
-        status, raw, retry_after = await self._post(url, contents_body)
+        status, raw, headers = await self._post(url, contents_body)
         if status != 200:
-            raise self._error(status, raw, retry_after)
+            raise self._error(status, raw, headers.get("Retry-After"))
         try:
             payload = json.loads(raw)
         except (ValueError, RecursionError):
@@ -136,8 +163,9 @@ class GeminiClient:
             raise ApiError("bad_response", f"countTokens at {self._host}: HTTP 200 without a count")
         return count
 
-    async def _post(self, url: str, body: bytes) -> tuple[int, bytearray, str | None]:
-        """(status, body, Retry-After) of one POST; transport failures as retryable ApiError."""
+    async def _post(self, url: str, body: bytes) -> tuple[int, bytearray, dict[str, str]]:
+        """(status, body, the headers read) of one POST; transport failures as retryable
+        ApiError."""
         try:
             async with self._session.post(
                 url, data=body, headers=self._headers, timeout=self._timeout, allow_redirects=False
@@ -147,7 +175,9 @@ class GeminiClient:
                 raw = await self._read(resp)
                 if self._key_bytes and self._key_bytes in raw:  # a proxy echoing what it got
                     raw = raw.replace(self._key_bytes, b"***")
-                return resp.status, raw, resp.headers.get("Retry-After")
+                wanted = ("Retry-After", TIER_HEADER)
+                headers = {h: resp.headers[h] for h in wanted if h in resp.headers}
+                return resp.status, raw, headers
         except TimeoutError:
             raise ApiError(
                 "timeout", f"no answer from {self._host} within {self._timeout.total:g} s"
@@ -159,6 +189,12 @@ class GeminiClient:
     async def _read(self, resp: aiohttp.ClientResponse) -> bytearray:
         """The body, decompressed, as a stream under its cap (a 200's or an error's)."""
         cap = self._max_bytes if resp.status == 200 else ERROR_BODY_BYTES
+        encoding = resp.headers.get("Content-Encoding", "identity").lower()
+        length = resp.content_length
+        if encoding == "identity" and length is not None and length <= cap:
+            # the common case: a plain body whose declared length is under the cap (aiohttp
+            # reads no more than Content-Length), read in one call
+            return bytearray(await resp.read())
         raw = bytearray()
         async for chunk in resp.content.iter_chunked(READ_CHUNK):
             room = cap - len(raw)
@@ -224,6 +260,19 @@ class GeminiClient:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+
+def served_tier(header: str | None, payload: Any) -> str | None:
+    """The tier that served a call, lowercase: the header, else ``usageMetadata.serviceTier``
+    (whose spelling is unverified: ``flex``, ``FLEX`` and ``SERVICE_TIER_FLEX`` all read as
+    ``flex``); None when neither says."""
+    value: Any = header
+    if not value and isinstance(payload, dict) and isinstance(payload.get("usageMetadata"), dict):
+        value = payload["usageMetadata"].get("serviceTier")
+    if not isinstance(value, str) or not _TIER_WORD.match(value.strip()):
+        return None  # absent, or not a tier's name: the tier asked for stands
+    tier = value.strip().lower().removeprefix("service_tier_")
+    return "standard" if tier == "unspecified" else tier
 
 
 def _decode(raw: bytearray) -> Any:

@@ -96,6 +96,7 @@ class Estimate:
     notes: tuple[str, ...] = ()
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
+    tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
 
     @property
     def minutes(self) -> float:
@@ -131,7 +132,7 @@ def estimate_job(
             the model; JobError when it fails otherwise.
     """
     if sample is not None and sample < 1:
-        raise JobError(f"--sample {sample}: count at least one row")
+        raise JobError(f"sample={sample} (--sample): count at least one row")
     plan = plan_job(job)
     total = plan.reader.scan().rows
     if total == 0:
@@ -176,6 +177,7 @@ def estimate_job(
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
+        tier=job.model.tier,
     )
 
 
@@ -198,7 +200,8 @@ def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: d
     """No price at all, or a price that changes after ``day``: a later run costs otherwise."""
     if price is None:
         return [
-            f"no price for model {model!r} on {day.isoformat()}: cost unknown; pass --prices FILE"
+            f"no price for model {model!r} on {day.isoformat()}: cost unknown; give a price file "
+            "(prices=, --prices FILE)"
         ]
     later = [p for p in table.models[price.name].periods if p.start and p.start > day]
     if not later:
@@ -301,7 +304,7 @@ async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body
         raise JobError(
             f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
             f"{exc.message}; "
-            "rerun, or estimate without the API with --offline"
+            "rerun, or estimate without the API (offline=True, --offline)"
         ) from None
     raise AssertionError("the retry loop ended without a count")  # pragma: no cover
 
@@ -361,7 +364,7 @@ def _schema_guess(job: Job) -> OutputGuess:
         )
     source = (
         f"from the schema: a minimal answer ({low} tokens, no thinking) up to {said} per row "
-        "(thinking included); a pilot run (--limit 20) makes this a measurement"
+        "(thinking included); a pilot run (limit=20, --limit 20) makes this a measurement"
     )
     return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
 
@@ -462,7 +465,8 @@ def _cost_lines(est: Estimate) -> list[str]:
     for tier, (low, high) in est.tier_costs.items():
         lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
         label = "  cost     " if not lines else "           "
-        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}")
+        mark = "  ← this job's tier" if tier == est.tier else ""
+        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}{mark}")
     lines.append(
         f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
     )

@@ -445,7 +445,7 @@ class InputReader:
 def _check_file(path: Path, fmt: str) -> None:
     """Not there, a folder, a device, empty, or another format under this name."""
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; set input.path (or --input) to a file")
+        raise InputError(f"{path}: is a directory; set input.path (or input=, --input) to a file")
     if not path.exists():
         raise InputError(f"{path}: input file not found")
     if not path.is_file():

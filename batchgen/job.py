@@ -28,6 +28,11 @@ from batchgen.response_schema import (
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# The service tiers a job can ask for (README "Tiers"; docs/gemini-api.md §11). Flex answers in
+# minutes, not seconds (its target is 1-15 min), so a Flex job waits longer for each call unless
+# it sets limits.timeout_seconds itself.
+TIERS = ("standard", "flex", "batch")
+FLEX_TIMEOUT_SECONDS = 900.0
 
 # generationConfig fields passed through as given (GenerationConfig in generative_service.proto).
 # responseMimeType and responseSchema are batchgen's own; candidateCount is left out because
@@ -69,7 +74,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "input": frozenset({"path", "format", "id_column", "carry"}),
-    "model": frozenset({"name", "base_url", "api_version", "api_key_env"}),
+    "model": frozenset({"name", "base_url", "api_version", "api_key_env", "tier"}),
     "prompt": frozenset({"user", "system"}),
     "limits": frozenset(
         {
@@ -92,6 +97,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "backoff_max_seconds",
             "max_server_delay_seconds",
             "outage_minutes",
+            "flex_fallback_seconds",
         }
     ),
 }
@@ -111,6 +117,7 @@ class ModelSpec:
     base_url: str = DEFAULT_BASE_URL
     api_version: str = "v1beta"
     api_key_env: str = "GEMINI_API_KEY"
+    tier: str = "standard"  # one of TIERS: how the calls are served and billed
 
     @property
     def url(self) -> str:
@@ -158,6 +165,8 @@ class RetrySpec:
     until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``. A delay
     the server asks for (RetryInfo, Retry-After) is waited at most ``max_server_delay_seconds``.
     A run whose calls have all failed server-side for ``outage_minutes`` stops (exit 4).
+    A Flex row that has been refused for lack of capacity (429, 503) for
+    ``flex_fallback_seconds`` since its first such refusal is retried at the standard tier.
     """
 
     attempts: int = 5
@@ -167,6 +176,7 @@ class RetrySpec:
     backoff_max_seconds: float = 60.0
     max_server_delay_seconds: float = 300.0
     outage_minutes: float = 10.0
+    flex_fallback_seconds: float | None = None  # Flex capacity errors this long → standard
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,7 @@ class Overrides:
     output: Path | None = None
     model: str | None = None
     base_url: str | None = None
+    tier: str | None = None
 
 
 def load_job(path: str | Path, overrides: Overrides | None = None) -> Job:
@@ -227,7 +238,7 @@ def load_job(path: str | Path, overrides: Overrides | None = None) -> Job:
         raise JobError(f"{path}: cannot read job file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"{path}: invalid TOML: {exc}") from None
-    job = _build(raw, path)
+    job = _build(raw, path, tier=overrides.tier if overrides else None)
     return _apply(job, overrides) if overrides else job
 
 
@@ -248,18 +259,22 @@ def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "")
     return key
 
 
-def _build(raw: dict[str, Any], path: Path, base: Path | None = None) -> Job:
+def _build(
+    raw: dict[str, Any], path: Path, base: Path | None = None, tier: str | None = None
+) -> Job:
+    """The job; ``tier`` (``--tier``) replaces the job's own before the tier's defaults apply."""
     _check_keys(raw, "", path)
     base = path.parent if base is None else base
     schema = _schema(raw, base, path)
+    model = _model(_table(raw, "model", path), path, tier)
     return Job(
         name=_opt(raw, "name", str, path, "", path.stem),
         path=path,
         input=_input(_table(raw, "input", path), base, path),
-        model=_model(_table(raw, "model", path), path),
+        model=model,
         prompt=_prompt(_table(raw, "prompt", path), path),
         response_schema=schema.wire,
-        limits=_limits(_table(raw, "limits", path, required=False), path),
+        limits=_limits(_table(raw, "limits", path, required=False), path, model.tier),
         output=_output(_table(raw, "output", path, required=False), base, path),
         generation=_generation(_table(raw, "generation", path, required=False), path),
         retry=_retry(_table(raw, "retry", path, required=False), path),
@@ -361,14 +376,32 @@ def _format(file: Path, given: str | None, path: Path) -> str:
     return fmt
 
 
-def _model(table: dict[str, Any], path: Path) -> ModelSpec:
+def _model(table: dict[str, Any], path: Path, tier: str | None = None) -> ModelSpec:
     base_url = _opt(table, "base_url", str, path, "model", DEFAULT_BASE_URL)
+    given = _opt(table, "tier", str, path, "model", "standard")
     return ModelSpec(
         name=_req(table, "name", str, path, "model").removeprefix("models/"),
         base_url=_base_url(base_url, path),
         api_version=_opt(table, "api_version", str, path, "model", "v1beta"),
         api_key_env=_opt(table, "api_key_env", str, path, "model", "GEMINI_API_KEY"),
+        tier=_tier(tier, "--tier") if tier is not None else _tier(given, f"{path}: model.tier"),
     )
+
+
+def _tier(value: str, where: str) -> str:
+    if value not in TIERS:
+        choices = " or ".join(f'"{t}"' for t in TIERS)
+        raise JobError(f"{where} must be {choices}, not {value!r}")
+    return value
+
+
+def require_online(job: Job) -> None:
+    """Refuse a run at a tier that calls cannot be made at one by one (yet)."""
+    if job.model.tier == "batch":
+        raise JobError(
+            f'{job.path}: tier = "batch" is not available yet; use tier = "flex" for the same '
+            'half price online, or "standard"'
+        )
 
 
 def _base_url(url: str, where: Path | str) -> str:
@@ -423,10 +456,11 @@ def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any,
         raise JobError(f"{path}: {key} {file!r}: invalid JSON: {exc}") from None
 
 
-def _limits(table: dict[str, Any], path: Path) -> LimitsSpec:
+def _limits(table: dict[str, Any], path: Path, tier: str = "standard") -> LimitsSpec:
     d = LimitsSpec()
     rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
-    timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", d.timeout_seconds)
+    wait = FLEX_TIMEOUT_SECONDS if tier == "flex" else d.timeout_seconds
+    timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", wait)
     tpm = _opt(table, "tokens_per_minute", int, path, "limits")
     rpd = _opt(table, "requests_per_day", int, path, "limits")
     cap = _opt(table, "max_concurrency", int, path, "limits", d.max_concurrency)
@@ -465,6 +499,11 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
     for key in (*floats, "max_server_delay_seconds", "outage_minutes"):
         value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
         values[key] = float(_positive(value, f"retry.{key}", path))
+    fallback = _opt(table, "flex_fallback_seconds", (int, float), path, "retry")
+    if fallback is not None:
+        values["flex_fallback_seconds"] = float(
+            _positive(fallback, "retry.flex_fallback_seconds", path)
+        )
     return RetrySpec(**values)
 
 

@@ -63,6 +63,7 @@ USAGE_SCHEMA = pa.schema(
         pa.field("outcome", pa.string()),  # "ok", or the answer's failure category
         pa.field("finish_reason", pa.string()),
         pa.field("at", pa.timestamp("ms", tz="UTC")),
+        pa.field("tier", pa.string()),  # the service tier that served the call (older: null)
     ]
 )
 RESERVED = frozenset([ROW_ID.name, ITEM_INDEX.name] + [f.name for f in META_FIELDS])

@@ -89,7 +89,7 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
         CheckpointError: a directory that is not a batchgen output, or an unreadable part file.
     """
     if by not in GROUPS:
-        raise JobError(f"--by {by}: unknown grouping (one of {', '.join(GROUPS)})")
+        raise JobError(f"by={by!r} (--by): unknown grouping (one of {', '.join(GROUPS)})")
     if not outputs:
         raise JobError("report: no output directory given")
     prices = prices or PriceTable.load()
@@ -151,7 +151,8 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
     answers = results.drop_duplicates("row_id").rename(
         columns={"completed_at": "at", "attempts": "attempt"}
     )
-    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok")
+    # written before batchgen sent a serviceTier: every call was standard
+    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok", tier="standard")
     note = (
         f"{out}: no usage ledger (written before batchgen kept one): requests, tokens and "
         "cost count only the answers kept, not retries or failed calls"
@@ -216,7 +217,7 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
                 unpriced.append(name)
                 notes.append(
                     f"no price for model {name!r} (on {when.isoformat()}): its cost is shown as "
-                    "unpriced; add it to a price file and pass --prices FILE"
+                    "unpriced; add it to a price file and pass it (prices=, --prices FILE)"
                 )
             continue
         notes += _pricing_note(prices, version, asked, price.name)
@@ -356,7 +357,7 @@ def format_report(rep: Report, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(_as_json(rep), indent=2, ensure_ascii=False)
     if fmt not in ("table", "markdown"):
-        raise JobError(f"--format {fmt}: unknown format (one of {', '.join(FORMATS)})")
+        raise JobError(f"format={fmt!r} (--format): unknown format (one of {', '.join(FORMATS)})")
     extra = [c for c in RUN_COLUMNS if c in rep.groups.columns]
     header = [rep.by, *_LABELS.values(), *extra]
     digits = usd_digits(*rep.groups["cost_usd"], rep.total["cost_usd"])
@@ -443,7 +444,8 @@ def plot_report(rep: Report, path: Path) -> Path:
         from matplotlib.figure import Figure
     except ImportError:
         raise JobError(
-            "--plot needs matplotlib: pip install 'batchgen[plot]' (or pip install matplotlib)"
+            "a plot (--plot) needs matplotlib: pip install 'batchgen[plot]' (or pip install "
+            "matplotlib)"
         ) from None
     calls = rep.calls.assign(day=_keys(rep.calls, "day"), run=_keys(rep.calls, "run"))
     daily = calls.groupby("day")["cost_usd"].sum(min_count=0)

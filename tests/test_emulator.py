@@ -479,7 +479,7 @@ async def test_stats_route_returns_the_counts_and_is_not_counted(
             assert r.status == 200 and r.content_type == "application/json"
             stats = await r.json()
     assert stats == dict(emulator.counts)
-    assert stats == {"generateContent": 2, "status:200": 1, "status:403": 1}
+    assert stats == {"generateContent": 2, "status:200": 1, "status:403": 1, "tier:standard": 1}
     async with client.post(STATS_PATH) as r:  # only GET; and a wrong method is not counted
         assert r.status == 404
     assert emulator.counts == stats
@@ -673,7 +673,7 @@ async def test_fault_rates_are_seeded_dice(make_client: MakeClient) -> None:
 
 
 def test_config_rejects_unknown_faults_and_rates() -> None:
-    assert "ok" not in FAULTS and len(FAULTS) == 12
+    assert "ok" not in FAULTS and len(FAULTS) == 13
     with pytest.raises(ValueError, match="unknown fault"):
         EmulatorConfig(fault_rates={"timeout": 0.1})
     with pytest.raises(ValueError, match="more than 1"):

@@ -285,7 +285,7 @@ def test_an_output_without_a_ledger_falls_back_to_its_answers(tmp_path: Path) ->
 def test_not_an_output_and_a_bad_grouping_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"not a batchgen output \(no job.json\)"):
         build_report([tmp_path])
-    with pytest.raises(JobError, match="--by week: unknown grouping"):
+    with pytest.raises(JobError, match=r"by='week' \(--by\): unknown grouping"):
         build_report([tmp_path], by="week")
 
 

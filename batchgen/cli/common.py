@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from batchgen.job import Job, resolve_api_key
+from batchgen.job import TIERS, Job, resolve_api_key
 from batchgen.prices import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
 
@@ -59,6 +59,15 @@ def job_options(f: Any) -> Any:
     ):
         f = option(f)
     return f
+
+
+def tier_option(f: Any) -> Any:
+    """--tier, replacing the job's model.tier."""
+    return click.option(
+        "--tier",
+        type=click.Choice(TIERS),
+        help="Service tier instead of the job's model.tier (flex: half price, slower).",
+    )(f)
 
 
 def today() -> date:

@@ -20,10 +20,10 @@ from typing import Any
 import click
 
 from batchgen import __version__
-from batchgen.cli.common import api_target, job_options, warn_lifecycle
+from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
-from batchgen.job import Job, Overrides, load_job
+from batchgen.job import Job, Overrides, load_job, require_online
 from batchgen.plan import Plan, plan_job
 from batchgen.redact import redact_url
 from batchgen.runner import RunOptions, RunSummary, run_job
@@ -68,8 +68,9 @@ def _load(
     output: Path | None,
     model: str | None,
     base_url: str | None,
+    tier: str | None = None,
 ) -> Job:
-    return load_job(job_file, Overrides(input_path, output, model, base_url))
+    return load_job(job_file, Overrides(input_path, output, model, base_url, tier))
 
 
 def _duration(text: str | None) -> float | None:
@@ -90,6 +91,7 @@ def _duration(text: str | None) -> float | None:
 
 @main.command()
 @job_options
+@tier_option
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option("--emulator", is_flag=True, help="Run against the built-in emulator (offline).")
 @click.option("--fresh", is_flag=True, help="Move the existing output aside and start over.")
@@ -119,6 +121,7 @@ def run(
     output: Path | None,
     model: str | None,
     base_url: str | None,
+    tier: str | None,
     limit: int | None,
     emulator: bool,
     fresh: bool,
@@ -135,7 +138,8 @@ def run(
     from batchgen.cli.progress import choose
     from batchgen.prices import PriceTable
 
-    job = _load(job_file, input_path, output, model, base_url)
+    job = _load(job_file, input_path, output, model, base_url, tier)
+    require_online(job)
     table = PriceTable.load(prices)
     warn_lifecycle(job.model.name, table)
     click.get_current_context().meta[_ASKED] = job.model.name
@@ -260,6 +264,13 @@ def _first_request(plan: Plan) -> str:
     metavar="AFTER+SECONDS",
     help="Answer every call 503 for SECONDS, starting AFTER s past the first call, e.g. 30+120.",
 )
+@click.option(
+    "--flex-standard-share",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of answered Flex requests served at standard (x-gemini-service-tier).",
+)
 @click.option("--api-key", "api_keys", multiple=True, help="Accept only these keys (repeatable).")
 @click.option(
     "--fault",
@@ -278,6 +289,7 @@ def emulator(
     tpm: int | None,
     rpd: int | None,
     outage: str | None,
+    flex_standard_share: float,
     api_keys: tuple[str, ...],
     faults: tuple[str, ...],
 ) -> None:
@@ -304,6 +316,7 @@ def emulator(
             outage_after_s=after,
             outage_seconds=seconds,
             fault_rates=rates,
+            flex_standard_share=flex_standard_share,
         )
     except ValueError as exc:
         raise JobError(f"emulator: {exc}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from batchgen.cli.common import api_target, job_options, today, warn_lifecycle
+from batchgen.cli.common import api_target, job_options, tier_option, today, warn_lifecycle
 from batchgen.job import Job, Overrides, load_job
 from batchgen.prices import PriceTable
 
@@ -58,6 +58,7 @@ def report(
 
 @click.command("estimate")
 @job_options
+@tier_option
 @click.option(
     "--sample",
     default=200,
@@ -81,6 +82,7 @@ def estimate(
     output: Path | None,
     model: str | None,
     base_url: str | None,
+    tier: str | None,
     sample: int,
     all_rows: bool,
     offline: bool,
@@ -92,7 +94,7 @@ def estimate(
     """Estimate JOB_FILE's tokens, cost and run time before running it."""
     from batchgen.estimate import Estimate, estimate_job, format_estimate
 
-    job = load_job(job_file, Overrides(input_path, output, model, base_url))
+    job = load_job(job_file, Overrides(input_path, output, model, base_url, tier))
     table = PriceTable.load(prices)
     warn_lifecycle(job.model.name, table)
     rows = None if all_rows else sample

@@ -111,6 +111,7 @@ FAULTS: tuple[str, ...] = (
     "invalid",  # 200, STOP, JSON that breaks the schema
     "drop",  # connection closed without an HTTP response
     "slow",  # a normal answer after an extra slow_seconds
+    "capacity",  # Flex only: 503 UNAVAILABLE, no capacity (a standard request is answered)
 )
 _HTTP_FAULTS = {
     "500": (500, "INTERNAL", "An internal error has occurred. Please retry or report in "
@@ -118,7 +119,11 @@ _HTTP_FAULTS = {
     "503": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
     "504": (504, "DEADLINE_EXCEEDED",
             "The service is unable to finish processing within the deadline."),
+    # The emulator's own wording: the Flex guide says only "503 (at capacity)" or 429.
+    "capacity": (503, "UNAVAILABLE",
+                 "The service is currently at capacity for the flex tier. Please try again later."),
 }  # fmt: skip
+TIER_HEADER = "x-gemini-service-tier"
 STATS_PATH = "/_emulator/stats"
 # The API takes request bodies up to 20 MB (inline data included); aiohttp's default is 1 MiB.
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -166,6 +171,8 @@ class EmulatorConfig:
         slow_seconds: the extra delay of the "slow" fault.
         hostile: sizes, delays and the redirect target of the hostile faults
             (:data:`batchgen.emulator.hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
+        flex_standard_share: the share of answered Flex requests served (and so billed) at
+            the standard tier, as the ``x-gemini-service-tier`` header says; seeded dice.
         batch_pending_s: how long (on the emulator's clock) a new batch stays PENDING.
         batch_running_s: how long it is RUNNING after that; its counters progress evenly.
         batch_line_error_rate: the share of batch lines that fail on their own (seeded dice).
@@ -192,6 +199,7 @@ class EmulatorConfig:
     record: bool = False
     slow_seconds: float = 2.0
     hostile: HostileConfig = field(default_factory=HostileConfig)
+    flex_standard_share: float = 0.0
     batch_pending_s: float = 0.0
     batch_running_s: float = 0.0
     batch_line_error_rate: float = 0.0
@@ -199,6 +207,10 @@ class EmulatorConfig:
     max_file_bytes: int = 2 * 1000**3
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.flex_standard_share <= 1.0:
+            raise ValueError(
+                f"flex_standard_share must be within 0..1, not {self.flex_standard_share}"
+            )
         known = FAULTS + HOSTILE_FAULTS
         spreads = [(self.latency_median_ms, self.latency_sigma), *self.model_latency.values()]
         if any(median < 0 or sigma < 0 for median, sigma in spreads):
@@ -238,6 +250,7 @@ class Emulator:
         self.counts: collections.Counter[str] = collections.Counter()
         self.clock: Callable[[], float] = time.monotonic
         self._dice = random.Random(self.config.seed)
+        self._tier_dice = random.Random(self.config.seed + 1)  # apart: faults roll as before
         self._latency = LatencyModel(self.config)
         self._first_call: float | None = None  # when the first generateContent arrived
         self._script_used: collections.Counter[str] = collections.Counter()
@@ -288,7 +301,10 @@ class Emulator:
         prompt = prompt_text(body)
         self._check_outage()
         self._quota.admit(model, estimate_tokens(prompt), self.clock())
+        tier = body.get("serviceTier") or "standard"
         fault = self._choose_fault(prompt)
+        if fault == "capacity" and tier != "flex":
+            fault = None  # only Flex is sheddable
         if fault:
             self.counts[f"fault:{fault}"] += 1
         await self._delay(model, fault)
@@ -301,7 +317,20 @@ class Emulator:
         if fault in HOSTILE_FAULTS:
             answer = answer_body(body, model, prompt, None)
             return await hostile_reply(request, fault, self.config.hostile, model, answer)
-        return _json_response(answer_body(body, model, prompt, fault))
+        served = self._served(tier)
+        self.counts[f"tier:{served}"] += 1
+        # the same answer at every tier: only the header says how it was served
+        response = _json_response(answer_body(body, model, prompt, fault))
+        response.headers[TIER_HEADER] = served
+        return response
+
+    def _served(self, tier: str) -> str:
+        """The tier that serves an answered request: Flex, or a share of it at standard."""
+        if tier == "unspecified":
+            return "standard"
+        if tier == "flex" and self._tier_dice.random() < self.config.flex_standard_share:
+            return "standard"
+        return tier
 
     async def _count(self, request: web.Request, model: str) -> web.StreamResponse:
         self.counts["countTokens"] += 1

@@ -37,6 +37,10 @@ SCHEMA_TYPES = (
     "NULL",
 )
 JSON_MIME_TYPES = ("application/json", "text/x.enum")
+# GenerateContentRequest.serviceTier (docs/gemini-api.md §11): Google's SDKs send the lowercase
+# names, java-genai the SERVICE_TIER_* ones; both are read here, in any case. The enum's numbers
+# are not published, so a number is refused like any unknown value.
+SERVICE_TIERS = ("unspecified", "standard", "flex", "priority")
 
 # Field name -> kind. A kind is a scalar ("string", "int32", "int64", "float", "bool", "enum"),
 # "any" (a Struct or a message the emulator does not inspect), "Type" (Schema.type), a message
@@ -46,6 +50,7 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "model": "string", "contents": "repeated Content", "systemInstruction": "Content",
         "tools": "repeated any", "toolConfig": "any", "safetySettings": "repeated SafetySetting",
         "generationConfig": "GenerationConfig", "cachedContent": "string",
+        "serviceTier": "ServiceTier",
     },
     "CountTokensRequest": {
         "contents": "repeated Content", "generateContentRequest": "GenerateContentRequest",
@@ -230,7 +235,18 @@ class _Reader:
             return None
         if kind == "Type":
             return self.schema_type(value, here)
+        if kind == "ServiceTier":
+            return self.service_tier(value, here)
         return self.scalar(value, kind, here)
+
+    def service_tier(self, value: Any, here: str) -> str | None:
+        """serviceTier, canonical lowercase (``SERVICE_TIER_FLEX`` → ``flex``)."""
+        if isinstance(value, str):
+            name = value.lower().removeprefix("service_tier_")
+            if name in SERVICE_TIERS:
+                return name
+        self.invalid(here, _PROTO + "ServiceTier", value)
+        return None
 
     def schema_type(self, value: Any, here: str) -> str | None:
         """Schema.type: an enum, so names in any case or their numbers."""
