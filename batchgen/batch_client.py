@@ -31,6 +31,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from batchgen.answers import AnswerError
 from batchgen.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_SERVER_DELAY,
@@ -329,6 +330,8 @@ class BatchClient(GeminiClient):
                 if self._key_bytes and self._key_bytes in raw:
                     raw = raw.replace(self._key_bytes, b"***")
                 return resp.status, raw, resp.headers
+        except AnswerError as exc:  # a JSON answer over limits.max_response_mb
+            raise ApiError(exc.category, exc.message) from None
         except TimeoutError:
             raise ApiError(
                 "timeout", f"no answer from {self._host} within {self._timeout.total:g} s"

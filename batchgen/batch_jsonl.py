@@ -28,6 +28,7 @@ from batchgen.output import error_row
 from batchgen.plan import Outcome, Plan, Work
 
 MAX_FILE_BYTES = 2 * 1000**3  # the Files API's limit per file (2 GB)
+BATCH_TIER = "batch"  # the tier a batch answer is billed at (job.TIERS)
 LINE_ERROR = "batch_line_error"  # the batch answered this line with an error
 MISSING = "batch_missing"  # the batch ended without a line for this row
 _HTTP_CODES = range(100, 600)  # an error code in this range is an HTTP status, else an rpc code
@@ -194,7 +195,7 @@ class ResultCollector:
         job = self.plan.job
         return Billed(
             self.run_id, job.name, work.row.row_id, attempt, job.model.name, answer, outcome,
-            self.now(),
+            self.now(), BATCH_TIER,
         )  # fmt: skip
 
     def _failure(

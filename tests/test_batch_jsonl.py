@@ -123,6 +123,7 @@ async def test_batch_results_become_what_online_answers_become(
             answer.usage.total,
         )
         assert (ledger["outcome"], ledger["run_id"], ledger["attempt"]) == ("ok", "run-1", 1)
+        assert ledger["tier"] == "batch"  # priced at the batch rate
 
 
 def test_line_errors_missing_keys_and_junk_become_failures(project: Path, tmp_path: Path) -> None:
