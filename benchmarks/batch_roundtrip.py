@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pyarrow as pa
@@ -34,6 +35,7 @@ from batchgen.job import Overrides, load_job
 from batchgen.keys import EMPTY
 from batchgen.outdir import DoneState
 from batchgen.plan import Work, plan_job
+from batchgen.prices import PriceTable
 
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 ROWS, PER_CHUNK = 10_000, 4_000
@@ -94,6 +96,8 @@ async def main() -> None:
         counts = server.emulator.counts
         same = differ = failed = 0
         batch_tokens = online_tokens = 0
+        batch_cost = online_cost = 0.0
+        prices = PriceTable.load()
         for w, a in zip(works, answers, strict=True):
             got = by_id[w.row.row_id]
             if got.outcome.failed:
@@ -106,15 +110,43 @@ async def main() -> None:
                 same += 1
             else:
                 differ += 1
-            batch_tokens += got.billed.answer.usage.total if got.billed else 0
+            if got.billed is not None:
+                batch_tokens += got.billed.answer.usage.total
+                batch_cost += _cost(prices, got.billed.to_row())
             online_tokens += a.usage.total
+            online_cost += (
+                prices.cost(
+                    job.model.name,
+                    prompt=a.usage.prompt,
+                    output=a.usage.output,
+                    thinking=a.usage.thinking,
+                    cached=a.usage.cached,
+                )
+                or 0.0
+            )
         print(
             f"rows {len(works)}, chunks {-(-len(works) // PER_CHUNK)}, batch path {batch_s:.2f} s "
             f"(write+upload+create+download+collect), same typed values {same}, differ {differ}, "
             f"line failures {failed} ({failed / len(works):.2%}), tokens batch/online "
             f"{batch_tokens}/{online_tokens}; emulator batch_rows {counts['batch_rows']}, "
-            f"repeated {counts['batch_rows_repeated']}"
+            f"repeated {counts['batch_rows_repeated']}; ledger cost batch/online "
+            f"${batch_cost:.4f}/${online_cost:.4f} = {batch_cost / online_cost:.3f}"
         )
+
+
+def _cost(prices: PriceTable, row: dict[str, Any]) -> float:
+    """A ledger row's cost at the tier it names."""
+    return (
+        prices.cost(
+            row["model"],
+            prompt=row["prompt_tokens"],
+            output=row["output_tokens"],
+            thinking=row["thinking_tokens"],
+            cached=row["cached_tokens"],
+            tier=row["tier"],
+        )
+        or 0.0
+    )
 
 
 asyncio.run(main())
