@@ -11,6 +11,9 @@ key, model, rate limits, then faults, then the answer. Answers are deterministic
 prompt, schema); structured answers conform to the response schema. Faults are drawn per call
 with seeded dice (``fault_rates``) or scripted per prompt substring (``script``).
 
+Batch Mode and the Files API (``:batchGenerateContent``, ``batches/*``, resumable upload and
+download) are served from :mod:`batchgen.emulator.batch` and :mod:`batchgen.emulator.files`.
+
 Three ways to run it: :func:`create_app` (for pytest-aiohttp), :class:`EmulatorServer` (in the
 current event loop), :class:`EmulatorThread` (own loop in a daemon thread, for sync code), and
 :func:`serve` for the ``batchgen emulator`` command. The API key is never logged or echoed.
@@ -37,6 +40,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import NotAppKeyWarning
 
+from batchgen.emulator.batch import BATCH_OUTCOMES, BatchApi
+from batchgen.emulator.files import FilesApi
 from batchgen.emulator.hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
 from batchgen.emulator.latency import LatencyModel
 from batchgen.emulator.quota import QuotaWindows
@@ -168,6 +173,12 @@ class EmulatorConfig:
             (:data:`batchgen.emulator.hostile.HOSTILE_FAULTS`: a proxy's misbehaviour).
         flex_standard_share: the share of answered Flex requests served (and so billed) at
             the standard tier, as the ``x-gemini-service-tier`` header says; seeded dice.
+        batch_pending_s: how long (on the emulator's clock) a new batch stays PENDING.
+        batch_running_s: how long it is RUNNING after that; its counters progress evenly.
+        batch_line_error_rate: the share of batch lines that fail on their own (seeded dice).
+        batch_script: how successive batches end: "ok", "fail" (FAILED) or "expire"
+            (EXPIRED); batches after the script's end succeed.
+        max_file_bytes: the Files API's size limit per file (2 GB).
     """
 
     api_keys: frozenset[str] | None = None
@@ -189,6 +200,11 @@ class EmulatorConfig:
     slow_seconds: float = 2.0
     hostile: HostileConfig = field(default_factory=HostileConfig)
     flex_standard_share: float = 0.0
+    batch_pending_s: float = 0.0
+    batch_running_s: float = 0.0
+    batch_line_error_rate: float = 0.0
+    batch_script: list[str] = field(default_factory=list)
+    max_file_bytes: int = 2 * 1000**3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flex_standard_share <= 1.0:
@@ -210,6 +226,11 @@ class EmulatorConfig:
             for entry in plan:
                 if entry != "ok" and entry not in known:
                     raise ValueError(f"script[{key!r}]: unknown fault {entry!r}")
+        for ending in self.batch_script:
+            if ending not in BATCH_OUTCOMES:
+                raise ValueError(f"batch_script: unknown ending {ending!r} (ok, fail, expire)")
+        if not 0.0 <= self.batch_line_error_rate <= 1.0:
+            raise ValueError("batch_line_error_rate must be within 0..1")
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -244,6 +265,13 @@ class Emulator:
             self.app["emulator"] = self
         self.app.router.add_post("/v1beta/models/{name}", self._dispatch)
         self.app.router.add_get(STATS_PATH, self._stats)
+        # Batch Mode and its files (batch.py, files.py); the lambda reads a replaced clock too.
+        self.files = FilesApi(self._check_key, self.counts, self.config.seed,
+                              self.config.max_file_bytes)  # fmt: skip
+        self.batches = BatchApi(self.files, self._check_key, self._check_model,
+                                lambda: self.clock(), self.counts, self.config)  # fmt: skip
+        self.files.add_routes(self.app.router)
+        self.batches.add_routes(self.app.router)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         """The counts so far; not itself counted, so polling does not change them."""
@@ -258,6 +286,8 @@ class Emulator:
             return await self._generate(request, model)
         if method == "countTokens" and model:
             return await self._count(request, model)
+        if method == "batchGenerateContent" and model:
+            return await self.batches.create(request, model)
         raise web.HTTPNotFound()
 
     async def _generate(self, request: web.Request, model: str) -> web.StreamResponse:
