@@ -4,6 +4,9 @@
 result rows, or its failure record) and reports each call that returned usage as a
 :class:`Billed` entry as soon as it returns, so the ledger is in the journal even when the row
 goes on retrying, or the run is killed before the row ends.
+
+Each attempt passes the run's :class:`Pacing` before it is sent (the daily count, the rate
+limiter, the breaker, its place in flight) and tells it how the call went after.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from batchgen.answers import Answer, AnswerError, parse_response, structured_value
+from batchgen.breaker import Breaker
 from batchgen.budget import Budget
 from batchgen.client import ApiError, GeminiClient
-from batchgen.limits import RateLimits
+from batchgen.daily import DailyQuota
+from batchgen.limits import ConcurrencyController, RateLimits
 from batchgen.output import error_row
 from batchgen.plan import Outcome, Plan, Work
 from batchgen.retry import RetryPolicy
+from batchgen.stopping import TransportWatch
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,52 @@ class CallEvents(Protocol):
     def server_delay(self, delay: float, asked: float | None) -> None: ...
 
 
+@dataclass
+class Pacing:
+    """What every attempt passes before it is sent, and tells when it returns."""
+
+    limits: RateLimits
+    controller: ConcurrencyController
+    breaker: Breaker
+    day: DailyQuota
+    watch: TransportWatch
+
+    async def before(self, slot: int, charged: int) -> float:
+        """Wait for the call's turn; return when it was sent (the limits' clock).
+
+        Raises QuotaExhaustedError before the day's quota is exceeded, and RunStoppedError
+        once the breaker has been open for ``retry.outage_minutes``.
+        """
+        if not self.day.allows():
+            raise self.day.exhausted()
+        sent = await self.limits.acquire(charged)
+        if await self.breaker.admit():  # it waited: the limiter's turn is stale
+            sent = await self.limits.acquire(charged)
+        if not self.day.allows():  # other calls went meanwhile; no await from here to send
+            raise self.day.exhausted()
+        self.day.spend()
+        self.controller.sending(slot)
+        return sent
+
+    def answered(self, sent: float, latency_s: float) -> None:
+        """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
+        self.breaker.record(True, False, sent)
+        self.watch.saw(None, None)
+        self.controller.observe(latency_s)
+
+    def failed(self, exc: ApiError, sent: float, charged: int) -> bool:
+        """A call failed; return whether it spends the row's attempt (not during an outage)."""
+        self.watch.saw(exc.category, exc.message)
+        if exc.status == 429:
+            self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
+        if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
+            return True
+        server_side = exc.category == "timeout" or (exc.status or 0) >= 500
+        if server_side:
+            self.breaker.note(exc.message)
+        return self.breaker.record(False, server_side, sent)
+
+
 class RowCaller:
     """Calls the API for one row at a time, retrying as the job's [retry] section says."""
 
@@ -73,7 +125,7 @@ class RowCaller:
         self,
         plan: Plan,
         client: GeminiClient,
-        limits: RateLimits,
+        pacing: Pacing,
         budget: Budget,
         run_id: str,
         events: CallEvents,
@@ -83,42 +135,50 @@ class RowCaller:
         self.plan = plan
         self.job = plan.job
         self.client = client
-        self.limits = limits
+        self.pacing = pacing
+        self.limits = pacing.limits
         self.budget = budget
         self.run_id = run_id
         self.events = events
         self.now = clock
         self.retry = retry or RetryPolicy(plan.job.retry)
 
-    async def call(self, work: Work) -> Outcome:
-        """One row through its retry loop; what still fails becomes a failure record."""
+    async def call(self, work: Work, slot: int) -> Outcome:
+        """One row through its retry loop; what still fails becomes a failure record.
+
+        ``slot`` is the row's place in flight (:class:`~batchgen.limits.ConcurrencyController`).
+        """
         attempt = 0
+        spared = [0]  # calls that failed during an outage: they spend no attempt
         try:
-            async for retrying in self.retry.for_row():
+            async for retrying in self.retry.for_row(lambda: spared[0]):
                 with retrying:
                     attempt = retrying.retry_state.attempt_number
-                    return await self._attempt(work, attempt)
+                    return await self._attempt(work, attempt, slot, spared)
         except ApiError as exc:
             return self._failure(work, exc.category, exc.message, attempt, status=exc.status)
         except AnswerError as exc:
             return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
         raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
-    async def _attempt(self, work: Work, attempt: int) -> Outcome:
+    async def _attempt(self, work: Work, attempt: int, slot: int, spared: list[int]) -> Outcome:
         charged = self.limits.estimate(work.tokens)
         held = await self.budget.reserve(charged)
         answer: Answer | None = None
         try:
-            await self.limits.acquire(charged)
+            sent = await self.pacing.before(slot, charged)
             self.events.requested()
             payload, latency_ms = await self.client.generate(work.body)
-            answer = parse_response(payload)
         except ApiError as exc:
+            spared[0] += not self.pacing.failed(exc, sent, charged)
             self._delayed(exc)
             raise
+        else:
+            self.pacing.answered(sent, latency_ms / 1000)
+            answer = parse_response(payload)
         finally:  # also when the call fails, is cancelled or stops the run
             self.budget.settle(held, answer.usage if answer is not None else None)
-        await self.limits.settle(work.tokens, charged, answer.usage.prompt)
+        await self.limits.settle(work.tokens, charged, answer.usage.prompt, sent_at=sent)
         try:
             value = structured_value(answer, self.plan.validator)
         except AnswerError as exc:
@@ -131,8 +191,6 @@ class RowCaller:
         return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
     def _delayed(self, exc: ApiError) -> None:
-        if exc.status == 429:
-            self.limits.rejected(exc.retry_delay, exc.quota)
         if exc.retry_delay is not None:
             self.events.server_delay(exc.retry_delay, exc.asked_delay)
 

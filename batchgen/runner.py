@@ -1,10 +1,11 @@
-"""Run a job: checks first, then a bounded async pipeline, reader → workers → writer.
+"""Run a job: checks first, then a bounded async pipeline, reader → backend → writer.
 
-The reader renders rows into request bodies and puts them on a queue of at most two per worker;
-``concurrency`` workers each take a row through :class:`~batchgen.calls.RowCaller` (its
-attempts, retries and billing); one writer puts every outcome and ledger entry in the journal
-as it arrives and compacts it into part files on a schedule (:mod:`batchgen.writer`). Every
-queue is bounded, so memory does not grow with the input.
+The reader renders rows into request bodies and puts them on a bounded queue; a backend
+(:mod:`batchgen.backend`; today :class:`~batchgen.online.OnlineBackend`, which dispatches each
+row through :class:`~batchgen.calls.RowCaller` at the concurrency the limits allow) takes them
+as a stream and reports each row's outcome and each call's cost; one writer puts every outcome
+and ledger entry in the journal as it arrives and compacts it into part files on a schedule
+(:mod:`batchgen.writer`). Every queue is bounded, so memory does not grow with the input.
 
 No task dies silently: an error that belongs to one row is that row's failure record; anything
 else stops the run through :class:`~batchgen.stopping.StopControl` with one line, and the
@@ -19,36 +20,35 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiohttp
 import numpy as np
 import pyarrow as pa
 
 from batchgen import __version__
-from batchgen.budget import Budget, BudgetReachedError, Pricer
-from batchgen.calls import Billed, RowCaller
-from batchgen.client import GeminiClient
+from batchgen.backend import Backend
+from batchgen.budget import Budget, Pricer
+from batchgen.calls import Billed
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
 from batchgen.inputs import Scan
 from batchgen.job import Job
 from batchgen.keys import contains
-from batchgen.limits import RateLimits
+from batchgen.online import OnlineBackend
 from batchgen.outdir import DoneState, OutputDir
 from batchgen.plan import Outcome, Plan, Work, plan_job
 from batchgen.progress import NoProgress, Progress, Snapshot
-from batchgen.redact import redact_url
-from batchgen.stopping import StopControl, TransportWatch
+from batchgen.stopping import StopControl
 from batchgen.summary import RunSummary
 from batchgen.writer import FRAME_SECONDS, RunWriter
 
 __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]
 
 READ_CHUNK = 64  # rows rendered per hop to the reader thread
+QUEUED = 4 * READ_CHUNK  # rendered rows waiting for the backend (memory stays bounded)
 NOTE_AFTER = 5.0  # a server delay at least this long is shown in the progress output
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ class RunOptions:
     fresh: bool = False  # move the existing output aside and start over
     skip_failed: bool = False  # do not retry rows recorded as failed by earlier runs
     grace_seconds: float = 30.0  # after a signal, how long calls in flight may take
-    unreachable_after: int = 0  # consecutive transport failures that stop the run (0: auto)
+    unreachable_after: int = 0  # calls in a row that reach no server stop the run (0: auto)
     prices: Pricer | None = None  # batchgen.usage.PriceTable: costs in the summary and records
     max_cost: float | None = None  # USD this run may spend; needs prices for the model
     time_budget: float | None = None  # seconds, from the start of the run
@@ -145,7 +145,11 @@ def _open_output(job: Job, out: OutputDir, fresh: bool) -> tuple[Any, int, DoneS
 
 
 class _Run:
-    """One run's pipeline: reader → workers → writer, and the books it keeps."""
+    """One run's pipeline: reader → backend → writer, and the books it keeps.
+
+    It is the backend's :class:`~batchgen.backend.Sink`: ``outcome``, ``billed``,
+    ``requested`` and ``server_delay`` are what the backend tells it.
+    """
 
     def __init__(
         self,
@@ -167,14 +171,12 @@ class _Run:
         self.summary = RunSummary(output=out.path, run_id=self.run_id, rows_total=rows_total)
         self.stop = StopControl(out.path, options.grace_seconds)
         self.writer = RunWriter(out, self.run_id, plan.layout.schema, self.job.output)
-        concurrency = self.job.limits.concurrency
-        self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=2 * concurrency)
-        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(4 * concurrency)
-        limits = self.job.limits
-        self.limits = RateLimits(limits.requests_per_minute, limits.tokens_per_minute)
-        after = options.unreachable_after or max(20, 2 * concurrency)
-        self.watch = TransportWatch(self.stop, redact_url(self.job.model.base_url), after)
-        self.emitted = 0  # rows the reader handed on (to workers, or as template failures)
+        self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
+        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(QUEUED)
+        self.backend: Backend = OnlineBackend(
+            plan, options.api_key, budget, self.run_id, self.stop, out, options.unreachable_after
+        )
+        self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
         self.broken = False  # the output cannot be written: drain, write nothing more
         self.note, self.note_until = "", 0.0
@@ -182,33 +184,22 @@ class _Run:
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
         await asyncio.to_thread(self.out.append_run_record, self._record("start", started_at))
-        concurrency = self.job.limits.concurrency
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            client = GeminiClient(
-                session, self.job.model, self.options.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
-            caller = RowCaller(self.plan, client, self.limits, self.budget, self.run_id, self)
-            writer = asyncio.create_task(self._write())
-            ticker = asyncio.create_task(self._tick())
-            reader = asyncio.create_task(self._guard("reader", self._read()))
-            workers = [
-                asyncio.create_task(self._guard("worker", self._worker(caller)))
-                for _ in range(concurrency)
-            ]
-            self.stop.calls = workers
-            self.stop.watch_time_budget(self.options.time_budget, self.started)
-            with self.stop.signal_handlers(self.options.handle_signals):
-                await asyncio.gather(*workers, return_exceptions=True)
-                self.stop.end()
-                for task in (reader, ticker):
-                    task.cancel()
-                await asyncio.gather(reader, ticker, return_exceptions=True)
-                await self.outcomes.put(None)
-                await writer
-                await self._finish(started_at)
+        writer = asyncio.create_task(self._write())
+        ticker = asyncio.create_task(self._tick())
+        reader = asyncio.create_task(self.stop.guard("reader", self._read()))
+        backend = asyncio.create_task(
+            self.stop.guard("backend", self.backend.run(self._works(), self))
+        )
+        self.stop.watch_time_budget(self.options.time_budget, self.started)
+        with self.stop.signal_handlers(self.options.handle_signals):
+            await asyncio.gather(backend, return_exceptions=True)
+            self.stop.end()
+            for task in (reader, ticker):
+                task.cancel()
+            await asyncio.gather(reader, ticker, return_exceptions=True)
+            await self.outcomes.put(None)
+            await writer
+            await self._finish(started_at)
         if self.stop.reason is not None:
             self.stop.reason.summary = self.summary
             raise self.stop.reason
@@ -269,29 +260,15 @@ class _Run:
                 "stopped_by": self.stop.by,
                 "stopped": str(reason) if reason is not None else None,
             }
+            gauges = self.backend.gauges()
+            record["concurrency"] = gauges.concurrency
+            record["latency_p90_s"] = gauges.latency_p90 and round(gauges.latency_p90, 3)
         return record
 
     # --- the pipeline -----------------------------------------------------------------
 
-    async def _guard(self, name: str, body: Coroutine[Any, Any, None]) -> None:
-        """Run a task; an error no other part handled stops the run with one line."""
-        try:
-            await body
-        except asyncio.CancelledError:
-            raise
-        except BatchgenError as exc:
-            self.stop.fail(exc, name)
-        except Exception as exc:  # a bug: say so in one line, keep what was answered
-            self.stop.fail(
-                InternalError(
-                    f"{self.out.path}: internal error in the {name}: {type(exc).__name__}: "
-                    f"{exc}; results so far are saved; rerun to resume (and please report this)"
-                ),
-                "internal",
-            )
-
     async def _read(self) -> None:
-        """Feed the workers; a bad input stops the reading, not the rows already queued."""
+        """Feed the backend; a bad input stops the reading, not the rows already queued."""
         counts: dict[str, int] = {"skipped": 0}
         works = self.plan.works(self.state, self.options.limit, self.options.skip_failed, counts)
         try:
@@ -312,24 +289,12 @@ class _Run:
             self.stop.halt(InputError(f"{self.job.input.path}: cannot read: {exc}"), "input")
         finally:
             self.summary.rows_skipped = counts["skipped"]
-        for _ in range(self.job.limits.concurrency):  # not reached when cancelled
-            await self.work.put(None)
+        await self.work.put(None)  # not reached when cancelled
 
-    async def _worker(self, caller: RowCaller) -> None:
-        while not self.stop.stopping.is_set():
-            work = await self.work.get()
-            if work is None:
-                return
-            try:
-                outcome = await caller.call(work)
-            except BudgetReachedError as exc:
-                self.stop.halt(exc, "max_cost")
-                return
-            except BatchgenError as exc:  # a bad key, an unknown model, a used-up daily quota
-                self.stop.halt(exc, "api")
-                return
-            await self.outcomes.put(outcome)
-            self.watch.saw(outcome.category, outcome.message)
+    async def _works(self) -> AsyncIterator[Work]:
+        """The rendered rows, as the backend takes them, until the reader is done."""
+        while (work := await self.work.get()) is not None:
+            yield work
 
     async def _tick(self) -> None:
         """Wake the writer on time, and show progress even while nothing completes."""
@@ -377,7 +342,10 @@ class _Run:
             self.summary.rows_done -= 1
             self.summary.finished(Outcome([], failed=True, category="output_type", message=message))
 
-    # --- what the calls tell the run (batchgen.calls.CallEvents) ----------------------
+    # --- what the backend tells the run (batchgen.backend.Sink) -------------------------
+
+    async def outcome(self, outcome: Outcome) -> None:
+        await self.outcomes.put(outcome)
 
     def requested(self) -> None:
         self.summary.requests += 1
@@ -397,6 +365,7 @@ class _Run:
 
     def _snapshot(self) -> Snapshot:
         s = self.summary
+        gauges = self.backend.gauges()
         return Snapshot(
             rows_todo=self.rows_todo,
             rows_done=s.rows_done,
@@ -405,6 +374,8 @@ class _Run:
             cost=self.budget.cost,
             elapsed=time.monotonic() - self.started,
             note=self.note if time.monotonic() < self.note_until else "",
+            concurrency=gauges.concurrency,
+            latency_p90=gauges.latency_p90,
         )
 
 
