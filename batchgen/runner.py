@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,12 +144,87 @@ def _open_output(job: Job, out: OutputDir, fresh: bool) -> tuple[Any, int, DoneS
     return moved, folded, out.done_state("row_id" if job.input.id_column else "request_hash")
 
 
-class _Run:
-    """One run's pipeline: reader → backend → writer, and the books it keeps.
+class _Books:
+    """Where the backend's reports go (its :class:`~batchgen.backend.Sink`): every outcome and
+    ledger entry into the journal as it arrives, compacted on schedule, and into the summary."""
 
-    It is the backend's :class:`~batchgen.backend.Sink`: ``outcome``, ``billed``,
-    ``requested`` and ``server_delay`` are what the backend tells it.
-    """
+    def __init__(
+        self, plan: Plan, out: OutputDir, summary: RunSummary, budget: Budget, stop: StopControl
+    ) -> None:
+        self.out, self.summary, self.budget, self.stop = out, summary, budget, stop
+        self.writer = RunWriter(out, summary.run_id, plan.layout.schema, plan.job.output)
+        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(QUEUED)
+        self.broken = False  # the output cannot be written: drain, write nothing more
+        self.note, self.note_until = "", 0.0
+
+    # --- what the backend tells the run (batchgen.backend.Sink) -------------------------
+
+    async def outcome(self, outcome: Outcome) -> None:
+        await self.outcomes.put(outcome)
+
+    def requested(self) -> None:
+        self.summary.requests += 1
+
+    async def billed(self, entry: Billed) -> None:
+        self.summary.billed(entry.answer.usage, entry.answer.model_version)
+        self.summary.cost = self.budget.cost
+        await self.outcomes.put(entry)
+
+    def server_delay(self, delay: float, asked: float | None) -> None:
+        if delay < NOTE_AFTER:
+            return
+        capped = asked is not None and asked > delay
+        why = f"{asked:.0f} s, capped by retry.max_server_delay_seconds" if capped else "it"
+        self.note = f"waiting {delay:.0f} s: the server asked for {why}"
+        self.note_until = time.monotonic() + delay
+
+    def current_note(self) -> str:
+        return self.note if time.monotonic() < self.note_until else ""
+
+    # --- the writer task -----------------------------------------------------------------
+
+    async def write(self, shown: Callable[[], None]) -> None:
+        """Journal everything until None arrives; call ``shown`` after each batch."""
+        last = False
+        while not last:
+            items = [await self.outcomes.get()]
+            while not self.outcomes.empty():
+                items.append(self.outcomes.get_nowait())
+            for item in items:
+                last = last or item is None
+                self._take(item)
+            if not self.broken:
+                await self._commit(last)
+            shown()
+
+    def _take(self, item: object) -> None:
+        if isinstance(item, Billed):
+            self.writer.add_usage(item.to_row())
+        elif isinstance(item, Outcome):
+            self.summary.finished(item)
+            self.writer.add_rows(item.rows, item.failed)
+
+    async def _commit(self, last: bool) -> None:
+        try:
+            if last or self.writer.frame_due():
+                self._unfit(await asyncio.to_thread(self.writer.commit))
+            if last or self.writer.compaction_due():
+                await asyncio.to_thread(self.writer.compact)
+        except Exception as exc:  # the disk, or a bug: stop paying for answers we cannot keep
+            self.broken = True
+            if not isinstance(exc, BatchgenError):
+                exc = InternalError(f"{self.out.path}: cannot write: {type(exc).__name__}: {exc}")
+            self.stop.fail(exc, "disk")
+
+    def _unfit(self, records: list[dict[str, Any]]) -> None:
+        """Answers that did not fit their columns became failure records: count them so."""
+        for message in {r["row_id"]: r["message"] for r in records}.values():
+            self.summary.rows_done -= 1
+            self.summary.finished(Outcome([], failed=True, category="output_type", message=message))
+
+
+class _Run:
+    """One run's pipeline: reader → backend → writer (:class:`_Books`), and its records."""
 
     def __init__(
         self,
@@ -170,26 +245,22 @@ class _Run:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.summary = RunSummary(output=out.path, run_id=self.run_id, rows_total=rows_total)
         self.stop = StopControl(out.path, options.grace_seconds)
-        self.writer = RunWriter(out, self.run_id, plan.layout.schema, self.job.output)
+        self.books = _Books(plan, out, self.summary, budget, self.stop)
         self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
-        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(QUEUED)
         self.backend: Backend = OnlineBackend(
             plan, options.api_key, budget, self.run_id, self.stop, out, options.unreachable_after
         )
         self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
-        self.broken = False  # the output cannot be written: drain, write nothing more
-        self.note, self.note_until = "", 0.0
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
         await asyncio.to_thread(self.out.append_run_record, self._record("start", started_at))
-        writer = asyncio.create_task(self._write())
+        writer = asyncio.create_task(self.books.write(self._show))
         ticker = asyncio.create_task(self._tick())
         reader = asyncio.create_task(self.stop.guard("reader", self._read()))
-        backend = asyncio.create_task(
-            self.stop.guard("backend", self.backend.run(self._works(), self))
-        )
+        calls = self.backend.run(self._works(), self.books)
+        backend = asyncio.create_task(self.stop.guard("backend", calls))
         self.stop.watch_time_budget(self.options.time_budget, self.started)
         with self.stop.signal_handlers(self.options.handle_signals):
             await asyncio.gather(backend, return_exceptions=True)
@@ -197,7 +268,7 @@ class _Run:
             for task in (reader, ticker):
                 task.cancel()
             await asyncio.gather(reader, ticker, return_exceptions=True)
-            await self.outcomes.put(None)
+            await self.books.outcomes.put(None)
             await writer
             await self._finish(started_at)
         if self.stop.reason is not None:
@@ -209,7 +280,7 @@ class _Run:
         """Count what remains, fold the failure records, append the run's end record."""
         s = self.summary
         s.cost = self.budget.cost
-        s.parts = self.writer.parts
+        s.parts = self.books.writer.parts
         finished = s.rows_done + s.rows_failed
         in_queue = max(0, self.emitted - finished)
         s.rows_remaining = in_queue if self.exhausted else max(in_queue, self.rows_todo - finished)
@@ -223,7 +294,7 @@ class _Run:
             )
         s.stopped_by = self.stop.by
         try:
-            if not self.broken:
+            if not self.books.broken:
                 await asyncio.to_thread(self.out.compact_errors, self.run_id)
             await asyncio.to_thread(self.out.append_run_record, self._record("end", started_at))
         except BatchgenError as exc:
@@ -280,7 +351,7 @@ class _Run:
                 for item in chunk:
                     self.emitted += 1
                     if isinstance(item, Outcome):  # a row that failed to render
-                        await self.outcomes.put(item)
+                        await self.books.outcome(item)
                     else:
                         await self.work.put(item)
         except BatchgenError as exc:
@@ -300,68 +371,11 @@ class _Run:
         """Wake the writer on time, and show progress even while nothing completes."""
         while True:
             await asyncio.sleep(FRAME_SECONDS)
-            await self.outcomes.put(_TICK)
-            self.progress.update(self._snapshot())
+            await self.books.outcomes.put(_TICK)
+            self._show()
 
-    async def _write(self) -> None:
-        """Journal every outcome and ledger entry as it arrives; compact on schedule."""
-        last = False
-        while not last:
-            items = [await self.outcomes.get()]
-            while not self.outcomes.empty():
-                items.append(self.outcomes.get_nowait())
-            for item in items:
-                last = last or item is None
-                self._take(item)
-            if not self.broken:
-                await self._commit(last)
-            self.progress.update(self._snapshot())
-
-    def _take(self, item: object) -> None:
-        if isinstance(item, Billed):
-            self.writer.add_usage(item.to_row())
-        elif isinstance(item, Outcome):
-            self.summary.finished(item)
-            self.writer.add_rows(item.rows, item.failed)
-
-    async def _commit(self, last: bool) -> None:
-        try:
-            if last or self.writer.frame_due():
-                self._unfit(await asyncio.to_thread(self.writer.commit))
-            if last or self.writer.compaction_due():
-                await asyncio.to_thread(self.writer.compact)
-        except Exception as exc:  # the disk, or a bug: stop paying for answers we cannot keep
-            self.broken = True
-            if not isinstance(exc, BatchgenError):
-                exc = InternalError(f"{self.out.path}: cannot write: {type(exc).__name__}: {exc}")
-            self.stop.fail(exc, "disk")
-
-    def _unfit(self, records: list[dict[str, Any]]) -> None:
-        """Answers that did not fit their columns became failure records: count them so."""
-        for message in {r["row_id"]: r["message"] for r in records}.values():
-            self.summary.rows_done -= 1
-            self.summary.finished(Outcome([], failed=True, category="output_type", message=message))
-
-    # --- what the backend tells the run (batchgen.backend.Sink) -------------------------
-
-    async def outcome(self, outcome: Outcome) -> None:
-        await self.outcomes.put(outcome)
-
-    def requested(self) -> None:
-        self.summary.requests += 1
-
-    async def billed(self, entry: Billed) -> None:
-        self.summary.billed(entry.answer.usage, entry.answer.model_version)
-        self.summary.cost = self.budget.cost
-        await self.outcomes.put(entry)
-
-    def server_delay(self, delay: float, asked: float | None) -> None:
-        if delay < NOTE_AFTER:
-            return
-        capped = asked is not None and asked > delay
-        why = f"{asked:.0f} s, capped by retry.max_server_delay_seconds" if capped else "it"
-        self.note = f"waiting {delay:.0f} s: the server asked for {why}"
-        self.note_until = time.monotonic() + delay
+    def _show(self) -> None:
+        self.progress.update(self._snapshot())
 
     def _snapshot(self) -> Snapshot:
         s = self.summary
@@ -373,7 +387,7 @@ class _Run:
             tokens=s.usage["total"],
             cost=self.budget.cost,
             elapsed=time.monotonic() - self.started,
-            note=self.note if time.monotonic() < self.note_until else "",
+            note=self.books.current_note(),
             concurrency=gauges.concurrency,
             latency_p90=gauges.latency_p90,
         )

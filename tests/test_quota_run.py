@@ -90,8 +90,8 @@ def test_auto_concurrency_fills_a_quota_a_fixed_eight_could_not(tmp_path: Path) 
     # from the first row to the last (the run record's times leave out the checks and the scan)
     took = datetime.fromisoformat(end["ended_at"]) - datetime.fromisoformat(end["started_at"])
     assert took.total_seconds() < rows * latency / 8, took  # faster than 8 in flight ever could
-    assert 30 <= end["concurrency"] <= 60, end
-    assert 0.29 <= end["latency_p90_s"] <= 0.45, end
+    # 100/s x the p90 latency x 1.2 headroom: 36 at 0.3 s (more when a loaded machine slows us)
+    assert end["concurrency"] >= 30 and end["latency_p90_s"] >= 0.29, end
     assert progress.last is not None and progress.last.concurrency == end["concurrency"]
 
 
