@@ -143,15 +143,17 @@ class OnlineBackend:
         """Await ``aw``; return False (and abandon it) if the run stops taking rows first."""
         task = asyncio.ensure_future(aw)
         stopping = asyncio.ensure_future(self.stop.stopping.wait())
+        finished = False
         try:
-            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
+            done, _ = await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finished = task in done
+        finally:  # also when the dispatcher itself is cancelled
             stopping.cancel()
-        if task.done():
+            if not finished:
+                task.cancel()
+        if finished:
             task.result()  # its error, if any
-            return True
-        task.cancel()
-        return False
+        return finished
 
 
 def requests_today(out: OutputDir, now: datetime) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from batchgen import breaker
 from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.emulator_hostile import HostileConfig
 from batchgen.errors import QuotaExhaustedError, RunStoppedError
 from batchgen.job import Overrides, load_job
 from batchgen.online import requests_today
@@ -175,3 +176,20 @@ def test_requests_per_day_stops_with_exit_5_before_the_quota_and_resumes(tmp_pat
     now = datetime.now(UTC)
     assert requests_today(OutputDir(out), now) == 20
     assert requests_today(OutputDir(out), now + timedelta(days=1)) == 0  # a new Pacific day
+
+
+def test_every_call_redirected_stops_the_run_as_the_watch_did(tmp_path: Path) -> None:
+    """A redirect is no outage (the breaker leaves it alone): when every call is one, the
+    base URL is wrong, and the TransportWatch stops the run after ``unreachable_after`` calls."""
+    path = make_job(tmp_path, 100, limits="concurrency = 2")
+    hostile = HostileConfig(redirect_to="http://127.0.0.1:9")  # never followed
+    config = EmulatorConfig(fault_rates={"redirect_302": 1.0}, hostile=hostile)
+    with EmulatorThread(config) as server:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        with pytest.raises(
+            RunStoppedError, match=r"redirected elsewhere \(5 calls in a row"
+        ) as info:
+            run_job(job, RunOptions(api_key=KEY, unreachable_after=5))
+        calls = server.emulator.counts["generateContent"]
+    assert info.value.exit_code == 4 and info.value.summary.stopped_by == "unreachable"
+    assert calls <= 5 + 2  # the calls in flight when it stopped, no more
