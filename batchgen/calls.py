@@ -5,6 +5,9 @@ result rows, or its failure record) and reports each call that returned usage as
 :class:`Billed` entry as soon as it returns, so the ledger is in the journal even when the row
 goes on retrying, or the run is killed before the row ends.
 
+Each attempt passes the run's :class:`Pacing` before it is sent (the daily count, the rate
+limiter, the breaker, its place in flight) and tells it how the call went after.
+
 Each call is billed at the service tier that served it (the server says; else the tier asked
 for). A Flex row refused for lack of capacity for ``retry.flex_fallback_seconds`` goes on at the
 standard tier (:class:`FlexFallback`): Flex never falls back by itself.
@@ -18,14 +21,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from batchgen.answers import Answer, AnswerError, parse_response, structured_value
+from batchgen.breaker import Breaker
 from batchgen.budget import Budget
 from batchgen.client import ApiError, GeminiClient
+from batchgen.daily import DailyQuota
 from batchgen.job import RetrySpec
-from batchgen.limits import RateLimits
+from batchgen.limits import ConcurrencyController, RateLimits
 from batchgen.output import error_row
 from batchgen.plan import Outcome, Plan, Work
 from batchgen.request import standard_body
 from batchgen.retry import RetryPolicy
+from batchgen.stopping import TransportWatch
 
 CAPACITY_STATUS = frozenset({429, 503})  # how Flex says it is short of capacity
 
@@ -96,6 +102,52 @@ class CallEvents(Protocol):
     def server_delay(self, delay: float, asked: float | None) -> None: ...
 
 
+@dataclass
+class Pacing:
+    """What every attempt passes before it is sent, and tells when it returns."""
+
+    limits: RateLimits
+    controller: ConcurrencyController
+    breaker: Breaker
+    day: DailyQuota
+    watch: TransportWatch
+
+    async def before(self, slot: int, charged: int) -> float:
+        """Wait for the call's turn; return when it was sent (the limits' clock).
+
+        Raises QuotaExhaustedError before the day's quota is exceeded, and RunStoppedError
+        once the breaker has been open for ``retry.outage_minutes``.
+        """
+        if not self.day.allows():
+            raise self.day.exhausted()
+        sent = await self.limits.acquire(charged)
+        if await self.breaker.admit():  # it waited: the limiter's turn is stale
+            sent = await self.limits.acquire(charged)
+        if not self.day.allows():  # other calls went meanwhile; no await from here to send
+            raise self.day.exhausted()
+        self.day.spend()
+        self.controller.sending(slot)
+        return sent
+
+    def answered(self, sent: float, latency_s: float) -> None:
+        """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
+        self.breaker.record(True, False, sent)
+        self.watch.saw(None, None)
+        self.controller.observe(latency_s)
+
+    def failed(self, exc: ApiError, sent: float, charged: int) -> bool:
+        """A call failed; return whether it spends the row's attempt (not during an outage)."""
+        self.watch.saw(exc.category, exc.message)
+        if exc.status == 429:
+            self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
+        if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
+            return True
+        server_side = exc.category == "timeout" or (exc.status or 0) >= 500
+        if server_side:
+            self.breaker.note(exc.message)
+        return self.breaker.record(False, server_side, sent)
+
+
 class RowCaller:
     """Calls the API for one row at a time, retrying as the job's [retry] section says."""
 
@@ -103,7 +155,7 @@ class RowCaller:
         self,
         plan: Plan,
         client: GeminiClient,
-        limits: RateLimits,
+        pacing: Pacing,
         budget: Budget,
         run_id: str,
         events: CallEvents,
@@ -113,23 +165,28 @@ class RowCaller:
         self.plan = plan
         self.job = plan.job
         self.client = client
-        self.limits = limits
+        self.pacing = pacing
+        self.limits = pacing.limits
         self.budget = budget
         self.run_id = run_id
         self.events = events
         self.now = clock
         self.retry = retry or RetryPolicy(plan.job.retry)
 
-    async def call(self, work: Work) -> Outcome:
-        """One row through its retry loop; what still fails becomes a failure record."""
+    async def call(self, work: Work, slot: int) -> Outcome:
+        """One row through its retry loop; what still fails becomes a failure record.
+
+        ``slot`` is the row's place in flight (:class:`~batchgen.limits.ConcurrencyController`).
+        """
         attempt = 0
+        spared = [0]  # calls that failed during an outage: they spend no attempt
         fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
         try:
-            async for retrying in self.retry.for_row():
+            async for retrying in self.retry.for_row(lambda: spared[0]):
                 with retrying:
                     attempt = retrying.retry_state.attempt_number
                     try:
-                        return await self._attempt(work, attempt, fallback.tier)
+                        return await self._attempt(work, attempt, slot, spared, fallback.tier)
                     except ApiError as exc:
                         fallback.refused(exc)
                         raise
@@ -139,24 +196,29 @@ class RowCaller:
             return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
         raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
-    async def _attempt(self, work: Work, attempt: int, tier: str) -> Outcome:
+    async def _attempt(
+        self, work: Work, attempt: int, slot: int, spared: list[int], tier: str
+    ) -> Outcome:
         charged = self.limits.estimate(work.tokens)
         held = await self.budget.reserve(charged, tier)
         answer: Answer | None = None
         served = tier  # when the server does not say
         body = work.body if tier == self.job.model.tier else standard_body(work.body)
         try:
-            await self.limits.acquire(charged)
+            sent = await self.pacing.before(slot, charged)
             self.events.requested()
             reply = await self.client.reply(body)
-            served = reply.tier or tier
-            answer = parse_response(reply.payload)
         except ApiError as exc:
+            spared[0] += not self.pacing.failed(exc, sent, charged)
             self._delayed(exc)
             raise
+        else:
+            self.pacing.answered(sent, reply.latency_ms / 1000)
+            served = reply.tier or tier
+            answer = parse_response(reply.payload)
         finally:  # also when the call fails, is cancelled or stops the run
             self.budget.settle(held, answer.usage if answer is not None else None, served)
-        await self.limits.settle(work.tokens, charged, answer.usage.prompt)
+        await self.limits.settle(work.tokens, charged, answer.usage.prompt, sent_at=sent)
         try:
             value = structured_value(answer, self.plan.validator)
         except AnswerError as exc:
@@ -169,8 +231,6 @@ class RowCaller:
         return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
     def _delayed(self, exc: ApiError) -> None:
-        if exc.status == 429:
-            self.limits.rejected(exc.retry_delay, exc.quota)
         if exc.retry_delay is not None:
             self.events.server_delay(exc.retry_delay, exc.asked_delay)
 

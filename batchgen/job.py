@@ -138,8 +138,7 @@ class LimitsSpec:
     ``concurrency = "auto"`` (the default) sets ``auto_concurrency``: the calls in flight follow
     the allowed rate times the observed latency (limits.ConcurrencyController), up to
     ``max_concurrency`` (enough for 60 s answers at 2,000 requests a minute). An integer pins
-    ``concurrency``; under "auto" that field is the fixed pool a runner without the controller
-    starts.
+    ``concurrency``; under "auto" that field is not used.
     """
 
     requests_per_minute: int = 1000

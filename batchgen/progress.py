@@ -22,6 +22,8 @@ class Snapshot:
     cost: float | None  # None when the model has no price
     elapsed: float
     note: str = ""  # what the run is waiting for, when it waits (e.g. on the server)
+    concurrency: int | None = None  # calls the backend lets be in flight now (its target)
+    latency_p90: float | None = None  # seconds, over the backend's recent calls
 
 
 class Progress(Protocol):

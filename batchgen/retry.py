@@ -17,11 +17,11 @@ from typing import Any
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    stop_after_attempt,
     stop_after_delay,
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 
 from batchgen.answers import AnswerError
 from batchgen.client import ApiError
@@ -40,8 +40,12 @@ class RetryPolicy:
             multiplier=spec.backoff_initial_seconds, max=spec.backoff_max_seconds
         ) + wait_random(0, spec.backoff_initial_seconds)
 
-    def for_row(self) -> AsyncRetrying:
-        """A fresh retry loop; use as ``async for attempt in policy.for_row(): with attempt:``."""
+    def for_row(self, spared: Callable[[], int] = lambda: 0) -> AsyncRetrying:
+        """A fresh retry loop; use as ``async for attempt in policy.for_row(): with attempt:``.
+
+        ``spared`` counts the row's calls that spend no attempt (failed while the breaker was
+        open: the outage's, not the row's).
+        """
         answer_failures = 0
 
         def should_retry(state: RetryCallState) -> bool:
@@ -55,7 +59,7 @@ class RetryPolicy:
             return False
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.spec.attempts)
+            stop=_OutOfAttempts(self.spec.attempts, spared)
             | stop_after_delay(self.spec.row_deadline_seconds),
             wait=self._wait,
             retry=should_retry,
@@ -70,3 +74,14 @@ class RetryPolicy:
             # built with the default cap
             return min(exc.retry_delay, self.spec.max_server_delay_seconds)
         return float(self._backoff(state))
+
+
+class _OutOfAttempts(stop_base):
+    """Stop after ``attempts`` calls that spent an attempt (tenacity's count, minus the spared)."""
+
+    def __init__(self, attempts: int, spared: Callable[[], int]) -> None:
+        self.attempts = attempts
+        self.spared = spared
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return retry_state.attempt_number - self.spared() >= self.attempts

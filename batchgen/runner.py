@@ -1,10 +1,11 @@
-"""Run a job: checks first, then a bounded async pipeline, reader → workers → writer.
+"""Run a job: checks first, then a bounded async pipeline, reader → backend → writer.
 
-The reader renders rows into request bodies and puts them on a queue of at most two per worker;
-``concurrency`` workers each take a row through :class:`~batchgen.calls.RowCaller` (its
-attempts, retries and billing); one writer puts every outcome and ledger entry in the journal
-as it arrives and compacts it into part files on a schedule (:mod:`batchgen.writer`). Every
-queue is bounded, so memory does not grow with the input.
+The reader renders rows into request bodies and puts them on a bounded queue; a backend
+(:mod:`batchgen.backend`; today :class:`~batchgen.online.OnlineBackend`, which dispatches each
+row through :class:`~batchgen.calls.RowCaller` at the concurrency the limits allow) takes them
+as a stream and reports each row's outcome and each call's cost; one writer puts every outcome
+and ledger entry in the journal as it arrives and compacts it into part files on a schedule
+(:mod:`batchgen.writer`). Every queue is bounded, so memory does not grow with the input.
 
 No task dies silently: an error that belongs to one row is that row's failure record; anything
 else stops the run through :class:`~batchgen.stopping.StopControl` with one line, and the
@@ -19,42 +20,35 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiohttp
 import numpy as np
 import pyarrow as pa
 
 from batchgen import __version__
+from batchgen.backend import Backend
 from batchgen.budget import Budget, Pricer
-from batchgen.calls import Billed, RowCaller
-from batchgen.client import GeminiClient
-from batchgen.errors import (
-    BatchgenError,
-    BudgetReachedError,
-    CheckpointError,
-    InputError,
-    InternalError,
-)
+from batchgen.calls import Billed
+from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
 from batchgen.inputs import Scan
 from batchgen.job import Job
 from batchgen.keys import contains
-from batchgen.limits import RateLimits
+from batchgen.online import OnlineBackend
 from batchgen.outdir import DoneState, OutputDir
 from batchgen.plan import Outcome, Plan, Work, plan_job
 from batchgen.progress import NoProgress, Progress, Snapshot
-from batchgen.redact import redact_url
-from batchgen.stopping import StopControl, TransportWatch
+from batchgen.stopping import StopControl
 from batchgen.summary import RunSummary
 from batchgen.writer import FRAME_SECONDS, RunWriter
 
 __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]
 
 READ_CHUNK = 64  # rows rendered per hop to the reader thread
+QUEUED = 4 * READ_CHUNK  # rendered rows waiting for the backend (memory stays bounded)
 NOTE_AFTER = 1.0  # a server delay at least this long is shown in the progress output
 T = TypeVar("T")
 
@@ -68,7 +62,7 @@ class RunOptions:
     fresh: bool = False  # move the existing output aside and start over
     skip_failed: bool = False  # do not retry rows recorded as failed by earlier runs
     grace_seconds: float = 30.0  # after a signal, how long calls in flight may take
-    unreachable_after: int = 0  # consecutive transport failures that stop the run (0: auto)
+    unreachable_after: int = 0  # calls in a row that reach no server stop the run (0: auto)
     prices: Pricer | None = None  # batchgen.prices.PriceTable: costs in the summary and records
     max_cost: float | None = None  # USD this run may spend; needs prices for the model
     time_budget: float | None = None  # seconds, from the start of the run
@@ -150,8 +144,87 @@ def _open_output(job: Job, out: OutputDir, fresh: bool) -> tuple[Any, int, DoneS
     return moved, folded, out.done_state("row_id" if job.input.id_column else "request_hash")
 
 
+class _Books:
+    """Where the backend's reports go (its :class:`~batchgen.backend.Sink`): every outcome and
+    ledger entry into the journal as it arrives, compacted on schedule, and into the summary."""
+
+    def __init__(
+        self, plan: Plan, out: OutputDir, summary: RunSummary, budget: Budget, stop: StopControl
+    ) -> None:
+        self.out, self.summary, self.budget, self.stop = out, summary, budget, stop
+        self.writer = RunWriter(out, summary.run_id, plan.layout.schema, plan.job.output)
+        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(QUEUED)
+        self.broken = False  # the output cannot be written: drain, write nothing more
+        self.note, self.note_until = "", 0.0
+
+    # --- what the backend tells the run (batchgen.backend.Sink) -------------------------
+
+    async def outcome(self, outcome: Outcome) -> None:
+        await self.outcomes.put(outcome)
+
+    def requested(self) -> None:
+        self.summary.requests += 1
+
+    async def billed(self, entry: Billed) -> None:
+        self.summary.billed(entry.answer.usage, entry.answer.model_version)
+        self.summary.cost = self.budget.cost
+        await self.outcomes.put(entry)
+
+    def server_delay(self, delay: float, asked: float | None) -> None:
+        if delay < NOTE_AFTER:
+            return
+        capped = asked is not None and asked > delay
+        why = f"{asked:.0f} s, capped by retry.max_server_delay_seconds" if capped else "it"
+        self.note = f"waiting {delay:.0f} s: the server asked for {why}"
+        self.note_until = time.monotonic() + delay
+
+    def current_note(self) -> str:
+        return self.note if time.monotonic() < self.note_until else ""
+
+    # --- the writer task -----------------------------------------------------------------
+
+    async def write(self, shown: Callable[[], None]) -> None:
+        """Journal everything until None arrives; call ``shown`` after each batch."""
+        last = False
+        while not last:
+            items = [await self.outcomes.get()]
+            while not self.outcomes.empty():
+                items.append(self.outcomes.get_nowait())
+            for item in items:
+                last = last or item is None
+                self._take(item)
+            if not self.broken:
+                await self._commit(last)
+            shown()
+
+    def _take(self, item: object) -> None:
+        if isinstance(item, Billed):
+            self.writer.add_usage(item.to_row())
+        elif isinstance(item, Outcome):
+            self.summary.finished(item)
+            self.writer.add_rows(item.rows, item.failed)
+
+    async def _commit(self, last: bool) -> None:
+        try:
+            if last or self.writer.frame_due():
+                self._unfit(await asyncio.to_thread(self.writer.commit))
+            if last or self.writer.compaction_due():
+                await asyncio.to_thread(self.writer.compact)
+        except Exception as exc:  # the disk, or a bug: stop paying for answers we cannot keep
+            self.broken = True
+            if not isinstance(exc, BatchgenError):
+                exc = InternalError(f"{self.out.path}: cannot write: {type(exc).__name__}: {exc}")
+            self.stop.fail(exc, "disk")
+
+    def _unfit(self, records: list[dict[str, Any]]) -> None:
+        """Answers that did not fit their columns became failure records: count them so."""
+        for message in {r["row_id"]: r["message"] for r in records}.values():
+            self.summary.rows_done -= 1
+            self.summary.finished(Outcome([], failed=True, category="output_type", message=message))
+
+
 class _Run:
-    """One run's pipeline: reader → workers → writer, and the books it keeps."""
+    """One run's pipeline: reader → backend → writer (:class:`_Books`), and its records."""
 
     def __init__(
         self,
@@ -172,49 +245,32 @@ class _Run:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.summary = RunSummary(output=out.path, run_id=self.run_id, rows_total=rows_total)
         self.stop = StopControl(out.path, options.grace_seconds)
-        self.writer = RunWriter(out, self.run_id, plan.layout.schema, self.job.output)
-        concurrency = self.job.limits.concurrency
-        self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=2 * concurrency)
-        self.outcomes: asyncio.Queue[Outcome | Billed | object] = asyncio.Queue(4 * concurrency)
-        limits = self.job.limits
-        self.limits = RateLimits(limits.requests_per_minute, limits.tokens_per_minute)
-        after = options.unreachable_after or max(20, 2 * concurrency)
-        self.watch = TransportWatch(self.stop, redact_url(self.job.model.base_url), after)
-        self.emitted = 0  # rows the reader handed on (to workers, or as template failures)
+        self.books = _Books(plan, out, self.summary, budget, self.stop)
+        self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
+        self.backend: Backend = OnlineBackend(
+            plan, options.api_key, budget, self.run_id, self.stop, out, options.unreachable_after
+        )
+        self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
-        self.broken = False  # the output cannot be written: drain, write nothing more
-        self.note, self.note_until = "", 0.0
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
         await asyncio.to_thread(self.out.append_run_record, self._record("start", started_at))
-        concurrency = self.job.limits.concurrency
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            client = GeminiClient(
-                session, self.job.model, self.options.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
-            caller = RowCaller(self.plan, client, self.limits, self.budget, self.run_id, self)
-            writer = asyncio.create_task(self._write())
-            ticker = asyncio.create_task(self._tick())
-            reader = asyncio.create_task(self._guard("reader", self._read()))
-            workers = [
-                asyncio.create_task(self._guard("worker", self._worker(caller)))
-                for _ in range(concurrency)
-            ]
-            self.stop.calls = workers
-            self.stop.watch_time_budget(self.options.time_budget, self.started)
-            with self.stop.signal_handlers(self.options.handle_signals):
-                await asyncio.gather(*workers, return_exceptions=True)
-                self.stop.end()
-                for task in (reader, ticker):
-                    task.cancel()
-                await asyncio.gather(reader, ticker, return_exceptions=True)
-                await self.outcomes.put(None)
-                await writer
-                await self._finish(started_at)
+        writer = asyncio.create_task(self.books.write(self._show))
+        ticker = asyncio.create_task(self._tick())
+        reader = asyncio.create_task(self.stop.guard("reader", self._read()))
+        calls = self.backend.run(self._works(), self.books)
+        backend = asyncio.create_task(self.stop.guard("backend", calls))
+        self.stop.watch_time_budget(self.options.time_budget, self.started)
+        with self.stop.signal_handlers(self.options.handle_signals):
+            await asyncio.gather(backend, return_exceptions=True)
+            self.stop.end()
+            for task in (reader, ticker):
+                task.cancel()
+            await asyncio.gather(reader, ticker, return_exceptions=True)
+            await self.books.outcomes.put(None)
+            await writer
+            await self._finish(started_at)
         if self.stop.reason is not None:
             self.stop.reason.summary = self.summary
             raise self.stop.reason
@@ -224,7 +280,7 @@ class _Run:
         """Count what remains, fold the failure records, append the run's end record."""
         s = self.summary
         s.cost = self.budget.cost
-        s.parts = self.writer.parts
+        s.parts = self.books.writer.parts
         finished = s.rows_done + s.rows_failed
         in_queue = max(0, self.emitted - finished)
         s.rows_remaining = in_queue if self.exhausted else max(in_queue, self.rows_todo - finished)
@@ -238,7 +294,7 @@ class _Run:
             )
         s.stopped_by = self.stop.by
         try:
-            if not self.broken:
+            if not self.books.broken:
                 await asyncio.to_thread(self.out.compact_errors, self.run_id)
             await asyncio.to_thread(self.out.append_run_record, self._record("end", started_at))
         except BatchgenError as exc:
@@ -275,29 +331,15 @@ class _Run:
                 "stopped_by": self.stop.by,
                 "stopped": str(reason) if reason is not None else None,
             }
+            gauges = self.backend.gauges()
+            record["concurrency"] = gauges.concurrency
+            record["latency_p90_s"] = gauges.latency_p90 and round(gauges.latency_p90, 3)
         return record
 
     # --- the pipeline -----------------------------------------------------------------
 
-    async def _guard(self, name: str, body: Coroutine[Any, Any, None]) -> None:
-        """Run a task; an error no other part handled stops the run with one line."""
-        try:
-            await body
-        except asyncio.CancelledError:
-            raise
-        except BatchgenError as exc:
-            self.stop.fail(exc, name)
-        except Exception as exc:  # a bug: say so in one line, keep what was answered
-            self.stop.fail(
-                InternalError(
-                    f"{self.out.path}: internal error in the {name}: {type(exc).__name__}: "
-                    f"{exc}; results so far are saved; rerun to resume (and please report this)"
-                ),
-                "internal",
-            )
-
     async def _read(self) -> None:
-        """Feed the workers; a bad input stops the reading, not the rows already queued."""
+        """Feed the backend; a bad input stops the reading, not the rows already queued."""
         counts: dict[str, int] = {"skipped": 0}
         works = self.plan.works(self.state, self.options.limit, self.options.skip_failed, counts)
         try:
@@ -309,7 +351,7 @@ class _Run:
                 for item in chunk:
                     self.emitted += 1
                     if isinstance(item, Outcome):  # a row that failed to render
-                        await self.outcomes.put(item)
+                        await self.books.outcome(item)
                     else:
                         await self.work.put(item)
         except BatchgenError as exc:
@@ -318,91 +360,26 @@ class _Run:
             self.stop.halt(InputError(f"{self.job.input.path}: cannot read: {exc}"), "input")
         finally:
             self.summary.rows_skipped = counts["skipped"]
-        for _ in range(self.job.limits.concurrency):  # not reached when cancelled
-            await self.work.put(None)
+        await self.work.put(None)  # not reached when cancelled
 
-    async def _worker(self, caller: RowCaller) -> None:
-        while not self.stop.stopping.is_set():
-            work = await self.work.get()
-            if work is None:
-                return
-            try:
-                outcome = await caller.call(work)
-            except BudgetReachedError as exc:
-                self.stop.halt(exc, "max_cost")
-                return
-            except BatchgenError as exc:  # a bad key, an unknown model, a used-up daily quota
-                self.stop.halt(exc, "api")
-                return
-            await self.outcomes.put(outcome)
-            self.watch.saw(outcome.category, outcome.message)
+    async def _works(self) -> AsyncIterator[Work]:
+        """The rendered rows, as the backend takes them, until the reader is done."""
+        while (work := await self.work.get()) is not None:
+            yield work
 
     async def _tick(self) -> None:
         """Wake the writer on time, and show progress even while nothing completes."""
         while True:
             await asyncio.sleep(FRAME_SECONDS)
-            await self.outcomes.put(_TICK)
-            self.progress.update(self._snapshot())
+            await self.books.outcomes.put(_TICK)
+            self._show()
 
-    async def _write(self) -> None:
-        """Journal every outcome and ledger entry as it arrives; compact on schedule."""
-        last = False
-        while not last:
-            items = [await self.outcomes.get()]
-            while not self.outcomes.empty():
-                items.append(self.outcomes.get_nowait())
-            for item in items:
-                last = last or item is None
-                self._take(item)
-            if not self.broken:
-                await self._commit(last)
-            self.progress.update(self._snapshot())
-
-    def _take(self, item: object) -> None:
-        if isinstance(item, Billed):
-            self.writer.add_usage(item.to_row())
-        elif isinstance(item, Outcome):
-            self.summary.finished(item)
-            self.writer.add_rows(item.rows, item.failed)
-
-    async def _commit(self, last: bool) -> None:
-        try:
-            if last or self.writer.frame_due():
-                self._unfit(await asyncio.to_thread(self.writer.commit))
-            if last or self.writer.compaction_due():
-                await asyncio.to_thread(self.writer.compact)
-        except Exception as exc:  # the disk, or a bug: stop paying for answers we cannot keep
-            self.broken = True
-            if not isinstance(exc, BatchgenError):
-                exc = InternalError(f"{self.out.path}: cannot write: {type(exc).__name__}: {exc}")
-            self.stop.fail(exc, "disk")
-
-    def _unfit(self, records: list[dict[str, Any]]) -> None:
-        """Answers that did not fit their columns became failure records: count them so."""
-        for message in {r["row_id"]: r["message"] for r in records}.values():
-            self.summary.rows_done -= 1
-            self.summary.finished(Outcome([], failed=True, category="output_type", message=message))
-
-    # --- what the calls tell the run (batchgen.calls.CallEvents) ----------------------
-
-    def requested(self) -> None:
-        self.summary.requests += 1
-
-    async def billed(self, entry: Billed) -> None:
-        self.summary.billed(entry.answer.usage, entry.answer.model_version)
-        self.summary.cost = self.budget.cost
-        await self.outcomes.put(entry)
-
-    def server_delay(self, delay: float, asked: float | None) -> None:
-        if delay < NOTE_AFTER:
-            return
-        capped = asked is not None and asked > delay
-        why = f"{asked:.0f} s, capped by retry.max_server_delay_seconds" if capped else "it"
-        self.note = f"waiting {delay:.0f} s: the server asked for {why}"
-        self.note_until = time.monotonic() + delay
+    def _show(self) -> None:
+        self.progress.update(self._snapshot())
 
     def _snapshot(self) -> Snapshot:
         s = self.summary
+        gauges = self.backend.gauges()
         return Snapshot(
             rows_todo=self.rows_todo,
             rows_done=s.rows_done,
@@ -410,7 +387,9 @@ class _Run:
             tokens=s.usage["total"],
             cost=self.budget.cost,
             elapsed=time.monotonic() - self.started,
-            note=self.note if time.monotonic() < self.note_until else "",
+            note=self.books.current_note(),
+            concurrency=gauges.concurrency,
+            latency_p90=gauges.latency_p90,
         )
 
 

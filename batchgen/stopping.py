@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
-from batchgen.errors import BatchgenError, RunStoppedError
+from batchgen.errors import BatchgenError, InternalError, RunStoppedError
 
-TRANSPORT_CATEGORIES = frozenset({"connection", "timeout"})
+# calls that reached nothing: no server answered (a timeout is the breaker's, see TransportWatch)
+TRANSPORT_CATEGORIES = frozenset({"connection"})
 
 
 class StopControl:
@@ -31,7 +33,7 @@ class StopControl:
         self.reason: BatchgenError | None = None
         self.by: str | None = None
         self.stopping = asyncio.Event()
-        self.calls: list[asyncio.Task[None]] = []  # cancelled by cancel_calls
+        self.calls: set[asyncio.Task[Any]] = set()  # cancelled by cancel_calls
         self._timers: list[asyncio.TimerHandle] = []
         self._signals = 0
 
@@ -52,6 +54,29 @@ class StopControl:
         """Stop at once: halt and cancel the calls in flight."""
         self.halt(reason, by)
         self.cancel_calls()
+
+    def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """Let :meth:`cancel_calls` end ``task`` while it runs (a call, or what dispatches them)."""
+        self.calls.add(task)
+        task.add_done_callback(self.calls.discard)
+        return task
+
+    async def guard(self, name: str, body: Coroutine[Any, Any, None]) -> None:
+        """Run a task's body; an error no other part handled stops the run with one line."""
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except BatchgenError as exc:
+            self.fail(exc, name)
+        except Exception as exc:  # a bug: say so in one line, keep what was answered
+            self.fail(
+                InternalError(
+                    f"{self.out}: internal error in the {name}: {type(exc).__name__}: "
+                    f"{exc}; results so far are saved; rerun to resume (and please report this)"
+                ),
+                "internal",
+            )
 
     def end(self) -> None:
         """The work is over: a late timer must not stop it."""
@@ -115,7 +140,15 @@ class StopControl:
 
 
 class TransportWatch:
-    """Stops the run when every recent row failed to reach the API at all: it is down."""
+    """Stops the run when the last calls all reached nothing, or were all redirected.
+
+    It counts calls, not rows. A refused or dropped connection means no server answered at
+    all (a wrong ``base_url``, no network): waiting helps little, so the run stops after
+    ``after`` such calls in a row (exit 4). Every call redirected (a 3xx, never followed)
+    means ``base_url`` is wrong. 5xx answers and timeouts mean a server that is there but
+    failing: that is an outage, left to :class:`~batchgen.breaker.Breaker`, which pauses
+    and probes instead of stopping.
+    """
 
     def __init__(self, stop: StopControl, where: str, after: int) -> None:
         self.stop = stop
@@ -124,6 +157,7 @@ class TransportWatch:
         self.failures = 0
 
     def saw(self, category: str | None, message: str | None) -> None:
+        """One call's outcome: None when it reached a server that answered."""
         if category not in TRANSPORT_CATEGORIES and category != "redirect":
             self.failures = 0
             return
@@ -133,7 +167,7 @@ class TransportWatch:
         what = "redirected elsewhere" if category == "redirect" else "unreachable"
         self.stop.halt(
             RunStoppedError(
-                f"{self.where}: {what} ({self.failures} rows in a row failed: {message}); "
+                f"{self.where}: {what} ({self.failures} calls in a row failed: {message}); "
                 "rerun to resume"
             ),
             "unreachable",

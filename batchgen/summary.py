@@ -32,7 +32,8 @@ class RunSummary:
     moved_aside: Path | None = None  # where fresh=True moved the previous output
     folded: int = 0  # journal segments of killed runs folded into parts before this run
     cost: float | None = None  # USD billed by this run; None when the model has no price
-    stopped_by: str | None = None  # signal, time_budget, max_cost, unreachable, api, input, disk
+    # signal, time_budget, max_cost, unreachable, outage, api, input, disk, internal
+    stopped_by: str | None = None
 
     @property
     def exit_code(self) -> int:

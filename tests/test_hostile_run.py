@@ -30,7 +30,7 @@ def test_every_call_redirected_stops_the_run_and_says_where(tmp_path: Path) -> N
     line = result.stderr.splitlines()[-1]  # after the progress output, one error line
     assert (
         line.startswith("error: ")
-        and "redirected elsewhere (20 rows in a row failed: HTTP 302 redirect to 127.0.0.2:9"
+        and "redirected elsewhere (20 calls in a row failed: HTTP 302 redirect to 127.0.0.2:9"
         in line
     )
     assert calls < 30  # it stopped; it did not try all 60 rows

@@ -83,6 +83,10 @@ class LineProgress:
             }
             if snap.note:
                 record["note"] = snap.note
+            if snap.concurrency is not None:
+                record["in_flight_target"] = snap.concurrency
+            if snap.latency_p90 is not None:
+                record["latency_p90_s"] = round(snap.latency_p90, 3)
             line = json.dumps(record)
         else:
             line = (
@@ -90,10 +94,19 @@ class LineProgress:
                 f"({snap.rows_failed} failed), {rate:.1f} rows/s, {snap.tokens:,} tokens, "
                 f"{_money(snap.cost)}"
                 + (f", ETA {_duration(eta)}" if eta is not None else "")
+                + _pace(snap)
                 + (f"; {snap.note}" if snap.note else "")
             )
         self._stream.write(line + "\n")
         self._stream.flush()
+
+
+def _pace(snap: Snapshot) -> str:
+    """ ", up to 120 in flight (p90 8.2 s)": the concurrency the run allows now, and why."""
+    if snap.concurrency is None:
+        return ""
+    latency = f" (p90 {snap.latency_p90:.1f} s)" if snap.latency_p90 is not None else ""
+    return f", up to {snap.concurrency} in flight{latency}"
 
 
 def _money(cost: float | None) -> str:
