@@ -192,6 +192,8 @@ class OutputDir:
         keep[0] = True
         np.not_equal(keys[1:], keys[:-1], out=keep[1:])
         keep &= keys != 0  # 0: a null id or hash (old outputs without request_hash)
+        if keep.all():  # every result row its own input row (not exploded): no second copy
+            return keys
         distinct: Keys = keys[keep]
         return distinct
 

@@ -122,7 +122,10 @@ def _rows_todo(scan: Scan, state: DoneState, limit: int | None, skip_failed: boo
     skip = np.union1d(state.done, state.failed) if skip_failed else state.done
     if scan.id_keys is None:  # matched by request hash, known only once rendered
         return max(0, rows - len(skip))
-    return int((~contains(skip, scan.id_keys[:rows])).sum())
+    step = 1 << 18  # a block at a time: bisection's temporaries stay a few MB at any size
+    done = sum(int(contains(skip, scan.id_keys[i : min(rows, i + step)]).sum())
+               for i in range(0, rows, step))  # fmt: skip
+    return rows - done
 
 
 def _enter(out: OutputDir, lock: contextlib.AbstractContextManager[None]) -> None:
