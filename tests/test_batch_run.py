@@ -4,6 +4,10 @@ resumed from every step a kill can interrupt, line errors and an expired batch r
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +269,27 @@ def test_a_signal_stops_waiting_and_the_next_run_reattaches(tmp_path: Path) -> N
         assert BatchStore(tmp_path / "out").open_chunks()[0].state == "submitted"
         summary = run(path, server)
         assert summary.rows_done == 10 and server.emulator.counts["batchGenerateContent"] == 1
+
+
+def test_sigkill_while_waiting_then_the_next_run_collects(tmp_path: Path) -> None:
+    path = batch_job(tmp_path, rows=30, per_chunk=10)
+    record = tmp_path / "out" / "batches" / "batches.jsonl"
+    with EmulatorThread(EmulatorConfig(batch_pending_s=1.2, batch_running_s=0.1)) as server:
+        env = {**os.environ, "GEMINI_API_KEY": KEY}
+        args = [sys.executable, "-m", "batchgen", "run", str(path), "--base-url", server.base_url]
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while _submitted(record) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        assert _submitted(record) == 3 and not list((tmp_path / "out" / "results").glob("*"))
+        summary = run(path, server)
+        counts = server.emulator.counts
+        assert summary.rows_done == 30 and counts["batchGenerateContent"] == 3
+        assert counts["batch_rows"] == 30 and counts["batch_rows_repeated"] == 0
+
+
+def _submitted(record: Path) -> int:
+    text = record.read_text() if record.exists() else ""
+    return text.count('"state": "submitted"')
