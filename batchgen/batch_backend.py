@@ -114,11 +114,13 @@ class BatchBackend:
         held = self.store.rows_in_flight()
         for chunk in self.store.open_chunks():  # an earlier run's chunks, in whatever step
             await self._advance(client, chunk)
-        if not await self._take(client, works, held):
+        if not await self._take(client, works, held, sink):
             return
         await self._wait_all(client, sink)
 
-    async def _take(self, client: BatchClient, works: AsyncIterator[Work], held: set[str]) -> bool:
+    async def _take(
+        self, client: BatchClient, works: AsyncIterator[Work], held: set[str], sink: Sink
+    ) -> bool:
         """Keep the works of rows in flight, submit the others by chunk; False if stopped."""
         pending: list[Work] = []
         size = self.job.batch.rows_per_chunk
@@ -127,22 +129,24 @@ class BatchBackend:
             if work.row.row_id not in held:
                 pending.append(work)
             if len(pending) >= size:
-                await self._submit(client, pending)
+                await self._submit(client, pending, sink)
                 pending = []
             if self.stop.stopping.is_set():
                 return False
         if pending:
-            await self._submit(client, pending)
+            await self._submit(client, pending, sink)
         return not self.stop.stopping.is_set()
 
-    async def _submit(self, client: BatchClient, works: Sequence[Work]) -> None:
-        """Write, record, upload and submit ``works`` as one or more chunks."""
+    async def _submit(self, client: BatchClient, works: Sequence[Work], sink: Sink) -> None:
+        """Write, record, upload and submit ``works`` as one or more chunks (a request a row)."""
         for group in group_works(works, self.job.batch.rows_per_chunk):
             self._chunks += 1
             name = f"{self.run_id}-{self._chunks:05d}"
             written = await asyncio.to_thread(write_chunk, self.store.chunk_path(name), group)
             chunk = await asyncio.to_thread(self.store.add, name, self.run_id, written.rows)
             await self._advance(client, chunk)
+            for _ in written.rows:
+                sink.requested()
 
     async def _advance(self, client: BatchClient, chunk: ChunkRecord) -> ChunkRecord:
         return await submit_chunk(self.store, client, await upload_chunk(self.store, client, chunk))

@@ -110,6 +110,7 @@ def test_batch_gives_the_online_rows_at_half_the_cost(tmp_path: Path, emulator: 
     path = batch_job(tmp_path, rows=30, per_chunk=12)
     summary = run(path, emulator, prices=PriceTable.load())
     assert (summary.rows_done, summary.rows_failed, summary.exit_code) == (30, 0, 0)
+    assert summary.requests == 30  # a batch line is a request
     counts = emulator.emulator.counts
     assert counts["batchGenerateContent"] == 3 and counts["batch_rows"] == 30
     assert counts["generateContent"] == 0  # nothing asked one by one
