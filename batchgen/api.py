@@ -16,6 +16,7 @@ missing.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,11 +29,13 @@ import pyarrow.parquet as pq
 from batchgen.errors import JobError
 from batchgen.estimate import Estimate, estimate_job
 from batchgen.job import (
+    DEFAULT_BASE_URL,
     Job,
+    ModelSpec,
     Overrides,
+    checked_base_url,
     job_from_mapping,
     load_job,
-    require_online,
     resolve_api_key,
 )
 from batchgen.outdir import RESULTS_DIR, OutputDir
@@ -43,6 +46,7 @@ from batchgen.status import output_status as read_status
 
 __all__ = [
     "aestimate_file",
+    "cancel_batches",
     "agenerate",
     "aoutput_status",
     "areport_outputs",
@@ -182,6 +186,29 @@ async def aoutput_status(output: str | Path) -> OutputStatus:
 # --- helpers ---------------------------------------------------------------------------
 
 
+def cancel_batches(
+    output: str | Path,
+    *,
+    api_key: str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    api_key_env: str = "GEMINI_API_KEY",
+) -> list[str]:
+    """Cancel the Batch Mode jobs of ``output`` that are still running (as ``batchgen cancel``).
+
+    Returns the names of the batches asked to cancel. Their rows stay recorded: the next run
+    collects what each batch answered and submits the rest again. The key is ``api_key`` or
+    the variable ``api_key_env`` names.
+    """
+    from batchgen.batch_backend import cancel_output
+
+    key = (api_key if api_key is not None else os.environ.get(api_key_env, "")).strip()
+    if not key:
+        raise JobError(f"{output}: no API key to cancel its batches: set ${api_key_env}")
+    model = ModelSpec(name="", base_url=checked_base_url(base_url, "base_url"))
+    chunks = run_sync(cancel_output(Path(output), model, key))
+    return [c.batch_name for c in chunks if c.batch_name is not None]
+
+
 def _overrides(options: dict[str, Any]) -> Overrides:
     paths = {k: Path(options.pop(k)) if options.get(k) is not None else None
              for k in ("input", "output")}  # fmt: skip
@@ -230,14 +257,13 @@ def _job(
     }
     if base_url is not None:
         raw["model"]["base_url"] = base_url
-    for section in ("generation", "limits", "retry"):
+    for section in ("generation", "limits", "retry", "batch"):
         if section in options:
             raw[section] = dict(options.pop(section))
     return job_from_mapping(raw, "generate()", source.parent)
 
 
 def _run_options(job: Job, api_key: str | None, options: dict[str, Any]) -> RunOptions:
-    require_online(job)
     options.setdefault("handle_signals", False)
     try:
         return RunOptions(api_key=resolve_api_key(job, api_key), **options)

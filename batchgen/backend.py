@@ -7,10 +7,10 @@ and tells the :class:`Sink` what became of each row and what each call cost. The
 journals all of it, and its stop control (:class:`~batchgen.stopping.StopControl`, given to the
 backend when it is built) says when to stop taking rows and when to end the calls in flight.
 
-One backend exists today, :class:`~batchgen.online.OnlineBackend` (a ``generateContent`` call
-per row, at the rate and concurrency the limits allow). A batch backend (submit a JSONL file,
-poll the job, collect its answers) implements the same two methods, and reports the rows it
-collects through the same sink, without a change to the pipeline.
+Two backends implement it: :class:`~batchgen.online.OnlineBackend` (a ``generateContent`` call
+per row, at the rate and concurrency the limits allow) and
+:class:`~batchgen.batch_backend.BatchBackend` (JSONL files submitted as Batch Mode jobs, polled,
+collected), which reports the rows it collects through the same sink.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class Sink(CallEvents, Protocol):
 
     async def outcome(self, outcome: Outcome) -> None:
         """A row ended: its result rows, or its failure record. Exactly once a row."""
+        ...
+
+    async def journaled(self) -> None:
+        """Return once everything reported so far is in the journal on disk (a backend that
+        records its own progress elsewhere, as Batch Mode does, writes it only after this)."""
         ...
 
 

@@ -11,7 +11,9 @@
     ├─ RunStoppedError        stopped early, resumable: a signal, an unreachable API, an outage,
     │  │                       the time budget, rows left (exit code 4)
     │  ├─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
-    │  └─ BudgetReachedError  max_cost (--max-cost) is reached (exit code 6)
+    │  ├─ BudgetReachedError  max_cost (--max-cost) is reached (exit code 6)
+    │  └─ BatchPendingError   --no-wait: batches submitted and still running server-side; a
+    │                          later run collects them (exit code 75, sysexits' EX_TEMPFAIL)
     └─ InternalError     a bug in batchgen stopped the run; what was answered is saved (exit 70)
 
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
@@ -69,6 +71,16 @@ class BudgetReachedError(RunStoppedError):
     """``max_cost`` (``--max-cost``) is reached; the run stopped with everything so far saved."""
 
     exit_code = 6
+
+
+class BatchPendingError(RunStoppedError):
+    """``--no-wait``: the rows are in Batch Mode jobs that have not ended; run again to collect.
+
+    75 is sysexits' EX_TEMPFAIL ("try again later"), so cron wrappers can tell "pending" from
+    a failure.
+    """
+
+    exit_code = 75
 
 
 class InternalError(BatchgenError):

@@ -71,6 +71,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "limits",
             "retry",
             "output",
+            "batch",
         }
     ),
     "input": frozenset({"path", "format", "id_column", "carry"}),
@@ -87,6 +88,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "max_response_mb",
         }
     ),
+    "batch": frozenset({"rows_per_chunk", "poll_initial_seconds", "poll_max_seconds", "fallback"}),
     "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds", "sync_seconds"}),
     "retry": frozenset(
         {
@@ -178,6 +180,26 @@ class RetrySpec:
     flex_fallback_seconds: float | None = None  # Flex capacity errors this long → standard
 
 
+BATCH_FALLBACKS = ("none", "online")
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How a ``tier = "batch"`` run uses Batch Mode.
+
+    ``rows_per_chunk`` rows go in one input file and one batch job; the job is polled after
+    ``poll_initial_seconds``, then ever less often up to every ``poll_max_seconds``. With
+    ``fallback = "online"`` the rows a batch answered with an error (or left out, or lost with
+    an expired or failed batch) are asked again online, at the standard tier, in the same run;
+    with ``"none"`` they are failure records that the next run submits again.
+    """
+
+    rows_per_chunk: int = 10_000
+    poll_initial_seconds: float = 10.0
+    poll_max_seconds: float = 120.0
+    fallback: str = "none"
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     directory: Path
@@ -206,6 +228,7 @@ class Job:
     output: OutputSpec
     generation: dict[str, Any] = field(default_factory=dict)
     retry: RetrySpec = field(default_factory=RetrySpec)
+    batch: BatchSpec = field(default_factory=BatchSpec)
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
 
@@ -277,6 +300,7 @@ def _build(
         output=_output(_table(raw, "output", path, required=False), base, path),
         generation=_generation(_table(raw, "generation", path, required=False), path),
         retry=_retry(_table(raw, "retry", path, required=False), path),
+        batch=_batch(_table(raw, "batch", path, required=False), path),
         schema_dialect=schema.dialect,
         schema_source=schema.source,
     )
@@ -394,13 +418,9 @@ def _tier(value: str, where: str) -> str:
     return value
 
 
-def require_online(job: Job) -> None:
-    """Refuse a run at a tier that calls cannot be made at one by one (yet)."""
-    if job.model.tier == "batch":
-        raise JobError(
-            f'{job.path}: tier = "batch" is not available yet; use tier = "flex" for the same '
-            'half price online, or "standard"'
-        )
+def checked_base_url(url: str, where: str) -> str:
+    """A base URL as ``model.base_url`` takes it (for callers with no job file: ``cancel``)."""
+    return _base_url(url, where)
 
 
 def _base_url(url: str, where: Path | str) -> str:
@@ -504,6 +524,28 @@ def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
             _positive(fallback, "retry.flex_fallback_seconds", path)
         )
     return RetrySpec(**values)
+
+
+def _batch(table: dict[str, Any], path: Path) -> BatchSpec:
+    d = BatchSpec()
+    rows = _opt(table, "rows_per_chunk", int, path, "batch", d.rows_per_chunk)
+    first = _opt(table, "poll_initial_seconds", (int, float), path, "batch", d.poll_initial_seconds)
+    most = _opt(table, "poll_max_seconds", (int, float), path, "batch", d.poll_max_seconds)
+    fallback = _opt(table, "fallback", str, path, "batch", d.fallback)
+    if fallback not in BATCH_FALLBACKS:
+        raise JobError(f'{path}: batch.fallback must be "none" or "online", not {fallback!r}')
+    spec = BatchSpec(
+        rows_per_chunk=_positive(rows, "batch.rows_per_chunk", path),
+        poll_initial_seconds=float(_positive(first, "batch.poll_initial_seconds", path)),
+        poll_max_seconds=float(_positive(most, "batch.poll_max_seconds", path)),
+        fallback=fallback,
+    )
+    if spec.poll_max_seconds < spec.poll_initial_seconds:
+        raise JobError(
+            f"{path}: batch.poll_max_seconds ({spec.poll_max_seconds:g}) is below "
+            f"batch.poll_initial_seconds ({spec.poll_initial_seconds:g}); raise it"
+        )
+    return spec
 
 
 def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:

@@ -10,6 +10,7 @@
       results/       part-<run>-<seq>.parquet: one row per answer (per item when exploded)
       errors/        part-<run>-<seq>.parquet: the latest failure of each row still failed
       usage/         part-<run>-<seq>.parquet: one row per API call that returned usage (ledger)
+      batches/       tier "batch": every chunk and batch job, and their files (batchgen.batch_store)
 
 Every outcome is in the journal before it is anywhere else; parts are compacted from closed
 segments (``part-<segment>.parquet``, written whole under a temporary name, then the segment is
@@ -39,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchgen.batch_store import BATCHES_DIR
 from batchgen.errors import CheckpointError
 from batchgen.job import Job
 from batchgen.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
@@ -223,7 +225,7 @@ class OutputDir:
 
     def prepare(self) -> None:
         """Create and test-write every folder a run writes, before the first paid call."""
-        for name in (*KINDS, JOURNAL_DIR):
+        for name in (*KINDS, JOURNAL_DIR, BATCHES_DIR):
             folder = self.path / name
             probe = folder / f".probe-{os.getpid()}"
             try:
@@ -289,7 +291,7 @@ class OutputDir:
 
     def start_fresh(self) -> Path | None:
         """Move an earlier job's files into ``previous-<time>/``: never delete paid results."""
-        names = (JOB_FILE, RUNS_FILE, JOURNAL_DIR, *KINDS)
+        names = (JOB_FILE, RUNS_FILE, JOURNAL_DIR, BATCHES_DIR, *KINDS)
         present = [self.path / n for n in names if (self.path / n).exists()]
         if not present:
             return None

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from batchgen import __version__
 from batchgen.backend import Backend
+from batchgen.batch_backend import BatchBackend
 from batchgen.budget import Budget, Pricer
 from batchgen.calls import Billed
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
@@ -68,6 +69,7 @@ class RunOptions:
     time_budget: float | None = None  # seconds, from the start of the run
     progress: Progress | None = None  # where progress goes (batchgen.progress.choose)
     handle_signals: bool = True  # SIGINT/SIGTERM stop the run cleanly (main thread only)
+    wait: bool = True  # tier "batch": wait for the batches (False: submit, exit pending)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -181,6 +183,15 @@ class _Books:
         self.note = f"waiting {delay:.0f} s: the server asked for {why}"
         self.note_until = time.monotonic() + delay
 
+    async def journaled(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.outcomes.put(done)
+        await done
+
+    def show(self, note: str) -> None:
+        """A note that stays until replaced (a backend's own state, e.g. its batches)."""
+        self.note, self.note_until = note, float("inf") if note else 0.0
+
     def current_note(self) -> str:
         return self.note if time.monotonic() < self.note_until else ""
 
@@ -196,8 +207,12 @@ class _Books:
             for item in items:
                 last = last or item is None
                 self._take(item)
+            waiting = [i for i in items if isinstance(i, asyncio.Future)]
             if not self.broken:
-                await self._commit(last)
+                await self._commit(last, bool(waiting))
+            for future in waiting:  # journaled(): what came before is on disk (or never will be)
+                if not future.done():
+                    future.set_result(None)
             shown()
 
     def _take(self, item: object) -> None:
@@ -207,9 +222,9 @@ class _Books:
             self.summary.finished(item)
             self.writer.add_rows(item.rows, item.failed)
 
-    async def _commit(self, last: bool) -> None:
+    async def _commit(self, last: bool, now: bool = False) -> None:
         try:
-            if last or self.writer.frame_due():
+            if last or now or self.writer.frame_due():
                 self._unfit(await asyncio.to_thread(self.writer.commit))
             if last or self.writer.compaction_due():
                 await asyncio.to_thread(self.writer.compact)
@@ -250,11 +265,19 @@ class _Run:
         self.stop = StopControl(out.path, options.grace_seconds)
         self.books = _Books(plan, out, self.summary, budget, self.stop)
         self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
-        self.backend: Backend = OnlineBackend(
-            plan, options.api_key, budget, self.run_id, self.stop, out, options.unreachable_after
-        )
+        self.backend = self._backend(budget)
         self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
+
+    def _backend(self, budget: Budget) -> Backend:
+        """Batch Mode for a ``tier = "batch"`` job; else calls one by one."""
+        o = self.options
+        if self.job.model.tier == "batch":
+            return BatchBackend(self.plan, o.api_key, budget, self.run_id, self.stop, self.out,
+                                wait=o.wait, note=self.books.show)  # fmt: skip
+        return OnlineBackend(
+            self.plan, o.api_key, budget, self.run_id, self.stop, self.out, o.unreachable_after
+        )
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)

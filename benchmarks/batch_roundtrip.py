@@ -6,7 +6,7 @@ Chunks of 4,000 rows are written, uploaded, submitted, waited for, downloaded an
 (batch_steps), with 2% line errors; then every row is asked online. It prints how many rows have
 the same typed values both ways, the line failures, the total tokens of each path (the same
 tokens: at half price, half the cost) and the emulator's count of rows submitted twice.
-Not yet a scenario of run.py: the batch tier is not wired into a run.
+It drives the pieces directly; a whole run at the batch tier is `batchgen run --tier batch`.
 """
 
 from __future__ import annotations

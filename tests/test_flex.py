@@ -109,14 +109,9 @@ def test_bad_tiers_are_one_line_errors(tmp_path: Path) -> None:
         load_job(path)
 
 
-def test_run_refuses_batch_for_now_and_estimate_marks_the_tier(tmp_path: Path) -> None:
+def test_estimate_marks_the_tier(tmp_path: Path) -> None:
     path = flex_job(tmp_path)
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(path), "--tier", "batch", "--emulator"])
-    assert result.exit_code == 2
-    assert 'tier = "batch" is not available yet' in result.stderr
-    assert not (tmp_path / "out").exists()  # refused before anything was written
-
     for tier in ("standard", "flex", "batch"):  # estimate prices every tier, batch too
         result = runner.invoke(main, ["estimate", str(path), "--offline", "--tier", tier])
         assert result.exit_code == 0, result.output
@@ -277,10 +272,12 @@ def test_the_python_api_takes_the_tier() -> None:
         frame = batchgen.generate(rows, prompt="Name {{ text }}", schema=schema, model=MODEL,
                                   base_url=server.base_url, api_key=KEY, tier="flex")  # fmt: skip
         asked = {b.get("serviceTier") for b in server.emulator.received}
-        with pytest.raises(JobError, match='tier = "batch" is not available yet'):
-            batchgen.generate(rows, prompt="Name {{ text }}", schema=schema, model=MODEL,
-                              base_url=server.base_url, api_key=KEY, tier="batch")  # fmt: skip
+        batched = batchgen.generate(rows, prompt="Name {{ text }}", schema=schema, model=MODEL,
+                                    base_url=server.base_url, api_key=KEY, tier="batch",
+                                    batch={"poll_initial_seconds": 0.01})  # fmt: skip
+        submitted = server.emulator.counts["batch_rows"]
     assert list(frame["status"]) == ["ok"] * 3 and asked == {"flex"}
+    assert list(batched["status"]) == ["ok"] * 3 and submitted == 3
 
 
 def test_fallback_counts_from_the_first_capacity_refusal() -> None:

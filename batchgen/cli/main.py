@@ -3,8 +3,9 @@
 Exit codes (README, "Exit codes"): 0 every row done; 1 some rows failed (see OUTPUT/errors/);
 2 usage, job, input or output error; 3 the API refused the run (bad key, unknown model);
 4 stopped before the end (signal, API unreachable, rows left), rerun to resume; 5 a per-day
-quota is used up, rerun after it resets; 6 --max-cost reached; 70 a bug in batchgen stopped the
-run (what was answered is saved).
+quota is used up, rerun after it resets; 6 --max-cost reached; 75 --no-wait: batches are still
+running, a later run collects them; 70 a bug in batchgen stopped the run (what was answered is
+saved).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from batchgen import __version__
 from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
-from batchgen.job import Job, Overrides, load_job, require_online
+from batchgen.job import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.redact import redact_url
 from batchgen.runner import RunOptions, RunSummary, run_job
@@ -106,6 +107,11 @@ def _duration(text: str | None) -> float | None:
 @click.option("--max-cost", type=click.FloatRange(min=0), help="Stop once this run spent USD.")
 @click.option("--time-budget", metavar="DURATION", help="Stop cleanly within e.g. 55m.")
 @click.option("--prices", type=click.Path(path_type=Path), help="Price table overriding/adding.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Tier batch: submit the batches and exit 75 (pending); a later run collects them.",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
@@ -130,6 +136,7 @@ def run(
     max_cost: float | None,
     time_budget: str | None,
     prices: Path | None,
+    no_wait: bool,
     quiet: bool,
     log_format: str,
     progress_every: float,
@@ -139,7 +146,6 @@ def run(
     from batchgen.prices import PriceTable
 
     job = _load(job_file, input_path, output, model, base_url, tier)
-    require_online(job)
     table = PriceTable.load(prices)
     warn_lifecycle(job.model.name, table)
     click.get_current_context().meta[_ASKED] = job.model.name
@@ -153,7 +159,10 @@ def run(
         max_cost=max_cost,
         time_budget=_duration(time_budget),
         progress=choose(quiet, log_format, progress_every),
+        wait=not no_wait,
     )
+    if no_wait and job.model.tier != "batch":
+        raise JobError("--no-wait: only a batch run can be left running; add --tier batch")
     with api_target(job, emulator, "use --emulator to run offline") as (target, key):
         summary = run_job(target, replace(options, api_key=key))
     click.echo(_describe(summary, job.model.name))
@@ -332,6 +341,25 @@ def _outage(spec: str | None) -> tuple[float | None, float]:
         return float(after), float(seconds)
     except ValueError:
         raise JobError(f"--outage {spec}: expected AFTER+SECONDS such as 30+120") from None
+
+
+@main.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="The API's URL.")
+@click.option("--api-key-env", default="GEMINI_API_KEY", show_default=True,
+              help="The environment variable holding the API key.")  # fmt: skip
+def cancel(output: Path, base_url: str, api_key_env: str) -> None:
+    """Cancel OUTPUT's Batch Mode jobs that are still running (tier batch).
+
+    The next run collects what they answered and submits the other rows again.
+    """
+    from batchgen.api import cancel_batches
+
+    names = cancel_batches(output, base_url=base_url, api_key_env=api_key_env)
+    if not names:
+        click.echo(f"{output}: no running batches to cancel")
+    for name in names:
+        click.echo(f"cancelled {name}")
 
 
 main.add_command(report)
