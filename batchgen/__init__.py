@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         aoutput_status,
         areport_outputs,
         arun_file,
+        cancel_batches,
         estimate_file,
         generate,
         output_status,
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     )
     from batchgen.errors import (
         BatchgenError,
+        BatchPendingError,
+        BudgetReachedError,
         CheckpointError,
         FatalApiError,
         InputError,
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
     from batchgen.runner import RunOptions, RunSummary, arun_job, run_job
 
 _WHERE = {
+    "cancel_batches": "api",
+    "BatchPendingError": "errors",
+    "BudgetReachedError": "errors",
     "aestimate_file": "api",
     "agenerate": "api",
     "aoutput_status": "api",
@@ -75,6 +81,9 @@ _WHERE = {
 
 __all__ = [
     "__version__",
+    "cancel_batches",
+    "BatchPendingError",
+    "BudgetReachedError",
     "aestimate_file",
     "agenerate",
     "aoutput_status",
