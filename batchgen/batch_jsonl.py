@@ -24,7 +24,7 @@ from typing import Any
 from batchgen.answers import Answer, AnswerError, excerpt, parse_response, structured_value
 from batchgen.calls import Billed
 from batchgen.journal import fsync_dir
-from batchgen.output import error_row
+from batchgen.output import error_row, result_meta
 from batchgen.plan import Outcome, Plan, Work
 
 MAX_FILE_BYTES = 2 * 1000**3  # the Files API's limit per file (2 GB)
@@ -212,25 +212,6 @@ class ResultCollector:
             request_hash=work.hash, at=self.now(),
         )  # fmt: skip
         return Outcome([record], failed=True, category=category, message=message)
-
-
-def result_meta(answer: Answer, attempts: int, request_hash: str, at: datetime) -> dict[str, Any]:
-    """batchgen's own result columns for a batch answer (no per-row round trip: no latency)."""
-    usage = answer.usage
-    return {
-        "prompt_tokens": usage.prompt,
-        "output_tokens": usage.output,
-        "thinking_tokens": usage.thinking,
-        "cached_tokens": usage.cached,
-        "total_tokens": usage.total,
-        "model_version": answer.model_version,
-        "response_id": answer.response_id,
-        "finish_reason": answer.finish_reason,
-        "latency_ms": None,
-        "attempts": attempts,
-        "completed_at": at,
-        "request_hash": request_hash,
-    }
 
 
 def _line_error(error: object) -> tuple[str, str, int | None]:

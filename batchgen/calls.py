@@ -27,7 +27,7 @@ from batchgen.client import ApiError, GeminiClient
 from batchgen.daily import DailyQuota
 from batchgen.job import RetrySpec
 from batchgen.limits import ConcurrencyController, RateLimits
-from batchgen.output import error_row
+from batchgen.output import error_row, result_meta
 from batchgen.plan import Outcome, Plan, Work
 from batchgen.request import standard_body
 from batchgen.retry import RetryPolicy
@@ -227,7 +227,7 @@ class RowCaller:
         await self._bill(work, attempt, answer, "ok", served)
         row = work.row
         ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
-        meta = self._meta(answer, reply.latency_ms, attempt, work.hash)
+        meta = result_meta(answer, attempt, work.hash, self.now(), reply.latency_ms)
         return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
 
     def _delayed(self, exc: ApiError) -> None:
@@ -258,22 +258,3 @@ class RowCaller:
             request_hash=work.hash, at=self.now(),
         )  # fmt: skip
         return Outcome([record], failed=True, category=category, message=message)
-
-    def _meta(
-        self, answer: Answer, latency_ms: float, attempts: int, request_hash: str
-    ) -> dict[str, Any]:
-        usage = answer.usage
-        return {
-            "prompt_tokens": usage.prompt,
-            "output_tokens": usage.output,
-            "thinking_tokens": usage.thinking,
-            "cached_tokens": usage.cached,
-            "total_tokens": usage.total,
-            "model_version": answer.model_version,
-            "response_id": answer.response_id,
-            "finish_reason": answer.finish_reason,
-            "latency_ms": round(latency_ms, 3),
-            "attempts": attempts,
-            "completed_at": self.now(),
-            "request_hash": request_hash,
-        }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchgen.answers import Answer
 from batchgen.errors import JobError
 from batchgen.response_schema import ResponseSchema, resolve_schema
 
@@ -157,4 +158,25 @@ def error_row(
         "raw_text": text[:RAW_TEXT_LIMIT] if text else None,
         "request_hash": request_hash,
         "failed_at": at,
+    }
+
+
+def result_meta(
+    answer: Answer, attempts: int, request_hash: str, at: datetime, latency_ms: float | None = None
+) -> dict[str, Any]:
+    """batchgen's own columns of a result row (META_FIELDS); a batch answer has no latency."""
+    usage = answer.usage
+    return {
+        "prompt_tokens": usage.prompt,
+        "output_tokens": usage.output,
+        "thinking_tokens": usage.thinking,
+        "cached_tokens": usage.cached,
+        "total_tokens": usage.total,
+        "model_version": answer.model_version,
+        "response_id": answer.response_id,
+        "finish_reason": answer.finish_reason,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        "attempts": attempts,
+        "completed_at": at,
+        "request_hash": request_hash,
     }
