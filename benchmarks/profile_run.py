@@ -31,7 +31,7 @@ from harness import EmulatorProcess, batchgen_cmd, child_env, write_input, write
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)",)
 # Where the breakdowns start: the event loop's callbacks, and one attempt at one row.
 LOOP_CALLBACK = "Handle._run (asyncio/events.py)"
-ATTEMPT = "_Run._attempt (batchgen/runner.py)"
+ATTEMPT = "RowCaller._attempt (batchgen/calls.py)"
 POOL_JOB = "_WorkItem.run (concurrent/futures/thread.py)"
 _LOCATION = re.compile(r" \(([^()]*?):\d+\)$")
 
