@@ -231,7 +231,7 @@ class GeminiClient:
         self, status: int, raw: bytes | bytearray, retry_after: str | None = None
     ) -> Exception:
         error = _envelope(raw)
-        message = self._scrub(str(error.get("message") or raw[:200].decode(errors="replace")))
+        message = self._scrub(_one_line(error.get("message")) or _not_gemini(raw))
         where = f"{redact_url(self._model.base_url)} (model {self._model.name})"
         reasons = {d.get("reason") for d in _details(error)}
         if status in (401, 403) or "API_KEY_INVALID" in reasons:
@@ -290,6 +290,24 @@ def _decode(raw: bytearray) -> Any:
 
 def _excerpt_text(raw: bytes | bytearray) -> str:
     return bytes(raw[: EXCERPT_CHARS * 4]).decode(errors="replace")[:EXCERPT_CHARS]
+
+
+_TAG = re.compile(r"<[^>]*>")
+MESSAGE_CHARS = 160
+
+
+def _one_line(text: object) -> str:
+    """A server's message as one line of at most MESSAGE_CHARS (HTML tags dropped)."""
+    if not text:
+        return ""
+    line = " ".join(_TAG.sub(" ", str(text)).split())
+    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
+
+
+def _not_gemini(raw: bytes | bytearray) -> str:
+    """What to say of an error body that is not Gemini's error envelope (a proxy's HTML page)."""
+    text = _one_line(bytes(raw[:4096]).decode(errors="replace"))
+    return f"{text or 'an empty body'} (not a Gemini error: is model.base_url the API?)"
 
 
 def _envelope(raw: bytes | bytearray) -> Mapping[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -14,7 +16,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
 from batchgen.job import Overrides, load_job
 from batchgen.runner import RunOptions, run_job
-from tests.test_hostile_server import KEY, assert_every_row_accounted_for, make_job
+from tests.test_hostile_server import KEY, assert_every_row_accounted_for, make_job, read
 
 
 def test_every_call_redirected_stops_the_run_and_says_where(tmp_path: Path) -> None:
@@ -70,3 +72,25 @@ def test_progress_lines_come_while_nothing_completes_and_say_the_server_wait(
     assert len(lines) >= 4 and waiting, lines  # lines every 0.2 s while the run waits
     assert "capped by retry.max_server_delay_seconds" in waiting[0]
     assert_every_row_accounted_for(job, 4)
+
+
+def test_a_server_that_is_not_gemini_gets_one_line_per_failure(tmp_path: Path) -> None:
+    # Python's own http.server, not our emulator: it answers a POST with an HTML 501 page.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = make_job(tmp_path, 3, concurrency=1)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = CliRunner().invoke(
+            main, ["run", str(path), "--base-url", url], env={"GEMINI_API_KEY": KEY}
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("  server:")]
+    assert "HTTP 501:" in line and "Unsupported method" in line and "<" not in line
+    assert line.endswith("(not a Gemini error: is model.base_url the API?)")
+    messages = [r["message"] for r in read(tmp_path / "out", "errors")]
+    assert len(messages) == 3 and all("\n" not in m and len(m) < 400 for m in messages)
