@@ -80,8 +80,15 @@ class OnlineBackend:
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Call for every row of ``works``; return once no call is in flight."""
-        used = await asyncio.to_thread(requests_today, self.out, datetime.now(UTC))
-        day = DailyQuota(self.job.limits.requests_per_day, used)
+        per_day = self.job.limits.requests_per_day
+        # the whole ledger is read only when a daily quota is set: a resume over millions of
+        # answered rows should not pay for a count nobody asked for
+        used = (
+            0
+            if per_day is None
+            else await asyncio.to_thread(requests_today, self.out, datetime.now(UTC))
+        )
+        day = DailyQuota(per_day, used)
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch)
         connector = aiohttp.TCPConnector(limit=connection_limit(self.job.limits))
         async with aiohttp.ClientSession(connector=connector) as session:
