@@ -83,7 +83,10 @@ def write_part(folder: Path, name: str, table: pa.Table) -> Path:
         os.replace(tmp, final)
         fsync_dir(folder)
     except OSError as exc:
-        raise CheckpointError(f"{folder}: cannot write results: {exc.strerror}") from None
+        raise CheckpointError(
+            f"{folder}: cannot write results ({exc.strerror}); the answers stay in the journal: "
+            "free space or fix permissions, then rerun"
+        ) from None
     return final
 
 
@@ -163,7 +166,10 @@ class OutputDir:
         except FileNotFoundError:
             return None  # compacted and removed meanwhile: its part was read above or is new
         except (OSError, JournalFormatError, pa.ArrowException) as exc:
-            raise CheckpointError(f"{segment}: unreadable journal segment ({exc})") from None
+            raise CheckpointError(
+                f"{segment}: unreadable journal segment ({exc}); move it out of the output and "
+                "rerun (the rows in it are then bought again)"
+            ) from None
 
     # --- the done rule ------------------------------------------------------------------
 
@@ -352,7 +358,10 @@ def output_lock(directory: Path) -> Iterator[None]:
     try:
         tmp.write_text(json.dumps(me))
     except OSError as exc:
-        raise CheckpointError(f"{directory}: cannot write here ({exc.strerror})") from None
+        raise CheckpointError(
+            f"{directory}: cannot write here ({exc.strerror}); fix the permissions or choose "
+            "another output directory"
+        ) from None
     try:
         for _ in range(3):
             try:
@@ -488,7 +497,10 @@ def append_run_record(directory: Path, record: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise CheckpointError(f"{directory / RUNS_FILE}: cannot write ({exc.strerror})") from None
+        raise CheckpointError(
+            f"{directory / RUNS_FILE}: cannot write ({exc.strerror}); free space or fix "
+            "permissions, then rerun: the answers are saved"
+        ) from None
 
 
 def read_run_records(directory: Path) -> list[dict[str, Any]]:

@@ -116,7 +116,11 @@ class RunWriter:
         try:
             segment = self.journal.roll()
         except OSError as exc:
-            raise CheckpointError(f"{self.out.path / JOURNAL_DIR}: {exc.strerror}") from None
+            raise CheckpointError(
+                f"{self.out.path / JOURNAL_DIR}: cannot close the journal segment "
+                f"({exc.strerror}); what it holds is kept: free space or fix permissions, "
+                "then rerun"
+            ) from None
         self._compacted = self._synced = self.clock()
         self.pending = 0
         if segment is not None:
