@@ -7,6 +7,9 @@
     What a user would otherwise write: pandas reads the input, the official google-genai SDK's
     async client sends each row under an ``asyncio.Semaphore``, the answers are parsed and
     pyarrow writes them to Parquet.
+``python benchmarks/contenders.py peer-insights URL INPUT CONCURRENCY OUTPUT``
+    The same peer on jobs/review_insights.toml's task: a Parquet input of reviews, a system
+    instruction, nested arrays of objects in the schema, carried columns in the output.
 
 Each prints one JSON line: rows, ok (answers with HTTP 200), seconds (its own loop).
 """
@@ -17,9 +20,12 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from harness import API_KEY, MODEL, SCHEMA, render_prompt
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 async def bare(url: str, input_path: str, concurrency: int) -> dict[str, Any]:
@@ -93,12 +99,65 @@ async def peer(url: str, input_path: str, concurrency: int, output: str) -> dict
     return {"rows": len(df), "ok": len(results), "seconds": time.perf_counter() - started}
 
 
+async def peer_insights(
+    url: str, input_path: str, concurrency: int, output: str
+) -> dict[str, Any]:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google import genai
+    from google.genai import types
+
+    started = time.perf_counter()
+    df = pd.read_parquet(input_path)
+    client = genai.Client(
+        api_key=API_KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
+    )
+    schema = json.loads((JOBS / "review_insights.schema.json").read_text(encoding="utf-8"))
+    config = types.GenerateContentConfig(
+        system_instruction="You analyse customer reviews. Answer only from the review's text.",
+        temperature=0.2,
+        max_output_tokens=2048,
+        thinking_config=types.ThinkingConfig(thinking_budget=0),
+        response_mime_type="application/json",
+        response_schema=schema,
+    )
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(row: Any) -> dict[str, Any]:
+        text = row.review_text if row.review_text else "(no text, stars only)"
+        prompt = (
+            f"Product: {row.product}\nStars: {row.stars} / 5\nReview: {text}\n\n"
+            "Classify the review's sentiment, score it, summarise it in one sentence and list "
+            "the aspects it talks about with a short quote for each."
+        )
+        async with semaphore:
+            response = await client.aio.models.generate_content(
+                model="gemini-2.5-flash-lite", contents=prompt, config=config
+            )
+        usage = response.usage_metadata
+        return {
+            "review_id": row.review_id,
+            "product": row.product,
+            "stars": row.stars,
+            **json.loads(response.text or "{}"),
+            "prompt_tokens": usage.prompt_token_count if usage else None,
+            "output_tokens": usage.candidates_token_count if usage else None,
+        }
+
+    results = await asyncio.gather(*(one(row) for row in df.itertuples(index=False)))
+    pq.write_table(pa.Table.from_pylist(results), output)
+    return {"rows": len(df), "ok": len(results), "seconds": time.perf_counter() - started}
+
+
 def main(argv: list[str]) -> None:
     kind, url, input_path, concurrency = argv[0], argv[1], argv[2], int(argv[3])
     if kind == "bare":
         result = asyncio.run(bare(url, input_path, concurrency))
     elif kind == "peer":
         result = asyncio.run(peer(url, input_path, concurrency, argv[4]))
+    elif kind == "peer-insights":
+        result = asyncio.run(peer_insights(url, input_path, concurrency, argv[4]))
     else:
         raise SystemExit(f"unknown contender {kind!r}")
     print(json.dumps(result))

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from harness import EmulatorProcess, batchgen_cmd, child_env, write_input, write_job
+from scenarios import insights_job, reviews_input
 
 # Samples whose innermost frame is a thread pool's idle loop are waiting for work, not working
 # (py-spy counts their wake-ups as activity).
@@ -43,13 +44,22 @@ def main() -> int:
     parser.add_argument("--tool", choices=("py-spy", "pyinstrument"), default="py-spy")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument(
+        "--job",
+        choices=("bench", "insights"),
+        default="bench",
+        help="the benchmark's flat job, or jobs/review_insights.toml (nested) over its reviews",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-profile-"))
     try:
-        job = write_job(
-            folder, write_input(folder / "in.csv", args.rows), concurrency=args.concurrency
-        )
+        if args.job == "insights":
+            job = insights_job(folder, reviews_input(folder, args.rows), args.concurrency)
+        else:
+            job = write_job(
+                folder, write_input(folder / "in.csv", args.rows), concurrency=args.concurrency
+            )
         with EmulatorProcess() as emulator:
             run = batchgen_cmd(job, emulator.base_url)
             if args.tool == "pyinstrument":

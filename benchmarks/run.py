@@ -23,12 +23,24 @@ from pathlib import Path
 
 from paced import rate, tokens
 from quota import storm, strict, sweep
-from scenarios import FULL, QUICK, Context, Metric, Outcome, latency, memory, overhead, peer
+from scenarios import (
+    FULL,
+    QUICK,
+    Context,
+    Metric,
+    Outcome,
+    insights,
+    latency,
+    memory,
+    overhead,
+    peer,
+)
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS: dict[str, Callable[[Context, Outcome], None]] = {
     "overhead": overhead,
     "peer": peer,
+    "insights": insights,
     "latency": latency,
     "rate": rate,
     "tokens": tokens,
