@@ -15,6 +15,7 @@ standard tier (:class:`FlexFallback`): Flex never falls back by itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,14 +178,28 @@ class RowCaller:
         """One row through its retry loop; what still fails becomes a failure record.
 
         ``slot`` is the row's place in flight (:class:`~batchgen.limits.ConcurrencyController`).
+        The first call is made before tenacity's loop, which is entered only if it fails (with
+        that failure replayed as its first attempt): the same policy, without building the
+        loop for the rows that need none.
         """
-        attempt = 0
         spared = [0]  # calls that failed during an outage: they spend no attempt
         fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
+        started = time.monotonic()
+        first: ApiError | AnswerError
         try:
-            async for retrying in self.retry.for_row(lambda: spared[0]):
+            return await self._attempt(work, 1, slot, spared, fallback.tier)
+        except ApiError as exc:
+            fallback.refused(exc)
+            first = exc
+        except AnswerError as exc:
+            first = exc
+        attempt = 1
+        try:
+            async for retrying in self.retry.for_row(lambda: spared[0], started):
                 with retrying:
                     attempt = retrying.retry_state.attempt_number
+                    if attempt == 1:
+                        raise first
                     try:
                         return await self._attempt(work, attempt, slot, spared, fallback.tier)
                     except ApiError as exc:

@@ -38,6 +38,7 @@ class DailyQuota:
         self.per_day = per_day
         self._clock = clock
         self._day = self.today()
+        self._resets = self.resets_at()  # compared on every call: cheaper than a time zone
         same_day = used_on is None or used_on.astimezone(PACIFIC).date() == self._day
         self.used = used if same_day else 0
 
@@ -70,6 +71,6 @@ class DailyQuota:
         )
 
     def _roll(self) -> None:
-        today = self.today()
-        if today != self._day:
-            self._day, self.used = today, 0
+        if self._clock() >= self._resets:
+            self._day, self.used = self.today(), 0
+            self._resets = self.resets_at()

@@ -6,18 +6,23 @@ of them. The wait is the server's RetryInfo (or Retry-After) delay when it gave 
 ``max_server_delay_seconds``, else tenacity's capped exponential backoff with jitter. No retry
 starts after the row's deadline. Everything else (a 400, a bad key, a used-up daily quota, a
 redirect) is raised at once.
+
+Almost every row succeeds at its first call, so the caller makes that call itself and enters
+tenacity's loop only when it fails: :meth:`RetryPolicy.for_row` takes the first failure and
+replays it as the loop's first attempt, so the policy (attempts, waits, the deadline counted
+from the first call) is tenacity's either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -40,11 +45,14 @@ class RetryPolicy:
             multiplier=spec.backoff_initial_seconds, max=spec.backoff_max_seconds
         ) + wait_random(0, spec.backoff_initial_seconds)
 
-    def for_row(self, spared: Callable[[], int] = lambda: 0) -> AsyncRetrying:
+    def for_row(
+        self, spared: Callable[[], int] = lambda: 0, started: float | None = None
+    ) -> AsyncRetrying:
         """A fresh retry loop; use as ``async for attempt in policy.for_row(): with attempt:``.
 
         ``spared`` counts the row's calls that spend no attempt (failed while the breaker was
-        open: the outage's, not the row's).
+        open: the outage's, not the row's). ``started`` (``time.monotonic()``) is when the row's
+        first call began, when it was made before the loop; the deadline counts from it.
         """
         answer_failures = 0
 
@@ -60,7 +68,7 @@ class RetryPolicy:
 
         return AsyncRetrying(
             stop=_OutOfAttempts(self.spec.attempts, spared)
-            | stop_after_delay(self.spec.row_deadline_seconds),
+            | _PastDeadline(self.spec.row_deadline_seconds, started),
             wait=self._wait,
             retry=should_retry,
             sleep=self._sleep,
@@ -85,3 +93,16 @@ class _OutOfAttempts(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return retry_state.attempt_number - self.spared() >= self.attempts
+
+
+class _PastDeadline(stop_base):
+    """Stop once ``seconds`` have passed since the row's first call (tenacity's
+    ``stop_after_delay``, counted from ``started`` when the first call preceded the loop)."""
+
+    def __init__(self, seconds: float, started: float | None) -> None:
+        self.seconds = seconds
+        self.started = started
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        started = retry_state.start_time if self.started is None else self.started
+        return time.monotonic() - started >= self.seconds

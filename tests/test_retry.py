@@ -95,6 +95,26 @@ async def test_no_retry_after_the_row_deadline() -> None:
     assert calls == 1
 
 
+async def test_the_deadline_counts_from_a_first_call_made_before_the_loop() -> None:
+    # The runner makes a row's first call itself and enters the loop only when it fails: the
+    # failure is replayed as attempt 1, and the 6 s that call took count against the deadline.
+    policy = RetryPolicy(RetrySpec(attempts=10, row_deadline_seconds=5), FakeSleep())
+    calls = 0
+    with pytest.raises(ApiError):
+        async for retrying in policy.for_row(started=time.monotonic() - 6):
+            with retrying:
+                calls += 1
+                raise ApiError("server", "x", 503)
+    assert calls == 1
+    calls = 0
+    async for retrying in policy.for_row(started=time.monotonic() - 1):
+        with retrying:
+            calls += 1
+            if calls == 1:
+                raise ApiError("server", "x", 503)
+    assert calls == 2
+
+
 @pytest.mark.parametrize(("cap", "waited"), [(None, 300.0), (5.0, 5.0), (7200.0, 3600.0)])
 async def test_a_server_delay_is_waited_at_most_the_cap(cap: float | None, waited: float) -> None:
     sleep = FakeSleep()
