@@ -99,9 +99,7 @@ async def peer(url: str, input_path: str, concurrency: int, output: str) -> dict
     return {"rows": len(df), "ok": len(results), "seconds": time.perf_counter() - started}
 
 
-async def peer_insights(
-    url: str, input_path: str, concurrency: int, output: str
-) -> dict[str, Any]:
+async def peer_insights(url: str, input_path: str, concurrency: int, output: str) -> dict[str, Any]:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -154,9 +154,16 @@ def _window(timeline: Timeline) -> tuple[Sample, Sample] | None:
     return timeline.samples[max(0, start - 1)], end
 
 
-def _measure(emulator: EmulatorProcess, cmd: list[str], cwd: Path, timeout: float) -> Run:
+def measure(
+    emulator: EmulatorProcess,
+    cmd: list[str],
+    cwd: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Run:
+    env = child_env() if env is None else env
     with Poller(emulator) as poller:
-        child = run_child(cmd, cwd=cwd, env=child_env(), timeout=timeout, on_start=poller.watch)
+        child = run_child(cmd, cwd=cwd, env=env, timeout=timeout, on_start=poller.watch)
     window = _window(poller.timeline)
     if child.returncode != 0 or window is None:
         raise RuntimeError(
@@ -200,7 +207,7 @@ def run_batchgen(
 ) -> Run:
     folder = ctx.folder(name)
     job_path = write_job(folder, ctx.input(rows), **job)
-    return _measure(emulator, batchgen_cmd(job_path, emulator.base_url), folder, timeout)
+    return measure(emulator, batchgen_cmd(job_path, emulator.base_url), folder, timeout)
 
 
 def run_contender(
@@ -211,7 +218,7 @@ def run_contender(
     cmd += [str(ctx.input(rows)), str(CONCURRENCY)]
     if kind == "peer":
         cmd.append(str(folder / "answers.parquet"))
-    return _measure(emulator, cmd, folder, timeout)
+    return measure(emulator, cmd, folder, timeout)
 
 
 def _describe(label: str, run: Run) -> str:
@@ -288,37 +295,50 @@ def peer(ctx: Context, out: Outcome) -> None:
 
 def insights(ctx: Context, out: Outcome) -> None:
     """jobs/review_insights.toml (nested arrays of objects, a system instruction, carried
-    columns) at zero latency: batchgen's CPU a row, and batchgen against the google-genai peer."""
+    columns) at zero latency: batchgen's CPU a row, and batchgen against the google-genai peer.
+
+    The bare aiohttp loop of the overhead scenario runs beside them as this machine's gauge:
+    the issue's target of 400 µs a row was set where that loop took 152 µs (RESULTS.md of
+    2026-11-24), so the target here is 400 / 152 = 2.63 times what the loop takes today.
+    """
     rows = ctx.sizes.peer_rows
     source = reviews_input(ctx.workdir / "inputs", rows)
     best: dict[str, Run] = {}
     with EmulatorProcess() as emulator:
         for i in range(ctx.sizes.repeats):
-            for kind in ("google-genai", "batchgen"):
+            for kind in ("bare", "google-genai", "batchgen"):
                 ctx.log(f"  insights: {kind}, {rows:,} rows (round {i + 1})")
                 folder = ctx.folder(f"insights-{kind}-{i}")
-                if kind == "batchgen":
+                if kind == "bare":
+                    run = run_contender(ctx, emulator, "bare", rows)
+                elif kind == "batchgen":
                     job = insights_job(folder, source)
-                    cmd = batchgen_cmd(job, emulator.base_url)
+                    run = measure(emulator, batchgen_cmd(job, emulator.base_url), folder, 900)
                 else:
                     cmd = [sys.executable, str(HERE / "contenders.py"), "peer-insights"]
                     cmd += [emulator.base_url, str(source), str(CONCURRENCY)]
                     cmd.append(str(folder / "answers.parquet"))
-                run = _measure(emulator, cmd, folder, 900)
+                    run = measure(emulator, cmd, folder, 900)
                 out.notes.append(f"- insights, round {i + 1}, {_describe(kind, run)}")
                 if kind not in best or run.cpu_per_row < best[kind].cpu_per_row:
                     best[kind] = run
-    sdk, bg = best["google-genai"], best["batchgen"]
-    out.add(
-        "insights",
-        "client CPU per row: batchgen µs (best round)",
-        bg.cpu_per_row,
-        target="≤ 400",
-        check=lambda v: v <= 400,
-    )
+    sdk, bg, bare = best["google-genai"], best["batchgen"], best["bare"]
+    out.add("insights", "client CPU per row: batchgen µs (best round)", bg.cpu_per_row)
     out.add("insights", "client CPU per row: google-genai µs (best round)", sdk.cpu_per_row)
+    out.add("insights", "client CPU per row: bare loop µs (the gauge)", bare.cpu_per_row)
+    gauge = bg.cpu_per_row / bare.cpu_per_row
+    out.add(
+        "insights", "batchgen CPU ÷ bare loop CPU", gauge, "{:.2f}", "≤ 2.63",
+        lambda v: v <= 400 / 152,
+    )  # fmt: skip
+    out.add(
+        "insights", "batchgen CPU at the issue's gauge (× 152 µs)", gauge * 152, "{:.0f}",
+        "≤ 400", lambda v: v <= 400,
+    )  # fmt: skip
     ratio = sdk.cpu_per_row / bg.cpu_per_row
-    out.add("insights", "google-genai CPU ÷ batchgen CPU", ratio, "{:.1f}×", "≥ 6×", lambda v: v >= 6)
+    out.add(
+        "insights", "google-genai CPU ÷ batchgen CPU", ratio, "{:.1f}×", "≥ 6×", lambda v: v >= 6
+    )
     out.add("insights", "batchgen rows/s (best round)", bg.rows_per_second)
     out.add("insights", "google-genai rows/s (best round)", sdk.rows_per_second)
     out.add(
