@@ -226,6 +226,10 @@ class PriceTable:
     source: str = ""
     source_date: date | None = None
     files: tuple[Path, ...] = field(default=())
+    # resolve()'s answers by (names, day): the runner prices every call with the same pair
+    _resolved: dict[tuple[tuple[str | None, ...], date], ModelPrice | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, override: Path | None = None) -> PriceTable:
@@ -307,8 +311,11 @@ class PriceTable:
         the one that answered first, so that a call is priced as the model that served it.
         """
         day = at or utc_today()
-        billed = self.billed_as(self.chosen(*names), day)
-        return self.models[billed].period(day) if billed is not None else None
+        key = (names, day)
+        if key not in self._resolved:
+            billed = self.billed_as(self.chosen(*names), day)
+            self._resolved[key] = self.models[billed].period(day) if billed is not None else None
+        return self._resolved[key]
 
     def chosen(self, *names: str | None) -> str | None:
         """The table's name for the first of ``names`` it knows, exactly or by version parts."""

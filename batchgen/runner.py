@@ -198,7 +198,8 @@ class _Books:
     # --- the writer task -----------------------------------------------------------------
 
     async def write(self, shown: Callable[[], None]) -> None:
-        """Journal everything until None arrives; call ``shown`` after each batch."""
+        """Journal everything until None arrives, then call ``shown`` (the ticker shows
+        progress every frame meanwhile)."""
         last = False
         while not last:
             items = [await self.outcomes.get()]
@@ -213,7 +214,7 @@ class _Books:
             for future in waiting:  # journaled(): what came before is on disk (or never will be)
                 if not future.done():
                     future.set_result(None)
-            shown()
+        shown()
 
     def _take(self, item: object) -> None:
         if isinstance(item, Billed):
