@@ -2,10 +2,13 @@
 
 **Rate.** Requests per minute and input tokens per minute are each a leaky bucket owned here,
 on an injectable clock: it starts full and allows a burst of half a second's worth after a
-lull, so that no 60-second window holds more than the limit (the API counts in sliding
-windows). A request takes one request and its *estimated* prompt tokens; the estimate
-(characters / 4) is corrected by the ratio of real to estimated tokens seen so far, and any
-shortfall is paid when the answer tells the real count.
+lull. The API counts in sliding 60-second windows, so the bucket drains at the rate that keeps
+a burst *and* the full pace after it within the limit: ``limit / (60 s + burst)``, times a
+margin for network jitter. (Draining at ``limit / 60 s``, a burst after the ramp of a slow run
+put the first full window over the limit by the burst, and earned as many 429s.) A request
+takes one request and its *estimated* prompt tokens; the estimate (characters / 4) is corrected
+by the ratio of real to estimated tokens seen so far, and any shortfall is paid when the answer
+tells the real count.
 
 When the server still answers 429 (the configured limit is too high, or someone else shares the
 quota), every request pauses for the server's delay and the rate steps down — to just under what
@@ -117,14 +120,14 @@ class Bucket:
 
     def __init__(self, per_minute: float, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self.per_second = per_minute / 60 * MARGIN
+        self.per_second = _pace(per_minute)
         self.capacity = max(1.0, self.per_second * BURST_SECONDS)
         self.level = self.capacity
         self._at = clock()
 
     def set_rate(self, per_minute: float) -> None:
         self._drain()
-        self.per_second = per_minute / 60 * MARGIN
+        self.per_second = _pace(per_minute)
 
     def take(self, amount: float) -> float:
         """Take ``amount`` (at most the capacity); return the seconds to wait before sending."""
@@ -141,6 +144,12 @@ class Bucket:
         if now > self._at:
             self.level = max(0.0, self.level - (now - self._at) * self.per_second)
             self._at = now
+
+
+def _pace(per_minute: float) -> float:
+    """The drain rate (per second) at which a burst plus a minute at that rate stays within
+    ``MARGIN`` of ``per_minute``: any 60 s window then holds at most the limit."""
+    return per_minute * MARGIN / (60 + BURST_SECONDS)
 
 
 class RateLimits:

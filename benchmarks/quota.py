@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from harness import EmulatorProcess, Poller, batchgen_cmd, child_env, run_child, write_job
@@ -36,12 +37,17 @@ SWEEP = (
     Case(30, 3000, 75, 45),
 )
 QUICK_SWEEP = (Case(0.5, 1200, 5, 10), Case(2, 1200, 8, 10))
+# e.g. BATCHGEN_BENCH_SWEEP=30 runs only the 30 s case (medians in seconds, comma-separated)
+ONLY_MEDIANS = os.environ.get("BATCHGEN_BENCH_SWEEP", "")
 
 
 def sweep(ctx: Context, out: Outcome) -> None:
     """The job's defaults against R requests/min and a latency of median 0.5 to 30 s."""
     quick = ctx.sizes.rate_seconds < 60
+    picked = {float(m) for m in ONLY_MEDIANS.split(",") if m.strip()}
     for case in QUICK_SWEEP if quick else SWEEP:
+        if picked and case.median_s not in picked:
+            continue
         seconds = case.ramp_s + case.window_s
         rows = int(case.rpm / 60 * seconds * 1.5) + case.rpm
         name = f"median {case.median_s:g} s, R {case.rpm}/min"
@@ -61,7 +67,8 @@ def sweep(ctx: Context, out: Outcome) -> None:
             )
         late = run.late_ok / run.late_seconds * 60 / case.rpm if run.late_seconds > 0 else None
         out.notes.append(
-            f"- sweep, {name}: {run.ok:,} answers, {run.rate_limited:,} 429s of {run.calls:,} "
+            f"- sweep, {name}: {run.ok:,} answers, {run.rate_limited:,} 429s"
+            f"{f' (at {run.when_rate_limited()})' if run.rate_limited else ''} of {run.calls:,} "
             f"calls in {run.seconds:.1f} s; after the {case.ramp_s:g} s ramp {run.late_ok:,} "
             f"answers in {run.late_seconds:.1f} s; batchgen exit {run.child.returncode}"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import pytest
 
 from batchgen.limits import AdaptiveRate, Bucket, RateLimits
@@ -98,11 +100,13 @@ async def test_a_token_429_steps_down_the_token_rate_only() -> None:
 
 def test_the_bucket_hands_out_turns_in_order_and_restarts_full_after_a_pause() -> None:
     clock = Clock()
-    bucket = Bucket(1200 / 0.995, clock)  # 20/s (sent at 99.5%) with a burst of half a second
+    # 20/s (a minute and a half-second burst within 99.5% of the limit), a burst of 0.5 s
+    bucket = Bucket(20 * 60.5 / 0.995, clock)
+    assert bucket.per_second == pytest.approx(20)
     assert bucket.capacity == pytest.approx(10)
     waits = [bucket.take(1) for _ in range(4)]  # starts full: no burst at the start
     assert waits == pytest.approx([0.05, 0.10, 0.15, 0.20])
-    bucket.set_rate(600 / 0.995)  # later turns drip at the new rate
+    bucket.set_rate(10 * 60.5 / 0.995)  # later turns drip at the new rate
     assert bucket.take(1) == pytest.approx(0.5)  # the fifth turn: 5 over the burst at 10/s
     clock.now += 60  # a lull refills the burst allowance
     assert [bucket.take(1) for _ in range(9)] == [0.0] * 9
@@ -135,4 +139,27 @@ async def test_the_buckets_start_full_at_the_first_request_not_at_construction()
     clock.now += 300
     for _ in range(3):
         await limits.acquire(10)
-    assert waits == pytest.approx([1 / 19.9] * 3)  # paced from the first request on
+    pace = 1200 * 0.995 / 60.5  # per second: see the next test
+    assert waits == pytest.approx([1 / pace] * 3)  # paced from the first request on
+
+
+async def test_no_sliding_minute_holds_more_than_the_limit_with_a_burst_after_a_lull() -> None:
+    """A slow start (calls held back by the concurrency, not the rate), a lull that fills the
+    burst allowance, then everything the limiter allows: the server's strict rolling window of
+    60 s never sees more than the limit."""
+    clock = Clock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    limits = RateLimits(3000, clock=clock, sleep=sleep)
+    sent = []
+    for _ in range(20):  # a ramp: one call every 0.2 s
+        sent.append(await limits.acquire(10))
+        clock.now += 0.2
+    clock.now += 5  # the lull
+    end = clock.now + 120
+    while clock.now < end:  # as fast as the limiter lets calls go
+        sent.append(await limits.acquire(10))
+    busiest = max(bisect.bisect_left(sent, t + 60) - i for i, t in enumerate(sent))
+    assert 2950 <= busiest <= 3000 * 0.995  # full, and within the margin
