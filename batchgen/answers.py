@@ -128,13 +128,16 @@ def _texts(candidate: Mapping[str, Any]) -> list[str]:
     content = _obj(candidate.get("content"), "candidates[0].content")
     parts = _list(content.get("parts"), "candidates[0].content.parts")
     texts = []
-    for i, part in enumerate(parts):
-        where = f"candidates[0].content.parts[{i}]"
-        fields = _obj(part, where, nullable=False)
-        text = _str(fields.get("text"), f"{where}.text")
-        thought = fields.get("thought")
+    for i, part in enumerate(parts):  # the hot path: a place is worded only when it is wrong
+        if not isinstance(part, dict):
+            raise _ShapeError(f"candidates[0].content.parts[{i}] is {_kind(part)}, not an object")
+        text, thought = part.get("text"), part.get("thought")
+        if text is not None and not isinstance(text, str):
+            _str(text, f"candidates[0].content.parts[{i}].text")
         if thought is not None and not isinstance(thought, bool):
-            raise _ShapeError(f"{where}.thought is {_kind(thought)}, not true or false")
+            raise _ShapeError(
+                f"candidates[0].content.parts[{i}].thought is {_kind(thought)}, not true or false"
+            )
         if text is not None and not thought:
             texts.append(text)
     return texts
