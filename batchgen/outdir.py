@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.batch_store import BATCHES_DIR
+from batchgen.batch_store import BATCHES_DIR, BatchStore
 from batchgen.errors import CheckpointError
 from batchgen.job import Job
 from batchgen.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
@@ -296,7 +296,23 @@ class OutputDir:
         return check_fingerprint(job, self.path, version)
 
     def start_fresh(self) -> Path | None:
-        """Move an earlier job's files into ``previous-<time>/``: never delete paid results."""
+        """Move an earlier job's files into ``previous-<time>/``: never delete paid results.
+
+        Refused while Batch Mode jobs of the output may still run: moved aside, nobody would
+        collect the answers they bill for.
+        """
+        running = [
+            c for c in BatchStore(self.path).open_chunks() if c.state in ("submitting", "submitted")
+        ]
+        if running:
+            names = ", ".join(c.batch_name or c.display_name for c in running[:3])
+            more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+            raise CheckpointError(
+                f"{self.path}: --fresh (fresh=True) would abandon {len(running)} Batch Mode "
+                f"job(s) still running and billing ({names}{more}): run without --fresh to "
+                f"collect their answers (`batchgen cancel {self.path}` first to stop them "
+                "early), then start fresh"
+            )
         names = (JOB_FILE, RUNS_FILE, JOURNAL_DIR, BATCHES_DIR, *KINDS)
         present = [self.path / n for n in names if (self.path / n).exists()]
         if not present:

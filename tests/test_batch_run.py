@@ -239,6 +239,30 @@ def test_cancel_stops_the_running_batches(tmp_path: Path, monkeypatch: pytest.Mo
     assert nothing.exit_code == 2 and "has no batches to cancel" in nothing.stderr
 
 
+def test_fresh_refuses_to_abandon_running_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moved aside, batches still running would bill for answers nobody collects."""
+    path = batch_job(tmp_path, rows=20, per_chunk=10)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    config = EmulatorConfig(batch_pending_s=0.5, batch_running_s=0.1)
+    with EmulatorThread(config) as server:
+        args = ["run", str(path), "--base-url", server.base_url, "--quiet"]
+        assert CliRunner().invoke(main, [*args, "--no-wait"]).exit_code == 75
+        before = sorted(p.name for p in (tmp_path / "out").iterdir())
+        fresh = CliRunner().invoke(main, [*args, "--fresh"])
+        assert fresh.exit_code == 2, fresh.output
+        assert "--fresh (fresh=True) would abandon 2 Batch Mode job(s)" in fresh.stderr
+        assert f"batchgen cancel {tmp_path / 'out'}" in fresh.stderr
+        assert "Traceback" not in fresh.output
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # nothing moved
+        assert CliRunner().invoke(main, args).exit_code == 0  # collected
+        again = CliRunner().invoke(main, [*args, "--fresh"])
+        assert again.exit_code == 0, again.output  # nothing running: a fresh start
+        assert server.emulator.counts["batchGenerateContent"] == 4
+    assert list((tmp_path / "out").glob("previous-*/batches/batches.jsonl"))
+
+
 def test_no_wait_needs_the_batch_tier(tmp_path: Path) -> None:
     path = batch_job(tmp_path)
     result = CliRunner().invoke(main, ["run", str(path), "--tier", "flex", "--no-wait"])
