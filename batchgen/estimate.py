@@ -369,24 +369,55 @@ def _schema_guess(job: Job) -> OutputGuess:
     return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
 
 
-def small_answer(schema: Mapping[str, Any]) -> Any:
-    """A small value the schema accepts: required fields, one-item arrays, one-word strings."""
+def small_answer(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """A small value the schema accepts: required fields, one-item arrays, one-word strings.
+
+    Either dialect: Gemini's Schema (upper-case types, ``nullable``) or a JSON Schema (lower-case
+    types or a list of them, ``const``, ``oneOf``/``allOf``, ``prefixItems``, local ``$ref``s
+    into ``$defs``); a nullable value is given a value, not null. ``root`` is the whole schema,
+    for its ``$ref``s.
+    """
+    return _small(schema, schema if root is None else root, 0)
+
+
+_MAX_DEPTH = 32  # a recursive $ref is followed this deep, then left empty
+_SMALL_FORMATS = {"date": "2026-01-01", "date-time": "2026-01-01T00:00:00Z", "time": "00:00:00Z"}
+
+
+def _small(schema: object, root: Mapping[str, Any], depth: int) -> Any:
+    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        return _small(_pointer(root, ref), root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
     if schema.get("enum"):
-        return min((str(v) for v in schema["enum"]), key=len)
-    if schema.get("anyOf"):
-        values = [small_answer(s) for s in schema["anyOf"]]
-        return min(values, key=lambda v: len(json.dumps(v)))
+        return min(schema["enum"], key=lambda v: len(json.dumps(v)))
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            values = [_small(s, root, depth + 1) for s in schema[key]]
+            given = [v for v in values if v is not None] or values
+            return min(given, key=lambda v: len(json.dumps(v)))
+    if schema.get("allOf"):
+        return _small(schema["allOf"][0], root, depth + 1)
     kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    kind = kind.upper() if isinstance(kind, str) else ("OBJECT" if "properties" in schema else None)
     if kind == "OBJECT":
         props: Mapping[str, Any] = schema.get("properties") or {}
         required = set(schema.get("required") or ())
         order = [*(schema.get("propertyOrdering") or ()), *props]
-        return {p: small_answer(props[p]) for p in dict.fromkeys(order) if p in required}
+        return {p: _small(props[p], root, depth + 1) for p in dict.fromkeys(order) if p in required}
     if kind == "ARRAY":
+        if isinstance(schema.get("prefixItems"), list):
+            return [_small(s, root, depth + 1) for s in schema["prefixItems"]]
         count = max(int(schema.get("minItems", 0)), min(1, int(schema.get("maxItems", 1))))
-        return [small_answer(schema.get("items") or {})] * count
+        items = schema.get("items")
+        return [_small(items if isinstance(items, Mapping) else {}, root, depth + 1)] * count
     if kind == "STRING":
-        return "x" * max(int(schema.get("minLength", 0)), min(6, int(schema.get("maxLength", 6))))
+        return _small_string(schema)
     if kind == "INTEGER":
         return int(_within(schema, 1, math.ceil, math.floor))
     if kind == "NUMBER":
@@ -396,14 +427,47 @@ def small_answer(schema: Mapping[str, Any]) -> Any:
     return None
 
 
+def _small_string(schema: Mapping[str, Any]) -> str:
+    if schema.get("format") in _SMALL_FORMATS:
+        return _SMALL_FORMATS[schema["format"]]
+    if isinstance(schema.get("pattern"), str):
+        import random
+
+        import rstr
+
+        try:  # the pattern's own shortest-ish match, the same every time
+            return str(rstr.Rstr(random.Random(0)).xeger(schema["pattern"]))
+        except Exception:  # a pattern rstr cannot read: the length rule below
+            pass
+    return "x" * max(int(schema.get("minLength", 0)), min(6, int(schema.get("maxLength", 6))))
+
+
+def _pointer(root: Mapping[str, Any], ref: str) -> object:
+    """What a local JSON pointer (``#/$defs/Item``) names in ``root``, or None."""
+    target: object = root
+    for part in ref.removeprefix("#").strip("/").split("/") if ref != "#" else ():
+        key = part.replace("~1", "/").replace("~0", "~")
+        target = target.get(key) if isinstance(target, Mapping) else None
+    return target
+
+
 def _within(
     schema: Mapping[str, Any], value: float, up: Callable[[Any], Any], down: Callable[[Any], Any]
 ) -> float:
-    """``value`` moved inside the schema's minimum and maximum."""
+    """``value`` moved inside the schema's minimum and maximum (JSON Schema's exclusive bounds
+    too: a whole number just inside, a fraction halfway between)."""
     if schema.get("maximum") is not None:
         value = min(value, down(schema["maximum"]))
     if schema.get("minimum") is not None:
         value = max(value, up(schema["minimum"]))
+    low, high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    low = low if isinstance(low, int | float) and not isinstance(low, bool) else None
+    high = high if isinstance(high, int | float) and not isinstance(high, bool) else None
+    whole = up is math.ceil
+    if low is not None and value <= low:
+        value = math.floor(low) + 1 if whole else (low + high) / 2 if high is not None else low + 1
+    if high is not None and value >= high:
+        value = math.ceil(high) - 1 if whole else (low + high) / 2 if low is not None else high - 1
     return value
 
 

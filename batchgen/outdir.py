@@ -305,11 +305,11 @@ class OutputDir:
             c for c in BatchStore(self.path).open_chunks() if c.state in ("submitting", "submitted")
         ]
         if running:
-            names = ", ".join(c.batch_name or c.display_name for c in running[:3])
+            shown = ", ".join(c.batch_name or c.display_name for c in running[:3])
             more = f" and {len(running) - 3} more" if len(running) > 3 else ""
             raise CheckpointError(
                 f"{self.path}: --fresh (fresh=True) would abandon {len(running)} Batch Mode "
-                f"job(s) still running and billing ({names}{more}): run without --fresh to "
+                f"job(s) still running and billing ({shown}{more}): run without --fresh to "
                 f"collect their answers (`batchgen cancel {self.path}` first to stop them "
                 "early), then start fresh"
             )
