@@ -45,7 +45,13 @@ from batchgen.batch_steps import Collection, collect_chunk, submit_chunk, upload
 from batchgen.batch_store import BatchStore, ChunkRecord
 from batchgen.budget import Budget
 from batchgen.client import ApiError
-from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
+from batchgen.errors import (
+    BatchPendingError,
+    BudgetReachedError,
+    CheckpointError,
+    FatalApiError,
+    RunStoppedError,
+)
 from batchgen.job import ModelSpec
 from batchgen.online import OnlineBackend
 from batchgen.outdir import OutputDir
@@ -89,6 +95,8 @@ class BatchBackend:
         self.collector = ResultCollector(plan, run_id)
         self.works: dict[str, Work] = {}  # every row this run submitted or re-attached to
         self.retry: list[Work] = []  # rows for the online fallback
+        self.held: dict[str, float] = {}  # row id -> its expected cost, held in the budget
+        self.capped: BudgetReachedError | None = None  # max_cost stopped the submitting
         self._chunks = 0
 
     def gauges(self) -> Gauges:
@@ -107,6 +115,8 @@ class BatchBackend:
             except ApiError as exc:
                 self.stop.halt(self._api_stop(exc), "api")
         self.note("")
+        if self.capped is not None:  # what was submitted is collected: now stop (exit 6)
+            self.stop.halt(self.capped, "max_cost")
         if self.retry and not self.stop.stopping.is_set():
             await self._fallback(sink)
 
@@ -127,6 +137,12 @@ class BatchBackend:
         async for work in works:
             self.works[work.row.row_id] = work
             if work.row.row_id not in held:
+                cost = self.budget.hold(work.tokens, BATCH_TIER)
+                if cost is None:  # max_cost: submit what fits, collect it, then stop
+                    del self.works[work.row.row_id]
+                    self.capped = self.budget.reached()
+                    break
+                self.held[work.row.row_id] = cost
                 pending.append(work)
             if len(pending) >= size:
                 await self._submit(client, pending, sink)
@@ -203,8 +219,13 @@ class BatchBackend:
         done = await collect_chunk(self.store, client, chunk, self.works, self.collector)
         fallback = self.job.batch.fallback == "online"
         for item in done.collected:
+            usage = item.billed.answer.usage if item.billed is not None else None
+            held = self.held.pop(item.row_id, None)
+            if held is not None:
+                self.budget.settle(held, usage, BATCH_TIER)
+            elif usage is not None:  # submitted by an earlier run: nothing held for it
+                self.budget.charge(usage, BATCH_TIER)
             if item.billed is not None:
-                self.budget.settle(0.0, item.billed.answer.usage, BATCH_TIER)
                 await sink.billed(item.billed)
             category = item.outcome.category
             if fallback and item.outcome.failed and category in FALLBACK_CATEGORIES:

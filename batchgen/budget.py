@@ -7,6 +7,11 @@ whose reservation does not fit waits for the calls in flight to settle. With not
 call may go while the spend is under the cap; once the spend reaches the cap, the run stops. So
 the spend ends within about one call's cost of the cap.
 
+Batch Mode rows cannot wait for a settle: a row is priced the same way before its chunk is
+submitted (:meth:`Budget.hold`), and the run submits no row whose expected cost no longer fits;
+what it submitted is collected, then the run stops (exit 6). Before any answer the expected
+output is ``maxOutputTokens``, so a first batch run stays well inside the cap.
+
 Calls are priced at the rate of the UTC day they are made (the price table is dated) and of
 their service tier: a call reserves at the tier it asks for (Flex: half price) and settles at the
 tier that served it (a Flex call served at standard costs the standard rate); a call to a retired
@@ -87,24 +92,45 @@ class Budget:
             if not self._holds and self.spent < cap:
                 break  # alone, one call may pass: its real cost is what will be learnt
             if not self._holds:
-                raise BudgetReachedError(
-                    f"max_cost ${self.cap:g} (--max-cost) reached (this run spent "
-                    f"${self.spent:.4f}); results so far are saved: rerun to go on"
-                )
+                raise self.reached()
             self._settled.clear()
             await self._settled.wait()
         self._reserved += need
         self._holds += 1
         return need
 
+    def hold(self, prompt_tokens: int, tier: str) -> float | None:
+        """Reserve a call's expected cost now, without waiting: the amount held (0 without a
+        cap), or None when it does not fit under the cap (Batch Mode: priced before submitting).
+        """
+        if self.cap is None:
+            return 0.0
+        need = self._expected(prompt_tokens, tier)
+        if self.spent + self._reserved + need > self.cap:
+            return None
+        self._reserved += need
+        self._holds += 1
+        return need
+
+    def reached(self) -> BudgetReachedError:
+        """The error that stops a run whose next call no longer fits under the cap."""
+        return BudgetReachedError(
+            f"max_cost ${self.cap:g} (--max-cost) reached (this run spent ${self.spent:.4f}); "
+            "results so far are saved: rerun to go on"
+        )
+
+    def charge(self, usage: Usage, tier: str = "standard") -> None:
+        """Count a call that held nothing in this run (a batch an earlier run submitted)."""
+        self.spent += self._price(usage, tier) or 0.0
+        self._calls += 1
+        self._output_sum += usage.output + usage.thinking
+
     def settle(self, held: float, usage: Usage | None, tier: str = "standard") -> None:
         """Replace a reservation by the call's real cost at the ``tier`` that served it (None:
         the call returned no usage, or never finished). Synchronous, so that it can run in a
         ``finally``."""
         if usage is not None:
-            self.spent += self._price(usage, tier) or 0.0
-            self._calls += 1
-            self._output_sum += usage.output + usage.thinking
+            self.charge(usage, tier)
         if self.cap is not None:
             self._holds -= 1
             self._reserved = max(0.0, self._reserved - held) if self._holds else 0.0

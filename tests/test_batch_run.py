@@ -20,7 +20,13 @@ from click.testing import CliRunner
 from batchgen.batch_store import BatchStore
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.errors import BatchPendingError, InternalError, JobError, RunStoppedError
+from batchgen.errors import (
+    BatchPendingError,
+    BudgetReachedError,
+    InternalError,
+    JobError,
+    RunStoppedError,
+)
 from batchgen.job import Overrides, load_job
 from batchgen.outdir import OutputDir
 from batchgen.prices import PriceTable
@@ -128,6 +134,28 @@ def test_batch_gives_the_online_rows_at_half_the_cost(tmp_path: Path, emulator: 
     assert summary.cost == pytest.approx(batch_cost)  # the budget settled at the batch tier
     states = {r.state for r in BatchStore(batch_out).records().values()}
     assert states == {"collected"}
+
+
+def test_max_cost_submits_what_fits_collects_it_and_stops(tmp_path: Path, emulator: Any) -> None:
+    """Batch rows are priced before they are submitted: the cap bounds what is submitted."""
+    path = batch_job(tmp_path, rows=40, per_chunk=10)
+    prices = PriceTable.load()
+    per_row = prices.cost(MODEL, prompt=40, output=1024, thinking=0, cached=0, tier="batch")
+    assert per_row is not None
+    cap = 14.5 * per_row  # room for 13 or 14 rows at the first guess (maxOutputTokens unset)
+    with pytest.raises(BudgetReachedError, match=r"max_cost \$[0-9.e-]+ \(--max-cost\) reached"):
+        run(path, emulator, prices=prices, max_cost=cap)
+    counts = emulator.emulator.counts
+    submitted = counts["batch_rows"]
+    assert 5 <= submitted < 40  # the cap stopped the submitting ...
+    assert results(tmp_path / "out").num_rows == submitted  # ... and what went was collected
+    cost, _ = ledger_cost(tmp_path / "out")
+    assert cost <= cap
+    states = {r.state for r in BatchStore(tmp_path / "out").records().values()}
+    assert states == {"collected"}
+    rest = run(path, emulator, prices=prices)  # no cap: the rest, nothing submitted twice
+    assert (rest.rows_done, rest.exit_code) == (40 - submitted, 0)
+    assert counts["batch_rows"] == 40
 
 
 def _interrupt(monkeypatch: pytest.MonkeyPatch, state: str, after: bool = False) -> None:
