@@ -47,7 +47,6 @@ from batchgen.budget import Budget
 from batchgen.client import ApiError
 from batchgen.errors import (
     BatchPendingError,
-    BudgetReachedError,
     CheckpointError,
     FatalApiError,
     RunStoppedError,
@@ -96,7 +95,7 @@ class BatchBackend:
         self.works: dict[str, Work] = {}  # every row this run submitted or re-attached to
         self.retry: list[Work] = []  # rows for the online fallback
         self.held: dict[str, float] = {}  # row id -> its expected cost, held in the budget
-        self.capped: BudgetReachedError | None = None  # max_cost stopped the submitting
+        self.capped = False  # max_cost stopped the submitting
         self._chunks = 0
 
     def gauges(self) -> Gauges:
@@ -115,8 +114,8 @@ class BatchBackend:
             except ApiError as exc:
                 self.stop.halt(self._api_stop(exc), "api")
         self.note("")
-        if self.capped is not None:  # what was submitted is collected: now stop (exit 6)
-            self.stop.halt(self.capped, "max_cost")
+        if self.capped:  # what was submitted is collected: now stop (exit 6)
+            self.stop.halt(self.budget.reached(), "max_cost")
         if self.retry and not self.stop.stopping.is_set():
             await self._fallback(sink)
 
@@ -140,7 +139,7 @@ class BatchBackend:
                 cost = self.budget.hold(work.tokens, BATCH_TIER)
                 if cost is None:  # max_cost: submit what fits, collect it, then stop
                     del self.works[work.row.row_id]
-                    self.capped = self.budget.reached()
+                    self.capped = True
                     break
                 self.held[work.row.row_id] = cost
                 pending.append(work)
