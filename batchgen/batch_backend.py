@@ -39,6 +39,7 @@ from batchgen.batch_jsonl import (
     MISSING,
     ResultCollector,
     group_works,
+    split_request_line,
     write_chunk,
 )
 from batchgen.batch_steps import Collection, collect_chunk, submit_chunk, upload_chunk
@@ -92,8 +93,10 @@ class BatchBackend:
         self.wait, self.note, self.clock = wait, note or (lambda _: None), clock
         self.store = BatchStore(out.path)
         self.collector = ResultCollector(plan, run_id)
-        self.works: dict[str, Work] = {}  # every row this run submitted or re-attached to
-        self.retry: list[Work] = []  # rows for the online fallback
+        # the rows of the chunks not collected yet, slimmed once their chunk file is written
+        # (id, carried values, request hash): a batch run's memory does not hold its bodies
+        self.works: dict[str, Work] = {}
+        self.retry: list[tuple[str, Work]] = []  # (chunk, row) for the online fallback
         self.held: dict[str, float] = {}  # row id -> its expected cost, held in the budget
         self.capped = False  # max_cost stopped the submitting
         self._chunks = 0
@@ -134,16 +137,16 @@ class BatchBackend:
         pending: list[Work] = []
         size = self.job.batch.rows_per_chunk
         async for work in works:
-            self.works[work.row.row_id] = work
-            if work.row.row_id not in held:
+            if work.row.row_id in held:  # in an earlier run's chunk file already
+                self.works[work.row.row_id] = self._slim(work)  # collected below
+            elif not self.capped:
                 cost = self.budget.hold(work.tokens, BATCH_TIER)
                 if cost is None:  # max_cost: submit what fits, collect it, then stop
-                    del self.works[work.row.row_id]
-                    self.capped = True
-                    break
-                self.held[work.row.row_id] = cost
-                pending.append(work)
-            if len(pending) >= size:
+                    self.capped = True  # (the input is read on, for earlier runs' rows)
+                else:
+                    self.held[work.row.row_id] = cost
+                    pending.append(work)
+            if len(pending) >= size or (self.capped and pending):
                 await self._submit(client, pending, sink)
                 pending = []
             if self.stop.stopping.is_set():
@@ -158,6 +161,7 @@ class BatchBackend:
             self._chunks += 1
             name = f"{self.run_id}-{self._chunks:05d}"
             written = await asyncio.to_thread(write_chunk, self.store.chunk_path(name), group)
+            self.works.update((w.row.row_id, self._slim(w)) for w in group)
             chunk = await asyncio.to_thread(self.store.add, name, self.run_id, written.rows)
             await self._advance(client, chunk)
             for _ in written.rows:
@@ -228,11 +232,19 @@ class BatchBackend:
                 await sink.billed(item.billed)
             category = item.outcome.category
             if fallback and item.outcome.failed and category in FALLBACK_CATEGORIES:
-                self.retry.append(self.works[item.row_id])
+                self.retry.append((chunk.chunk, self.works[item.row_id]))
             else:
                 await sink.outcome(item.outcome)
         await sink.journaled()
         await asyncio.to_thread(self._mark, done)
+        for row in chunk.rows:  # collected: nothing more is asked of them here
+            self.works.pop(row, None)
+
+    def _slim(self, work: Work) -> Work:
+        """What collecting a row needs: its id, carried values and request hash (the body is
+        in its chunk file)."""
+        carry = {c: work.row.values[c] for c in self.job.input.carry}
+        return dataclasses.replace(work, row=dataclasses.replace(work.row, values=carry), body=b"")
 
     def _mark(self, done: Collection) -> None:
         error = None
@@ -246,8 +258,29 @@ class BatchBackend:
         plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
         online = OnlineBackend(plan, self.api_key, self.budget, self.run_id, self.stop, self.out)
         self.note(f"asking {len(self.retry)} rows online that the batches did not answer")
-        await online.run(_stream(self.retry), sink)
+        works = await asyncio.to_thread(self._with_bodies, self.retry)
+        await online.run(_stream(works), sink)
         self.note("")
+
+    def _with_bodies(self, rows: Sequence[tuple[str, Work]]) -> list[Work]:
+        """The rows with their request bodies, read back from their chunk files (each line is
+        ``{"key":…,"request":<the body>}``, the body verbatim)."""
+        wanted: dict[str, dict[str, Work]] = {}
+        for chunk, work in rows:
+            wanted.setdefault(chunk, {})[work.row.row_id] = work
+        found: list[Work] = []
+        for chunk, works in wanted.items():
+            with self.store.chunk_path(chunk).open("rb") as lines:
+                for line in lines:
+                    key, body = split_request_line(line)
+                    if key in works:
+                        found.append(dataclasses.replace(works.pop(key), body=body))
+            if works:
+                raise CheckpointError(
+                    f"{self.store.chunk_path(chunk)}: no request line for row "
+                    f"{next(iter(works))!r}; rerun without [batch] fallback to retry it"
+                )
+        return found
 
     def _api_stop(self, exc: ApiError) -> RunStoppedError | FatalApiError:
         where = redact_url(self.job.model.base_url)

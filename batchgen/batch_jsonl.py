@@ -69,6 +69,21 @@ def request_line(work: Work) -> bytes:
     return b'{"key":' + key + b',"request":' + work.body + b"}\n"
 
 
+def split_request_line(line: bytes) -> tuple[str | None, bytes]:
+    """(row id, request body) of a line :func:`request_line` wrote; (None, b"") otherwise."""
+    head = b'{"key":'
+    if not line.startswith(head) or not line.endswith(b"}\n"):
+        return None, b""
+    try:
+        key, _ = json.JSONDecoder().raw_decode(line[len(head) :].decode())
+    except (UnicodeDecodeError, ValueError):
+        return None, b""
+    rest = line[len(head) + len(json.dumps(key, ensure_ascii=False).encode()) :]
+    if not isinstance(key, str) or not rest.startswith(b',"request":'):
+        return None, b""
+    return key, rest[len(b',"request":') : -2]
+
+
 def group_works(
     works: Iterable[Work], max_rows: int, max_bytes: int = MAX_FILE_BYTES
 ) -> Iterator[list[Work]]:

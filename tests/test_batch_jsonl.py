@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from batchgen.batch_jsonl import (
     ResultCollector,
     group_works,
     request_line,
+    split_request_line,
     write_chunk,
 )
 from batchgen.client import GeminiClient
@@ -56,6 +58,16 @@ def test_request_lines_carry_the_online_body_under_the_row_id(project: Path) -> 
     assert line.endswith(b"}\n") and line.count(b"\n") == 1
     assert json.loads(line) == {"key": work.row.row_id, "request": json.loads(work.body)}
     assert work.body in line  # the very bytes, not a re-encoding
+
+
+@pytest.mark.parametrize("row_id", ["r-1", 'quote " and \\ back', "ünï 😀", '"request":'])
+def test_a_request_line_gives_back_its_row_id_and_the_very_body(project: Path, row_id: str) -> None:
+    """The online fallback reads bodies back from chunk files rather than keep them in memory."""
+    work = works_of(make_plan(project), 1)[0]
+    work = replace(work, row=replace(work.row, row_id=row_id))
+    assert split_request_line(request_line(work)) == (row_id, work.body)
+    for junk in (b"", b"not json\n", b'{"key":3,"request":{}}\n', request_line(work)[:-2]):
+        assert split_request_line(junk) == (None, b"")
 
 
 def test_chunks_keep_to_rows_bytes_and_unique_keys(project: Path, tmp_path: Path) -> None:
