@@ -301,9 +301,11 @@ class OutputDir:
         Refused while Batch Mode jobs of the output may still run: moved aside, nobody would
         collect the answers they bill for.
         """
-        running = [
-            c for c in BatchStore(self.path).open_chunks() if c.state in ("submitting", "submitted")
-        ]
+        try:
+            chunks = BatchStore(self.path).open_chunks()
+        except CheckpointError:  # an unreadable record: --fresh is how one gets past it
+            chunks = []
+        running = [c for c in chunks if c.state in ("submitting", "submitted")]
         if running:
             shown = ", ".join(c.batch_name or c.display_name for c in running[:3])
             more = f" and {len(running) - 3} more" if len(running) > 3 else ""

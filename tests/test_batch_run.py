@@ -291,6 +291,14 @@ def test_fresh_refuses_to_abandon_running_batches(
     assert list((tmp_path / "out").glob("previous-*/batches/batches.jsonl"))
 
 
+def test_fresh_still_moves_aside_an_output_whose_batch_record_is_unreadable(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "out" / "batches" / "batches.jsonl").mkdir(parents=True)  # unreadable as a file
+    aside = OutputDir(tmp_path / "out").start_fresh()
+    assert aside is not None and (aside / "batches" / "batches.jsonl").is_dir()
+
+
 def test_no_wait_needs_the_batch_tier(tmp_path: Path) -> None:
     path = batch_job(tmp_path)
     result = CliRunner().invoke(main, ["run", str(path), "--tier", "flex", "--no-wait"])
