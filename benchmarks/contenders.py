@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,53 +65,28 @@ async def bare(url: str, input_path: str, concurrency: int) -> dict[str, Any]:
 
 
 async def peer(url: str, input_path: str, concurrency: int, output: str) -> dict[str, Any]:
+    """The flat job through the SDK."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from google import genai
     from google.genai import types
 
     started = time.perf_counter()
-    df = pd.read_csv(input_path, dtype=str)
-    client = genai.Client(
-        api_key=API_KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
-    )
     config = types.GenerateContentConfig(
         response_mime_type="application/json", response_schema=SCHEMA
     )
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(row: Any) -> dict[str, Any]:
-        prompt = render_prompt(row.product, row.category, row.notes)
-        async with semaphore:
-            response = await client.aio.models.generate_content(
-                model=MODEL, contents=prompt, config=config
-            )
-        usage = response.usage_metadata
-        return {
-            "id": row.id,
-            **json.loads(response.text or "{}"),
-            "prompt_tokens": usage.prompt_token_count if usage else None,
-            "output_tokens": usage.candidates_token_count if usage else None,
-        }
-
-    results = await asyncio.gather(*(one(row) for row in df.itertuples(index=False)))
-    pq.write_table(pa.Table.from_pylist(results), output)
-    return {"rows": len(df), "ok": len(results), "seconds": time.perf_counter() - started}
+    return await _sdk_rows(
+        url, pd.read_csv(input_path, dtype=str), concurrency, output, MODEL, config,
+        prompt=lambda row: render_prompt(row.product, row.category, row.notes),
+        ids=lambda row: {"id": row.id}, started=started,
+    )  # fmt: skip
 
 
 async def peer_insights(url: str, input_path: str, concurrency: int, output: str) -> dict[str, Any]:
+    """jobs/review_insights.toml's task through the SDK: the same system instruction,
+    generation settings, schema and prompt, the carried columns in the output."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from google import genai
     from google.genai import types
 
     started = time.perf_counter()
-    df = pd.read_parquet(input_path)
-    client = genai.Client(
-        api_key=API_KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
-    )
     schema = json.loads((JOBS / "review_insights.schema.json").read_text(encoding="utf-8"))
     config = types.GenerateContentConfig(
         system_instruction="You analyse customer reviews. Answer only from the review's text.",
@@ -120,24 +96,55 @@ async def peer_insights(url: str, input_path: str, concurrency: int, output: str
         response_mime_type="application/json",
         response_schema=schema,
     )
-    semaphore = asyncio.Semaphore(concurrency)
 
-    async def one(row: Any) -> dict[str, Any]:
+    def prompt(row: Any) -> str:
         text = row.review_text if row.review_text else "(no text, stars only)"
-        prompt = (
+        return (
             f"Product: {row.product}\nStars: {row.stars} / 5\nReview: {text}\n\n"
             "Classify the review's sentiment, score it, summarise it in one sentence and list "
             "the aspects it talks about with a short quote for each."
         )
+
+    return await _sdk_rows(
+        url, pd.read_parquet(input_path), concurrency, output, "gemini-2.5-flash-lite", config,
+        prompt=prompt, started=started,
+        ids=lambda row: {"review_id": row.review_id, "product": row.product, "stars": row.stars},
+    )  # fmt: skip
+
+
+async def _sdk_rows(
+    url: str,
+    df: Any,
+    concurrency: int,
+    output: str,
+    model: str,
+    config: Any,
+    *,
+    prompt: Callable[[Any], str],
+    ids: Callable[[Any], dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """Every row of ``df`` through the SDK's async client under a semaphore, as one writes it
+    (``asyncio.gather`` over all rows); the answers with their ids and usage to Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(
+        api_key=API_KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
+    )
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(row: Any) -> dict[str, Any]:
+        text = prompt(row)
         async with semaphore:
             response = await client.aio.models.generate_content(
-                model="gemini-2.5-flash-lite", contents=prompt, config=config
+                model=model, contents=text, config=config
             )
         usage = response.usage_metadata
         return {
-            "review_id": row.review_id,
-            "product": row.product,
-            "stars": row.stars,
+            **ids(row),
             **json.loads(response.text or "{}"),
             "prompt_tokens": usage.prompt_token_count if usage else None,
             "output_tokens": usage.candidates_token_count if usage else None,
