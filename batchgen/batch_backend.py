@@ -46,12 +46,7 @@ from batchgen.batch_steps import Collection, collect_chunk, submit_chunk, upload
 from batchgen.batch_store import BatchStore, ChunkRecord
 from batchgen.budget import Budget
 from batchgen.client import ApiError
-from batchgen.errors import (
-    BatchPendingError,
-    CheckpointError,
-    FatalApiError,
-    RunStoppedError,
-)
+from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
 from batchgen.job import ModelSpec
 from batchgen.online import OnlineBackend
 from batchgen.outdir import OutputDir
@@ -278,7 +273,8 @@ class BatchBackend:
             if works:
                 raise CheckpointError(
                     f"{self.store.chunk_path(chunk)}: no request line for row "
-                    f"{next(iter(works))!r}; rerun without [batch] fallback to retry it"
+                    f"{next(iter(works))!r} to ask online; its rows are left for the next "
+                    "run: rerun the same command"
                 )
         return found
 

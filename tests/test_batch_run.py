@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from batchgen.batch_store import BatchStore
 from batchgen.cli import main
@@ -229,16 +229,24 @@ def test_fallback_online_asks_the_unanswered_rows_in_the_same_run(tmp_path: Path
     assert tiers == {"batch", "standard"}
 
 
+PENDING = EmulatorConfig(batch_pending_s=0.5, batch_running_s=0.1)  # outlasts one --no-wait run
+
+
+def submit_no_wait(path: Path, server: EmulatorThread) -> tuple[list[str], Result]:
+    """``batchgen run --no-wait``: submitted, exit 75; the args to run the job again."""
+    args = ["run", str(path), "--base-url", server.base_url, "--quiet"]
+    pending = CliRunner().invoke(main, [*args, "--no-wait"])
+    assert pending.exit_code == BatchPendingError.exit_code == 75, pending.output
+    return args, pending
+
+
 def test_no_wait_exits_pending_then_a_run_collects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = batch_job(tmp_path, rows=20, per_chunk=10)
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    config = EmulatorConfig(batch_pending_s=0.5, batch_running_s=0.1)
-    with EmulatorThread(config) as server:
-        args = ["run", str(path), "--base-url", server.base_url, "--quiet"]
-        pending = CliRunner().invoke(main, [*args, "--no-wait"])
-        assert pending.exit_code == BatchPendingError.exit_code == 75, pending.output
+    with EmulatorThread(PENDING) as server:
+        args, pending = submit_no_wait(path, server)
         assert "2 batches (20 rows) are running server-side" in pending.stderr
         assert "20 rows remain" in pending.stdout
         done = CliRunner().invoke(main, args)
@@ -273,10 +281,8 @@ def test_fresh_refuses_to_abandon_running_batches(
     """Moved aside, batches still running would bill for answers nobody collects."""
     path = batch_job(tmp_path, rows=20, per_chunk=10)
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    config = EmulatorConfig(batch_pending_s=0.5, batch_running_s=0.1)
-    with EmulatorThread(config) as server:
-        args = ["run", str(path), "--base-url", server.base_url, "--quiet"]
-        assert CliRunner().invoke(main, [*args, "--no-wait"]).exit_code == 75
+    with EmulatorThread(PENDING) as server:
+        args, _ = submit_no_wait(path, server)
         before = sorted(p.name for p in (tmp_path / "out").iterdir())
         fresh = CliRunner().invoke(main, [*args, "--fresh"])
         assert fresh.exit_code == 2, fresh.output
