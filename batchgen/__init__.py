@@ -41,9 +41,9 @@ if TYPE_CHECKING:
         RunStoppedError,
         TemplateError,
     )
-    from batchgen.job import Job, Overrides, load_job
+    from batchgen.job.spec import Job, Overrides, load_job
     from batchgen.plan import Plan, plan_job
-    from batchgen.runner import RunOptions, RunSummary, arun_job, run_job
+    from batchgen.run.runner import RunOptions, RunSummary, arun_job, run_job
 
 _WHERE = {
     "cancel_batches": "api",
@@ -68,15 +68,15 @@ _WHERE = {
     "QuotaExhaustedError": "errors",
     "RunStoppedError": "errors",
     "TemplateError": "errors",
-    "Job": "job",
-    "Overrides": "job",
-    "load_job": "job",
+    "Job": "job.spec",
+    "Overrides": "job.spec",
+    "load_job": "job.spec",
     "Plan": "plan",
     "plan_job": "plan",
-    "RunOptions": "runner",
-    "RunSummary": "runner",
-    "arun_job": "runner",
-    "run_job": "runner",
+    "RunOptions": "run.runner",
+    "RunSummary": "run.runner",
+    "arun_job": "run.runner",
+    "run_job": "run.runner",
 }
 
 __all__ = [

@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import JobError
-from batchgen.estimate import Estimate, estimate_job
-from batchgen.job import (
+from batchgen.job.spec import (
     DEFAULT_BASE_URL,
     Job,
     ModelSpec,
@@ -38,11 +37,12 @@ from batchgen.job import (
     load_job,
     resolve_api_key,
 )
-from batchgen.outdir import RESULTS_DIR, OutputDir
-from batchgen.report import Report, report
-from batchgen.runner import RunOptions, RunSummary, arun_job, run_sync
-from batchgen.status import OutputStatus
-from batchgen.status import output_status as read_status
+from batchgen.reports.estimate import Estimate, estimate_job
+from batchgen.reports.report import Report, report
+from batchgen.reports.status import OutputStatus
+from batchgen.reports.status import output_status as read_status
+from batchgen.run.runner import RunOptions, RunSummary, arun_job, run_sync
+from batchgen.store.outdir import RESULTS_DIR, OutputDir
 
 __all__ = [
     "aestimate_file",
@@ -199,7 +199,7 @@ def cancel_batches(
     collects what each batch answered and submits the rest again. The key is ``api_key`` or
     the variable ``api_key_env`` names.
     """
-    from batchgen.batch_backend import cancel_output
+    from batchgen.backends.batch.backend import cancel_output
 
     key = (api_key if api_key is not None else os.environ.get(api_key_env, "")).strip()
     if not key:

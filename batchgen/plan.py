@@ -17,14 +17,14 @@ import numpy as np
 import pyarrow as pa
 
 from batchgen.errors import InputError, TemplateError
-from batchgen.inputs import InputReader, InputRow
-from batchgen.job import Job
+from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.input.prompts import PromptTemplate
+from batchgen.input.reader import InputReader, InputRow
+from batchgen.job.schema import AnswerValidator
+from batchgen.job.spec import Job
 from batchgen.keys import Keys, contains, keys_of
-from batchgen.outdir import DoneState
-from batchgen.output import OutputLayout, error_row
-from batchgen.prompts import PromptTemplate
-from batchgen.request import RequestBuilder, request_hash
-from batchgen.schema import AnswerValidator
+from batchgen.store.outdir import DoneState
+from batchgen.store.output import OutputLayout, error_row
 
 
 @dataclass(frozen=True)

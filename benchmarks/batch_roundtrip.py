@@ -24,18 +24,18 @@ import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.answers import Answer, parse_response, structured_value
-from batchgen.batch_client import BatchClient
-from batchgen.batch_jsonl import ResultCollector, group_works, write_chunk
-from batchgen.batch_steps import collect_chunk, submit_chunk, upload_chunk
-from batchgen.batch_store import BatchStore
-from batchgen.client import GeminiClient
+from batchgen.backends.batch.jsonl import ResultCollector, group_works, write_chunk
+from batchgen.backends.batch.steps import collect_chunk, submit_chunk, upload_chunk
 from batchgen.emulator import EmulatorConfig, EmulatorServer
-from batchgen.job import Overrides, load_job
+from batchgen.gemini.answers import Answer, parse_response, structured_value
+from batchgen.gemini.batch_client import BatchClient
+from batchgen.gemini.client import GeminiClient
+from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.outdir import DoneState
 from batchgen.plan import Work, plan_job
-from batchgen.prices import PriceTable
+from batchgen.pricing.table import PriceTable
+from batchgen.store.batches import BatchStore
+from batchgen.store.outdir import DoneState
 
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 ROWS, PER_CHUNK = 10_000, 4_000

@@ -59,7 +59,7 @@ def stats(emulator: EmulatorProcess) -> dict[str, int]:
 def visible_done(out: Path) -> int:
     """Rows done as `batchgen status` counts them (parts and journal)."""
     sys.path.insert(0, str(ROOT))
-    from batchgen.status import output_status
+    from batchgen.reports.status import output_status
 
     return output_status(out).rows_done if (out / "job.json").exists() else 0
 

@@ -32,7 +32,7 @@ from scenarios import insights_job, reviews_input
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)",)
 # Where the breakdowns start: the event loop's callbacks, and one attempt at one row.
 LOOP_CALLBACK = "Handle._run (asyncio/events.py)"
-ATTEMPT = "RowCaller._attempt (batchgen/calls.py)"
+ATTEMPT = "RowCaller._attempt (batchgen/backends/online/caller.py)"
 POOL_JOB = "_WorkItem.run (concurrent/futures/thread.py)"
 _LOCATION = re.compile(r" \(([^()]*?):\d+\)$")
 

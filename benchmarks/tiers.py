@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import OutputDir
-from batchgen.prices import PriceTable
-from batchgen.report import report
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.table import PriceTable
+from batchgen.reports.report import report
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import OutputDir
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "tiers-bench-key"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.answers import AnswerError, Usage, parse_response, structured_value
-from batchgen.schema import AnswerValidator, normalize_schema
+from batchgen.gemini.answers import AnswerError, Usage, parse_response, structured_value
+from batchgen.job.schema import AnswerValidator, normalize_schema
 from tests.conftest import SEED_COPY
 
 

@@ -13,8 +13,8 @@ import pytest
 import batchgen
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
-from batchgen.job import Overrides, load_job
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.run.runner import RunOptions, run_job
 from tests.test_resume import make_job
 
 KEY = "api-key-31"

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from batchgen.batch_client import BatchClient, BatchInfo, FileInfo
-from batchgen.client import ApiError
 from batchgen.emulator import EmulatorConfig, EmulatorServer
 from batchgen.errors import FatalApiError
-from batchgen.job import ModelSpec
+from batchgen.gemini.batch_client import BatchClient, BatchInfo, FileInfo
+from batchgen.gemini.client import ApiError
+from batchgen.job.spec import ModelSpec
 
 KEY = "sk-batch-secret-0123456789"
 FLASH = "gemini-2.5-flash"

@@ -13,9 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batchgen.answers import parse_response, structured_value
-from batchgen.batch_client import BatchClient
-from batchgen.batch_jsonl import (
+from batchgen.backends.batch.jsonl import (
     LINE_ERROR,
     MISSING,
     ResultCollector,
@@ -24,12 +22,14 @@ from batchgen.batch_jsonl import (
     split_request_line,
     write_chunk,
 )
-from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorServer
-from batchgen.job import Overrides, load_job
+from batchgen.gemini.answers import parse_response, structured_value
+from batchgen.gemini.batch_client import BatchClient
+from batchgen.gemini.client import GeminiClient
+from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.outdir import DoneState
 from batchgen.plan import Plan, Work, plan_job
+from batchgen.store.outdir import DoneState
 
 KEY = "sk-jsonl-secret-0123456789"
 AT = datetime(2026, 12, 1, tzinfo=UTC)

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from batchgen.batch_store import BatchStore
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import (
@@ -27,10 +26,11 @@ from batchgen.errors import (
     JobError,
     RunStoppedError,
 )
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import OutputDir
-from batchgen.prices import PriceTable
-from batchgen.runner import RunOptions, RunSummary, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.table import PriceTable
+from batchgen.run.runner import RunOptions, RunSummary, run_job
+from batchgen.store.batches import BatchStore
+from batchgen.store.outdir import OutputDir
 from tests.conftest import ROOT, write_job
 
 KEY = "sk-batch-run-secret-0123456789"

@@ -10,15 +10,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from batchgen.batch_client import BatchClient
-from batchgen.batch_jsonl import ResultCollector, write_chunk
-from batchgen.batch_steps import collect_chunk, submit_chunk, upload_chunk
-from batchgen.batch_store import BatchStore, ChunkRecord
+from batchgen.backends.batch.jsonl import ResultCollector, write_chunk
+from batchgen.backends.batch.steps import collect_chunk, submit_chunk, upload_chunk
 from batchgen.emulator import Emulator, EmulatorConfig, EmulatorServer
-from batchgen.job import Overrides, load_job
+from batchgen.gemini.batch_client import BatchClient
+from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.outdir import DoneState
 from batchgen.plan import Plan, Work, plan_job
+from batchgen.store.batches import BatchStore, ChunkRecord
+from batchgen.store.outdir import DoneState
 
 KEY = "sk-steps-secret-0123456789"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.batch_store import BatchStore, ChunkRecord
 from batchgen.errors import CheckpointError
+from batchgen.store.batches import BatchStore, ChunkRecord
 
 
 def test_steps_are_recorded_and_read_back(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_each_step_is_on_disk_when_mark_returns(tmp_path: Path) -> None:
         f"""
         import os
         from pathlib import Path
-        from batchgen.batch_store import BatchStore
+        from batchgen.store.batches import BatchStore
         store = BatchStore(Path({str(tmp_path)!r}))
         store.add("c1", "run", ("x", "y"))
         store.mark("c1", "uploaded", file_name="files/f")

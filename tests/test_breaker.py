@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from batchgen.breaker import Breaker
+from batchgen.backends.online.breaker import Breaker
+from batchgen.backends.online.limits import RateLimits, concurrency_for
 from batchgen.errors import RunStoppedError
-from batchgen.job import LimitsSpec
-from batchgen.limits import RateLimits, concurrency_for
+from batchgen.job.spec import LimitsSpec
 from tests.test_quota_convergence import VirtualTime
 
 

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from batchgen.answers import AnswerError, parse_response
-from batchgen.client import ApiError, GeminiClient
 from batchgen.errors import FatalApiError, QuotaExhaustedError
-from batchgen.job import ModelSpec
+from batchgen.gemini.answers import AnswerError, parse_response
+from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.job.spec import ModelSpec
 
 KEY = "sk-secret-value-1"
 RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "45.837906927s"}

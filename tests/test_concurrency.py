@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.daily import DailyQuota
+from batchgen.backends.online.daily import DailyQuota
+from batchgen.backends.online.limits import (
+    ConcurrencyController,
+    RateLimits,
+    concurrency_for,
+    connection_limit,
+)
 from batchgen.errors import JobError, QuotaExhaustedError
-from batchgen.job import LimitsSpec, load_job
-from batchgen.limits import ConcurrencyController, RateLimits, concurrency_for, connection_limit
+from batchgen.job.spec import LimitsSpec, load_job
 from tests.conftest import write_job
 from tests.test_job import MINIMAL
 

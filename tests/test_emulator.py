@@ -37,7 +37,7 @@ from batchgen.emulator import (
 )
 from batchgen.emulator.fakedata import fake_invalid_value, fake_value
 from batchgen.emulator.replies import pretty_json
-from batchgen.schema import to_json_schema
+from batchgen.job.schema import to_json_schema
 from tests.strategies import GEMINI_SCHEMAS
 
 KEY = "test-key-0123456789"

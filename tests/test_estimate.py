@@ -16,10 +16,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 
 from batchgen.cli import main
-from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import CheckpointError, FatalApiError
-from batchgen.estimate import (
+from batchgen.gemini.client import GeminiClient
+from batchgen.gemini.request import RequestBuilder
+from batchgen.job.response_schema import resolve_schema
+from batchgen.job.schema import AnswerValidator, normalize_schema
+from batchgen.job.spec import Job, Overrides, load_job
+from batchgen.reports.estimate import (
     count_request,
     estimate_job,
     format_estimate,
@@ -27,12 +31,8 @@ from batchgen.estimate import (
     sample_positions,
     small_answer,
 )
-from batchgen.job import Job, Overrides, load_job
-from batchgen.outdir import part_files
-from batchgen.request import RequestBuilder
-from batchgen.response_schema import resolve_schema
-from batchgen.runner import RunOptions, run_job
-from batchgen.schema import AnswerValidator, normalize_schema
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import part_files
 from tests.conftest import ROOT
 from tests.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
 

@@ -18,19 +18,19 @@ import pytest
 from click.testing import CliRunner
 
 import batchgen
-from batchgen.answers import Usage
-from batchgen.budget import Budget
-from batchgen.calls import FlexFallback
+from batchgen.backends.online.caller import FlexFallback
 from batchgen.cli import main
-from batchgen.client import ApiError, served_tier
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import JobError
-from batchgen.job import FLEX_TIMEOUT_SECONDS, LimitsSpec, Overrides, RetrySpec, load_job
-from batchgen.outdir import fingerprint_parts, part_files
-from batchgen.prices import PriceTable
-from batchgen.report import report as build_report
-from batchgen.request import RequestBuilder, request_hash, standard_body
-from batchgen.runner import RunOptions, run_job
+from batchgen.gemini.answers import Usage
+from batchgen.gemini.client import ApiError, served_tier
+from batchgen.gemini.request import RequestBuilder, request_hash, standard_body
+from batchgen.job.spec import FLEX_TIMEOUT_SECONDS, LimitsSpec, Overrides, RetrySpec, load_job
+from batchgen.pricing.budget import Budget
+from batchgen.pricing.table import PriceTable
+from batchgen.reports.report import report as build_report
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import fingerprint_parts, part_files
 from tests.conftest import ROOT, write_job
 
 KEY = "test-key-123456"

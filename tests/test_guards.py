@@ -13,11 +13,11 @@ import pytest
 from batchgen.cli.progress import LineProgress, choose
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import BudgetReachedError, JobError, RunStoppedError
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import part_files, read_run_records
-from batchgen.prices import PriceTable
-from batchgen.progress import Snapshot
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.table import PriceTable
+from batchgen.run.progress import Snapshot
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import part_files, read_run_records
 from tests.test_resume import make_job
 
 KEY = "guard-key-77"
@@ -128,8 +128,8 @@ class FlatPrice:
 async def test_budget_reserves_waits_and_stops_at_the_cap() -> None:
     import asyncio
 
-    from batchgen.answers import Usage
-    from batchgen.budget import Budget
+    from batchgen.gemini.answers import Usage
+    from batchgen.pricing.budget import Budget
 
     budget = Budget(FlatPrice(), "m", cap=3.0, max_output_tokens=500)
     first = await budget.reserve(500)  # expects 500 + 500 tokens: $1

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batchgen import inputs
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import InputError
-from batchgen.inputs import InputReader
-from batchgen.job import InputSpec
+from batchgen.input import reader as inputs
+from batchgen.input.reader import InputReader
+from batchgen.job.spec import InputSpec
 from batchgen.keys import keys_of
 from tests.conftest import write_job
 

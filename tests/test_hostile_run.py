@@ -14,8 +14,8 @@ from batchgen.cli import main
 from batchgen.cli.progress import LineProgress
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
-from batchgen.job import Overrides, load_job
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.run.runner import RunOptions, run_job
 from tests.test_hostile_server import KEY, assert_every_row_accounted_for, make_job, read
 
 

@@ -23,12 +23,12 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
-from batchgen.client import GeminiClient
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
-from batchgen.job import Job, ModelSpec, Overrides, load_job
-from batchgen.outdir import part_files
-from batchgen.runner import RunOptions, RunSummary, run_job
+from batchgen.gemini.client import GeminiClient
+from batchgen.job.spec import Job, ModelSpec, Overrides, load_job
+from batchgen.run.runner import RunOptions, RunSummary, run_job
+from batchgen.store.outdir import part_files
 from tests.conftest import write_job
 
 KEY = "hostile-test-key-0123456789"

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen import inputs
 from batchgen.errors import InputError
-from batchgen.inputs import InputReader
-from batchgen.inputs_locate import describe_invalid, first_invalid
-from batchgen.job import InputSpec
+from batchgen.input import reader as inputs
+from batchgen.input.locate import describe_invalid, first_invalid
+from batchgen.input.reader import InputReader
+from batchgen.job.spec import InputSpec
 
 
 def read_all(reader: InputReader) -> list[tuple[str, int, dict[str, object]]]:

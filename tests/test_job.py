@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import JobError
-from batchgen.job import DEFAULT_BASE_URL, Overrides, load_job
+from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, load_job
 from tests.conftest import ROOT, write_job
 
 MINIMAL = """

@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError
-from batchgen.job import Overrides, load_job
-from batchgen.journal import MAGIC, JournalWriter, encode, read_segment
+from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import contains, keys_of
-from batchgen.outdir import OutputDir, part_files
-from batchgen.output import ERRORS_SCHEMA, error_row
-from batchgen.runner import RunOptions, run_job
-from batchgen.status import output_status
+from batchgen.reports.status import output_status
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.journal import MAGIC, JournalWriter, encode, read_segment
+from batchgen.store.outdir import OutputDir, part_files
+from batchgen.store.output import ERRORS_SCHEMA, error_row
 from tests.test_resume import make_job
 
 KEY = "journal-key-1"

@@ -27,11 +27,11 @@ from pydantic import BaseModel
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import fingerprint, fingerprint_parts, part_files
+from batchgen.job.response_schema import JSON_SCHEMA, resolve_schema
+from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
-from batchgen.response_schema import JSON_SCHEMA, resolve_schema
-from batchgen.runner import RunOptions, run_job
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import fingerprint, fingerprint_parts, part_files
 from tests.conftest import write_job
 from tests.data import pydantic_models
 

@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.errors import JobError
-from batchgen.outdir import part_files, write_part
-from batchgen.output import (
+from batchgen.job.schema import normalize_schema
+from batchgen.store.outdir import part_files, write_part
+from batchgen.store.output import (
     ERRORS_SCHEMA,
     META_FIELDS,
     OutputLayout,
     error_row,
 )
-from batchgen.schema import normalize_schema
 
 NO_CARRY = pa.schema([])
 META = {f.name: None for f in META_FIELDS}

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from batchgen.budget import Budget
 from batchgen.cli.main import _describe, main
 from batchgen.errors import JobError
-from batchgen.prices import PriceTable, lifecycle_warning
-from batchgen.report import format_report
-from batchgen.report import report as build_report
-from batchgen.runner import RunSummary
+from batchgen.pricing.budget import Budget
+from batchgen.pricing.table import PriceTable, lifecycle_warning
+from batchgen.reports.report import format_report
+from batchgen.reports.report import report as build_report
+from batchgen.run.runner import RunSummary
 from tests.test_report import call, write_output
 
 MILLION = 1_000_000
@@ -293,7 +293,7 @@ def test_max_cost_on_a_current_model_through_the_cli(project: Path) -> None:
 
 def test_a_tier_column_in_the_ledger_prices_each_call_at_its_tier() -> None:
     # The ledger has no tier column yet; pricing reads one when a later ledger carries it.
-    from batchgen.report import _price
+    from batchgen.reports.report import _price
 
     flash = "gemini-3.8-flash"
     rows = [one_call(flash, at("2026-12-02"), r) for r in "abcde"]

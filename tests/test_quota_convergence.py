@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from batchgen.backends.online.limits import RateLimits, concurrency_for
 from batchgen.emulator.quota import QuotaWindows
 from batchgen.emulator.wire import ApiError
-from batchgen.job import LimitsSpec
-from batchgen.limits import RateLimits, concurrency_for
+from batchgen.job.spec import LimitsSpec
 
 MODEL = "gemini-2.5-flash"
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import breaker
+from batchgen.backends.online import breaker
+from batchgen.backends.online.backend import requests_today
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
 from batchgen.errors import QuotaExhaustedError, RunStoppedError
-from batchgen.job import Overrides, load_job
-from batchgen.online import requests_today
-from batchgen.outdir import OutputDir, read_run_records
-from batchgen.progress import Snapshot
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.run.progress import Snapshot
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import OutputDir, read_run_records
 from tests.conftest import write_job
 from tests.test_resume import error_ids, result_ids
 

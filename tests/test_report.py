@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, JobError
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import part_files, read_run_records
-from batchgen.output import ERRORS_SCHEMA, USAGE_SCHEMA
-from batchgen.prices import PriceTable
-from batchgen.report import format_report
-from batchgen.report import report as build_report
-from batchgen.runner import RunOptions, run_job
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.table import PriceTable
+from batchgen.reports.report import format_report
+from batchgen.reports.report import report as build_report
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import part_files, read_run_records
+from batchgen.store.output import ERRORS_SCHEMA, USAGE_SCHEMA
 
 KEY = "test-key-123456"
 DAY1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

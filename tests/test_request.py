@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from batchgen.errors import InputError, TemplateError
-from batchgen.job import load_job
+from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.input.prompts import PromptTemplate
+from batchgen.job.spec import load_job
 from batchgen.plan import plan_job
-from batchgen.prompts import PromptTemplate
-from batchgen.request import RequestBuilder, request_hash
 from tests.conftest import ROOT, write_job
 
 SEED_JOB = """
@@ -79,7 +79,7 @@ def test_request_hash_is_stable_and_sensitive() -> None:
 
 
 def test_template_renders_with_filters_and_strips() -> None:
-    from batchgen.job import PromptSpec
+    from batchgen.job.spec import PromptSpec
 
     template = PromptTemplate(
         PromptSpec(
@@ -92,7 +92,7 @@ def test_template_renders_with_filters_and_strips() -> None:
 
 
 def test_null_template_value_names_row_and_column() -> None:
-    from batchgen.job import PromptSpec
+    from batchgen.job.spec import PromptSpec
 
     template = PromptTemplate(PromptSpec(user="{{ a }}"), "job.toml")
     with pytest.raises(TemplateError, match="row r7: column 'a' is empty"):
@@ -100,7 +100,7 @@ def test_null_template_value_names_row_and_column() -> None:
 
 
 def test_template_syntax_error_names_file_and_line() -> None:
-    from batchgen.job import PromptSpec
+    from batchgen.job.spec import PromptSpec
 
     with pytest.raises(TemplateError, match=r"job.toml: prompt.user: line 2: .*"):
         PromptTemplate(PromptSpec(user="ok\n{{ a "), "job.toml")

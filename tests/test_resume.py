@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, InputError, QuotaExhaustedError, RunStoppedError
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import output_lock, part_files, read_run_records
-from batchgen.runner import RunOptions, run_job
-from batchgen.status import output_status
+from batchgen.job.spec import Overrides, load_job
+from batchgen.reports.status import output_status
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import output_lock, part_files, read_run_records
 from tests.conftest import write_job
 
 KEY = "resume-key-42"

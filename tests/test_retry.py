@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from batchgen.answers import AnswerError
-from batchgen.client import ApiError
-from batchgen.job import RetrySpec
-from batchgen.retry import RetryPolicy
+from batchgen.backends.online.retry import RetryPolicy
+from batchgen.gemini.answers import AnswerError
+from batchgen.gemini.client import ApiError
+from batchgen.job.spec import RetrySpec
 
 
 class FakeSleep:

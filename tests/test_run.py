@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import FatalApiError
-from batchgen.job import Overrides, load_job
-from batchgen.outdir import part_files
-from batchgen.output import ERRORS_SCHEMA
+from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
-from batchgen.runner import RunOptions, run_job
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.store.outdir import part_files
+from batchgen.store.output import ERRORS_SCHEMA
 
 KEY = "test-key-123456"
 

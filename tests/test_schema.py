@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from batchgen.emulator.fakedata import fake_value
 from batchgen.errors import JobError
-from batchgen.schema import (
+from batchgen.job.schema import (
     AnswerValidator,
     arrow_field,
     arrow_type,

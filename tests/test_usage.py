@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from batchgen.emulator import KNOWN_MODELS
 from batchgen.errors import JobError
-from batchgen.prices import ModelPrice, PriceTable
+from batchgen.pricing.table import ModelPrice, PriceTable
 
 BEFORE = date(2026, 11, 1)  # every model of the table but the shut-down ones still answers
 TODAY = date(2026, 12, 2)

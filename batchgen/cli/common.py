@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from batchgen.job import TIERS, Job, resolve_api_key
-from batchgen.prices import PriceTable, lifecycle_warning, utc_today
+from batchgen.job.spec import TIERS, Job, resolve_api_key
+from batchgen.pricing.table import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
 
 EMULATOR_KEY = "emulator-key"  # what --emulator sends when the key's variable is unset

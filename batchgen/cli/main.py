@@ -20,14 +20,14 @@ from typing import Any
 
 import click
 
-from batchgen import __version__
+from batchgen._version import __version__
 from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
-from batchgen.job import DEFAULT_BASE_URL, Job, Overrides, load_job
+from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.redact import redact_url
-from batchgen.runner import RunOptions, RunSummary, run_job
+from batchgen.run.runner import RunOptions, RunSummary, run_job
 
 _ASKED = "batchgen.model"  # ctx.meta key: the model the run asked for, for its summary
 
@@ -143,7 +143,7 @@ def run(
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
     from batchgen.cli.progress import choose
-    from batchgen.prices import PriceTable
+    from batchgen.pricing.table import PriceTable
 
     job = _load(job_file, input_path, output, model, base_url, tier)
     table = PriceTable.load(prices)
@@ -198,7 +198,7 @@ def _describe(s: RunSummary, asked: str | None = None) -> str:
 
 def _answered_by(s: RunSummary, asked: str | None) -> str:
     """Which models answered, when a modelVersion names another model than the job asked."""
-    from batchgen.prices import same_model
+    from batchgen.pricing.table import same_model
 
     others = [v for v in s.answered_by if not same_model(asked, v)]
     if not others:
@@ -371,7 +371,7 @@ main.add_command(prices)
 @click.argument("output", type=click.Path(path_type=Path))
 def status(output: Path) -> None:
     """Show what OUTPUT holds: rows done, failed, remaining, tokens, the last run."""
-    from batchgen.status import output_status
+    from batchgen.reports.status import output_status
 
     st = output_status(output)
     remaining = "unknown" if st.remaining is None else f"{st.remaining} of {st.rows_total}"

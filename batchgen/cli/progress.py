@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from batchgen.progress import NoProgress, Progress, Snapshot
+from batchgen.run.progress import NoProgress, Progress, Snapshot
 
 __all__ = ["BarProgress", "LineProgress", "choose"]
 

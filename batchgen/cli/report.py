@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from batchgen.cli.common import api_target, job_options, tier_option, today, warn_lifecycle
-from batchgen.job import Job, Overrides, load_job
-from batchgen.prices import PriceTable
+from batchgen.job.spec import Job, Overrides, load_job
+from batchgen.pricing.table import PriceTable
 
 _PATH = click.Path(path_type=Path)
 
@@ -45,8 +45,8 @@ def report(
     Every call that returned usage is counted and priced, retries and failed answers too; a
     model without a price is shown as unpriced, never as 0.
     """
-    from batchgen.report import format_report, plot_report
-    from batchgen.report import report as build_report
+    from batchgen.reports.report import format_report, plot_report
+    from batchgen.reports.report import report as build_report
 
     rep = build_report(outputs, by=by, prices=PriceTable.load(prices))
     for warning in rep.warnings:
@@ -92,7 +92,7 @@ def estimate(
     fmt: str,
 ) -> None:
     """Estimate JOB_FILE's tokens, cost and run time before running it."""
-    from batchgen.estimate import Estimate, estimate_job, format_estimate
+    from batchgen.reports.estimate import Estimate, estimate_job, format_estimate
 
     job = load_job(job_file, Overrides(input_path, output, model, base_url, tier))
     table = PriceTable.load(prices)
@@ -125,7 +125,7 @@ def estimate(
 @click.option("--prices", type=_PATH, help="A price file (TOML) that overrides or adds models.")
 def prices(model: str | None, day: datetime | None, fmt: str, prices: Path | None) -> None:
     """The price table: each model's dated prices per tier (USD per 1M tokens), and status."""
-    from batchgen.price_list import format_prices, price_rows
+    from batchgen.reports.price_list import format_prices, price_rows
 
     table = PriceTable.load(prices)
     at: date | None = day.date() if day is not None else None

@@ -1,0 +1,336 @@
+"""The Batch Mode backend: the run's rows as batch jobs, at half the standard price.
+
+::
+
+    earlier run's open chunks ──advance (upload, submit)──┐
+    works ──┬─ row in an open chunk: kept to collect it   ├──▶ poll all ──ended──▶ collect ──▶ sink
+            └─ the rest ──group_works──▶ write, upload,   │     (backoff)            │
+                                          submit ─────────┘                   journal, then mark
+
+Every chunk's steps are recorded in OUTPUT (:class:`~batchgen.store.batches.BatchStore`) before
+the call that follows them, and a row in a chunk that has not ended is never put in another one,
+so a run killed anywhere re-attaches to its batches and submits no row twice. A batch's rows are
+reported to the sink (ledger entries first, each settled in the budget at the batch tier), the
+journal is flushed, and only then is the chunk marked ended: a kill while collecting collects
+the same result file again. Line errors, missing keys and the rows of an expired, failed or
+cancelled batch are failure records the next run retries, or, with ``[batch] fallback =
+"online"``, are asked online at the standard tier in the same run.
+
+A signal, the time budget or ``--no-wait`` stop the waiting, never the batches: they go on
+server-side and the next run collects them (``--no-wait`` ends with :class:`BatchPendingError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+
+from batchgen.backends.base import Gauges, Sink
+from batchgen.backends.batch.jsonl import (
+    BATCH_TIER,
+    LINE_ERROR,
+    MISSING,
+    ResultCollector,
+    group_works,
+    split_request_line,
+    write_chunk,
+)
+from batchgen.backends.batch.steps import Collection, collect_chunk, submit_chunk, upload_chunk
+from batchgen.backends.online.backend import OnlineBackend
+from batchgen.backends.stopping import StopControl
+from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
+from batchgen.gemini.batch_client import BatchClient, BatchInfo
+from batchgen.gemini.client import ApiError
+from batchgen.job.spec import ModelSpec
+from batchgen.plan import Plan, Work
+from batchgen.pricing.budget import Budget
+from batchgen.redact import redact_url
+from batchgen.store.batches import BatchStore, ChunkRecord
+from batchgen.store.outdir import OutputDir
+
+__all__ = ["BatchBackend", "cancel_output"]
+
+# Failures the online fallback takes: the batch gave no answer (not a user's cancel, and not
+# an answer that failed validation, which online would most likely fail the same way).
+FALLBACK_CATEGORIES = frozenset(
+    {LINE_ERROR, MISSING, "batch_expired", "batch_failed", "batch_lost"}
+)
+POLL_FACTOR = 1.5
+CANCEL_TIMEOUT = 60.0
+
+Note = Callable[[str], None]
+
+
+class BatchBackend:
+    """Submits the rows as Batch Mode jobs, waits for them, collects them (see the module)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        api_key: str,
+        budget: Budget,
+        run_id: str,
+        stop: StopControl,
+        out: OutputDir,
+        *,
+        wait: bool = True,
+        note: Note | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.plan, self.job, self.api_key = plan, plan.job, api_key
+        self.budget, self.run_id, self.stop, self.out = budget, run_id, stop, out
+        self.wait, self.note, self.clock = wait, note or (lambda _: None), clock
+        self.store = BatchStore(out.path)
+        self.collector = ResultCollector(plan, run_id)
+        # the rows of the chunks not collected yet, slimmed once their chunk file is written
+        # (id, carried values, request hash): a batch run's memory does not hold its bodies
+        self.works: dict[str, Work] = {}
+        self.retry: list[tuple[str, Work]] = []  # (chunk, row) for the online fallback
+        self.held: dict[str, float] = {}  # row id -> its expected cost, held in the budget
+        self.capped = False  # max_cost stopped the submitting
+        self._chunks = 0
+
+    def gauges(self) -> Gauges:
+        return Gauges()  # no calls in flight of its own: the batches run server-side
+
+    async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
+        """Submit, wait for and collect every row of ``works``; stop waiting when told to."""
+        async with aiohttp.ClientSession() as session:
+            client = BatchClient(
+                session, self.job.model, self.api_key, self.job.limits.timeout_seconds,
+                max_response_bytes=self.job.limits.max_response_bytes,
+                max_server_delay=self.job.retry.max_server_delay_seconds,
+            )  # fmt: skip
+            try:
+                await self._run(client, works, sink)
+            except ApiError as exc:
+                self.stop.halt(self._api_stop(exc), "api")
+        self.note("")
+        if self.capped:  # what was submitted is collected: now stop (exit 6)
+            self.stop.halt(self.budget.reached(), "max_cost")
+        if self.retry and not self.stop.stopping.is_set():
+            await self._fallback(sink)
+
+    async def _run(self, client: BatchClient, works: AsyncIterator[Work], sink: Sink) -> None:
+        held = self.store.rows_in_flight()
+        for chunk in self.store.open_chunks():  # an earlier run's chunks, in whatever step
+            await self._advance(client, chunk)
+        if not await self._take(client, works, held, sink):
+            return
+        await self._wait_all(client, sink)
+
+    async def _take(
+        self, client: BatchClient, works: AsyncIterator[Work], held: set[str], sink: Sink
+    ) -> bool:
+        """Keep the works of rows in flight, submit the others by chunk; False if stopped."""
+        pending: list[Work] = []
+        size = self.job.batch.rows_per_chunk
+        async for work in works:
+            if work.row.row_id in held:  # in an earlier run's chunk file already
+                self.works[work.row.row_id] = self._slim(work)  # collected below
+            elif not self.capped:
+                cost = self.budget.hold(work.tokens, BATCH_TIER)
+                if cost is None:  # max_cost: submit what fits, collect it, then stop
+                    self.capped = True  # (the input is read on, for earlier runs' rows)
+                else:
+                    self.held[work.row.row_id] = cost
+                    pending.append(work)
+            if len(pending) >= size or (self.capped and pending):
+                await self._submit(client, pending, sink)
+                pending = []
+            if self.stop.stopping.is_set():
+                return False
+        if pending:
+            await self._submit(client, pending, sink)
+        return not self.stop.stopping.is_set()
+
+    async def _submit(self, client: BatchClient, works: Sequence[Work], sink: Sink) -> None:
+        """Write, record, upload and submit ``works`` as one or more chunks (a request a row)."""
+        for group in group_works(works, self.job.batch.rows_per_chunk):
+            self._chunks += 1
+            name = f"{self.run_id}-{self._chunks:05d}"
+            written = await asyncio.to_thread(write_chunk, self.store.chunk_path(name), group)
+            self.works.update((w.row.row_id, self._slim(w)) for w in group)
+            chunk = await asyncio.to_thread(self.store.add, name, self.run_id, written.rows)
+            await self._advance(client, chunk)
+            for _ in written.rows:
+                sink.requested()
+
+    async def _advance(self, client: BatchClient, chunk: ChunkRecord) -> ChunkRecord:
+        return await submit_chunk(self.store, client, await upload_chunk(self.store, client, chunk))
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def _wait_all(self, client: BatchClient, sink: Sink) -> None:
+        """Poll every open batch with backoff, collecting each as it ends."""
+        spec, started = self.job.batch, self.clock()
+        delay = spec.poll_initial_seconds
+        while chunks := self.store.open_chunks():
+            seen = [(c, await self._state(client, c)) for c in chunks]
+            self.note(progress_note(seen, self.clock() - started))
+            for chunk, info in seen:
+                if info is None or info.terminal:
+                    await self._collect(client, chunk, sink)
+            still = [c for c, info in seen if info is not None and not info.terminal]
+            if not still:
+                continue
+            if not self.wait:
+                rows = sum(len(c.rows) for c in still)
+                self.stop.halt(BatchPendingError(
+                    f"{self.out.path}: {len(still)} batches ({rows} rows) are running "
+                    "server-side; run the same command later to collect them"
+                ), "pending")  # fmt: skip
+                return
+            if not await self._pause(delay):
+                return
+            delay = min(spec.poll_max_seconds, delay * POLL_FACTOR)
+
+    async def _state(self, client: BatchClient, chunk: ChunkRecord) -> BatchInfo | None:
+        """The chunk's batch as the server has it now; None when it is gone."""
+        if chunk.batch_name is None:  # not submitted: _advance raised before; never here
+            raise RunStoppedError(f"{self.out.path}: chunk {chunk.chunk} is not submitted")
+        try:
+            return await client.get(chunk.batch_name)
+        except ApiError as exc:
+            if exc.category == "not_found":
+                return None
+            if exc.retryable:  # a blip while polling: poll again later
+                return BatchInfo(chunk.batch_name, "BATCH_STATE_UNSPECIFIED")
+            raise
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False (at once) if the run stops meanwhile."""
+        try:
+            await asyncio.wait_for(self.stop.stopping.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _collect(self, client: BatchClient, chunk: ChunkRecord, sink: Sink) -> None:
+        """Report an ended batch's rows, flush the journal, then mark the chunk ended."""
+        done = await collect_chunk(self.store, client, chunk, self.works, self.collector)
+        fallback = self.job.batch.fallback == "online"
+        for item in done.collected:
+            usage = item.billed.answer.usage if item.billed is not None else None
+            held = self.held.pop(item.row_id, None)
+            if held is not None:
+                self.budget.settle(held, usage, BATCH_TIER)
+            elif usage is not None:  # submitted by an earlier run: nothing held for it
+                self.budget.charge(usage, BATCH_TIER)
+            if item.billed is not None:
+                await sink.billed(item.billed)
+            category = item.outcome.category
+            if fallback and item.outcome.failed and category in FALLBACK_CATEGORIES:
+                self.retry.append((chunk.chunk, self.works[item.row_id]))
+            else:
+                await sink.outcome(item.outcome)
+        await sink.journaled()
+        await asyncio.to_thread(self._mark, done)
+        for row in chunk.rows:  # collected: nothing more is asked of them here
+            self.works.pop(row, None)
+
+    def _slim(self, work: Work) -> Work:
+        """What collecting a row needs: its id, carried values and request hash (the body is
+        in its chunk file)."""
+        carry = {c: work.row.values[c] for c in self.job.input.carry}
+        return dataclasses.replace(work, row=dataclasses.replace(work.row, values=carry), body=b"")
+
+    def _mark(self, done: Collection) -> None:
+        error = None
+        if done.state != "collected":
+            error = (done.batch.error if done.batch else None) or done.state
+        self.store.mark(done.chunk.chunk, done.state, error=error)
+
+    async def _fallback(self, sink: Sink) -> None:
+        """Ask the rows the batches did not answer online, at the standard tier."""
+        model = dataclasses.replace(self.job.model, tier="standard")
+        plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
+        online = OnlineBackend(plan, self.api_key, self.budget, self.run_id, self.stop, self.out)
+        self.note(f"asking {len(self.retry)} rows online that the batches did not answer")
+        works = await asyncio.to_thread(self._with_bodies, self.retry)
+        await online.run(_stream(works), sink)
+        self.note("")
+
+    def _with_bodies(self, rows: Sequence[tuple[str, Work]]) -> list[Work]:
+        """The rows with their request bodies, read back from their chunk files (each line is
+        ``{"key":…,"request":<the body>}``, the body verbatim)."""
+        wanted: dict[str, dict[str, Work]] = {}
+        for chunk, work in rows:
+            wanted.setdefault(chunk, {})[work.row.row_id] = work
+        found: list[Work] = []
+        for chunk, works in wanted.items():
+            with self.store.chunk_path(chunk).open("rb") as lines:
+                for line in lines:
+                    key, body = split_request_line(line)
+                    if key in works:
+                        found.append(dataclasses.replace(works.pop(key), body=body))
+            if works:
+                raise CheckpointError(
+                    f"{self.store.chunk_path(chunk)}: no request line for row "
+                    f"{next(iter(works))!r} to ask online; its rows are left for the next "
+                    "run: rerun the same command"
+                )
+        return found
+
+    def _api_stop(self, exc: ApiError) -> RunStoppedError | FatalApiError:
+        where = redact_url(self.job.model.base_url)
+        if exc.retryable:
+            return RunStoppedError(
+                f"{self.out.path}: Batch Mode at {where} failed: {exc.message}; what was "
+                "submitted is recorded: rerun the same command to resume"
+            )
+        return FatalApiError(f"{self.out.path}: Batch Mode at {where} refused: {exc.message}")
+
+
+def progress_note(seen: Sequence[tuple[ChunkRecord, BatchInfo | None]], elapsed: float) -> str:
+    """One line: batches by state, lines answered of lines sent, time waited."""
+    states: Counter[str] = Counter()
+    answered = total = 0
+    for chunk, info in seen:
+        state = "gone" if info is None else info.state.removeprefix("BATCH_STATE_").lower()
+        states[state] += 1
+        total += info.request_count if info and info.request_count else len(chunk.rows)
+        answered += (info.successful_count + info.failed_count) if info else 0
+    by = ", ".join(f"{n} {s}" for s, n in states.most_common())
+    minutes, seconds = divmod(int(elapsed), 60)
+    return f"batches: {by}; {answered}/{total} lines answered; waited {minutes}m{seconds:02d}s"
+
+
+async def _stream(works: Sequence[Work]) -> AsyncIterator[Work]:
+    for work in works:
+        yield work
+
+
+async def cancel_output(output: Path, model: ModelSpec, api_key: str) -> list[ChunkRecord]:
+    """Ask the server to cancel every submitted batch of ``output`` that has not ended.
+
+    The chunks stay open: the next run collects each batch as it ended (its rows failed as
+    ``batch_cancelled``, retried by the run after it). A batch already gone is passed over.
+    """
+    store = BatchStore(output)
+    if not store.path.exists():
+        raise CheckpointError(f"{store.path}: no such file: {output} has no batches to cancel")
+    cancelled: list[ChunkRecord] = []
+    async with aiohttp.ClientSession() as session:
+        client = BatchClient(session, model, api_key, CANCEL_TIMEOUT)
+        for chunk in store.open_chunks():
+            if chunk.state != "submitted" or chunk.batch_name is None:
+                continue
+            try:
+                await client.cancel(chunk.batch_name)
+            except ApiError as exc:
+                if exc.category == "not_found":
+                    continue
+                where = redact_url(model.base_url)
+                raise RunStoppedError(
+                    f"{output}: cancelling {chunk.batch_name} at {where} failed: {exc.message}; "
+                    f"{len(cancelled)} cancelled so far: run the same command again"
+                ) from None
+            cancelled.append(chunk)
+    return cancelled

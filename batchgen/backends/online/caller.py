@@ -1,0 +1,276 @@
+"""One row's calls: attempts under the limits and the budget, retries, and what each call cost.
+
+:class:`RowCaller` turns a rendered request into an :class:`~batchgen.plan.Outcome` (its
+result rows, or its failure record) and reports each call that returned usage as a
+:class:`Billed` entry as soon as it returns, so the ledger is in the journal even when the row
+goes on retrying, or the run is killed before the row ends.
+
+Each attempt passes the run's :class:`Pacing` before it is sent (the daily count, the rate
+limiter, the breaker, its place in flight) and tells it how the call went after.
+
+Each call is billed at the service tier that served it (the server says; else the tier asked
+for). A Flex row refused for lack of capacity for ``retry.flex_fallback_seconds`` goes on at the
+standard tier (:class:`FlexFallback`): Flex never falls back by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from batchgen.backends.online.breaker import Breaker
+from batchgen.backends.online.daily import DailyQuota
+from batchgen.backends.online.limits import ConcurrencyController, RateLimits
+from batchgen.backends.online.retry import RetryPolicy
+from batchgen.backends.stopping import TransportWatch
+from batchgen.gemini.answers import Answer, AnswerError, parse_response, structured_value
+from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.request import standard_body
+from batchgen.job.spec import RetrySpec
+from batchgen.plan import Outcome, Plan, Work
+from batchgen.pricing.budget import Budget
+from batchgen.store.output import error_row, result_meta
+
+CAPACITY_STATUS = frozenset({429, 503})  # how Flex says it is short of capacity
+
+
+@dataclass(frozen=True)
+class Billed:
+    """One call that returned usage: a row of the usage ledger (USAGE_SCHEMA)."""
+
+    run_id: str
+    job: str
+    row_id: str
+    attempt: int
+    model: str
+    answer: Answer
+    outcome: str  # "ok", or the answer's failure category
+    at: datetime
+    tier: str = "standard"  # the service tier that served the call
+
+    def to_row(self) -> dict[str, Any]:
+        usage = self.answer.usage
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "row_id": self.row_id,
+            "attempt": self.attempt,
+            "model": self.model,
+            "model_version": self.answer.model_version,
+            "prompt_tokens": usage.prompt,
+            "output_tokens": usage.output,
+            "thinking_tokens": usage.thinking,
+            "cached_tokens": usage.cached,
+            "total_tokens": usage.total,
+            "http_status": 200,
+            "outcome": self.outcome,
+            "finish_reason": self.answer.finish_reason,
+            "at": self.at,
+            "tier": self.tier,
+        }
+
+
+class FlexFallback:
+    """One row's tier: Flex until its capacity refusals have lasted ``flex_fallback_seconds``
+    (counted from the first), then standard for the row's remaining attempts."""
+
+    def __init__(self, tier: str, spec: RetrySpec, clock: Callable[[], datetime]) -> None:
+        self.tier = tier
+        self._after = spec.flex_fallback_seconds
+        self._clock = clock
+        self._since: datetime | None = None
+
+    def refused(self, exc: ApiError) -> None:
+        """Note a failed call; switch to standard once Flex has refused long enough."""
+        if self.tier != "flex" or self._after is None or exc.status not in CAPACITY_STATUS:
+            return
+        now = self._clock()
+        self._since = self._since or now
+        if (now - self._since).total_seconds() >= self._after:
+            self.tier = "standard"
+
+
+class CallEvents(Protocol):
+    """What the caller tells the run as calls happen."""
+
+    def requested(self) -> None: ...
+
+    async def billed(self, entry: Billed) -> None: ...
+
+    def server_delay(self, delay: float, asked: float | None) -> None: ...
+
+
+@dataclass
+class Pacing:
+    """What every attempt passes before it is sent, and tells when it returns."""
+
+    limits: RateLimits
+    controller: ConcurrencyController
+    breaker: Breaker
+    day: DailyQuota
+    watch: TransportWatch
+
+    async def before(self, slot: int, charged: int) -> float:
+        """Wait for the call's turn; return when it was sent (the limits' clock).
+
+        Raises QuotaExhaustedError before the day's quota is exceeded, and RunStoppedError
+        once the breaker has been open for ``retry.outage_minutes``.
+        """
+        if not self.day.allows():
+            raise self.day.exhausted()
+        sent = await self.limits.acquire(charged)
+        if await self.breaker.admit():  # it waited: the limiter's turn is stale
+            sent = await self.limits.acquire(charged)
+        if not self.day.allows():  # other calls went meanwhile; no await from here to send
+            raise self.day.exhausted()
+        self.day.spend()
+        self.controller.sending(slot)
+        return sent
+
+    def answered(self, sent: float, latency_s: float) -> None:
+        """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
+        self.breaker.record(True, False, sent)
+        self.watch.saw(None, None)
+        self.controller.observe(latency_s)
+
+    def failed(self, exc: ApiError, sent: float, charged: int) -> bool:
+        """A call failed; return whether it spends the row's attempt (not during an outage)."""
+        self.watch.saw(exc.category, exc.message)
+        if exc.status == 429:
+            self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
+        if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
+            return True
+        server_side = exc.category == "timeout" or (exc.status or 0) >= 500
+        if server_side:
+            self.breaker.note(exc.message)
+        return self.breaker.record(False, server_side, sent)
+
+
+class RowCaller:
+    """Calls the API for one row at a time, retrying as the job's [retry] section says."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        client: GeminiClient,
+        pacing: Pacing,
+        budget: Budget,
+        run_id: str,
+        events: CallEvents,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.plan = plan
+        self.job = plan.job
+        self.client = client
+        self.pacing = pacing
+        self.limits = pacing.limits
+        self.budget = budget
+        self.run_id = run_id
+        self.events = events
+        self.now = clock
+        self.retry = retry or RetryPolicy(plan.job.retry)
+
+    async def call(self, work: Work, slot: int) -> Outcome:
+        """One row through its retry loop; what still fails becomes a failure record.
+
+        ``slot`` is the row's place in flight
+        (:class:`~batchgen.backends.online.limits.ConcurrencyController`).
+        The first call is made before tenacity's loop, which is entered only if it fails (with
+        that failure replayed as its first attempt): the same policy, without building the
+        loop for the rows that need none.
+        """
+        spared = [0]  # calls that failed during an outage: they spend no attempt
+        fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
+        started = time.monotonic()
+        first: ApiError | AnswerError
+        try:
+            return await self._attempt(work, 1, slot, spared, fallback.tier)
+        except ApiError as exc:
+            fallback.refused(exc)
+            first = exc
+        except AnswerError as exc:
+            first = exc
+        attempt = 1
+        try:
+            async for retrying in self.retry.for_row(lambda: spared[0], started):
+                with retrying:
+                    attempt = retrying.retry_state.attempt_number
+                    if attempt == 1:
+                        raise first
+                    try:
+                        return await self._attempt(work, attempt, slot, spared, fallback.tier)
+                    except ApiError as exc:
+                        fallback.refused(exc)
+                        raise
+        except ApiError as exc:
+            return self._failure(work, exc.category, exc.message, attempt, status=exc.status)
+        except AnswerError as exc:
+            return self._failure(work, exc.category, exc.message, attempt, text=exc.text)
+        raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
+
+    async def _attempt(
+        self, work: Work, attempt: int, slot: int, spared: list[int], tier: str
+    ) -> Outcome:
+        charged = self.limits.estimate(work.tokens)
+        held = await self.budget.reserve(charged, tier)
+        answer: Answer | None = None
+        served = tier  # when the server does not say
+        body = work.body if tier == self.job.model.tier else standard_body(work.body)
+        try:
+            sent = await self.pacing.before(slot, charged)
+            self.events.requested()
+            reply = await self.client.reply(body)
+        except ApiError as exc:
+            spared[0] += not self.pacing.failed(exc, sent, charged)
+            self._delayed(exc)
+            raise
+        else:
+            self.pacing.answered(sent, reply.latency_ms / 1000)
+            served = reply.tier or tier
+            answer = parse_response(reply.payload)
+        finally:  # also when the call fails, is cancelled or stops the run
+            self.budget.settle(held, answer.usage if answer is not None else None, served)
+        await self.limits.settle(work.tokens, charged, answer.usage.prompt, sent_at=sent)
+        try:
+            value = structured_value(answer, self.plan.validator)
+        except AnswerError as exc:
+            await self._bill(work, attempt, answer, exc.category, served)
+            raise
+        await self._bill(work, attempt, answer, "ok", served)
+        row = work.row
+        ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
+        meta = result_meta(answer, attempt, work.hash, self.now(), reply.latency_ms)
+        return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
+
+    def _delayed(self, exc: ApiError) -> None:
+        if exc.retry_delay is not None:
+            self.events.server_delay(exc.retry_delay, exc.asked_delay)
+
+    async def _bill(
+        self, work: Work, attempt: int, answer: Answer, outcome: str, tier: str
+    ) -> None:
+        entry = Billed(
+            self.run_id, self.job.name, work.row.row_id, attempt, self.job.model.name, answer,
+            outcome, self.now(), tier,
+        )  # fmt: skip
+        await self.events.billed(entry)
+
+    def _failure(
+        self,
+        work: Work,
+        category: str,
+        message: str,
+        attempts: int,
+        *,
+        status: int | None = None,
+        text: str | None = None,
+    ) -> Outcome:
+        record = error_row(
+            work.row.row_id, category, message, status=status, attempts=attempts, text=text,
+            request_hash=work.hash, at=self.now(),
+        )  # fmt: skip
+        return Outcome([record], failed=True, category=category, message=message)

@@ -1,0 +1,448 @@
+"""Client-side limits: the request rate (and its adaptation to 429s), and the calls in flight.
+
+**Rate.** Requests per minute and input tokens per minute are each a leaky bucket owned here,
+on an injectable clock: it starts full and allows a burst of half a second's worth after a
+lull. The API counts in sliding 60-second windows, so the bucket drains at the rate that keeps
+a burst *and* the full pace after it within the limit: ``limit / (60 s + burst)``, times a
+margin for network jitter. (Draining at ``limit / 60 s``, a burst after the ramp of a slow run
+put the first full window over the limit by the burst, and earned as many 429s.) A request
+takes one request and its *estimated* prompt tokens; the estimate (characters / 4) is corrected
+by the ratio of real to estimated tokens seen so far, and any shortfall is paid when the answer
+tells the real count.
+
+When the server still answers 429 (the configured limit is too high, or someone else shares the
+quota), every request pauses for the server's delay and the rate steps down — to just under what
+the server accepted over the last minute when we were near its limit, else by a factor — then
+climbs back by 1% of the configured rate per minute: additive increase, multiplicative decrease.
+Two details make this converge under a strict rolling window (the server counts the requests it
+accepted in the last 60 s, and its 429 says when the oldest leaves):
+
+- What the server accepted is counted at the time each request was *sent*, which is when the
+  server counted it; counted when the answer came, it would lag a whole latency behind, and
+  at a latency of 10 s the step down would land a sixth below the limit.
+- A pause restarts the buckets full, and requests that were waiting take new turns: a bucket
+  that filled up during the pause, or turns handed out before it, would send a burst into a
+  window that frees only as fast as it filled a minute ago, and earn as many 429s.
+
+**Concurrency** (:class:`ConcurrencyController`) follows below; requests per day are counted in
+:mod:`batchgen.backends.online.daily`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from batchgen.job.spec import LimitsSpec
+
+BURST_SECONDS = 0.5  # how much of a minute's budget may go out at once
+DECREASE = 0.7  # rate factor after a 429, when the accepted rate tells nothing
+INCREASE_PER_MINUTE = 0.01  # share of the configured rate regained per minute without 429s
+FLOOR = 0.02  # never below this share of the configured rate
+SETTLE = 0.97  # after a 429, aim this far below what the server accepted
+SLOT_SECONDS = 0.25  # what the server took is kept per quarter of a second
+MARGIN = 0.995  # send this share of the rate: at exactly the limit, milliseconds of network
+# jitter put one request of a window into the next and earn a 429
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class AdaptiveRate:
+    """The AIMD controller for one per-minute limit, on an injectable clock."""
+
+    def __init__(self, configured: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.configured = configured
+        self.rate = configured
+        self._clock = clock
+        # what the server took over the last minute, by when it was sent: a ring of slots
+        slots = round(60 / SLOT_SECONDS) + 2
+        self._slots = [-1] * slots
+        self._amounts = [0.0] * slots
+        self._last_increase = clock()
+        self.quiet_until = 0.0  # 429s before this belong to a burst already answered
+
+    def accepted(self, amount: float = 1.0, sent_at: float | None = None) -> None:
+        """The server took ``amount`` (a request, or prompt tokens) sent at ``sent_at``.
+
+        Count a request when it is sent, since the server counts it when it arrives, and take
+        it back (a negative amount) if it is refused: counted when answered, it would lag a
+        whole latency behind.
+        """
+        now = self._clock()
+        slot = int((now if sent_at is None else sent_at) / SLOT_SECONDS)
+        index = slot % len(self._slots)
+        if self._slots[index] != slot:
+            if self._slots[index] > slot:
+                return  # older than the ring: long out of the window
+            self._slots[index], self._amounts[index] = slot, 0.0
+        self._amounts[index] += amount
+        minutes = (now - self._last_increase) / 60
+        if minutes >= 1 / 60:  # at most once a second
+            step = self.configured * INCREASE_PER_MINUTE * minutes
+            self.rate = min(self.configured, self.rate + step)
+            self._last_increase = now
+
+    def observed(self) -> float:
+        """What the server took of what was sent over the last minute."""
+        oldest = int((self._clock() - 60) / SLOT_SECONDS)
+        return sum(a for s, a in zip(self._slots, self._amounts, strict=True) if s >= oldest)
+
+    def rejected(self, delay: float) -> bool:
+        """The server said 429 with this delay; return whether the rate stepped down."""
+        now = self._clock()
+        if now < self.quiet_until:
+            return False
+        observed = self.observed()
+        if observed >= 0.5 * self.rate:  # we were near the server's limit: it showed us the limit
+            lower = min(self.rate, observed) * SETTLE
+        else:
+            lower = self.rate * DECREASE
+        self.rate = max(self.configured * FLOOR, lower)
+        self.quiet_until = now + max(delay, 1.0)
+        self._last_increase = now + delay
+        return True
+
+
+class Bucket:
+    """A leaky bucket on an injected clock, handing out turns in order (virtual scheduling).
+
+    ``level`` drains at ``per_minute / 60`` a second; taking an amount adds it, and the taker
+    waits until the level is back within ``capacity``. It starts full: a burst at the start
+    would put the first sliding window over the limit by the burst (and earn as many 429s at
+    its end).
+    """
+
+    def __init__(self, per_minute: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.per_second = _pace(per_minute)
+        self.capacity = max(1.0, self.per_second * BURST_SECONDS)
+        self.level = self.capacity
+        self._at = clock()
+
+    def set_rate(self, per_minute: float) -> None:
+        self._drain()
+        self.per_second = _pace(per_minute)
+
+    def take(self, amount: float) -> float:
+        """Take ``amount`` (at most the capacity); return the seconds to wait before sending."""
+        self._drain()
+        self.level += min(amount, self.capacity)
+        return max(0.0, (self.level - self.capacity) / self.per_second)
+
+    def restart(self, at: float) -> None:
+        """Full at ``at`` (the end of a pause), every turn handed out before forgotten."""
+        self.level, self._at = self.capacity, at
+
+    def _drain(self) -> None:
+        now = self._clock()
+        if now > self._at:
+            self.level = max(0.0, self.level - (now - self._at) * self.per_second)
+            self._at = now
+
+
+def _pace(per_minute: float) -> float:
+    """The drain rate (per second) at which a burst plus a minute at that rate stays within
+    ``MARGIN`` of ``per_minute``: any 60 s window then holds at most the limit."""
+    return per_minute * MARGIN / (60 + BURST_SECONDS)
+
+
+class RateLimits:
+    """Requests per minute and optional input tokens per minute for one run."""
+
+    def __init__(
+        self,
+        requests_per_minute: float,
+        tokens_per_minute: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.requests = AdaptiveRate(requests_per_minute, clock)
+        self._request_bucket = Bucket(requests_per_minute, clock)
+        self.tokens = AdaptiveRate(tokens_per_minute, clock) if tokens_per_minute else None
+        self._token_bucket = Bucket(tokens_per_minute, clock) if tokens_per_minute else None
+        self._ratio = 1.0  # real / estimated prompt tokens, learnt from answers
+        self._tokens_per_request = 0.0  # charged, on average (for the allowed request rate)
+        self._paused_until = 0.0
+        self._pauses = 0  # turns taken before the latest pause are void
+        self._primed = False
+        self.rejections = 0
+
+    def estimate(self, estimated_tokens: int) -> int:
+        """The raw estimate corrected by what answers have shown so far."""
+        return max(1, round(estimated_tokens * self._ratio))
+
+    def per_second(self) -> float:
+        """The request rate the limits allow now, per second (for the concurrency target)."""
+        rate = self.requests.rate / 60
+        if self.tokens is not None and self._tokens_per_request > 0:
+            rate = min(rate, self.tokens.rate / 60 / self._tokens_per_request)
+        return rate
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait out any pause, then for a request's turn and ``tokens`` prompt tokens.
+
+        Returns the time it was sent (the clock's), for :meth:`settle`.
+        """
+        self._tokens_per_request = 0.95 * self._tokens_per_request + 0.05 * tokens
+        if not self._primed:  # full from the first request, however long the checks took
+            self._primed = True
+            self._restart(self._clock())
+        while True:
+            while (wait := self._paused_until - self._clock()) > 0:
+                await self._sleep(wait)
+            pauses = self._pauses
+            wait = self._request_bucket.take(1)
+            if self._token_bucket is not None:
+                wait = max(wait, self._token_bucket.take(tokens))
+            if wait > 0:
+                await self._sleep(wait)
+            if pauses == self._pauses:  # no 429 meanwhile: the turn stands
+                sent = self._clock()
+                self.requests.accepted(1, sent)
+                if self.tokens is not None:
+                    self.tokens.accepted(tokens, sent)
+                return sent
+
+    async def settle(
+        self, estimated: int, charged: int, actual: int, sent_at: float | None = None
+    ) -> None:
+        """Learn from an answer's real prompt tokens; pay any shortfall to the token bucket.
+
+        ``estimated`` is the raw estimate, ``charged`` what :meth:`acquire` took and
+        ``sent_at`` what it returned.
+        """
+        if actual > 0 and estimated > 0:
+            self._ratio = 0.9 * self._ratio + 0.1 * (actual / estimated)
+        if self.tokens is not None and self._token_bucket is not None:
+            self.tokens.accepted(actual - charged, sent_at)  # charged was counted when sent
+            extra = actual - charged
+            if extra > 0:
+                await self._sleep(self._token_bucket.take(extra))
+        self._apply()
+
+    def rejected(
+        self,
+        delay: float | None,
+        quota: str | None,
+        sent_at: float | None = None,
+        charged: int = 0,
+    ) -> None:
+        """A 429: pause everyone for the server's delay and step the limited rate down.
+
+        ``sent_at`` and ``charged``: what :meth:`acquire` returned and took, to take back what
+        :meth:`acquire` counted as taken by the server.
+        """
+        self.rejections += 1
+        if sent_at is not None:
+            self.requests.accepted(-1, sent_at)
+            if self.tokens is not None:
+                self.tokens.accepted(-charged, sent_at)
+        delay = 1.0 if delay is None else delay
+        self._paused_until = max(self._paused_until, self._clock() + delay)
+        on_tokens = quota is not None and "Token" in quota
+        target = self.tokens if on_tokens and self.tokens is not None else self.requests
+        target.rejected(delay)
+        self._pauses += 1
+        self._restart(self._paused_until)
+        self._apply()
+
+    def _restart(self, at: float) -> None:
+        for bucket in (self._request_bucket, self._token_bucket):
+            if bucket is not None:
+                bucket.restart(at)
+
+    def _apply(self) -> None:
+        self._request_bucket.set_rate(self.requests.rate)
+        if self.tokens is not None and self._token_bucket is not None:
+            self._token_bucket.set_rate(self.tokens.rate)
+
+
+# --- how many calls in flight ----------------------------------------------------------------
+
+AUTO_START = 8  # calls in flight before anything is known about the latency
+HEADROOM = 1.2  # above rate x latency, so that a slow spell does not starve the limiter
+PERCENTILE = 0.9  # of the latencies, so that the slow tail is covered too
+LATENCY_WINDOW = 256  # completed calls remembered: the recent past, in bounded memory
+REFRESH_SECONDS = 0.25  # the target is recomputed at most this often, and waiters look again
+
+
+class ConcurrencyController:
+    """How many calls may be in flight: Little's law, L = lambda x W.
+
+    To keep up the allowed request rate (lambda, per second) when each call takes W seconds,
+    lambda x W calls must be in flight. W is the 90th percentile of the latencies of the last
+    completed calls, times a headroom; the target starts at ``start`` and is capped by ``cap``.
+    Calls still in flight count too, with the time they have taken so far: the slow calls of a
+    first wave (or after the latency jumps) have not completed yet, and waiting for them to
+    complete before the target grows would starve the limiter for a whole latency. Since the
+    in-flight calls have ages spread up to the latency, the target runs ahead of what is in
+    flight while the rate limiter, not the latency, is what should hold calls back.
+
+    ``pinned`` fixes the target (an integer ``limits.concurrency``). Use::
+
+        async with controller.slot() as slot:
+            await limits.acquire(tokens)
+            controller.sending(slot)
+            ...  # the call; then controller.observe(latency_seconds)
+
+    or, cheaper than a large pool of waiting workers, one dispatcher that takes a slot and then
+    starts the row's task, which releases it (only the dispatcher waits, and polls the target
+    four times a second)::
+
+        slot = await controller.acquire()
+        task = asyncio.create_task(row(work, slot))  # sending(slot) ... release(slot)
+    """
+
+    def __init__(
+        self,
+        rate: Callable[[], float],
+        cap: int = 2048,
+        pinned: int | None = None,
+        start: int = AUTO_START,
+        headroom: float = HEADROOM,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._rate = rate  # allowed requests per second, read at each refresh
+        self.cap = max(1, pinned if pinned is not None else cap)
+        self.pinned = pinned
+        self.start = start
+        self.headroom = headroom
+        self._clock = clock
+        self._sleep = sleep
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._held: dict[int, float | None] = {}  # slot id -> when its call was sent
+        self._ids = itertools.count()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._target = min(self.cap, start if pinned is None else pinned)
+        self._refreshed = -math.inf
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
+
+    @property
+    def target(self) -> int:
+        """Calls that may be in flight now (read before each dispatch)."""
+        now = self._clock()
+        if self.pinned is None and now - self._refreshed >= REFRESH_SECONDS:
+            self._refreshed = now
+            self._target = self._compute(now)
+        return self._target
+
+    def latency(self) -> float | None:
+        """The latency the target is built on: the high percentile of recent calls (s)."""
+        return _percentile(list(self._latencies), PERCENTILE) if self._latencies else None
+
+    def observe(self, latency_s: float) -> None:
+        """One call completed after ``latency_s`` seconds."""
+        self._latencies.append(latency_s)
+        if len(self._latencies) <= AUTO_START:  # the first answers: look again at once
+            self._refreshed = -math.inf
+        self._wake()
+
+    def _compute(self, now: float) -> int:
+        ages = [now - at for at in self._held.values() if at is not None]
+        aged = _percentile(ages, PERCENTILE) if ages else 0.0
+        latency = max(self.latency() or 0.0, aged)
+        if latency <= 0:
+            return min(self.cap, self.start) if not self._latencies else 1
+        wanted = math.ceil(self._rate() * latency * self.headroom)
+        return max(1, min(self.cap, wanted))
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """Hold one of the ``target`` places in flight for the duration of a call."""
+        slot = await self.acquire()
+        try:
+            yield slot
+        finally:
+            self.release(slot)
+
+    async def acquire(self) -> int:
+        """Wait until fewer than ``target`` calls are in flight; return the slot's id."""
+        if self._waiters or self.in_flight >= self.target:
+            await self._wait_for_room()
+        slot = next(self._ids)
+        self._held[slot] = None
+        return slot
+
+    def sending(self, slot: int) -> None:
+        """The slot's call goes out now (after the rate limiter): its age counts from here.
+
+        Not from :meth:`acquire`: time spent waiting for the limiter is not latency, and
+        counting it would raise the target, which queues more calls at the limiter.
+        """
+        if slot in self._held:
+            self._held[slot] = self._clock()
+
+    def release(self, slot: int) -> None:
+        """The call in ``slot`` is over (answered, failed or cancelled)."""
+        self._held.pop(slot, None)
+        self._wake()
+
+    async def _wait_for_room(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            while self.in_flight >= self.target:
+                if waiter.done():  # woken, but another call took the room first
+                    waiter = loop.create_future()
+                    self._waiters.append(waiter)
+                # a timeout, not only a wake-up: the target also grows with the calls' ages
+                timer = asyncio.ensure_future(self._sleep(REFRESH_SECONDS))
+                try:
+                    await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+        finally:
+            if not waiter.done():
+                waiter.cancel()  # _wake skips it
+            self._wake()  # pass on a wake-up this waiter will not use
+
+    def _wake(self) -> None:
+        room = self.target - self.in_flight
+        while room > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """The value below which ``share`` of ``values`` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyController:
+    """The run's controller: "auto" follows the limits' allowed rate; an integer pins it.
+
+    It reads the limits' clock and sleeps their sleep: one clock for a run's time-dependent parts.
+    """
+    pinned = None if spec.auto_concurrency else spec.concurrency
+    return ConcurrencyController(
+        limits.per_second,
+        cap=spec.max_concurrency,
+        pinned=pinned,
+        clock=limits._clock,
+        sleep=limits._sleep,
+    )
+
+
+def connection_limit(limits: LimitsSpec) -> int:
+    """The HTTP connection pool's size: room for every call the controller may let through.
+
+    aiohttp's TCPConnector allows 100 connections unless told otherwise, which would hold an
+    automatic concurrency of several hundred to 100 calls in flight.
+    """
+    return limits.concurrency if not limits.auto_concurrency else limits.max_concurrency

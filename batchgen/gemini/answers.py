@@ -1,0 +1,250 @@
+"""Read a GenerateContentResponse: usage, the answer text, and the structured value in it.
+
+Proto3 JSON leaves out zero counts, so every count defaults to 0, and it reads ``null`` as "not
+set" (docs/gemini-api.md §3). Reading is total: a 200 body of any other shape (not an object, a
+field of the wrong type, a negative or non-numeric count, an error envelope, no response field at
+all) is an :class:`AnswerError` ``malformed_response`` for that row, never an exception that
+escapes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchgen.job.schema import AnswerValidator
+
+MALFORMED = "malformed_response"
+EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
+_MAX_COUNT = 2**31 - 1  # token counts are int32 in the proto; more would not fit the output
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what an Arrow int64 or float64 column takes
+# A body with none of these is not an answer at all (the real API always sends usageMetadata).
+_RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata")
+_COUNTS = {
+    "prompt": "promptTokenCount",
+    "output": "candidatesTokenCount",
+    "thinking": "thoughtsTokenCount",
+    "cached": "cachedContentTokenCount",
+    "total": "totalTokenCount",
+}
+
+
+class _ShapeError(Exception):
+    """What is wrong with a body's shape, worded for the user."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one call. ``output`` excludes thinking; both are billed as output."""
+
+    prompt: int = 0
+    output: int = 0
+    thinking: int = 0
+    cached: int = 0
+    total: int = 0
+
+    @classmethod
+    def from_metadata(cls, meta: object) -> Usage:
+        """Read ``usageMetadata``; missing counts are zero; a count that is not one is malformed."""
+        try:
+            return _usage(meta)
+        except _ShapeError as exc:
+            raise AnswerError(MALFORMED, f"HTTP 200 body: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one successful HTTP call returned."""
+
+    text: str | None
+    finish_reason: str | None
+    block_reason: str | None
+    usage: Usage
+    model_version: str | None
+    response_id: str | None
+    has_candidate: bool
+
+
+class AnswerError(Exception):
+    """The call succeeded but its answer is unusable; ``category`` goes in the failure record."""
+
+    def __init__(self, category: str, message: str, text: str | None = None) -> None:
+        super().__init__(message)
+        self.category = category
+        self.message = message
+        self.text = text
+
+
+def parse_response(payload: object) -> Answer:
+    """Pick out candidate 0's answer text (thought parts left out), finish reason and usage.
+
+    ``payload`` is the decoded JSON of a 200 body, whatever its shape. Raises:
+        AnswerError: ``malformed_response``, with the start of the body as its text.
+    """
+    try:
+        return _read(payload)
+    except _ShapeError as exc:
+        raise AnswerError(
+            MALFORMED, f"HTTP 200 body is not a GenerateContentResponse: {exc}", excerpt(payload)
+        ) from None
+
+
+def excerpt(payload: object) -> str:
+    """The start of a decoded body as JSON text, for a failure record."""
+    try:
+        return json.dumps(payload, ensure_ascii=False)[:EXCERPT_CHARS]
+    except (TypeError, ValueError, RecursionError):
+        return f"({_kind(payload)})"
+
+
+def _read(payload: object) -> Answer:
+    if not isinstance(payload, dict):
+        raise _ShapeError(f"the body is {_kind(payload)}, not an object")
+    if not any(payload.get(name) is not None for name in _RESPONSE_FIELDS):
+        error = payload.get("error")
+        if isinstance(error, dict):  # some proxies wrap their errors in a 200
+            message = " ".join(str(error.get("message")).split())[:200]
+            raise _ShapeError(f"an error envelope: {message}")
+        raise _ShapeError("it has none of candidates, promptFeedback, usageMetadata")
+    candidates = _list(payload.get("candidates"), "candidates")
+    first = _obj(candidates[0], "candidates[0]", nullable=False) if candidates else {}
+    feedback = _obj(payload.get("promptFeedback"), "promptFeedback")
+    texts = _texts(first)
+    return Answer(
+        text="".join(texts) if texts else None,
+        finish_reason=_str(first.get("finishReason"), "candidates[0].finishReason"),
+        block_reason=_str(feedback.get("blockReason"), "promptFeedback.blockReason"),
+        usage=_usage(payload.get("usageMetadata")),
+        model_version=_str(payload.get("modelVersion"), "modelVersion"),
+        response_id=_str(payload.get("responseId"), "responseId"),
+        has_candidate=bool(candidates),
+    )
+
+
+def _texts(candidate: Mapping[str, Any]) -> list[str]:
+    """The answer's text parts; a part without text (a function call, inline data) is skipped."""
+    content = _obj(candidate.get("content"), "candidates[0].content")
+    parts = _list(content.get("parts"), "candidates[0].content.parts")
+    texts = []
+    for i, part in enumerate(parts):  # the hot path: a place is worded only when it is wrong
+        if not isinstance(part, dict):
+            raise _ShapeError(f"candidates[0].content.parts[{i}] is {_kind(part)}, not an object")
+        text, thought = part.get("text"), part.get("thought")
+        if text is not None and not isinstance(text, str):
+            _str(text, f"candidates[0].content.parts[{i}].text")
+        if thought is not None and not isinstance(thought, bool):
+            raise _ShapeError(
+                f"candidates[0].content.parts[{i}].thought is {_kind(thought)}, not true or false"
+            )
+        if text is not None and not thought:
+            texts.append(text)
+    return texts
+
+
+def _usage(meta: object) -> Usage:
+    fields = _obj(meta, "usageMetadata")
+    return Usage(**{name: _count(fields.get(key), key) for name, key in _COUNTS.items()})
+
+
+def _count(value: object, key: str) -> int:
+    """A token count: a whole number from 0 to 2**31-1 (proto3 JSON may also quote it)."""
+    if value is None:
+        return 0
+    number: object = value
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= _MAX_COUNT:
+        return number
+    shown = json.dumps(value)[:40] if isinstance(value, str | int | float) else _kind(value)
+    raise _ShapeError(f"usageMetadata.{key} is {shown}, not a token count")
+
+
+def _obj(value: object, where: str, nullable: bool = True) -> Mapping[str, Any]:
+    if value is None and nullable:  # proto3 JSON: null is "not set"
+        return {}
+    if not isinstance(value, dict):
+        raise _ShapeError(f"{where} is {_kind(value)}, not an object")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _ShapeError(f"{where} is {_kind(value)}, not a list")
+    return value
+
+
+def _str(value: object, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _ShapeError(f"{where} is {_kind(value)}, not a string")
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type, as a user would name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    names = {str: "a string", list: "a list", dict: "an object"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
+def structured_value(answer: Answer, validator: AnswerValidator) -> Any:
+    """The answer's JSON value, checked against the schema; :class:`AnswerError` otherwise."""
+    if answer.block_reason:
+        raise AnswerError("blocked", f"prompt blocked by the API ({answer.block_reason})")
+    if not answer.has_candidate:
+        raise AnswerError("no_candidates", "the API returned no candidates")
+    reason = answer.finish_reason or "STOP"
+    if reason == "MAX_TOKENS":
+        raise AnswerError(
+            "max_tokens",
+            f"answer cut at maxOutputTokens ({answer.usage.thinking} thinking + "
+            f"{answer.usage.output} output tokens); raise generation.maxOutputTokens",
+            answer.text,
+        )
+    if reason != "STOP":
+        raise AnswerError(reason.lower(), f"answer stopped by the API ({reason})", answer.text)
+    if not answer.text:
+        raise AnswerError("empty", "the answer has no text")
+    try:
+        value = json.loads(answer.text)
+    except ValueError as exc:
+        raise AnswerError("invalid_json", f"the answer is not JSON: {exc}", answer.text) from None
+    except RecursionError:
+        raise AnswerError("invalid_json", "the answer is nested too deeply", answer.text) from None
+    try:
+        problem = validator.problem(value)
+        shaped = None if problem else validator.shape(value)
+    except RecursionError:
+        problem = "nested too deeply to check"
+    except ValueError as exc:  # conforms, yet cannot take its column type (a date that is not)
+        problem = str(exc)
+    if problem is None and _beyond_64_bits(shaped):  # JSON Schema's integers have no bounds
+        problem = "a whole number beyond 64 bits, which no output column can hold"
+    if problem is not None:
+        raise AnswerError("schema", f"the answer breaks the schema: {problem}", answer.text)
+    return shaped
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    """Whether a whole number anywhere in ``value`` is outside the int64 range (no recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -1,0 +1,1 @@
+"""Reading the input: CSV/Parquet readers, locating bad values, prompt templates."""

@@ -1,0 +1,56 @@
+"""Render a row into prompt text with Jinja2 templates that fail loudly.
+
+A placeholder names a column: ``{{ topic }}``. Jinja2 brings filters and conditionals
+(``{{ title | upper }}``, ``{% if notes %}…{% endif %}``) and, with StrictUndefined, an error for
+a name the row lacks instead of an empty string in a prompt that is paid for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from batchgen.errors import TemplateError
+from batchgen.job.spec import PromptSpec
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+
+
+class PromptTemplate:
+    """The user (and optional system) template of a job, compiled once."""
+
+    def __init__(self, spec: PromptSpec, where: str) -> None:
+        self._user = _compile(spec.user, f"{where}: prompt.user")
+        self._system = _compile(spec.system, f"{where}: prompt.system") if spec.system else None
+        names = _variables(spec.user) | (_variables(spec.system) if spec.system else set())
+        self.variables: tuple[str, ...] = tuple(sorted(names))
+
+    def render(self, values: Mapping[str, Any], row: str) -> tuple[str, str | None]:
+        """Render (user text, system text) for one row, stripped; ``row`` names it in errors."""
+        for name in self.variables:
+            if values.get(name) is None:
+                raise TemplateError(f"row {row}: column {name!r} is empty; the prompt needs it")
+        try:
+            user = self._user.render(values).strip()
+            system = self._system.render(values).strip() if self._system else None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"row {row}: {exc.message}") from None
+        except (jinja2.TemplateError, TypeError, ValueError) as exc:
+            raise TemplateError(f"row {row}: the prompt template failed: {exc}") from None
+        return user, system
+
+
+def _compile(source: str, where: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{where}: line {exc.lineno}: {exc.message}") from None
+
+
+def _variables(source: str) -> set[str]:
+    return set(jinja2.meta.find_undeclared_variables(_ENV.parse(source)))

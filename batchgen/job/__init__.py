@@ -1,0 +1,1 @@
+"""The job file: its declaration, loading, and the response-schema dialects."""

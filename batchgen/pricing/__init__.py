@@ -1,0 +1,1 @@
+"""Money: the dated price table, price files, and the run's budget."""

@@ -1,0 +1,1 @@
+"""Reading outputs and prices into numbers: report, estimate, status, price list."""

@@ -1,0 +1,560 @@
+"""What a job will cost and how long it will take, before it runs.
+
+Prompt tokens are counted on the rendered requests of all rows or of a sample spread evenly over
+the input, and scaled to the input's row count. Two ways to count:
+
+- **countTokens** (the default): each sampled request is sent to the model's countTokens
+  endpoint as ``{"generateContentRequest": {...}}``, the whole request, so that the
+  systemInstruction (and whatever else of the request the API bills as prompt) is counted: the
+  ``{"contents": [...]}`` form counts the contents alone (docs/gemini-api.md §8). countTokens is
+  free.
+- **offline** (``offline=True``): about four characters a token, the emulator's rule. Rough:
+  real tokenizers differ by language and content, and the schema the API may add is not seen.
+
+Output tokens (answer + thinking, both billed as output) come from an earlier output of the same
+job when there is one (its usage ledger: the mean per answer, and per row with its retries);
+else from the schema and ``maxOutputTokens`` as a range: a minimal answer without thinking, up
+to the ``maxOutputTokens`` ceiling for every row. A short pilot (``batchgen run JOB --limit 20``)
+turns that range into a measurement.
+
+The run time is a lower bound from the limits: rows / ``requests_per_minute``, prompt tokens /
+``tokens_per_minute`` when the job sets it, and, with an earlier output, rows × its mean latency
+/ ``concurrency``. The estimate covers the whole input, rows already done included, and assumes
+no implicit cache hits (which would make the real cost lower).
+
+The cost is priced at the rates in force on the day of the estimate (a model retired and routed
+elsewhere at the routed model's rates), for each service tier side by side: standard, Flex and
+Batch (both a fraction of standard, see :mod:`batchgen.pricing.table`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+
+from batchgen.backends.online.retry import RetryPolicy
+from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
+from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.job.spec import Job
+from batchgen.plan import Plan, plan_job
+from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
+from batchgen.redact import redact_url
+from batchgen.reports.report import load_calls, usd_digits
+from batchgen.store.outdir import (
+    JOB_FILE,
+    RESULTS_DIR,
+    OutputDir,
+    fingerprint_parts,
+    read_job_record,
+)
+
+__all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
+
+DEFAULT_SAMPLE = 200
+DEFAULT_OUTPUT_LIMIT = 65_536  # outputTokenLimit of the 2.5 and 3 models, when a job sets none
+COUNT_CONCURRENCY = 8  # countTokens calls in flight
+
+
+@dataclass(frozen=True)
+class OutputGuess:
+    """Output + thinking tokens expected per row, and where the guess comes from."""
+
+    low: float
+    high: float
+    source: str
+    calls_per_row: float = 1.0  # with retries, from an earlier output
+    latency_ms: float | None = None  # mean round trip of an earlier output's answers
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A job's expected tokens, cost and run time; token totals are for all input rows."""
+
+    job: str
+    model: str
+    rows: int
+    sampled: int
+    unrenderable: int  # sampled rows whose prompt does not render: not sent, not paid
+    method: str  # "countTokens" or "offline"
+    prompt_tokens: int  # one call per row
+    output_low: int
+    output_high: int
+    output_source: str
+    calls_per_row: float
+    cost_low: float | None  # standard tier; None: the model has no price
+    cost_high: float | None
+    priced_as: str | None
+    prices: str
+    minutes_requests: float
+    minutes_tokens: float | None
+    minutes_latency: float | None
+    requests_per_minute: int
+    tokens_per_minute: int | None
+    notes: tuple[str, ...] = ()
+    priced_on: str = ""  # the UTC day whose rates were used (ISO)
+    tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
+    tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
+
+    @property
+    def minutes(self) -> float:
+        """The longest of the lower bounds: the run takes at least this long."""
+        bounds = (self.minutes_requests, self.minutes_tokens, self.minutes_latency)
+        return max(b for b in bounds if b is not None)
+
+
+def estimate_job(
+    job: Job,
+    *,
+    api_key: str = "",
+    sample: int | None = DEFAULT_SAMPLE,
+    offline: bool = False,
+    prices: PriceTable | None = None,
+    history: Path | None = None,
+    at: date | None = None,
+) -> Estimate:
+    """Estimate ``job``'s tokens, cost and run time.
+
+    Args:
+        job: the loaded job.
+        api_key: the key for countTokens (unused with ``offline``).
+        sample: rows to count, spread evenly over the input; None counts every row.
+        offline: count about four characters a token instead of calling countTokens.
+        prices: the price table (default: the packaged one).
+        history: an earlier output of the same job to take output sizes from (default: the
+            job's output directory, when it holds one).
+        at: the UTC day whose prices apply (default: today).
+
+    Raises:
+        BatchgenError: a bad job or input; FatalApiError when countTokens refuses the key or
+            the model; JobError when it fails otherwise.
+    """
+    if sample is not None and sample < 1:
+        raise JobError(f"sample={sample} (--sample): count at least one row")
+    plan = plan_job(job)
+    total = plan.reader.scan().rows
+    if total == 0:
+        raise InputError(f"{job.input.path}: no rows (the file has only a header)")
+    positions = sample_positions(total, sample)
+    bodies, texts, unrenderable = _render(plan, positions)
+    if offline:
+        counts = [rough_tokens(t) for t in texts]
+    else:
+        counts = asyncio.run(_count_all(job, api_key, bodies))
+    scale = total / len(positions)
+    notes: list[str] = []
+    guess = _history_guess(job, history, notes) or _schema_guess(job)
+    table = prices or PriceTable.load()
+    day = at or utc_today()
+    price = table.resolve(job.model.name, at=day)
+    if unrenderable:
+        notes.append(
+            f"{unrenderable} of {len(positions)} sampled rows do not render (an empty column "
+            "the prompt needs): they would fail as 'template' rows, unpaid"
+        )
+    costs = _tier_costs(price, counts, guess, scale)
+    notes += _price_notes(table, price, job.model.name, day)
+    answered = total - unrenderable * scale
+    return Estimate(
+        job=job.name,
+        model=job.model.name,
+        rows=total,
+        sampled=len(positions),
+        unrenderable=unrenderable,
+        method="offline" if offline else "countTokens",
+        prompt_tokens=round(sum(counts) * scale),
+        output_low=round(guess.low * answered),
+        output_high=round(guess.high * answered),
+        output_source=guess.source,
+        calls_per_row=guess.calls_per_row,
+        cost_low=costs["standard"][0] if costs else None,
+        cost_high=costs["standard"][1] if costs else None,
+        priced_as=price.name if price else None,
+        prices=table.describe(),
+        **_minutes_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale),
+        notes=tuple(notes),
+        priced_on=day.isoformat(),
+        tier_costs=costs,
+        tier=job.model.tier,
+    )
+
+
+def _tier_costs(
+    price: ModelPrice | None, counts: Sequence[int], guess: OutputGuess, scale: float
+) -> dict[str, tuple[float, float]]:
+    """(low, high) cost per service tier; empty when the model has no price."""
+    if price is None:
+        return {}
+    return {
+        tier: (
+            _cost(price, counts, guess.low, 1.0, scale, tier),
+            _cost(price, counts, guess.high, guess.calls_per_row, scale, tier),
+        )
+        for tier in TIERS
+    }
+
+
+def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: date) -> list[str]:
+    """No price at all, or a price that changes after ``day``: a later run costs otherwise."""
+    if price is None:
+        return [
+            f"no price for model {model!r} on {day.isoformat()}: cost unknown; give a price file "
+            "(prices=, --prices FILE)"
+        ]
+    later = [p for p in table.models[price.name].periods if p.start and p.start > day]
+    if not later:
+        return []
+    nxt = later[0]
+    return [
+        f"{price.name}'s price changes on {nxt.start}: {nxt.input:g} in / {nxt.output:g} out "
+        f"per 1M from then (now {price.input:g} / {price.output:g}); calls made after that day "
+        "cost accordingly"
+    ]
+
+
+def _minutes_bounds(
+    job: Job, guess: OutputGuess, *, rows: int, prompt_tokens: float
+) -> dict[str, Any]:
+    """The run time the limits allow at best (and the earlier run's latency, if known)."""
+    limits = job.limits
+    calls = rows * guess.calls_per_row
+    tpm = limits.tokens_per_minute
+    latency = guess.latency_ms
+    return {
+        "minutes_requests": calls / limits.requests_per_minute,
+        "minutes_tokens": prompt_tokens * guess.calls_per_row / tpm if tpm else None,
+        "minutes_latency": (
+            calls * latency / limits.concurrency / 60_000 if latency is not None else None
+        ),
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": tpm,
+    }
+
+
+def sample_positions(total: int, sample: int | None) -> list[int]:
+    """Row positions spread evenly over ``total`` rows (all of them when ``sample`` covers it)."""
+    if sample is None or sample >= total:
+        return list(range(total))
+    return sorted({i * total // sample for i in range(sample)})
+
+
+def rough_tokens(text: str) -> int:
+    """About four characters a token (the emulator's tokenizer); rough for any real model."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str], int]:
+    """The request bodies and prompt texts of the rows at ``positions``; how many failed."""
+    wanted = set(positions)
+    last = max(positions)
+    bodies: list[bytes] = []
+    texts: list[str] = []
+    failed = 0
+    for batch in plan.reader.batches():
+        for row in batch:
+            if row.position not in wanted:
+                continue
+            try:
+                user, system = plan.template.render(row.values, row.row_id)
+            except TemplateError:
+                failed += 1
+                continue
+            bodies.append(plan.builder.body(user, system))
+            # The emulator reads the system instruction, then the contents, one per line.
+            texts.append(user if system is None else f"{system}\n{user}")
+        if batch and batch[-1].position >= last:
+            break
+    return bodies, texts, failed
+
+
+# --- counting with the API -----------------------------------------------------------------
+
+
+def count_request(model: str, body: bytes) -> bytes:
+    """The countTokens body that counts a whole generateContent body, systemInstruction too."""
+    name = json.dumps(f"models/{model}").encode()
+    return b'{"generateContentRequest":{"model":' + name + b"," + body[1:] + b"}"
+
+
+async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[int]:
+    limits = job.limits
+    limiter = AsyncLimiter(limits.requests_per_minute, 60)
+    gate = asyncio.Semaphore(min(limits.concurrency, COUNT_CONCURRENCY))
+    connector = aiohttp.TCPConnector(limit=COUNT_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = GeminiClient(session, job.model, api_key, limits.timeout_seconds)
+
+        async def one(body: bytes) -> int:
+            async with gate:
+                return await _count_one(client, job, limiter, count_request(job.model.name, body))
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body: bytes) -> int:
+    """One countTokens call, retried as a row's call is (429, 5xx, timeouts)."""
+    try:
+        async for attempt in RetryPolicy(job.retry).for_row():
+            with attempt:
+                await limiter.acquire()
+                return await client.count_tokens(body)
+    except ApiError as exc:
+        raise JobError(
+            f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
+            f"{exc.message}; "
+            "rerun, or estimate without the API (offline=True, --offline)"
+        ) from None
+    raise AssertionError("the retry loop ended without a count")  # pragma: no cover
+
+
+# --- output tokens -------------------------------------------------------------------------
+
+
+def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGuess | None:
+    """Output sizes from an earlier output of the same job, if there is a usable one."""
+    out = history or job.output.directory
+    if not (out / JOB_FILE).is_file():
+        if history is not None:
+            raise CheckpointError(f"{out}: not a batchgen output (no {JOB_FILE})")
+        return None
+    parts = read_job_record(out)["parts"]
+    mine = fingerprint_parts(job)
+    changed = [k for k in mine if k != "model" and parts.get(k) != mine[k]]
+    if changed or parts.get("model") != job.model.name:
+        what = ", ".join(changed or ["model"])
+        notes.append(f"{out}: written by a different job ({what} changed); its sizes are not used")
+        return None
+    calls, _ = load_calls(out)
+    ok = calls[calls["outcome"] == "ok"]
+    if ok.empty:
+        return None
+    spent = calls["output_tokens"].fillna(0) + calls["thinking_tokens"].fillna(0)
+    rows = calls["row_id"].nunique()
+    low = float(spent[calls["outcome"] == "ok"].mean())
+    return OutputGuess(
+        low=low,
+        high=max(low, float(spent.sum()) / rows),
+        source=f"measured in {out} ({len(ok)} answers, {len(calls)} billed calls, {rows} rows)",
+        calls_per_row=max(1.0, len(calls) / rows),
+        latency_ms=_mean_latency(out),
+    )
+
+
+def _mean_latency(out: Path) -> float | None:
+    table = OutputDir(out).read(RESULTS_DIR, ["row_id", "latency_ms"])
+    if table is None:
+        return None
+    latency = table.to_pandas().drop_duplicates("row_id")["latency_ms"]
+    mean = latency.mean()
+    return None if math.isnan(mean) else float(mean)
+
+
+def _schema_guess(job: Job) -> OutputGuess:
+    """A minimal answer without thinking, up to the maxOutputTokens ceiling."""
+    low = rough_tokens(json.dumps(small_answer(job.response_schema), separators=(",", ":")))
+    limit = job.generation.get("maxOutputTokens")
+    if isinstance(limit, int) and limit > 0:
+        ceiling, said = limit, f"maxOutputTokens {limit:,}"
+    else:
+        ceiling, said = (
+            DEFAULT_OUTPUT_LIMIT,
+            f"no maxOutputTokens: assumed {DEFAULT_OUTPUT_LIMIT:,}",
+        )
+    source = (
+        f"from the schema: a minimal answer ({low} tokens, no thinking) up to {said} per row "
+        "(thinking included); a pilot run (limit=20, --limit 20) makes this a measurement"
+    )
+    return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
+
+
+def small_answer(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """A small value the schema accepts: required fields, one-item arrays, one-word strings.
+
+    Either dialect: Gemini's Schema (upper-case types, ``nullable``) or a JSON Schema (lower-case
+    types or a list of them, ``const``, ``oneOf``/``allOf``, ``prefixItems``, local ``$ref``s
+    into ``$defs``); a nullable value is given a value, not null. ``root`` is the whole schema,
+    for its ``$ref``s.
+    """
+    return _small(schema, schema if root is None else root, 0)
+
+
+_MAX_DEPTH = 32  # a recursive $ref is followed this deep, then left empty
+_SMALL_FORMATS = {"date": "2026-01-01", "date-time": "2026-01-01T00:00:00Z", "time": "00:00:00Z"}
+
+
+def _small(schema: object, root: Mapping[str, Any], depth: int) -> Any:
+    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        return _small(_pointer(root, ref), root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return min(schema["enum"], key=lambda v: len(json.dumps(v)))
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            values = [_small(s, root, depth + 1) for s in schema[key]]
+            given = [v for v in values if v is not None] or values
+            return min(given, key=lambda v: len(json.dumps(v)))
+    if schema.get("allOf"):
+        return _small(schema["allOf"][0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    kind = kind.upper() if isinstance(kind, str) else ("OBJECT" if "properties" in schema else None)
+    if kind == "OBJECT":
+        props: Mapping[str, Any] = schema.get("properties") or {}
+        required = set(schema.get("required") or ())
+        order = [*(schema.get("propertyOrdering") or ()), *props]
+        return {p: _small(props[p], root, depth + 1) for p in dict.fromkeys(order) if p in required}
+    if kind == "ARRAY":
+        if isinstance(schema.get("prefixItems"), list):
+            return [_small(s, root, depth + 1) for s in schema["prefixItems"]]
+        count = max(int(schema.get("minItems", 0)), min(1, int(schema.get("maxItems", 1))))
+        items = schema.get("items")
+        return [_small(items if isinstance(items, Mapping) else {}, root, depth + 1)] * count
+    if kind == "STRING":
+        return _small_string(schema)
+    if kind == "INTEGER":
+        return int(_within(schema, 1, math.ceil, math.floor))
+    if kind == "NUMBER":
+        return float(_within(schema, 0.5, float, float))
+    if kind == "BOOLEAN":
+        return True
+    return None
+
+
+def _small_string(schema: Mapping[str, Any]) -> str:
+    if schema.get("format") in _SMALL_FORMATS:
+        return _SMALL_FORMATS[schema["format"]]
+    if isinstance(schema.get("pattern"), str):
+        import random
+
+        import rstr
+
+        try:  # the pattern's own shortest-ish match, the same every time
+            return str(rstr.Rstr(random.Random(0)).xeger(schema["pattern"]))
+        except Exception:  # a pattern rstr cannot read: the length rule below
+            pass
+    return "x" * max(int(schema.get("minLength", 0)), min(6, int(schema.get("maxLength", 6))))
+
+
+def _pointer(root: Mapping[str, Any], ref: str) -> object:
+    """What a local JSON pointer (``#/$defs/Item``) names in ``root``, or None."""
+    target: object = root
+    for part in ref.removeprefix("#").strip("/").split("/") if ref != "#" else ():
+        key = part.replace("~1", "/").replace("~0", "~")
+        target = target.get(key) if isinstance(target, Mapping) else None
+    return target
+
+
+def _within(
+    schema: Mapping[str, Any], value: float, up: Callable[[Any], Any], down: Callable[[Any], Any]
+) -> float:
+    """``value`` moved inside the schema's minimum and maximum (JSON Schema's exclusive bounds
+    too: a whole number just inside, a fraction halfway between)."""
+    if schema.get("maximum") is not None:
+        value = min(value, down(schema["maximum"]))
+    if schema.get("minimum") is not None:
+        value = max(value, up(schema["minimum"]))
+    low, high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    low = low if isinstance(low, int | float) and not isinstance(low, bool) else None
+    high = high if isinstance(high, int | float) and not isinstance(high, bool) else None
+    whole = up is math.ceil
+    if low is not None and value <= low:
+        value = math.floor(low) + 1 if whole else (low + high) / 2 if high is not None else low + 1
+    if high is not None and value >= high:
+        value = math.ceil(high) - 1 if whole else (low + high) / 2 if low is not None else high - 1
+    return value
+
+
+def _cost(
+    price: ModelPrice,
+    counts: Sequence[int],
+    output: float,
+    calls: float,
+    scale: float,
+    tier: str = "standard",
+) -> float:
+    """The cost of every row: each sampled prompt at its own context tier, scaled to the input."""
+    per_call = round(output / calls)
+    sampled = sum(
+        price.cost(prompt=n, output=per_call, thinking=0, cached=0, tier=tier) * calls
+        for n in counts
+    )
+    return sampled * scale
+
+
+# --- presenting ----------------------------------------------------------------------------
+
+
+def format_estimate(est: Estimate, fmt: str = "table") -> str:
+    """The estimate as aligned text (``table``) or ``json``."""
+    if fmt == "json":
+        return json.dumps({**asdict(est), "minutes": est.minutes}, indent=2, ensure_ascii=False)
+    if est.sampled >= est.rows:
+        counted = f"all {est.rows:,} rows"
+    else:
+        counted = f"{est.sampled:,} of {est.rows:,} rows spread over the input, scaled"
+    how = "countTokens (systemInstruction included)"
+    if est.method == "offline":
+        how = "offline, about 4 characters a token (rough)"
+    lines = [
+        f"estimate for {est.job} ({est.model}): {est.rows:,} input rows",
+        f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
+        f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
+        f"{est.output_source}",
+        *_cost_lines(est),
+        f"  time     at least {_minutes(est.minutes)}: {_time_bounds(est)}",
+    ]
+    if est.calls_per_row > 1:
+        lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
+    lines += [f"  note: {n}" for n in est.notes]
+    return "\n".join(lines)
+
+
+def _range(low: float, high: float) -> str:
+    return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f} .. {high:,.0f}"
+
+
+def _cost_lines(est: Estimate) -> list[str]:
+    """One line per service tier, then where the prices come from."""
+    if not est.tier_costs:
+        return [f"  cost     unpriced (no price for {est.model})"]
+    digits = usd_digits(*(high for _, high in est.tier_costs.values()))
+    lines: list[str] = []
+    for tier, (low, high) in est.tier_costs.items():
+        lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
+        label = "  cost     " if not lines else "           "
+        mark = "  ← this job's tier" if tier == est.tier else ""
+        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}{mark}")
+    lines.append(
+        f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
+    )
+    return lines
+
+
+def _minutes(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s" if minutes >= 1 / 60 else "under 1 s"
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def _time_bounds(est: Estimate) -> str:
+    parts = [f"{_minutes(est.minutes_requests)} at requests_per_minute {est.requests_per_minute:,}"]
+    if est.minutes_tokens is not None and est.tokens_per_minute:
+        tpm = est.tokens_per_minute
+        parts.append(f"{_minutes(est.minutes_tokens)} at tokens_per_minute {tpm:,}")
+    if est.minutes_latency is not None:
+        latency = _minutes(est.minutes_latency)
+        parts.append(f"{latency} at the earlier run's latency and the job's concurrency")
+    return "; ".join(parts)

@@ -1,0 +1,473 @@
+"""What outputs cost: the usage ledgers of one or more outputs, aggregated with pandas.
+
+Two sources, each counted once:
+
+- **calls** (requests, tokens, cost) come from the usage ledger, ``OUTPUT/usage/``: one row per
+  call that returned usage, retries and unusable answers included, because each one is billed.
+  Calls that got no answer (HTTP errors, timeouts) returned no usage and cost nothing.
+- **rows** (done, failed) come from ``results/`` and ``errors/``: a row is done once, however many
+  items its answer exploded into, and failed only when it is not done.
+
+Groups (``by``): ``job`` (the job's name), ``model`` (the model asked for), ``day`` (UTC date of
+the call, or of the row's answer or failure), ``run`` (the run id), ``finish_reason`` (of the
+call; for a row, of its answer, or of the last call of a failed row). A failed row's run is the
+run that last wrote its failure record.
+
+A call is priced by its ``model_version`` when the price table knows it, else by the ``model``
+asked for, at the rates of the call's UTC day and tier (see :mod:`batchgen.pricing.table`); where
+the
+version names another model than the one asked for, the report says which answered. A model
+without a price is reported as unpriced, never as costing 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from batchgen.errors import CheckpointError, JobError
+from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
+from batchgen.store.outdir import (
+    JOB_FILE,
+    RESULTS_DIR,
+    USAGE_DIR,
+    OutputDir,
+    read_job_record,
+    read_run_records,
+)
+from batchgen.store.output import USAGE_SCHEMA
+
+__all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
+
+GROUPS = ("job", "model", "day", "run", "finish_reason")
+FORMATS = ("table", "csv", "json", "markdown")
+TOKENS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
+COLUMNS = ("requests", "rows_done", "rows_failed", *TOKENS, "cost_usd", "unpriced_requests")
+NONE = "(none)"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Totals per group, with what could not be priced.
+
+    Attributes:
+        by: the grouping, one of GROUPS.
+        groups: one row per group: the group key (column ``by``), then COLUMNS. ``cost_usd`` is
+            NaN when a call of the group has no price (``unpriced_requests`` > 0).
+        total: the same columns over every group.
+        calls: the ledger, one row per billed call, with ``cost_usd`` (NaN: unpriced).
+        unpriced: the model names without a price.
+        warnings: one line each, for the user.
+        prices: the price table used.
+        answered: (asked, answered, calls) where the ``model_version`` that answered names
+            another model than the one asked for (a retired model routed elsewhere, an alias).
+    """
+
+    by: str
+    groups: pd.DataFrame
+    total: dict[str, Any]
+    calls: pd.DataFrame
+    unpriced: tuple[str, ...]
+    warnings: tuple[str, ...]
+    prices: PriceTable = field(repr=False)
+    answered: tuple[tuple[str, str, int], ...] = ()
+
+
+def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | None = None) -> Report:
+    """Aggregate the ledgers and rows of ``outputs`` by ``by``.
+
+    Raises:
+        JobError: an unknown ``by``.
+        CheckpointError: a directory that is not a batchgen output, or an unreadable part file.
+    """
+    if by not in GROUPS:
+        raise JobError(f"by={by!r} (--by): unknown grouping (one of {', '.join(GROUPS)})")
+    if not outputs:
+        raise JobError("report: no output directory given")
+    prices = prices or PriceTable.load()
+    warnings: list[str] = []
+    calls, rows = [], []
+    for out in dict.fromkeys(outputs):  # the same output twice is counted once
+        out_calls, notes = load_calls(out)
+        calls.append(out_calls)
+        rows.append(_rows(out, out_calls))
+        warnings += notes
+    ledger = pd.concat(calls, ignore_index=True)
+    unpriced, notes = _price(ledger, prices)
+    warnings += notes
+    groups = _aggregate(ledger, pd.concat(rows, ignore_index=True), by)
+    if by == "run":
+        groups = _with_run_records(groups, outputs)
+    answered = tuple(answered_by(ledger))
+    return Report(by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices, answered)
+
+
+# --- reading an output ---------------------------------------------------------------------
+
+
+def _job(out: Path) -> tuple[str, str]:
+    """(job name, model) from the output's job.json."""
+    if not (out / JOB_FILE).is_file():
+        raise CheckpointError(
+            f"{out}: not a batchgen output (no {JOB_FILE}); pass an output directory such as "
+            "out/cookie_recipes"
+        )
+    record = read_job_record(out)
+    try:
+        return str(record["job"]), str(record["parts"]["model"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{out / JOB_FILE}: unreadable; is this a batchgen output?") from None
+
+
+def _read(out: Path, kind: str, columns: list[str]) -> pd.DataFrame | None:
+    """The rows of one kind (parts and journal) with a ``run`` column, or None."""
+    table = OutputDir(out).read(kind, columns)
+    return table.to_pandas() if table is not None else None
+
+
+def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One output's billed calls (USAGE_SCHEMA's columns and ``run``), with warnings.
+
+    An output written before the ledger existed has only its kept answers: they stand in for
+    the calls, with a warning that retries and failed calls are missing.
+    """
+    job, model = _job(out)
+    calls = _read(out, USAGE_DIR, USAGE_SCHEMA.names)
+    if calls is not None:
+        calls["run"] = calls["run_id"].fillna(calls["run"])
+        return calls.drop(columns="run_id"), []
+    wanted = ["row_id", *TOKENS, "model_version", "finish_reason", "attempts", "completed_at"]
+    results = _read(out, RESULTS_DIR, wanted)
+    if results is None:
+        return _empty_calls(), []
+    answers = results.drop_duplicates("row_id").rename(
+        columns={"completed_at": "at", "attempts": "attempt"}
+    )
+    # written before batchgen sent a serviceTier: every call was standard
+    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok", tier="standard")
+    note = (
+        f"{out}: no usage ledger (written before batchgen kept one): requests, tokens and "
+        "cost count only the answers kept, not retries or failed calls"
+    )
+    return answers[_empty_calls().columns], [note]
+
+
+def _empty_calls() -> pd.DataFrame:
+    names = [n for n in USAGE_SCHEMA.names if n != "run_id"] + ["run"]
+    table = pa.schema([*(f for f in USAGE_SCHEMA if f.name != "run_id"), ("run", pa.string())])
+    return table.empty_table().to_pandas()[names]
+
+
+def _rows(out: Path, calls: pd.DataFrame) -> pd.DataFrame:
+    """One row per input row with an outcome: done (in results) or failed (the done rule of
+    batchgen.store.outdir: in errors and not done, with its latest failure)."""
+    job, model = _job(out)
+    results = _read(out, RESULTS_DIR, ["row_id", "finish_reason", "completed_at"])
+    frames = []
+    if results is not None:
+        first = results.drop_duplicates("row_id")  # exploded answers repeat the row
+        frames.append(first.rename(columns={"completed_at": "at"}).assign(done=1, failed=0))
+    latest = OutputDir(out).latest_failures(["row_id", "failed_at"])
+    if latest.num_rows:
+        failed = latest.select(["row_id", "failed_at", "run"]).to_pandas()
+        failed = failed.rename(columns={"failed_at": "at"})
+        last = calls.sort_values("at").drop_duplicates("row_id", keep="last")
+        reasons = last.set_index("row_id")["finish_reason"]
+        failed = failed.assign(finish_reason=failed["row_id"].map(reasons), done=0, failed=1)
+        frames.append(failed)
+    if not frames:
+        columns = ["job", "model", "row_id", "at", "run", "finish_reason", "done", "failed"]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).assign(job=job, model=model)
+
+
+# --- pricing and aggregating ---------------------------------------------------------------
+
+
+def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], list[str]]:
+    """Add ``cost_usd`` to every call (NaN: no price); return the unpriced models and notes.
+
+    Each call is priced at the period covering its UTC day (``at``) and the tier that served it
+    (a ``tier`` column when the ledger has one, else standard).
+    """
+    calls["cost_usd"] = np.nan
+    unpriced: list[str] = []
+    notes: list[str] = []
+    keys = calls.assign(_day=_utc_days(calls["at"]), _tier=_tiers(calls))
+    by_group = keys.groupby(["model_version", "model", "_day", "_tier"], dropna=False).groups
+    for (version, model, day, tier), index in by_group.items():
+        version = version if isinstance(version, str) else None
+        asked = model if isinstance(model, str) else None
+        when = date.fromisoformat(day) if isinstance(day, str) else utc_today()
+        price = prices.resolve(version, asked, at=when)
+        name = version or asked or NONE
+        if tier not in TIERS:
+            notes.append(f"no price for the {tier!r} service tier: its calls are unpriced")
+            continue
+        if price is None:
+            if name not in unpriced:
+                unpriced.append(name)
+                notes.append(
+                    f"no price for model {name!r} (on {when.isoformat()}): its cost is shown as "
+                    "unpriced; add it to a price file and pass it (prices=, --prices FILE)"
+                )
+            continue
+        notes += _pricing_note(prices, version, asked, price.name)
+        part = calls.loc[index]
+        counts = [part[c].fillna(0).to_numpy(np.int64) for c in TOKENS[:4]]
+        calls.loc[index, "cost_usd"] = price.costs(*counts, tier=str(tier))
+    return tuple(unpriced), list(dict.fromkeys(notes))
+
+
+def _utc_days(at: pd.Series) -> pd.Series:
+    return pd.to_datetime(at, utc=True).dt.strftime("%Y-%m-%d")
+
+
+def _tiers(calls: pd.DataFrame) -> pd.Series | str:
+    """The tier of each call: a ``tier`` column (the API's spellings: ``flex``,
+    ``SERVICE_TIER_FLEX``; unspecified is standard) or, without one, standard."""
+    if "tier" not in calls:
+        return "standard"
+    tier = calls["tier"].fillna("").astype(str).str.lower().str.removeprefix("service_tier_")
+    return tier.replace({"": "standard", "unspecified": "standard"})
+
+
+def _pricing_note(
+    prices: PriceTable, version: str | None, asked: str | None, priced_as: str
+) -> list[str]:
+    """Why a call was priced as another model than it names: a retired model, or a version."""
+    own = prices.chosen(version, asked)
+    if own is not None and own != priced_as:
+        life = prices.models[own].lifecycle
+        since = life.retires.isoformat() if life and life.retires else "?"
+        return [
+            f"model {own!r} retired on {since}: its calls from then on are priced at the rate "
+            f"of {priced_as!r}, where they are routed"
+        ]
+    if priced_as not in (version, asked):
+        name = version or asked
+        return [f"model {name!r} priced as {priced_as!r} (the same model's version)"]
+    return []
+
+
+def answered_by(calls: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """(asked, answered, calls) wherever ``model_version`` names another model than asked."""
+    pairs = calls.groupby(["model", "model_version"], dropna=True).size()
+    return [
+        (str(asked), str(answered), int(n))
+        for (asked, answered), n in pairs.items()
+        if not same_model(str(asked), str(answered))
+    ]
+
+
+def _keys(frame: pd.DataFrame, by: str) -> pd.Series:
+    if by == "day":
+        at = pd.to_datetime(frame["at"], utc=True)
+        return at.dt.strftime("%Y-%m-%d").fillna(NONE)
+    column = "run" if by == "run" else by
+    return frame[column].astype(object).where(frame[column].notna(), NONE).astype(str)
+
+
+def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame:
+    billed = calls.assign(
+        key=_keys(calls, by),
+        unpriced_requests=calls["cost_usd"].isna().astype(np.int64),
+        cost_usd=calls["cost_usd"].fillna(0.0),
+    )
+    for column in TOKENS:
+        billed[column] = billed[column].fillna(0).astype(np.int64)
+    per_call = billed.groupby("key").agg(
+        requests=("outcome", "size"),
+        **{c: (c, "sum") for c in (*TOKENS, "cost_usd", "unpriced_requests")},
+    )
+    outcomes = (
+        rows.assign(key=_keys(rows, by))
+        .groupby("key")
+        .agg(rows_done=("done", "sum"), rows_failed=("failed", "sum"))
+    )
+    groups = per_call.join(outcomes, how="outer")
+    counts = [c for c in COLUMNS if c != "cost_usd"]
+    groups[counts] = groups[counts].fillna(0).astype(np.int64)
+    groups["cost_usd"] = groups["cost_usd"].fillna(0.0).astype(float)
+    groups.loc[groups["unpriced_requests"] > 0, "cost_usd"] = np.nan
+    groups = groups.sort_index().reset_index(names=by)
+    return groups[[by, *COLUMNS]]
+
+
+RUN_COLUMNS = ("started", "exit", "stopped_by")
+
+
+def _with_run_records(groups: pd.DataFrame, outputs: Sequence[Path]) -> pd.DataFrame:
+    """Add each run's start, exit code and stop reason from runs.jsonl (and the runs that made
+    no call at all); a run with a start record but no end record did not finish (killed)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for out in dict.fromkeys(outputs):
+        for record in read_run_records(out):
+            entry = runs.setdefault(
+                record["run_id"],
+                {"started": record.get("started_at", "")[:19], "exit": "killed?", "seq": len(runs)},
+            )
+            if record.get("event") == "end":
+                entry["exit"] = str(record.get("exit_code"))
+                entry["stopped_by"] = record.get("stopped_by") or ""
+    frame = pd.DataFrame.from_dict(runs, orient="index", columns=[*RUN_COLUMNS, "seq"])
+    merged = groups.set_index("run").join(frame, how="outer")
+    counts = [c for c in COLUMNS if c != "cost_usd"]
+    merged[counts] = merged[counts].fillna(0).astype(np.int64)
+    merged[list(RUN_COLUMNS)] = merged[list(RUN_COLUMNS)].fillna("")
+    merged.loc[merged["requests"] == 0, "cost_usd"] = 0.0  # a run that made no call cost 0
+    merged = merged.sort_values("seq", na_position="last", kind="stable")  # in the order run
+    return merged.drop(columns="seq").reset_index(names="run")
+
+
+def _total(groups: pd.DataFrame) -> dict[str, Any]:
+    total: dict[str, Any] = {c: int(groups[c].sum()) for c in COLUMNS if c != "cost_usd"}
+    costs = groups["cost_usd"]
+    total["cost_usd"] = None if costs.isna().any() else float(costs.sum())
+    return total
+
+
+# --- presenting ----------------------------------------------------------------------------
+
+_LABELS = {
+    "requests": "requests",
+    "rows_done": "rows done",
+    "rows_failed": "rows failed",
+    "prompt_tokens": "prompt",
+    "output_tokens": "output",
+    "thinking_tokens": "thinking",
+    "cached_tokens": "cached",
+    "total_tokens": "total tokens",
+    "cost_usd": "cost (USD)",
+}
+
+
+def format_report(rep: Report, fmt: str = "table") -> str:
+    """The report as ``table`` (aligned text), ``markdown``, ``csv`` (groups) or ``json``."""
+    if fmt == "csv":
+        return str(rep.groups.to_csv(index=False, lineterminator="\n"))
+    if fmt == "json":
+        return json.dumps(_as_json(rep), indent=2, ensure_ascii=False)
+    if fmt not in ("table", "markdown"):
+        raise JobError(f"format={fmt!r} (--format): unknown format (one of {', '.join(FORMATS)})")
+    extra = [c for c in RUN_COLUMNS if c in rep.groups.columns]
+    header = [rep.by, *_LABELS.values(), *extra]
+    digits = usd_digits(*rep.groups["cost_usd"], rep.total["cost_usd"])
+    lines = [
+        _cells(r, rep.by, digits) + [str(r[c]) for c in extra]
+        for r in rep.groups.to_dict("records")
+    ]
+    lines.append(["total", *_cells(rep.total, None, digits)[1:], *([""] * len(extra))])
+    note = f"prices: {rep.prices.describe()}"
+    if rep.answered:
+        note += "\n" + _answered_line(rep.answered)
+    if fmt == "markdown":
+        rule = ["---", *["---:"] * (len(header) - 1)]
+        body = ["| " + " | ".join(row) + " |" for row in (header, rule, *lines)]
+        return "\n".join([*body, "", note])
+    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
+    text = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (header, *lines)
+    ]
+    return "\n".join([*text, note])
+
+
+def _answered_line(answered: Sequence[tuple[str, str, int]]) -> str:
+    pairs = ", ".join(f"{a} → {b} ({n:,} calls)" for a, b, n in answered)
+    return f"answered by another model than asked: {pairs}"
+
+
+def _cells(record: dict[str, Any], by: str | None, digits: int) -> list[str]:
+    key = str(record[by]) if by else ""
+    numbers = [f"{int(record[c]):,}" for c in _LABELS if c != "cost_usd"]
+    return [key, *numbers, _usd_cell(record, digits)]
+
+
+def _usd_cell(record: dict[str, Any], digits: int) -> str:
+    unpriced = int(record["unpriced_requests"])
+    if not unpriced:
+        return f"{float(record['cost_usd']):,.{digits}f}"
+    if unpriced == int(record["requests"]):
+        return "unpriced"
+    return f"unpriced ({unpriced} of {int(record['requests'])} calls)"
+
+
+def usd_digits(*amounts: float | None) -> int:
+    """Decimals that show the largest amount well: 6 below $1 (small test runs), 4, then 2."""
+    top = max((abs(a) for a in amounts if a is not None and not math.isnan(a)), default=0.0)
+    return 6 if top < 1 else 4 if top < 100 else 2
+
+
+def _as_json(rep: Report) -> dict[str, Any]:
+    groups = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in r.items()}
+        for r in rep.groups.to_dict("records")
+    ]
+    when = rep.prices.source_date
+    return {
+        "by": rep.by,
+        "groups": groups,
+        "total": rep.total,
+        "unpriced_models": list(rep.unpriced),
+        "warnings": list(rep.warnings),
+        "answered_by": [{"asked": a, "answered": b, "calls": n} for a, b, n in rep.answered],
+        "prices": {
+            "source": rep.prices.source,
+            "source_date": when.isoformat() if when else None,
+            "unit": "USD per 1M tokens",
+        },
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plot_report(rep: Report, path: Path) -> Path:
+    """Save a PNG of the cost per day and the tokens per run; needs matplotlib (extra ``plot``).
+
+    Unpriced calls are left out of the cost bars, and the chart says so.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise JobError(
+            "a plot (--plot) needs matplotlib: pip install 'batchgen[plot]' (or pip install "
+            "matplotlib)"
+        ) from None
+    calls = rep.calls.assign(day=_keys(rep.calls, "day"), run=_keys(rep.calls, "run"))
+    daily = calls.groupby("day")["cost_usd"].sum(min_count=0)
+    per_run = calls.groupby("run")[["prompt_tokens", "output_tokens", "thinking_tokens"]].sum()
+    fig = Figure(figsize=(10, 8), layout="constrained")
+    cost_ax, tokens_ax = fig.subplots(2, 1)
+    cost_ax.bar(daily.index.astype(str), daily.to_numpy(), color="tab:green")
+    unpriced = f" (unpriced: {', '.join(rep.unpriced)}, left out)" if rep.unpriced else ""
+    cost_ax.set_title(f"Cost per day, USD{unpriced}")
+    cost_ax.set_ylabel("USD")
+    bottom = np.zeros(len(per_run))
+    for column in per_run.columns:
+        values = per_run[column].to_numpy(float)
+        label = column.removesuffix("_tokens")
+        tokens_ax.bar(per_run.index.astype(str), values, bottom=bottom, label=label)
+        bottom += values
+    tokens_ax.set_title("Tokens per run")
+    tokens_ax.legend()
+    tokens_ax.tick_params(axis="x", labelrotation=30)
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise JobError(f"{path}: cannot write the plot: {exc.strerror}") from None
+    return path

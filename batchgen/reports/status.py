@@ -1,0 +1,77 @@
+"""What an output directory holds: rows done and failed, tokens, and the runs that made it.
+
+Read from the output alone through :mod:`batchgen.store.outdir` (parts and journal segments alike:
+a killed run's answers count), so it is cheap and works while a run is writing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from batchgen.errors import CheckpointError
+from batchgen.store.outdir import JOB_FILE, LOCK_FILE, RESULTS_DIR, OutputDir, read_job_record
+
+TOKEN_COLUMNS = (
+    "prompt_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cached_tokens",
+    "total_tokens",
+)
+
+
+@dataclass
+class OutputStatus:
+    """The state of one output directory."""
+
+    directory: Path
+    rows_done: int = 0
+    result_rows: int = 0
+    failed: Counter[str] = field(default_factory=Counter)  # category → rows still failed
+    rows_total: int | None = None  # input rows at the last run that recorded it
+    tokens: dict[str, int] = field(default_factory=dict)  # of the answers kept
+    last_run: dict[str, Any] | None = None
+    running: bool = False
+
+    @property
+    def rows_failed(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def remaining(self) -> int | None:
+        if self.rows_total is None:
+            return None
+        return max(0, self.rows_total - self.rows_done - self.rows_failed)
+
+
+def output_status(directory: Path) -> OutputStatus:
+    """Read the status of ``directory``; CheckpointError when it is not a batchgen output."""
+    if not (directory / JOB_FILE).exists():
+        raise CheckpointError(f"{directory}: not a batchgen output (no {JOB_FILE})")
+    read_job_record(directory)  # refuses an output of a newer format
+    out = OutputDir(directory)
+    status = OutputStatus(directory, running=(directory / LOCK_FILE).exists())
+    results = out.read(RESULTS_DIR, ["row_id", *TOKEN_COLUMNS])
+    if results is not None:
+        status.rows_done = out.done_rows()
+        status.result_rows = results.num_rows
+        # Exploded answers repeat the call's usage on every item: count each call once.
+        first = results.group_by("row_id", use_threads=False).aggregate(
+            [(c, "first") for c in TOKEN_COLUMNS]
+        )
+        status.tokens = {c.removesuffix("_tokens"): pc.sum(first.column(f"{c}_first")).as_py() or 0
+                         for c in TOKEN_COLUMNS}  # fmt: skip
+    latest = out.latest_failures(["row_id", "category", "failed_at"])
+    status.failed = Counter(latest.column("category").to_pylist())
+    runs = out.run_records()
+    ends = {r["run_id"]: r for r in runs if r.get("event") == "end"}
+    if runs:
+        last = runs[-1]
+        status.last_run = ends.get(last["run_id"], last)
+        status.rows_total = last.get("rows_total")
+    return status

@@ -1,0 +1,1 @@
+"""The pipeline of one run: runner, summary, progress snapshots."""

@@ -1,0 +1,1 @@
+"""The output directory: layout and done rule, lock, records, journal, writer."""
