@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,32 +18,12 @@ import pyarrow as pa
 from batchgen.errors import InputError, TemplateError
 from batchgen.gemini.request import RequestBuilder, request_hash
 from batchgen.input.prompts import PromptTemplate
-from batchgen.input.reader import InputReader, InputRow
+from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
 from batchgen.job.spec import Job
 from batchgen.keys import Keys, contains, keys_of
-from batchgen.store.outdir import DoneState
+from batchgen.records import DoneState, InputRow, Outcome, Work
 from batchgen.store.output import OutputLayout, error_row
-
-
-@dataclass(frozen=True)
-class Work:
-    """A rendered request for one row."""
-
-    row: InputRow
-    body: bytes
-    hash: str
-    tokens: int  # estimated prompt tokens (characters / 4)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one row: its result rows, or its failure record."""
-
-    rows: list[dict[str, Any]]  # result rows (several when exploded) or one failure record
-    failed: bool
-    category: str | None = None
-    message: str | None = None
 
 
 @dataclass

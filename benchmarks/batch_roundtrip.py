@@ -27,15 +27,16 @@ import pyarrow.parquet as pq
 from batchgen.backends.batch.jsonl import ResultCollector, group_works, write_chunk
 from batchgen.backends.batch.steps import collect_chunk, submit_chunk, upload_chunk
 from batchgen.emulator import EmulatorConfig, EmulatorServer
-from batchgen.gemini.answers import Answer, parse_response, structured_value
+from batchgen.gemini.answers import parse_response, structured_value
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.plan import Work, plan_job
+from batchgen.plan import plan_job
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable
+from batchgen.records import Answer, DoneState, Work
 from batchgen.store.batches import BatchStore
-from batchgen.store.outdir import DoneState
 
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 ROWS, PER_CHUNK = 10_000, 4_000
@@ -97,7 +98,7 @@ async def main() -> None:
         same = differ = failed = 0
         batch_tokens = online_tokens = 0
         batch_cost = online_cost = 0.0
-        prices = PriceTable.load()
+        prices = load_prices()
         for w, a in zip(works, answers, strict=True):
             got = by_id[w.row.row_id]
             if got.outcome.failed:

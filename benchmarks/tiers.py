@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.job.spec import Overrides, load_job
-from batchgen.pricing.table import PriceTable
+from batchgen.pricing.file import load_prices
 from batchgen.reports.report import report
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.outdir import OutputDir
@@ -65,7 +65,7 @@ def main(rows: int) -> None:
                 overrides = Overrides(input=source, output=out, base_url=server.base_url, tier=tier)
                 started = time.perf_counter()
                 summary = run_job(load_job(path, overrides),
-                                  RunOptions(api_key=KEY, prices=PriceTable.load()))  # fmt: skip
+                                  RunOptions(api_key=KEY, prices=load_prices()))  # fmt: skip
                 seconds = time.perf_counter() - started
                 served = {k: v - before.get(k, 0) for k, v in server.emulator.counts.items()
                           if k.startswith("tier:")}  # fmt: skip

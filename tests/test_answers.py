@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.gemini.answers import AnswerError, Usage, parse_response, structured_value
+from batchgen.gemini.answers import AnswerError, parse_response, read_usage, structured_value
 from batchgen.job.schema import AnswerValidator, normalize_schema
+from batchgen.records import Usage
 from tests.conftest import SEED_COPY
 
 
@@ -46,10 +47,10 @@ def test_thought_parts_are_not_the_answer(seed: dict[str, Any]) -> None:
 
 
 def test_missing_counts_are_zero() -> None:
-    assert Usage.from_metadata({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(
+    assert read_usage({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(
         7, 0, 0, 0, 7
     )
-    assert Usage.from_metadata(None) == Usage()
+    assert read_usage(None) == Usage()
 
 
 def candidate(text: str | None, reason: str = "STOP") -> dict[str, Any]:

@@ -28,8 +28,8 @@ from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.plan import Plan, Work, plan_job
-from batchgen.store.outdir import DoneState
+from batchgen.plan import Plan, plan_job
+from batchgen.records import DoneState, Work
 
 KEY = "sk-jsonl-secret-0123456789"
 AT = datetime(2026, 12, 1, tzinfo=UTC)

@@ -27,7 +27,7 @@ from batchgen.errors import (
     RunStoppedError,
 )
 from batchgen.job.spec import Overrides, load_job
-from batchgen.pricing.table import PriceTable
+from batchgen.pricing.file import load_prices
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.batches import BatchStore
 from batchgen.store.outdir import OutputDir
@@ -104,7 +104,7 @@ def failed_rows(out: Path) -> set[str]:
 def ledger_cost(out: Path) -> tuple[float, set[str]]:
     usage = OutputDir(out).read("usage")
     assert usage is not None
-    prices, total = PriceTable.load(), 0.0
+    prices, total = load_prices(), 0.0
     for row in usage.to_pylist():
         total += prices.cost(row["model"], prompt=row["prompt_tokens"], output=row["output_tokens"],
                              thinking=row["thinking_tokens"], cached=row["cached_tokens"],
@@ -114,7 +114,7 @@ def ledger_cost(out: Path) -> tuple[float, set[str]]:
 
 def test_batch_gives_the_online_rows_at_half_the_cost(tmp_path: Path, emulator: Any) -> None:
     path = batch_job(tmp_path, rows=30, per_chunk=12)
-    summary = run(path, emulator, prices=PriceTable.load())
+    summary = run(path, emulator, prices=load_prices())
     assert (summary.rows_done, summary.rows_failed, summary.exit_code) == (30, 0, 0)
     assert summary.requests == 30  # a batch line is a request
     counts = emulator.emulator.counts
@@ -139,7 +139,7 @@ def test_batch_gives_the_online_rows_at_half_the_cost(tmp_path: Path, emulator: 
 def test_max_cost_submits_what_fits_collects_it_and_stops(tmp_path: Path, emulator: Any) -> None:
     """Batch rows are priced before they are submitted: the cap bounds what is submitted."""
     path = batch_job(tmp_path, rows=40, per_chunk=10)
-    prices = PriceTable.load()
+    prices = load_prices()
     per_row = prices.cost(MODEL, prompt=40, output=1024, thinking=0, cached=0, tier="batch")
     assert per_row is not None
     cap = 14.5 * per_row  # room for 13 or 14 rows at the first guess (maxOutputTokens unset)

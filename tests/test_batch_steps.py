@@ -16,9 +16,9 @@ from batchgen.emulator import Emulator, EmulatorConfig, EmulatorServer
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
-from batchgen.plan import Plan, Work, plan_job
+from batchgen.plan import Plan, plan_job
+from batchgen.records import DoneState, Work
 from batchgen.store.batches import BatchStore, ChunkRecord
-from batchgen.store.outdir import DoneState
 
 KEY = "sk-steps-secret-0123456789"
 

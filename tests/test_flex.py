@@ -22,12 +22,12 @@ from batchgen.backends.online.caller import FlexFallback
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import JobError
-from batchgen.gemini.answers import Usage
 from batchgen.gemini.client import ApiError, served_tier
 from batchgen.gemini.request import RequestBuilder, request_hash, standard_body
 from batchgen.job.spec import FLEX_TIMEOUT_SECONDS, LimitsSpec, Overrides, RetrySpec, load_job
 from batchgen.pricing.budget import Budget
-from batchgen.pricing.table import PriceTable
+from batchgen.pricing.file import load_prices
+from batchgen.records import Usage
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.outdir import fingerprint_parts, part_files
@@ -218,7 +218,7 @@ def test_a_thousand_flex_rows_are_billed_at_the_tier_that_served_each(
     tmp_path: Path, flaky_flex: EmulatorThread
 ) -> None:
     job = load_job(flex_job(tmp_path, rows=1000), Overrides(base_url=flaky_flex.base_url))
-    summary = run_job(job, RunOptions(api_key=KEY, prices=PriceTable.load()))
+    summary = run_job(job, RunOptions(api_key=KEY, prices=load_prices()))
     counts = flaky_flex.emulator.counts
 
     assert (summary.rows_done, summary.rows_failed) == (1000, 0)
@@ -296,7 +296,7 @@ def test_fallback_counts_from_the_first_capacity_refusal() -> None:
 
 
 async def test_budget_reserves_at_the_tier_asked_and_settles_at_the_tier_served() -> None:
-    prices = PriceTable.load()
+    prices = load_prices()
     day = datetime(2026, 12, 2).date()
     budget = Budget(prices, MODEL, cap=1.0, max_output_tokens=1000, today=lambda: day)
     flex_hold = await budget.reserve(1_000_000, "flex")

@@ -14,6 +14,7 @@ from batchgen.cli.progress import LineProgress, choose
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import BudgetReachedError, JobError, RunStoppedError
 from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable
 from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
@@ -40,7 +41,7 @@ def ledger_cost(out: Path, prices: PriceTable, run_id: str | None = None) -> tup
 def test_max_cost_stops_within_one_call_of_the_cap_and_the_output_resumes(
     project: Path,
 ) -> None:
-    prices = PriceTable.load()
+    prices = load_prices()
     with EmulatorThread(EmulatorConfig()) as server:
         job = load_job(
             project / "jobs" / "cookie_recipes.toml", Overrides(base_url=server.base_url)
@@ -63,7 +64,7 @@ def test_max_cost_stops_within_one_call_of_the_cap_and_the_output_resumes(
 def test_max_cost_needs_a_price(project: Path) -> None:
     job = load_job(project / "jobs" / "cookie_recipes.toml", Overrides(model="gemini-9-ultra"))
     with pytest.raises(JobError, match="no price for model 'gemini-9-ultra'"):
-        run_job(job, RunOptions(api_key=KEY, prices=PriceTable.load(), max_cost=1.0))
+        run_job(job, RunOptions(api_key=KEY, prices=load_prices(), max_cost=1.0))
 
 
 def test_time_budget_stops_cleanly_and_is_recorded(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_run_records_carry_usage_and_cost_and_never_the_key(project: Path) -> No
     with EmulatorThread(EmulatorConfig()) as server:
         job = load_job(project / "jobs" / "review_insights.toml",
                        Overrides(base_url=server.base_url))  # fmt: skip
-        summary = run_job(job, RunOptions(api_key=KEY, prices=PriceTable.load()))
+        summary = run_job(job, RunOptions(api_key=KEY, prices=load_prices()))
     start, end = read_run_records(job.output.directory)
     assert (start["event"], end["event"]) == ("start", "end")
     assert end["rows_done"] == 20 and end["exit_code"] == 0

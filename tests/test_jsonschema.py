@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from batchgen.emulator.fakedata import fake_invalid_value, fake_value
 from batchgen.errors import JobError
-from batchgen.gemini.answers import Answer, AnswerError, Usage, structured_value
+from batchgen.gemini.answers import AnswerError, structured_value
 from batchgen.job.json_schema import map_json_schema
 from batchgen.job.response_schema import GEMINI, JSON_SCHEMA, ResponseSchema, resolve_schema
+from batchgen.records import Answer, Usage
 from tests.strategies import JSON_SCHEMAS
 
 TS = pa.timestamp("us", tz="UTC")

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from batchgen.cli.main import _describe, main
 from batchgen.errors import JobError
 from batchgen.pricing.budget import Budget
-from batchgen.pricing.table import PriceTable, lifecycle_warning
+from batchgen.pricing.file import load_prices
+from batchgen.pricing.table import lifecycle_warning
 from batchgen.reports.report import format_report
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunSummary
@@ -65,7 +66,7 @@ def test_gemini_4_argon_doubles_on_the_first_of_december(tmp_path: Path) -> None
 
 
 def test_the_tier_argument_prices_flex_and_batch_at_half() -> None:
-    table = PriceTable.load()
+    table = load_prices()
     tokens = {"prompt": 300_000, "output": 2_000, "thinking": 1_000, "cached": 100_000}
     for model in CURRENT:
         standard = table.cost(model, **tokens, at=date(2026, 12, 2))
@@ -144,7 +145,7 @@ def test_the_run_summary_says_which_model_answered() -> None:
     ],
 )
 def test_lifecycle_warning(model: str, day: date, expected: str | None) -> None:
-    assert lifecycle_warning(model, day) == expected
+    assert lifecycle_warning(model, day, load_prices()) == expected
 
 
 def cli(*args: str, today: date) -> tuple[int, str, str]:
@@ -157,7 +158,7 @@ def test_validate_run_and_estimate_warn_about_the_jobs_model(project: Path) -> N
     day = date(2026, 12, 2)
     code, out, err = cli("validate", job, "--model", "gemini-2.5-flash", today=day)
     assert code == 0 and out.startswith("ok: ")
-    assert err == f"warning: {lifecycle_warning('gemini-2.5-flash', day)}\n"
+    assert err == f"warning: {lifecycle_warning('gemini-2.5-flash', day, load_prices())}\n"
     code, _, err = cli("validate", job, "--model", "gemini-3.1-flash-lite", today=date(2027, 5, 1))
     assert err.startswith("warning: model gemini-3.1-flash-lite retires on 2027-05-07 (in 6 days)")
     code, _, err = cli("validate", job, today=day)  # gemini-3.8-flash: current
@@ -212,7 +213,7 @@ def test_an_old_single_rate_override_still_loads_and_keeps_the_lifecycle(tmp_pat
         '[models."gemini-2.5-flash"]\ninput = 0.2\noutput = 2.0\n'
         '[models."my-tuned-model"]\ninput = 1.0\noutput = 4.0\ncached = 0.1\n'
     )
-    table = PriceTable.load(override)
+    table = load_prices(override)
     tuned = table.price("my-tuned-model", at=date(2030, 1, 1))  # one open period
     assert tuned is not None and (tuned.start, tuned.end) == (None, None)
     assert tuned.batch.input == pytest.approx(0.75) and tuned.flex.input == pytest.approx(0.5)
@@ -261,7 +262,7 @@ def test_a_bad_dated_price_file_names_the_file_and_the_key(
     override = tmp_path / "mine.toml"
     override.write_text(text)
     with pytest.raises(JobError) as info:
-        PriceTable.load(override)
+        load_prices(override)
     assert str(info.value).startswith(f"{override}: ") and expected in str(info.value)
 
 
@@ -271,7 +272,7 @@ def test_a_tier_given_as_prices(tmp_path: Path) -> None:
         '[[models."x".periods]]\ninput = 1\noutput = 2\nflex = 0.4\n'
         "batch = { input = 0.5, output = 1, cached = 0.9 }\n"
     )
-    table = PriceTable.load(override)
+    table = load_prices(override)
     tokens = {"prompt": MILLION, "output": MILLION, "thinking": 0, "cached": MILLION // 2}
     assert table.cost("x", **tokens, tier="flex") == pytest.approx(0.4 * (0.5 + 0.5 + 2))
     assert table.cost("x", **tokens, tier="batch") == pytest.approx(0.25 + 0.45 + 1)
@@ -279,7 +280,7 @@ def test_a_tier_given_as_prices(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", CURRENT)
 def test_max_cost_accepts_every_current_model(model: str) -> None:
-    budget = Budget(PriceTable.load(), model, cap=1.0, today=lambda: date(2026, 12, 2))
+    budget = Budget(load_prices(), model, cap=1.0, today=lambda: date(2026, 12, 2))
     assert budget.priced
 
 
@@ -300,7 +301,7 @@ def test_a_tier_column_in_the_ledger_prices_each_call_at_its_tier() -> None:
     calls = pd.DataFrame(rows).assign(
         tier=["standard", "flex", "SERVICE_TIER_BATCH", None, "priority"]
     )
-    _, notes = _price(calls, PriceTable.load())
+    _, notes = _price(calls, load_prices())
     full = 0.75 + 3.75
     assert calls["cost_usd"].tolist()[:4] == pytest.approx([full, full / 2, full / 2, full])
     assert pd.isna(calls["cost_usd"].iloc[4])

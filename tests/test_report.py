@@ -19,7 +19,7 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, JobError
 from batchgen.job.spec import Overrides, load_job
-from batchgen.pricing.table import PriceTable
+from batchgen.pricing.file import load_prices
 from batchgen.reports.report import format_report
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
@@ -303,7 +303,7 @@ def test_report_of_real_runs_with_retries_and_failures(project: Path) -> None:
     with EmulatorThread(EmulatorConfig(script=script)) as server:
         path = project / "jobs" / "review_insights.toml"
         job = load_job(path, Overrides(base_url=server.base_url))
-        options = RunOptions(api_key=KEY, prices=PriceTable.load())
+        options = RunOptions(api_key=KEY, prices=load_prices())
         first = run_job(job, options)
         second = run_job(job, options)
         answered = server.emulator.counts["status:200"]
@@ -384,7 +384,7 @@ def test_by_run_shows_each_run_record_including_killed_and_stopped_runs(tmp_path
         job = load_job(path, Overrides(base_url=server.base_url))
         run_job(job, RunOptions(api_key="k", limit=10))
         with pytest.raises(Exception, match="max-cost"):
-            run_job(job, RunOptions(api_key="k", prices=PriceTable.load(), max_cost=1e-9))
+            run_job(job, RunOptions(api_key="k", prices=load_prices(), max_cost=1e-9))
         run_job(job, RunOptions(api_key="k"))
     out = tmp_path / "out"
     with (out / "runs.jsonl").open("a") as f:  # a run that was SIGKILLed: a start, no end

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from batchgen.emulator import KNOWN_MODELS
 from batchgen.errors import JobError
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import ModelPrice, PriceTable
 
 BEFORE = date(2026, 11, 1)  # every model of the table but the shut-down ones still answers
@@ -41,11 +42,11 @@ class DatedTable:
 
 @pytest.fixture(scope="module")
 def prices() -> DatedTable:
-    return DatedTable(PriceTable.load(), BEFORE)
+    return DatedTable(load_prices(), BEFORE)
 
 
 def test_packaged_table_names_its_source_and_prices_the_emulators_models() -> None:
-    table = PriceTable.load()
+    table = load_prices()
     assert table.source_date == date(2026, 11, 25)
     assert "LiteLLM" in table.source and "2026-11-25" in table.describe()
     # Every period names its own source and the day it was checked.
@@ -160,7 +161,7 @@ def test_override_file_adds_and_replaces_models(tmp_path: Path) -> None:
         '[models."models/gemini-2.5-flash"]\ninput = 0.2\noutput = 2.0\ncached = 0.02\n'
         "batch_discount = 0.25\n"
     )
-    prices = PriceTable.load(override)
+    prices = load_prices(override)
     # Without a cache rate cached tokens cost the input rate: 1,000 × 1.0 + 1,000 × 4.0.
     cost = prices.cost("my-tuned-model", prompt=1000, output=1000, thinking=0, cached=500)
     assert cost == pytest.approx(0.005)
@@ -194,7 +195,7 @@ def test_a_bad_price_file_names_the_file_and_the_key(
     override = tmp_path / "mine.toml"
     override.write_text(text)
     with pytest.raises(JobError) as info:
-        PriceTable.load(override)
+        load_prices(override)
     message = str(info.value)
     assert message.startswith(f"{override}: ") and expected in message
     assert "\n" not in message
@@ -202,7 +203,7 @@ def test_a_bad_price_file_names_the_file_and_the_key(
 
 def test_a_missing_price_file_is_a_job_error(tmp_path: Path) -> None:
     with pytest.raises(JobError, match=r"missing\.toml: cannot read the price file"):
-        PriceTable.load(tmp_path / "missing.toml")
+        load_prices(tmp_path / "missing.toml")
 
 
 counts = st.integers(min_value=0, max_value=400_000)
@@ -212,7 +213,7 @@ counts = st.integers(min_value=0, max_value=400_000)
 def test_vectorised_costs_equal_one_call_at_a_time(
     calls: list[tuple[int, int, int, int]], batch: bool
 ) -> None:
-    price = PriceTable.load().price("gemini-2.5-pro", at=BEFORE)
+    price = load_prices().price("gemini-2.5-pro", at=BEFORE)
     assert price is not None
     tier = "batch" if batch else "standard"
     calls = [(p, o, t, min(c, p)) for p, o, t, c in calls]  # cached is part of the prompt

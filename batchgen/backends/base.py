@@ -1,7 +1,7 @@
 """The seam between the pipeline and the calls: which rows, and where their answers go,
 apart from how the calls are made.
 
-The runner (:mod:`batchgen.run.runner`) reads rows, renders them into :class:`~batchgen.plan.Work`
+The runner (:mod:`batchgen.run.runner`) reads rows, renders them into :class:`Work`
 and hands them to a :class:`Backend` as an async stream; the backend makes the calls its own way
 and tells the :class:`Sink` what became of each row and what each call cost. The runner's writer
 journals all of it, and its stop control (:class:`~batchgen.backends.stopping.StopControl`, given
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from batchgen.backends.online.caller import CallEvents
-from batchgen.plan import Outcome, Work
+from batchgen.records import Outcome, Work
 
 __all__ = ["Backend", "Gauges", "Sink"]
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from batchgen.job.spec import TIERS, Job, resolve_api_key
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
 
@@ -81,6 +82,6 @@ def today() -> date:
 
 def warn_lifecycle(model: str, prices: PriceTable | None = None) -> None:
     """Print ``warning: ...`` when the job's model is retired or retires within 30 days."""
-    warning = lifecycle_warning(model, today(), prices)
+    warning = lifecycle_warning(model, today(), prices or load_prices())
     if warning is not None:
         click.echo(f"warning: {warning}", err=True)

@@ -26,6 +26,7 @@ from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
+from batchgen.pricing.file import load_prices
 from batchgen.redact import redact_url
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 
@@ -143,10 +144,9 @@ def run(
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
     from batchgen.cli.progress import choose
-    from batchgen.pricing.table import PriceTable
 
     job = _load(job_file, input_path, output, model, base_url, tier)
-    table = PriceTable.load(prices)
+    table = load_prices(prices)
     warn_lifecycle(job.model.name, table)
     click.get_current_context().meta[_ASKED] = job.model.name
     options = RunOptions(

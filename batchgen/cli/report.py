@@ -14,7 +14,7 @@ import click
 
 from batchgen.cli.common import api_target, job_options, tier_option, today, warn_lifecycle
 from batchgen.job.spec import Job, Overrides, load_job
-from batchgen.pricing.table import PriceTable
+from batchgen.pricing.file import load_prices
 
 _PATH = click.Path(path_type=Path)
 
@@ -48,7 +48,7 @@ def report(
     from batchgen.reports.report import format_report, plot_report
     from batchgen.reports.report import report as build_report
 
-    rep = build_report(outputs, by=by, prices=PriceTable.load(prices))
+    rep = build_report(outputs, by=by, prices=load_prices(prices))
     for warning in rep.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(format_report(rep, fmt))
@@ -95,7 +95,7 @@ def estimate(
     from batchgen.reports.estimate import Estimate, estimate_job, format_estimate
 
     job = load_job(job_file, Overrides(input_path, output, model, base_url, tier))
-    table = PriceTable.load(prices)
+    table = load_prices(prices)
     warn_lifecycle(job.model.name, table)
     rows = None if all_rows else sample
     day = today()
@@ -127,7 +127,7 @@ def prices(model: str | None, day: datetime | None, fmt: str, prices: Path | Non
     """The price table: each model's dated prices per tier (USD per 1M tokens), and status."""
     from batchgen.reports.price_list import format_prices, price_rows
 
-    table = PriceTable.load(prices)
+    table = load_prices(prices)
     at: date | None = day.date() if day is not None else None
     rows = price_rows(table, model, at, today())
     click.echo(format_prices(rows, table, fmt))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from batchgen.job.schema import AnswerValidator
+from batchgen.records import Answer, Usage
 
 MALFORMED = "malformed_response"
 EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
@@ -35,38 +35,6 @@ class _ShapeError(Exception):
     """What is wrong with a body's shape, worded for the user."""
 
 
-@dataclass(frozen=True)
-class Usage:
-    """Token counts of one call. ``output`` excludes thinking; both are billed as output."""
-
-    prompt: int = 0
-    output: int = 0
-    thinking: int = 0
-    cached: int = 0
-    total: int = 0
-
-    @classmethod
-    def from_metadata(cls, meta: object) -> Usage:
-        """Read ``usageMetadata``; missing counts are zero; a count that is not one is malformed."""
-        try:
-            return _usage(meta)
-        except _ShapeError as exc:
-            raise AnswerError(MALFORMED, f"HTTP 200 body: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What one successful HTTP call returned."""
-
-    text: str | None
-    finish_reason: str | None
-    block_reason: str | None
-    usage: Usage
-    model_version: str | None
-    response_id: str | None
-    has_candidate: bool
-
-
 class AnswerError(Exception):
     """The call succeeded but its answer is unusable; ``category`` goes in the failure record."""
 
@@ -75,6 +43,14 @@ class AnswerError(Exception):
         self.category = category
         self.message = message
         self.text = text
+
+
+def read_usage(meta: object) -> Usage:
+    """Read ``usageMetadata``; missing counts are zero; a count that is not one is malformed."""
+    try:
+        return _usage(meta)
+    except _ShapeError as exc:
+        raise AnswerError(MALFORMED, f"HTTP 200 body: {exc}") from None
 
 
 def parse_response(payload: object) -> Answer:

@@ -39,6 +39,7 @@ from batchgen.input.locate import (
 )
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
+from batchgen.records import InputRow
 
 CSV_BLOCK_BYTES = 1 << 20
 # A CSV row may be as long as this: above any request the API takes (20 MB), so no real prompt is
@@ -59,15 +60,6 @@ _FIX_TEXT = {
     "csv": "re-encode the file as UTF-8",
     "parquet": "the column holds bytes that are not text: write it as UTF-8 (or as binary)",
 }
-
-
-@dataclass(frozen=True)
-class InputRow:
-    """One input row: its id (the id column's value, or its 0-based position) and its values."""
-
-    row_id: str
-    position: int
-    values: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from datetime import date
 from typing import Protocol
 
 from batchgen.errors import BudgetReachedError, JobError
-from batchgen.gemini.answers import Usage
 from batchgen.pricing.table import TIERS, utc_today
+from batchgen.records import Usage
 
 FIRST_OUTPUT_GUESS = 1024  # output + thinking tokens expected before any answer, without a max
 

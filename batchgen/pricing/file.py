@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,38 @@ def _string(value: Any, path: Path, key: str) -> str:
     if not isinstance(value, str):
         raise JobError(f"{path}: {key} must be a string")
     return value
+
+
+def load_prices(override: Path | None = None) -> PriceTable:
+    """The packaged price table, with the models in ``override`` replacing or added.
+
+    A model the override names replaces the packaged periods; it keeps the packaged
+    lifecycle unless the override gives one.
+
+    Raises:
+        JobError: a price file that does not read, naming the file and the key.
+    """
+    packaged = resources.files("batchgen.pricing").joinpath("prices.toml")
+    table = parse_price_file(packaged.read_text(encoding="utf-8"), Path(str(packaged)))
+    if override is None:
+        return table
+    try:
+        text = override.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise JobError(f"{override}: cannot read the price file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise JobError(f"{override}: the price file is not UTF-8 text") from None
+    extra = parse_price_file(text, override, overriding=True)
+    merged = dict(table.models)
+    for key, entry in extra.models.items():
+        known = merged.get(key)
+        if entry.lifecycle is None and known is not None:
+            entry = replace(entry, lifecycle=known.lifecycle)
+        merged[key] = entry
+    return replace(
+        table,
+        models=merged,
+        source=f"{table.source}; {override}: {extra.source or 'overrides'}",
+        source_date=extra.source_date or table.source_date,
+        files=(*table.files, override),
+    )

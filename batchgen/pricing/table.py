@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -232,42 +231,6 @@ class PriceTable:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    @classmethod
-    def load(cls, override: Path | None = None) -> PriceTable:
-        """The packaged price table, with the models in ``override`` replacing or added.
-
-        A model the override names replaces the packaged periods; it keeps the packaged
-        lifecycle unless the override gives one.
-
-        Raises:
-            JobError: a price file that does not read, naming the file and the key.
-        """
-        from batchgen.pricing.file import parse_price_file
-
-        packaged = resources.files("batchgen.pricing").joinpath("prices.toml")
-        table = parse_price_file(packaged.read_text(encoding="utf-8"), Path(str(packaged)))
-        if override is None:
-            return table
-        try:
-            text = override.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise JobError(f"{override}: cannot read the price file: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise JobError(f"{override}: the price file is not UTF-8 text") from None
-        extra = parse_price_file(text, override, overriding=True)
-        merged = dict(table.models)
-        for key, entry in extra.models.items():
-            known = merged.get(key)
-            if entry.lifecycle is None and known is not None:
-                entry = replace(entry, lifecycle=known.lifecycle)
-            merged[key] = entry
-        return replace(
-            table,
-            models=merged,
-            source=f"{table.source}; {override}: {extra.source or 'overrides'}",
-            source_date=extra.source_date or table.source_date,
-            files=(*table.files, override),
-        )
 
     def key(self, name: str | None) -> str | None:
         """The table's name for ``name``: itself, or the model it extends by version parts."""
@@ -361,14 +324,13 @@ def same_model(asked: str | None, answered: str | None) -> bool:
     )
 
 
-def lifecycle_warning(model: str, today: date, prices: PriceTable | None = None) -> str | None:
+def lifecycle_warning(model: str, today: date, prices: PriceTable) -> str | None:
     """A one-line warning when ``model`` is retired on ``today`` or retires within 30 days.
 
     The CLI prints it as ``warning: ...`` in validate, run and estimate; None when all is well
     (or the table knows nothing of the model's lifecycle).
     """
-    table = prices or PriceTable.load()
-    life = table.lifecycle(model)
+    life = prices.lifecycle(model)
     if life is None or life.retires is None:
         return None
     days = (life.retires - today).days

@@ -46,6 +46,7 @@ from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
 from batchgen.reports.report import load_calls, usd_digits
@@ -152,7 +153,7 @@ def estimate_job(
     scale = total / len(positions)
     notes: list[str] = []
     guess = _history_guess(job, history, notes) or _schema_guess(job)
-    table = prices or PriceTable.load()
+    table = prices or load_prices()
     day = at or utc_today()
     price = table.resolve(job.model.name, at=day)
     if unrenderable:

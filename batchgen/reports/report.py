@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from batchgen.errors import CheckpointError, JobError
+from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
 from batchgen.store.outdir import (
     JOB_FILE,
@@ -93,7 +94,7 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
         raise JobError(f"by={by!r} (--by): unknown grouping (one of {', '.join(GROUPS)})")
     if not outputs:
         raise JobError("report: no output directory given")
-    prices = prices or PriceTable.load()
+    prices = prices or load_prices()
     warnings: list[str] = []
     calls, rows = [], []
     for out in dict.fromkeys(outputs):  # the same output twice is counted once

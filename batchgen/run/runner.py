@@ -35,17 +35,17 @@ from batchgen._version import __version__
 from batchgen.backends.base import Backend
 from batchgen.backends.batch.backend import BatchBackend
 from batchgen.backends.online.backend import OnlineBackend
-from batchgen.backends.online.caller import Billed
 from batchgen.backends.stopping import StopControl
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
 from batchgen.input.reader import Scan
 from batchgen.job.spec import Job
 from batchgen.keys import contains
-from batchgen.plan import Outcome, Plan, Work, plan_job
+from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
+from batchgen.records import Billed, DoneState, Outcome, Work
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 from batchgen.run.summary import RunSummary
-from batchgen.store.outdir import DoneState, OutputDir
+from batchgen.store.outdir import OutputDir
 from batchgen.store.writer import FRAME_SECONDS, RunWriter
 
 __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]

@@ -6,8 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchgen.gemini.answers import Usage
-from batchgen.plan import Outcome
+from batchgen.records import Outcome, Usage
 
 
 @dataclass

@@ -33,7 +33,6 @@ import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 from batchgen.errors import CheckpointError
 from batchgen.job.spec import Job
 from batchgen.keys import EMPTY, Keys, contains, keys_of
+from batchgen.records import DoneState
 from batchgen.store.batches import BATCHES_DIR, BatchStore
 from batchgen.store.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
 from batchgen.store.output import ERRORS_SCHEMA
@@ -98,14 +98,6 @@ def run_of(name: str) -> str | None:
 
 
 # --- the directory -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DoneState:
-    """Sorted 64-bit keys (batchgen.keys) of rows done and of rows whose latest outcome failed."""
-
-    done: Keys
-    failed: Keys
 
 
 class OutputDir:

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 
 from batchgen.errors import JobError
-from batchgen.gemini.answers import Answer
 from batchgen.job.response_schema import ResponseSchema, resolve_schema
+from batchgen.records import Answer
 
 RAW_TEXT_LIMIT = 2000
 

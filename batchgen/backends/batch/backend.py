@@ -48,8 +48,9 @@ from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, R
 from batchgen.gemini.batch_client import BatchClient, BatchInfo
 from batchgen.gemini.client import ApiError
 from batchgen.job.spec import ModelSpec
-from batchgen.plan import Plan, Work
+from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
+from batchgen.records import Work
 from batchgen.redact import redact_url
 from batchgen.store.batches import BatchStore, ChunkRecord
 from batchgen.store.outdir import OutputDir

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from batchgen.backends.batch.jsonl import Collected, CollectStats, ResultCollector
 from batchgen.gemini.batch_client import BatchClient, BatchInfo, Sleep
 from batchgen.gemini.client import ApiError
-from batchgen.plan import Work
+from batchgen.records import Work
 from batchgen.store.batches import BatchStore, ChunkRecord
 
 # A batch's ending state -> (the chunk's final state, the failure category of its rows).

@@ -48,8 +48,9 @@ from batchgen.errors import (
     RunStoppedError,
 )
 from batchgen.gemini.client import GeminiClient
-from batchgen.plan import Plan, Work
+from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
+from batchgen.records import Work
 from batchgen.redact import redact_url
 from batchgen.store.outdir import OutputDir
 

@@ -1,6 +1,6 @@
 """One row's calls: attempts under the limits and the budget, retries, and what each call cost.
 
-:class:`RowCaller` turns a rendered request into an :class:`~batchgen.plan.Outcome` (its
+:class:`RowCaller` turns a rendered request into an :class:`~batchgen.records.Outcome` (its
 result rows, or its failure record) and reports each call that returned usage as a
 :class:`Billed` entry as soon as it returns, so the ledger is in the journal even when the row
 goes on retrying, or the run is killed before the row ends.
@@ -19,58 +19,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.limits import ConcurrencyController, RateLimits
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.backends.stopping import TransportWatch
-from batchgen.gemini.answers import Answer, AnswerError, parse_response, structured_value
+from batchgen.gemini.answers import AnswerError, parse_response, structured_value
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.request import standard_body
 from batchgen.job.spec import RetrySpec
-from batchgen.plan import Outcome, Plan, Work
+from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
+from batchgen.records import Answer, Billed, Outcome, Work
 from batchgen.store.output import error_row, result_meta
 
 CAPACITY_STATUS = frozenset({429, 503})  # how Flex says it is short of capacity
-
-
-@dataclass(frozen=True)
-class Billed:
-    """One call that returned usage: a row of the usage ledger (USAGE_SCHEMA)."""
-
-    run_id: str
-    job: str
-    row_id: str
-    attempt: int
-    model: str
-    answer: Answer
-    outcome: str  # "ok", or the answer's failure category
-    at: datetime
-    tier: str = "standard"  # the service tier that served the call
-
-    def to_row(self) -> dict[str, Any]:
-        usage = self.answer.usage
-        return {
-            "run_id": self.run_id,
-            "job": self.job,
-            "row_id": self.row_id,
-            "attempt": self.attempt,
-            "model": self.model,
-            "model_version": self.answer.model_version,
-            "prompt_tokens": usage.prompt,
-            "output_tokens": usage.output,
-            "thinking_tokens": usage.thinking,
-            "cached_tokens": usage.cached,
-            "total_tokens": usage.total,
-            "http_status": 200,
-            "outcome": self.outcome,
-            "finish_reason": self.answer.finish_reason,
-            "at": self.at,
-            "tier": self.tier,
-        }
 
 
 class FlexFallback:
