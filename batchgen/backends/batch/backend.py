@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
 from batchgen.backends.base import Gauges, Sink
 from batchgen.backends.batch.jsonl import (
@@ -250,7 +251,7 @@ class BatchBackend:
 
     async def _fallback(self, sink: Sink) -> None:
         """Ask the rows the batches did not answer online, at the standard tier."""
-        model = dataclasses.replace(self.job.model, tier="standard")
+        model = msgspec.structs.replace(self.job.model, tier="standard")
         plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
         online = OnlineBackend(plan, self.api_key, self.budget, self.run_id, self.stop, self.out)
         self.note(f"asking {len(self.retry)} rows online that the batches did not answer")
