@@ -108,12 +108,12 @@ class LimitsSpec(_Table, frozen=True):
     """[limits]: the quota and how many calls may be in flight.
 
     ``concurrency = "auto"`` (the default): the calls in flight follow the allowed rate times
-    the observed latency (limits.ConcurrencyController), up to ``max_concurrency`` (enough for
+    the observed latency, up to ``max_concurrency`` (enough for
     60 s answers at 2,000 requests a minute). An integer pins it. ``tokens_per_minute`` counts
     input (prompt) tokens, as the API counts its TPM; ``requests_per_day`` is counted per
     Pacific day, when the API resets it; a bigger answer than ``max_response_mb`` (after
-    decompression) fails the call. A Flex job waits ``FLEX_TIMEOUT_SECONDS`` unless it sets
-    ``timeout_seconds``.
+    decompression) fails the call. A Flex job waits 900 s for an answer unless it sets
+    ``timeout_seconds`` (FLEX_TIMEOUT_SECONDS).
     """
 
     requests_per_minute: Positive = 1000
@@ -182,7 +182,9 @@ class OutputSpec(_Table, frozen=True):
     default out/<job file name>), in which shape, how often they are flushed; the journal is
     fsynced at most every ``sync_seconds`` (group commit)."""
 
-    directory: Path = Path("out")
+    directory: Annotated[Path, Meta(description="default: out/<job file name>")] = msgspec.field(
+        default_factory=Path  # not given: _build puts out/<job file name> here
+    )
     explode: bool = False
     flush_rows: Positive = 1000
     flush_seconds: Above0 = 30.0
