@@ -62,31 +62,49 @@ def explain(message: str, raw: Mapping[str, Any], kind: type, label: str = "") -
         name if name else int(index) if index else -1
         for name, index in _STEP.findall(found["at"] or "")
     ]
-    while steps and not isinstance(steps[-1], str):  # carry[1]: speak of carry
-        steps.pop()
-    named = ".".join(str(s) for s in steps)
-    key = f"{label}.{named}" if label and named else label or named
-    field = _type_at(mi.type_info(kind), steps)
-    order = _declared_literals(kind, steps)
+    root = mi.type_info(kind)
     if (unknown := re.match(r"Object contains unknown field `(.*)`$", what)) is not None:
-        allowed = ", ".join(sorted(f.encode_name for f in _struct(field).fields))
+        key = _label(label, steps)
+        allowed = ", ".join(sorted(f.encode_name for f in _struct(_type_at(root, steps)).fields))
         if label:
             return f"unknown key '{key}.{unknown[1]}' (allowed: {allowed})"
-        where = f"[{key}] " if key else ""
-        return f"{where}unknown key {unknown[1]!r} (allowed: {allowed})"
+        return f"{f'[{key}] ' if key else ''}unknown key {unknown[1]!r} (allowed: {allowed})"
     if (missing := re.match(r"Object missing required field `(.*)`$", what)) is not None:
-        need = _type_at(field, [missing[1]])
-        if isinstance(_plain(need), mi.StructType) and not label:
+        key, need = _label(label, steps), _type_at(root, [*steps, missing[1]])
+        if not label and isinstance(_table(need), mi.StructType):
             return f"missing section [{missing[1]}]"
+        if own := _own_words(need):
+            return f"{_label(label, [*steps, missing[1]])} must be {own}"
         return f"{f'[{key}]' if key and not label else key or 'the file'} needs {missing[1]!r}"
-    value = _value_at(raw, steps)
+    while steps and not isinstance(steps[-1], str):  # carry[1]: speak of carry
+        steps.pop()
+    key, field, value = _label(label, steps), _type_at(root, steps), _value_at(raw, steps)
+    if not what.startswith(("Expected `", "Invalid")):
+        return f"{key}: {what}"
+    if own := _own_words(field):
+        return f"{key} must be {own}, not {value!r}"
     if _RANGE.match(what) and (bound := _bound(field)):
         return f"{key} must be {bound}, not {value}"
-    if what.startswith(("Expected `", "Invalid enum value")):
-        if isinstance(_plain(field), mi.StructType | mi.DictType) and not isinstance(value, dict):
-            return f"{key} must be a table ([{key}])"
-        return f"{key} must be {wanted(field, order)}, not {value!r}"
-    return f"{key}: {what}"
+    if isinstance(_table(field), mi.StructType | mi.DictType) and not isinstance(value, dict):
+        return f"{key} must be a table" + ("" if label else f" ([{key}])")
+    return f"{key} must be {wanted(field, _declared_literals(kind, steps))}, not {value!r}"
+
+
+def _label(label: str, steps: list[str | int]) -> str:
+    """``limits.concurrency``, ``models."x".periods[0].input``."""
+    named = "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in steps)
+    return f"{label}{named}" if label else named.removeprefix(".")
+
+
+def _own_words(t: mi.Type) -> str:
+    """A field's own wording (``Meta(extra={"wanted": ...})``), for all its members."""
+    if isinstance(t, mi.Metadata):
+        return str((t.extra or {}).get("wanted", ""))
+    if isinstance(t, mi.UnionType):
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        words = [_own_words(m) for m in members]
+        return " or ".join(words) if all(words) else ""
+    return ""
 
 
 def wanted(t: mi.Type, order: Sequence[Any] = ()) -> str:
@@ -117,25 +135,35 @@ def _bound(t: mi.Type) -> str:
     return ""
 
 
-def _plain(t: mi.Type) -> mi.Type:
-    """``t`` without its metadata, or the one table type in a union with None."""
+def _table(t: mi.Type) -> mi.Type:
+    """``t`` without its metadata; a union of one table type with None is that table type."""
     if isinstance(t, mi.Metadata):
-        return _plain(t.type)
+        return _table(t.type)
     if isinstance(t, mi.UnionType):
-        tables = [m for m in t.types if isinstance(_plain(m), mi.StructType | mi.DictType)]
-        return _plain(tables[0]) if len(tables) == 1 else t
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        return _table(members[0]) if len(members) == 1 else t
     return t
 
 
 def _struct(t: mi.Type) -> mi.StructType:
-    plain = _plain(t)
+    plain = _tables_in(t)
     assert isinstance(plain, mi.StructType), plain  # only a struct reports unknown fields
     return plain
 
 
+def _tables_in(t: mi.Type) -> mi.Type:
+    """The table (or list) type a path steps into: in a union, its one such member."""
+    t = _table(t)
+    if isinstance(t, mi.UnionType):
+        inner = [_table(m) for m in t.types]
+        nested = (mi.StructType, mi.DictType, mi.ListType, mi.VarTupleType)
+        return next((m for m in inner if isinstance(m, nested)), t)
+    return t
+
+
 def _type_at(t: mi.Type, steps: list[str | int]) -> mi.Type:
     for step in steps:
-        plain = _plain(t)
+        plain = _tables_in(t)
         if isinstance(plain, mi.StructType):
             t = next(f.type for f in plain.fields if f.encode_name == step)
         elif isinstance(plain, mi.DictType):
@@ -166,7 +194,11 @@ def _args(hint: Any) -> list[Any]:
 
 def _value_at(raw: Any, steps: list[str | int]) -> Any:
     for step in steps:
-        raw = raw.get(step) if isinstance(raw, Mapping) else None
+        if isinstance(raw, Mapping):
+            raw = raw.get(step)
+        else:
+            listed = isinstance(raw, list) and isinstance(step, int) and step < len(raw)
+            raw = raw[step] if listed else None
     return raw
 
 
