@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from batchgen.cli import main
 from batchgen.errors import JobError
-from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, load_job
+from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, job_from_mapping, load_job
 from tests.conftest import ROOT, write_job
 
 MINIMAL = """
@@ -189,3 +189,11 @@ def test_missing_and_malformed_keys_are_one_line(
     with pytest.raises(JobError) as info:
         load_job(write_job(tmp_path, MINIMAL.replace(old, new)))
     assert "\n" not in str(info.value) and message in str(info.value)
+
+
+def test_the_python_api_dict_uses_the_same_declaration(tmp_path: Path) -> None:
+    raw = tomllib.loads(MINIMAL) | {"limits": {"concurrency": 3, "tokens_per_minute": None}}
+    job = job_from_mapping(raw, "generate()", tmp_path)
+    assert job.limits.concurrency == job.limits.pinned == 3 and job.limits.tokens_per_minute is None
+    with pytest.raises(JobError, match=r"^generate\(\): \[limits\] unknown key 'burst'"):
+        job_from_mapping(raw | {"limits": {"burst": 3}}, "generate()", tmp_path)

@@ -291,7 +291,7 @@ def _build(
     raw: dict[str, Any], path: Path, base: Path | None = None, tier: str | None = None
 ) -> Job:
     """The job; ``tier`` (``--tier``) replaces the job's own before the tier's defaults apply."""
-    raw = {k: v for k, v in raw.items() if v is not None}  # the Python API's None: not given
+    raw = _given(raw)
     file = convert(raw, JobFile, str(path))
     base = path.parent if base is None else base
     schema = _schema(file, base, path)
@@ -329,6 +329,20 @@ def _build(
         schema_dialect=schema.dialect,
         schema_source=schema.source,
     )
+
+
+_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch")
+
+
+def _given(raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys given: the Python API's None means "not given" (TOML has no null)."""
+    return {
+        k: {n: v for n, v in value.items() if v is not None}
+        if k in _TABLES and isinstance(value, dict)
+        else value
+        for k, value in raw.items()
+        if value is not None
+    }
 
 
 def job_file_schema() -> dict[str, Any]:
