@@ -24,12 +24,10 @@ answer's ``usageMetadata.serviceTier`` (docs/gemini-api.md §11); a Flex job's r
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
@@ -38,16 +36,26 @@ import aiohttp
 
 from batchgen.errors import FatalApiError, QuotaExhaustedError
 from batchgen.gemini.answers import EXCERPT_CHARS, MALFORMED, AnswerError
+from batchgen.gemini.transport import (
+    ApiError,
+    _details,
+    _envelope,
+    _not_gemini,
+    _one_line,
+    _quota_id,
+    _retry_after,
+    _retry_delay,
+)
 from batchgen.job.spec import LimitsSpec, ModelSpec, RetrySpec
 from batchgen.redact import redact_url, url_host
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+__all__ = ["ApiError", "GeminiClient", "Reply", "served_tier"]  # ApiError lives in transport
+
 ERROR_BODY_BYTES = 64 * 1024  # the start of an error body holds its message; the rest is waste
 READ_CHUNK = 64 * 1024
 MIN_SCRUBBED_KEY = 8  # real keys are 39 characters; "k" in a test must not eat every "k"
 DEFAULT_MAX_RESPONSE_BYTES = LimitsSpec().max_response_bytes
 DEFAULT_MAX_SERVER_DELAY = RetrySpec().max_server_delay_seconds
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)s\s*$")
 TIER_HEADER = "x-gemini-service-tier"
 _TIER_WORD = re.compile(r"^[A-Za-z_]{1,40}$")
 
@@ -60,31 +68,6 @@ class Reply:
     payload: Any
     latency_ms: float
     tier: str | None = None
-
-
-class ApiError(Exception):
-    """One call failed; the row may be retried when ``retryable``."""
-
-    def __init__(
-        self,
-        category: str,
-        message: str,
-        status: int | None = None,
-        retry_delay: float | None = None,
-        quota: str | None = None,
-        asked_delay: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.category = category
-        self.message = message
-        self.status = status
-        self.retry_delay = retry_delay  # what to wait: the server's delay, capped
-        self.quota = quota  # the QuotaFailure quotaId of a 429, when the server names it
-        self.asked_delay = asked_delay  # the server's own delay, set only when it was capped
-
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status in RETRYABLE_STATUS
 
 
 class GeminiClient:
@@ -290,72 +273,3 @@ def _decode(raw: bytearray) -> Any:
 
 def _excerpt_text(raw: bytes | bytearray) -> str:
     return bytes(raw[: EXCERPT_CHARS * 4]).decode(errors="replace")[:EXCERPT_CHARS]
-
-
-_TAG = re.compile(r"<[^>]*>")
-MESSAGE_CHARS = 160
-
-
-def _one_line(text: object) -> str:
-    """A server's message as one line of at most MESSAGE_CHARS (HTML tags dropped)."""
-    if not text:
-        return ""
-    line = " ".join(_TAG.sub(" ", str(text)).split())
-    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
-
-
-def _not_gemini(raw: bytes | bytearray) -> str:
-    """What to say of an error body that is not Gemini's error envelope (a proxy's HTML page)."""
-    text = _one_line(bytes(raw[:4096]).decode(errors="replace"))
-    return f"{text or 'an empty body'} (not a Gemini error: is model.base_url the API?)"
-
-
-def _envelope(raw: bytes | bytearray) -> Mapping[str, Any]:
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    if isinstance(payload, list) and payload:  # the non-SSE streaming shape wraps errors
-        payload = payload[0]
-    error = payload.get("error") if isinstance(payload, dict) else None
-    return error if isinstance(error, dict) else {}
-
-
-def _details(error: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    details = error.get("details")
-    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-
-
-def _quota_id(error: Mapping[str, Any]) -> str | None:
-    """The quotaId of the first QuotaFailure violation, if any (per minute, per day, tokens...)."""
-    for detail in _details(error):
-        if str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
-            for violation in detail.get("violations") or []:
-                if isinstance(violation, dict) and violation.get("quotaId"):
-                    return str(violation["quotaId"])
-    return None
-
-
-def _retry_after(header: str | None) -> float | None:
-    """A Retry-After header: seconds, or an HTTP date."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _retry_delay(error: Mapping[str, Any]) -> float | None:
-    """The RetryInfo delay (a protobuf Duration such as "26s" or "45.8s"), in seconds."""
-    for detail in _details(error):
-        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            match = _DURATION.match(str(detail.get("retryDelay", "")))
-            if match:
-                return float(match.group(1))
-    return None
