@@ -29,8 +29,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import aiohttp
-
 from batchgen.backends.base import Gauges, Sink
 from batchgen.backends.batch.jsonl import (
     BATCH_TIER,
@@ -47,6 +45,7 @@ from batchgen.backends.stopping import StopControl
 from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
 from batchgen.gemini.batch_client import BatchClient, BatchInfo
 from batchgen.gemini.client import ApiError
+from batchgen.gemini.connect import client_for
 from batchgen.job.spec import ModelSpec
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
@@ -102,12 +101,7 @@ class BatchBackend:
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Submit, wait for and collect every row of ``works``; stop waiting when told to."""
-        async with aiohttp.ClientSession() as session:
-            client = BatchClient(
-                session, self.job.model, self.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
+        async with client_for(self.job, self.api_key, BatchClient) as client:
             try:
                 await self._run(client, works, sink)
             except ApiError as exc:
@@ -318,8 +312,7 @@ async def cancel_output(output: Path, model: ModelSpec, api_key: str) -> list[Ch
     if not store.path.exists():
         raise CheckpointError(f"{store.path}: no such file: {output} has no batches to cancel")
     cancelled: list[ChunkRecord] = []
-    async with aiohttp.ClientSession() as session:
-        client = BatchClient(session, model, api_key, CANCEL_TIMEOUT)
+    async with client_for(model, api_key, BatchClient, timeout=CANCEL_TIMEOUT) as client:
         for chunk in store.open_chunks():
             if chunk.state != "submitted" or chunk.batch_name is None:
                 continue

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import TypeVar
 
-import aiohttp
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -48,6 +47,7 @@ from batchgen.errors import (
     RunStoppedError,
 )
 from batchgen.gemini.client import GeminiClient
+from batchgen.gemini.connect import client_for
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
 from batchgen.records import Work
@@ -98,13 +98,8 @@ class OnlineBackend:
         )
         day = DailyQuota(per_day, used)
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch)
-        connector = aiohttp.TCPConnector(limit=connection_limit(self.job.limits))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            client = GeminiClient(
-                session, self.job.model, self.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
+        limit = connection_limit(self.job.limits)
+        async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
             caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))
