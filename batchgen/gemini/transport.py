@@ -113,8 +113,8 @@ class Transport:
         max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.session = session
-        self.model = model
+        self._session = session
+        self._model = model
         self._key = api_key
         # A body that repeats the key (an echo server, a debugging proxy) has it replaced before
         # anything reads it. A key too short to be a real one would match ordinary text instead.
@@ -122,8 +122,8 @@ class Transport:
         self._headers = {
             "x-goog-api-key": api_key, "Content-Type": "application/json", **(headers or {})
         }  # fmt: skip
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.max_bytes = max_response_bytes
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_bytes = max_response_bytes
         self._max_delay = max_server_delay
         self.host = url_host(model.base_url)
 
@@ -144,8 +144,8 @@ class Transport:
         # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
         payload = io.BytesIO(data) if data is not None and len(data) > READ_CHUNK else data
         with self.errors():
-            async with self.session.request(
-                method, url, data=payload, headers=sent, timeout=self.timeout,
+            async with self._session.request(
+                method, url, data=payload, headers=sent, timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:  # fmt: skip
                 if resp.status != 200:
@@ -160,8 +160,8 @@ class Transport:
         :meth:`request`'s, those while reading included. ``during`` names the call in a
         timeout's message."""
         with self.errors(during):
-            async with self.session.get(
-                url, headers=self._headers, timeout=self.timeout, allow_redirects=False
+            async with self._session.get(
+                url, headers=self._headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 if resp.status != 200:
                     raise await self.failure(resp, named=named)
@@ -177,7 +177,7 @@ class Transport:
             if during is not None:
                 raise ApiError("timeout", f"{during} from {self.host} timed out") from None
             raise ApiError(
-                "timeout", f"no answer from {self.host} within {self.timeout.total:g} s"
+                "timeout", f"no answer from {self.host} within {self._timeout.total:g} s"
             ) from None
         except aiohttp.ClientError as exc:
             text = self.scrub(f"{type(exc).__name__}: {exc}")
@@ -197,7 +197,7 @@ class Transport:
     ) -> Exception:
         """The error of an HTTP status that is neither a 200 nor a redirect, from its body."""
         error = _envelope(raw)
-        model = self.model
+        model = self._model
         message = self.scrub(_one_line(error.get("message")) or _not_gemini(raw))
         where = f"{redact_url(model.base_url)} (model {model.name})"
         reasons = {d.get("reason") for d in _details(error)}
@@ -236,7 +236,7 @@ class Transport:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytearray:
         """The body, decompressed, as a stream under its cap (a 200's or an error's)."""
-        cap = self.max_bytes if resp.status == 200 else ERROR_BODY_BYTES
+        cap = self._max_bytes if resp.status == 200 else ERROR_BODY_BYTES
         encoding = resp.headers.get("Content-Encoding", "identity").lower()
         length = resp.content_length
         if encoding == "identity" and length is not None and length <= cap:
