@@ -184,8 +184,8 @@ def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyControll
         limits.per_second,
         cap=spec.max_concurrency,
         pinned=pinned,
-        clock=limits._clock,
-        sleep=limits._sleep,
+        clock=limits.clock,
+        sleep=limits.sleep,
     )
 
 

@@ -169,6 +169,16 @@ class RateLimits:
         self._primed = False
         self.rejections = 0
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The run's clock, which the concurrency controller shares."""
+        return self._clock
+
+    @property
+    def sleep(self) -> Sleep:
+        """The run's sleep, which the concurrency controller shares."""
+        return self._sleep
+
     def estimate(self, estimated_tokens: int) -> int:
         """The raw estimate corrected by what answers have shown so far."""
         return max(1, round(estimated_tokens * self._ratio))
