@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import InputError
-from batchgen.input import reader as inputs
+from batchgen.input import csv as inputs
 from batchgen.input.reader import InputReader
 from batchgen.job.spec import InputSpec
 from batchgen.keys import keys_of

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.errors import InputError
-from batchgen.input import reader as inputs
+from batchgen.input import csv as inputs
 from batchgen.input.locate import describe_invalid, first_invalid
 from batchgen.input.reader import InputReader
 from batchgen.job.spec import InputSpec
