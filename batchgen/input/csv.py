@@ -1,18 +1,23 @@
-"""Reading CSV: string columns in blocks that grow for a long row; a parse error names its row."""
+"""CSV input: every column read as strings (an empty cell is null), in blocks that grow for a
+long row; a parse error is named by its row and line.
+
+CSV has no types, and a type guessed from the first block can fail thousands of rows later, in
+the middle of a night run: so strings. Quoted values may hold newlines.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from batchgen.errors import InputError
-from batchgen.input.locate import RowTooLongError, find_csv_row
-from batchgen.input.source import one_line as _line
+from batchgen.input.locate import READ_ERRORS, RowTooLongError, find_csv_row
+from batchgen.input.source import Batches, one_line, valid
 
 CSV_BLOCK_BYTES = 1 << 20
 # A CSV row may be as long as this: above any request the API takes (20 MB), so no real prompt is
@@ -28,38 +33,61 @@ _NOT_CSV = {
     b"\xfe\xff": "is UTF-16 text; re-encode the file as UTF-8",
 }
 
+# What to do about a value that is not valid text.
+FIX_TEXT = "re-encode the file as UTF-8"
 
-class CsvReading:
-    """InputReader's CSV methods."""
 
-    path: Path
-    available: list[str]
-    csv_block: int
-    _valid: Callable[..., pa.RecordBatch]
+class CsvSource:
+    """A CSV file with a header row (a :class:`~.source.Source`).
 
-    def _csv_batches(self, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    Records come in blocks of :data:`CSV_BLOCK_BYTES`, not a number of rows, so ``batch_rows``
+    is not used.
+    """
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self.path = path
+        self.block = CSV_BLOCK_BYTES  # grows when a row is longer (and stays grown)
+        self._header: list[str] | None = None
+
+    def check_head(self, head: bytes) -> None:
+        for magic, what in _NOT_CSV.items():
+            if head.startswith(magic):
+                raise InputError(f"{self.path}: {what}")
+
+    def column_names(self) -> list[str]:
+        if self._header is None:
+            try:
+                self._header = _header(self.path)
+            except READ_ERRORS as exc:
+                raise InputError(f"{self.path}: cannot read csv: {one_line(exc)}") from None
+        return self._header
+
+    def schema(self, columns: list[str]) -> pa.Schema:
+        return pa.schema([pa.field(c, pa.string()) for c in columns])
+
+    def batches(self, columns: list[str]) -> Batches:
         """Batches of string columns; a row longer than the block grows the block and restarts,
         skipping the rows already given."""
         done = 0
         while True:
             try:
-                for batch in self._csv_pass(columns, skip=done):
+                for batch in self._pass(columns, skip=done):
                     yield done, batch
                     done += batch.num_rows
                 return
             except pa.ArrowInvalid as exc:
                 if "straddling" not in str(exc):
-                    raise self._csv_error(exc, done) from None
-                if self.csv_block >= CSV_MAX_ROW_BYTES:
+                    raise self._error(exc, done) from None
+                if self.block >= CSV_MAX_ROW_BYTES:
                     raise self._too_long(done) from None
-                self.csv_block = min(2 * self.csv_block, CSV_MAX_ROW_BYTES)
+                self.block = min(2 * self.block, CSV_MAX_ROW_BYTES)
 
-    def _csv_pass(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
+    def _pass(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
         # Read as bytes, then viewed as text only once checked: an undecodable byte is then
         # named by row and column, not reported as "invalid UTF8" for a whole block.
         reader = pacsv.open_csv(
             self.path,
-            read_options=pacsv.ReadOptions(block_size=self.csv_block),
+            read_options=pacsv.ReadOptions(block_size=self.block),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 include_columns=columns,
@@ -79,20 +107,21 @@ class CsvReading:
                 text = pa.RecordBatch.from_arrays(
                     [c.view(pa.string()) for c in batch.columns], names=batch.schema.names
                 )
-                yield self._valid(text, max(start, skip))
+                yield valid(text, max(start, skip), self.path, FIX_TEXT)
         finally:
             reader.close()
 
-    def _csv_error(self, exc: pa.ArrowInvalid, done: int) -> InputError:
+    def _error(self, exc: pa.ArrowInvalid, done: int) -> InputError:
         """A parse error names no row: find it with Python's csv from the last good row on."""
         found = None
         if "Expected" in str(exc):
+            width = len(self.column_names())
             try:
-                found = find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
+                found = find_csv_row(self.path, done, width, CSV_MAX_ROW_BYTES)
             except RowTooLongError as long:  # a quote never closed, up to the end of the file
                 return self._too_long_at(f"row {long.position + 1:,} (from line {long.line:,})")
         if found is None:
-            return InputError(f"{self.path}: after row {done:,}: cannot read csv: {_line(exc)}")
+            return InputError(f"{self.path}: after row {done:,}: cannot read csv: {one_line(exc)}")
         row, why = found
         return InputError(
             f"{self.path}: row {row.position + 1:,} (line {row.line:,}): {why}; check the "
@@ -102,7 +131,7 @@ class CsvReading:
     def _too_long(self, done: int) -> InputError:
         where = f"after row {done:,}"
         try:
-            find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
+            find_csv_row(self.path, done, len(self.column_names()), CSV_MAX_ROW_BYTES)
         except RowTooLongError as long:
             where = f"row {long.position + 1:,} (from line {long.line:,})"
         return self._too_long_at(where)
@@ -114,7 +143,7 @@ class CsvReading:
         )
 
 
-def csv_header(path: Path) -> list[str]:
+def _header(path: Path) -> list[str]:
     """The header as Python's csv reads it, in pyarrow's dialect (BOM dropped, blank lines
     skipped, quoted newlines kept)."""
     with path.open("rb") as raw:

@@ -1,8 +1,8 @@
-"""Reading Parquet: row group by row group, each damaged group named by its rows and column."""
+"""Parquet input: column types as written; read row group by row group, so that a damaged page
+is named by its row group, rows and column."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,29 +10,36 @@ import pyarrow.parquet as pq
 
 from batchgen.errors import InputError
 from batchgen.input.locate import READ_ERRORS, bad_parquet_column
-from batchgen.input.source import one_line as _line
+from batchgen.input.source import Batches, one_line, valid
+
+# What to do about a value that is not valid text.
+FIX_TEXT = "the column holds bytes that are not text: write it as UTF-8 (or as binary)"
 
 
-class ParquetReading:
-    """InputReader's Parquet methods."""
+class ParquetSource:
+    """A Parquet file, read ``batch_rows`` rows at a time (a :class:`~.source.Source`)."""
 
-    path: Path
-    batch_rows: int
-    _valid: Callable[..., pa.RecordBatch]
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self.path = path
+        self.batch_rows = batch_rows
 
-    def _parquet(self) -> pq.ParquetFile:
-        try:
-            # Pages written with checksums are verified: a flipped bit is an error, not a value.
-            return pq.ParquetFile(self.path, page_checksum_verification=True)
-        except READ_ERRORS as exc:  # it starts as Parquet does (checked): the end is missing
+    def check_head(self, head: bytes) -> None:
+        if head != b"PAR1":
             raise InputError(
-                f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "
-                f"({_line(exc)}); re-create or re-download it"
-            ) from None
+                f"{self.path}: not a Parquet file (it does not start with PAR1); "
+                'if it is CSV, name it .csv or set input.format = "csv"'
+            )
 
-    def _parquet_batches(self, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    def column_names(self) -> list[str]:
+        return list(self._open().schema_arrow.names)
+
+    def schema(self, columns: list[str]) -> pa.Schema:
+        full = self._open().schema_arrow
+        return pa.schema([full.field(c) for c in columns])
+
+    def batches(self, columns: list[str]) -> Batches:
         """Row group by row group, so that a damaged page is named by its row group."""
-        parquet = self._parquet()
+        parquet = self._open()
         groups = parquet.num_row_groups
         position = 0
         for group in range(groups):
@@ -42,12 +49,24 @@ class ParquetReading:
                     self.batch_rows, row_groups=[group], columns=columns
                 ):
                     if batch.num_rows:
-                        yield position, self._valid(batch, position, where)
+                        yield position, valid(batch, position, self.path, FIX_TEXT, where)
                         position += batch.num_rows
             except InputError:
                 raise
             except READ_ERRORS as exc:
                 raise self._bad_group(parquet, group, columns, exc) from None
+
+    def _open(self) -> pq.ParquetFile:
+        # Opened afresh for each pass, as the file is now (the reader checks that it did not
+        # change).
+        try:
+            # Pages written with checksums are verified: a flipped bit is an error, not a value.
+            return pq.ParquetFile(self.path, page_checksum_verification=True)
+        except READ_ERRORS as exc:  # it starts as Parquet does (checked): the end is missing
+            raise InputError(
+                f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "
+                f"({one_line(exc)}); re-create or re-download it"
+            ) from None
 
     def _bad_group(
         self, parquet: pq.ParquetFile, group: int, columns: list[str], exc: BaseException
@@ -59,5 +78,5 @@ class ParquetReading:
         where = f", column {column!r}" if column else ""
         return InputError(
             f"{self.path}: row group {group + 1} of {meta.num_row_groups} (rows {first + 1:,} "
-            f"to {last:,}){where}: damaged ({_line(exc)}); re-create or re-download the file"
+            f"to {last:,}){where}: damaged ({one_line(exc)}); re-create or re-download the file"
         )

@@ -1,15 +1,13 @@
-"""Stream input rows from CSV or Parquet as record batches, reading only the columns a job uses.
+"""Stream input rows as record batches, reading only the columns a job uses.
 
 Memory stays flat: one record batch (about a megabyte of CSV, or ``batch_rows`` Parquet rows) is
-held at a time. CSV columns are read as strings (an empty cell is null): CSV has no types, and a
-type guessed from the first block can fail thousands of rows later, in the middle of a night run.
+held at a time. Each format is one :class:`~batchgen.input.source.Source` (:data:`FORMATS`):
+:mod:`batchgen.input.csv` reads every column as strings, :mod:`batchgen.input.parquet` as typed.
 
 One reader configuration serves ``validate``, the pre-scan and the run (every read goes through
-``InputReader._arrow_batches``): quoted values may hold newlines; every string is checked to be
-UTF-8 before it is used; a CSV row longer than the block grows the block (up to
-:data:`CSV_MAX_ROW_BYTES`); and any error of pyarrow or the OS becomes an :class:`InputError`
-naming the file, and the row, column and row group wherever they can be found
-(:mod:`batchgen.input.locate`).
+``InputReader._arrow_batches``): every string is checked to be UTF-8 before it is used; and any
+error of pyarrow or the OS becomes an :class:`InputError` naming the file, and the row, column
+and row group wherever they can be found (:mod:`batchgen.input.locate`).
 """
 
 from __future__ import annotations
@@ -24,24 +22,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchgen.errors import InputError
-from batchgen.input import csv as csv_format
-from batchgen.input.csv import _NOT_CSV, CsvReading, csv_header
-from batchgen.input.locate import (
-    READ_ERRORS,
-    describe_invalid,
-    first_invalid,
-    first_unconvertible,
-)
-from batchgen.input.parquet import ParquetReading
-from batchgen.input.source import one_line as _line
+from batchgen.input.csv import CsvSource
+from batchgen.input.locate import READ_ERRORS, first_unconvertible
+from batchgen.input.parquet import ParquetSource
+from batchgen.input.source import Opener, Source, one_line
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
 
-# What to do about a value that is not valid text, by format.
-_FIX_TEXT = {
-    "csv": "re-encode the file as UTF-8",
-    "parquet": "the column holds bytes that are not text: write it as UTF-8 (or as binary)",
+# input.format -> the class that reads it: a new format is one module and one line here.
+FORMATS: dict[str, Opener] = {
+    "csv": CsvSource,
+    "parquet": ParquetSource,
 }
 
 
@@ -67,7 +59,7 @@ class _Stamp:
         return cls(stat.st_size, stat.st_mtime_ns)
 
 
-class InputReader(CsvReading, ParquetReading):
+class InputReader:
     """Reads the columns a job needs from one input file.
 
     Args:
@@ -79,10 +71,9 @@ class InputReader(CsvReading, ParquetReading):
     def __init__(self, spec: InputSpec, needs: Mapping[str, str], batch_rows: int = 4096) -> None:
         self.spec = spec
         self.path = spec.path
-        self.batch_rows = batch_rows
-        self.csv_block = csv_format.CSV_BLOCK_BYTES  # grows when a row is longer (and stays grown)
         self.stamp: _Stamp | None = None  # taken by the first pass over the file
-        self.available = self._column_names()
+        self.source = _open(spec, batch_rows)
+        self.available = self.source.column_names()
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
@@ -92,15 +83,6 @@ class InputReader(CsvReading, ParquetReading):
             )
         self._check_unique(needs)
         self.columns = [c for c in self.available if c in needs]
-
-    def _column_names(self) -> list[str]:
-        _check_file(self.path, self.spec.format)
-        if self.spec.format == "parquet":
-            return list(self._parquet().schema_arrow.names)
-        try:
-            return csv_header(self.path)
-        except READ_ERRORS as exc:
-            raise InputError(f"{self.path}: cannot read csv: {_line(exc)}") from None
 
     def _near(self, name: str) -> str:
         """A header name that differs only by spaces or case (invisible in the list above)."""
@@ -121,10 +103,7 @@ class InputReader(CsvReading, ParquetReading):
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the columns read (CSV: all strings)."""
-        if self.spec.format == "parquet":
-            full = self._parquet().schema_arrow
-            return pa.schema([full.field(c) for c in self.columns])
-        return pa.schema([pa.field(c, pa.string()) for c in self.columns])
+        return self.source.schema(self.columns)
 
     # --- the pre-scan ---------------------------------------------------------------------
 
@@ -222,7 +201,7 @@ class InputReader(CsvReading, ParquetReading):
             except READ_ERRORS as exc:
                 end = position + batch.num_rows
                 raise InputError(
-                    f"{self.path}: rows {position + 1:,} to {end:,}: cannot read: {_line(exc)}"
+                    f"{self.path}: rows {position + 1:,} to {end:,}: cannot read: {one_line(exc)}"
                 ) from None
             yield [self._row(position + i, values) for i, values in enumerate(rows)]
 
@@ -248,18 +227,16 @@ class InputReader(CsvReading, ParquetReading):
         columns = (self.columns or self.available[:1]) if columns is None else columns
         if self.stamp is None:
             self.stamp = _Stamp.of(self.path)
-        if self.spec.format == "parquet":
-            source = self._parquet_batches(columns)
-        else:
-            source = self._csv_batches(columns)
         try:
-            for position, batch in source:
+            for position, batch in self.source.batches(columns):
                 self._check_unchanged()
                 yield position, batch
         except InputError:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
-            raise InputError(f"{self.path}: cannot read {self.spec.format}: {_line(exc)}") from None
+            raise InputError(
+                f"{self.path}: cannot read {self.spec.format}: {one_line(exc)}"
+            ) from None
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
@@ -277,28 +254,16 @@ class InputReader(CsvReading, ParquetReading):
             "saved; rerun to continue"
         )
 
-    def _valid(self, batch: pa.RecordBatch, position: int, where: str = "") -> pa.RecordBatch:
-        """The batch, once every value in it is valid (strings UTF-8); else the first bad one."""
-        try:
-            batch.validate(full=True)
-            return batch
-        except pa.ArrowInvalid:
-            pass
-        for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            index = first_invalid(column)
-            if index is not None:
-                what = describe_invalid(column, index)
-                raise InputError(
-                    f"{self.path}: row {position + index + 1:,}{where}, column {name!r}: {what}; "
-                    + _FIX_TEXT[self.spec.format]
-                )
-        return batch  # pragma: no cover - the batch failed, so one of its columns does
 
-    # --- Parquet --------------------------------------------------------------------------
+def _open(spec: InputSpec, batch_rows: int) -> Source:
+    """The file's source, once the file is there, readable, not empty and not another format."""
+    source = FORMATS[spec.format](spec.path, batch_rows)
+    source.check_head(_head(spec.path))
+    return source
 
 
-def _check_file(path: Path, fmt: str) -> None:
-    """Not there, a folder, a device, empty, or another format under this name."""
+def _head(path: Path) -> bytes:
+    """The first bytes of a file that is not missing, a folder, a device, or empty."""
     if path.is_dir():
         raise InputError(f"{path}: is a directory; set input.path (or input=, --input) to a file")
     if not path.exists():
@@ -312,12 +277,4 @@ def _check_file(path: Path, fmt: str) -> None:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     if not head:
         raise InputError(f"{path}: empty file (no header row)")
-    if fmt == "csv":
-        for magic, what in _NOT_CSV.items():
-            if head.startswith(magic):
-                raise InputError(f"{path}: {what}")
-    elif head != b"PAR1":
-        raise InputError(
-            f"{path}: not a Parquet file (it does not start with PAR1); "
-            'if it is CSV, name it .csv or set input.format = "csv"'
-        )
+    return head
