@@ -14,7 +14,9 @@ from typing import Any
 import pyarrow.compute as pc
 
 from batchgen.errors import CheckpointError
-from batchgen.store.outdir import JOB_FILE, LOCK_FILE, RESULTS_DIR, OutputDir, read_job_record
+from batchgen.store.jobfile import read_job_record
+from batchgen.store.layout import JOB_FILE, LOCK_FILE, RESULTS_DIR
+from batchgen.store.outdir import OutputDir
 
 TOKEN_COLUMNS = (
     "prompt_tokens",

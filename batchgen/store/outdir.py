@@ -1,17 +1,4 @@
-"""The output directory: its layout, what produced it, what is done, and how rows get there.
-
-::
-
-    OUTPUT/
-      .lock          the running writer's pid, host and process start (one writer per output)
-      job.json       the format version and the fingerprint of the job that produced the output
-      runs.jsonl     one record when each run starts and one when it ends
-      journal/       write-ahead segments: every outcome as it arrives (batchgen.store.journal)
-      results/       part-<run>-<seq>.parquet: one row per answer (per item when exploded)
-      errors/        part-<run>-<seq>.parquet: the latest failure of each row still failed
-      usage/         part-<run>-<seq>.parquet: one row per API call that returned usage (ledger)
-      batches/       tier "batch": every chunk and batch job, and their files
-      (batchgen.store.batches)
+"""The output directory: what is done, and how rows get there (the layout: batchgen.store.layout).
 
 Every outcome is in the journal before it is anywhere else; parts are compacted from closed
 segments (``part-<segment>.parquet``, written whole under a temporary name, then the segment is
@@ -26,11 +13,7 @@ in results; failed when it is in errors and not done; its failure is its latest 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,28 +28,23 @@ from batchgen.job.spec import Job
 from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.records import DoneState
 from batchgen.store.batches import BATCHES_DIR, BatchStore
+from batchgen.store.jobfile import check_fingerprint
 from batchgen.store.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
+from batchgen.store.layout import (
+    ERRORS_DIR,
+    JOB_FILE,
+    JOURNAL_DIR,
+    KINDS,
+    RESULTS_DIR,
+    RUNS_FILE,
+    part_files,
+    run_of,
+)
+from batchgen.store.lock import output_lock
 from batchgen.store.output import ERRORS_SCHEMA
-
-LOCK_FILE = ".lock"
-JOB_FILE = "job.json"
-RUNS_FILE = "runs.jsonl"
-RESULTS_DIR = "results"
-ERRORS_DIR = "errors"
-USAGE_DIR = "usage"
-JOURNAL_DIR = "journal"
-KINDS = (RESULTS_DIR, ERRORS_DIR, USAGE_DIR)
-FORMAT = 2  # of job.json and the layout; 1: before the journal (no "format" key)
-_PART_RUN = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})")
-
+from batchgen.store.runs import append_run_record, read_run_records
 
 # --- parts ---------------------------------------------------------------------------------
-
-
-def part_files(directory: Path, kind: str = RESULTS_DIR) -> list[Path]:
-    """The whole part files of one kind, oldest run first."""
-    folder = directory / kind
-    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
 def write_part(folder: Path, name: str, table: pa.Table) -> Path:
@@ -89,12 +67,6 @@ def write_part(folder: Path, name: str, table: pa.Table) -> Path:
             "free space or fix permissions, then rerun"
         ) from None
     return final
-
-
-def run_of(name: str) -> str | None:
-    """The run id in a part or segment file name."""
-    match = _PART_RUN.match(name if name.startswith("part-") else f"part-{name}")
-    return match.group(1) if match else None
 
 
 # --- the directory -------------------------------------------------------------------------
@@ -335,192 +307,3 @@ def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
         return table
     present = [c for c in columns if c in table.column_names]
     return table.select(present)
-
-
-# --- one writer per output -----------------------------------------------------------------
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return started is None or _process_start(pid) in (None, started)
-
-
-@contextlib.contextmanager
-def output_lock(directory: Path) -> Iterator[None]:
-    """Hold ``directory/.lock`` for the block; a lock left by a dead process is taken over."""
-    lock = directory / LOCK_FILE
-    host = socket.gethostname()
-    me = {"pid": os.getpid(), "host": host, "started": _process_start(os.getpid())}
-    tmp = directory / f".lock.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(me))
-    except OSError as exc:
-        raise CheckpointError(
-            f"{directory}: cannot write here ({exc.strerror}); fix the permissions or choose "
-            "another output directory"
-        ) from None
-    try:
-        for _ in range(3):
-            try:
-                os.link(tmp, lock)  # atomic: the lock is whole or absent, never half written
-                break
-            except FileExistsError:
-                _take_over_if_stale(lock, host)
-        else:
-            raise CheckpointError(f"{lock}: could not take the lock; retry")
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _take_over_if_stale(lock: Path, host: str) -> None:
-    try:
-        holder = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return  # released meanwhile: try again
-    except (OSError, ValueError):
-        holder = {}
-    pid, where = holder.get("pid"), holder.get("host")
-    if isinstance(pid, int) and where == host and not _alive(pid, holder.get("started")):
-        lock.unlink(missing_ok=True)  # its process is gone
-        return
-    if not isinstance(pid, int):
-        raise CheckpointError(f"{lock}: unreadable lock file; if no run is using it, delete it")
-    raise CheckpointError(
-        f"{lock.parent}: another run (pid {pid} on {where}) is writing this output; "
-        "wait for it, or delete the lock file if that run is gone"
-    )
-
-
-# --- what produced the output --------------------------------------------------------------
-
-
-def fingerprint_parts(job: Job) -> dict[str, Any]:
-    """What decides the answers and the output's columns; base_url and limits do not."""
-    return {
-        "model": job.model.name,
-        "response_schema": job.response_schema,
-        # only when not Gemini's, so that fingerprints of existing outputs stay as they were
-        **({"schema_dialect": job.schema_dialect} if job.schema_dialect != "gemini" else {}),
-        "prompt.user": job.prompt.user,
-        "prompt.system": job.prompt.system,
-        "generation": job.generation,
-        "output.explode": job.output.explode,
-        "input.carry": list(job.input.carry),
-        "input.id_column": job.input.id_column,
-    }
-
-
-def fingerprint(parts: Mapping[str, Any]) -> str:
-    """A short hash of the fingerprint parts."""
-    canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def read_job_record(directory: Path) -> dict[str, Any]:
-    """job.json, upgraded to the current format; CheckpointError when unreadable or newer."""
-    path = directory / JOB_FILE
-    try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
-            raise ValueError("no parts")
-    except (OSError, ValueError):
-        raise CheckpointError(
-            f"{path}: unreadable; move the output aside or use fresh=True (--fresh)"
-        ) from None
-    version = record.get("format", 1)
-    if not isinstance(version, int) or version > FORMAT:
-        raise CheckpointError(
-            f"{path}: written by a newer batchgen (output format {version}; this one reads up "
-            f"to {FORMAT}); upgrade batchgen or use another output directory"
-        )
-    if version == 1:
-        record = _upgrade_1_to_2(record)
-    return record
-
-
-def _upgrade_1_to_2(record: dict[str, Any]) -> dict[str, Any]:
-    """Format 1 had no journal and no format key; its parts read as they are."""
-    upgraded: dict[str, Any] = {**record, "format": 2}
-    return upgraded
-
-
-def check_fingerprint(job: Job, directory: Path, version: str) -> str:
-    """Record the job's fingerprint in a new output; refuse an output made by another job."""
-    parts = fingerprint_parts(job)
-    path = directory / JOB_FILE
-    if path.exists():
-        record = read_job_record(directory)
-        recorded = record["parts"]
-        changed = [k for k in parts if recorded.get(k) != parts[k]]
-        if changed:
-            raise CheckpointError(
-                f"{directory}: written by a different job ({', '.join(changed)} changed); "
-                "rerun with --fresh (fresh=True) to start over, or choose another output"
-            )
-        if record.get("format") != json.loads(path.read_text(encoding="utf-8")).get("format"):
-            _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        return fingerprint(parts)
-    if any(part_files(directory, kind) for kind in KINDS):
-        raise CheckpointError(
-            f"{directory}: has results but no {JOB_FILE}; choose another output or use --fresh"
-        )
-    record = {"format": FORMAT, "fingerprint": fingerprint(parts), "job": job.name,
-              "parts": parts, "batchgen_version": version}  # fmt: skip
-    _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    return fingerprint(parts)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# --- run records ---------------------------------------------------------------------------
-
-
-def append_run_record(directory: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line to runs.jsonl (fsynced)."""
-    try:
-        with (directory / RUNS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise CheckpointError(
-            f"{directory / RUNS_FILE}: cannot write ({exc.strerror}); free space or fix "
-            "permissions, then rerun: the answers are saved"
-        ) from None
-
-
-def read_run_records(directory: Path) -> list[dict[str, Any]]:
-    """The run records; a line cut short by a kill is skipped."""
-    path = directory / RUNS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    return records
