@@ -12,23 +12,19 @@ in results; failed when it is in errors and not done; its failure is its latest 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import CheckpointError
-from batchgen.job.spec import Job
 from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.records import DoneState
 from batchgen.store.batches import BATCHES_DIR, BatchStore
-from batchgen.store.jobfile import check_fingerprint
 from batchgen.store.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
 from batchgen.store.layout import (
     ERRORS_DIR,
@@ -40,9 +36,7 @@ from batchgen.store.layout import (
     part_files,
     run_of,
 )
-from batchgen.store.lock import output_lock
 from batchgen.store.output import ERRORS_SCHEMA
-from batchgen.store.runs import append_run_record, read_run_records
 
 # --- parts ---------------------------------------------------------------------------------
 
@@ -73,7 +67,7 @@ def write_part(folder: Path, name: str, table: pa.Table) -> Path:
 
 
 class OutputDir:
-    """One output directory; reading needs nothing, writing needs :meth:`lock`."""
+    """One output directory; reading needs nothing, writing needs its lock (batchgen.store.lock)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -188,12 +182,6 @@ class OutputDir:
 
     # --- writing (with the lock held) ---------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold ``.lock`` for the block; a lock left by a dead process is taken over."""
-        with output_lock(self.path):
-            yield
-
     def prepare(self) -> None:
         """Create and test-write every folder a run writes, before the first paid call."""
         for name in (*KINDS, JOURNAL_DIR, BATCHES_DIR):
@@ -254,11 +242,7 @@ class OutputDir:
         for part in parts:
             part.unlink()
 
-    # --- what produced the output, and the runs -----------------------------------------
-
-    def check_job(self, job: Job, version: str) -> str:
-        """Record the job's fingerprint in a new output; refuse one made by another job."""
-        return check_fingerprint(job, self.path, version)
+    # --- starting over -----------------------------------------------------------------
 
     def start_fresh(self) -> Path | None:
         """Move an earlier job's files into ``previous-<time>/``: never delete paid results.
@@ -294,12 +278,6 @@ class OutputDir:
                 f"{self.path}: cannot move the earlier output aside: {exc}"
             ) from None
         return aside
-
-    def append_run_record(self, record: Mapping[str, Any]) -> None:
-        append_run_record(self.path, record)
-
-    def run_records(self) -> list[dict[str, Any]]:
-        return read_run_records(self.path)
 
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
