@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchgen.atomic import write_bytes_atomically
 from batchgen.errors import CheckpointError
 from batchgen.job.spec import Job
 from batchgen.store.layout import JOB_FILE, KINDS, part_files
@@ -80,7 +80,7 @@ def check_fingerprint(job: Job, directory: Path, version: str) -> str:
                 "rerun with --fresh (fresh=True) to start over, or choose another output"
             )
         if record.get("format") != json.loads(path.read_text(encoding="utf-8")).get("format"):
-            _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+            _write(path, record)
         return fingerprint(parts)
     if any(part_files(directory, kind) for kind in KINDS):
         raise CheckpointError(
@@ -88,14 +88,10 @@ def check_fingerprint(job: Job, directory: Path, version: str) -> str:
         )
     record = {"format": FORMAT, "fingerprint": fingerprint(parts), "job": job.name,
               "parts": parts, "batchgen_version": version}  # fmt: skip
-    _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    _write(path, record)
     return fingerprint(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write(path: Path, record: Mapping[str, Any]) -> None:
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    write_bytes_atomically(path, text.encode("utf-8"))

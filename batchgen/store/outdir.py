@@ -21,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchgen.atomic import atomic_file, fsync_dir
 from batchgen.errors import CheckpointError
 from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.records import DoneState
 from batchgen.store.batches import BATCHES_DIR, BatchStore
-from batchgen.store.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
+from batchgen.store.journal import SUFFIX, JournalFormatError, read_segment
 from batchgen.store.layout import (
     ERRORS_DIR,
     JOB_FILE,
@@ -44,17 +45,10 @@ from batchgen.store.output import ERRORS_SCHEMA
 def write_part(folder: Path, name: str, table: pa.Table) -> Path:
     """Write ``table`` as ``folder/name``: temporary name, fsync, rename, fsync the folder."""
     final = folder / name
-    tmp = folder / f".{name}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        fsync_dir(folder)
+        with atomic_file(final) as sink:
+            pq.write_table(table, sink)
     except OSError as exc:
         raise CheckpointError(
             f"{folder}: cannot write results ({exc.strerror}); the answers stay in the journal: "
