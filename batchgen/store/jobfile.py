@@ -41,6 +41,11 @@ def fingerprint(parts: Mapping[str, Any]) -> str:
 def read_job_record(directory: Path) -> dict[str, Any]:
     """job.json, upgraded to the current format; CheckpointError when unreadable or newer."""
     path = directory / JOB_FILE
+    return _upgraded(path, _stored(path))
+
+
+def _stored(path: Path) -> dict[str, Any]:
+    """job.json as it is on disk."""
     try:
         record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
@@ -49,6 +54,11 @@ def read_job_record(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: unreadable; move the output aside or use fresh=True (--fresh)"
         ) from None
+    return record
+
+
+def _upgraded(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record in the current format; CheckpointError when it is newer."""
     version = record.get("format", 1)
     if not isinstance(version, int) or version > FORMAT:
         raise CheckpointError(
@@ -71,7 +81,8 @@ def check_fingerprint(job: Job, directory: Path, version: str) -> str:
     parts = fingerprint_parts(job)
     path = directory / JOB_FILE
     if path.exists():
-        record = read_job_record(directory)
+        stored = _stored(path)
+        record = _upgraded(path, stored)
         recorded = record["parts"]
         changed = [k for k in parts if recorded.get(k) != parts[k]]
         if changed:
@@ -79,7 +90,7 @@ def check_fingerprint(job: Job, directory: Path, version: str) -> str:
                 f"{directory}: written by a different job ({', '.join(changed)} changed); "
                 "rerun with --fresh (fresh=True) to start over, or choose another output"
             )
-        if record.get("format") != json.loads(path.read_text(encoding="utf-8")).get("format"):
+        if record.get("format") != stored.get("format"):  # stored in the current format now
             _write(path, record)
         return fingerprint(parts)
     if any(part_files(directory, kind) for kind in KINDS):

@@ -94,17 +94,13 @@ class OutputDir:
         try:
             return pq.read_table(part, columns=columns)
         except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
-            ) from None
+            raise _unreadable_part(part, exc) from None
 
     def _rows_in(self, part: Path) -> int:
         try:
             return int(pq.read_metadata(part).num_rows)
         except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
-            ) from None
+            raise _unreadable_part(part, exc) from None
 
     def read(self, kind: str, columns: list[str] | None = None) -> pa.Table | None:
         """All rows of one kind with a ``run`` column (the run that wrote them), or None."""
@@ -229,7 +225,7 @@ class OutputDir:
         if not parts:
             return
         latest = self.latest_failures().select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-        if len(parts) == 1 and latest.num_rows == pq.read_metadata(parts[0]).num_rows:
+        if len(parts) == 1 and latest.num_rows == self._rows_in(parts[0]):
             return  # already compact
         if latest.num_rows:
             write_part(self.path / ERRORS_DIR, f"part-{run_id}-compact.parquet", latest)
@@ -272,6 +268,12 @@ class OutputDir:
                 f"{self.path}: cannot move the earlier output aside: {exc}"
             ) from None
         return aside
+
+
+def _unreadable_part(part: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
+    )
 
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
