@@ -50,13 +50,9 @@ from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
 from batchgen.reports.report import load_calls, usd_digits
-from batchgen.store.outdir import (
-    JOB_FILE,
-    RESULTS_DIR,
-    OutputDir,
-    fingerprint_parts,
-    read_job_record,
-)
+from batchgen.store.jobfile import fingerprint_parts, read_job_record
+from batchgen.store.layout import JOB_FILE, RESULTS_DIR
+from batchgen.store.outdir import OutputDir
 
 __all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
 

@@ -32,13 +32,9 @@ import pyarrow.compute as pc
 from batchgen.backends.base import Gauges, RunContext, Sink
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.caller import Pacing, RowCaller
+from batchgen.backends.online.concurrency import AUTO_START, concurrency_for, connection_limit
 from batchgen.backends.online.daily import PACIFIC, DailyQuota
-from batchgen.backends.online.limits import (
-    AUTO_START,
-    RateLimits,
-    concurrency_for,
-    connection_limit,
-)
+from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.stopping import TransportWatch
 from batchgen.errors import (
     BatchgenError,
