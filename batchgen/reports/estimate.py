@@ -38,12 +38,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiolimiter import AsyncLimiter
 
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.connect import client_for
 from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
@@ -285,9 +285,7 @@ async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[in
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
     gate = asyncio.Semaphore(min(limits.concurrency, COUNT_CONCURRENCY))
-    connector = aiohttp.TCPConnector(limit=COUNT_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        client = GeminiClient(session, job.model, api_key, limits.timeout_seconds)
+    async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
         async def one(body: bytes) -> int:
             async with gate:

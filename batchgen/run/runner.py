@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchgen._version import __version__
-from batchgen.backends.base import Backend
+from batchgen.backends.base import Backend, RunContext
 from batchgen.backends.batch.backend import BatchBackend
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.backends.stopping import StopControl
@@ -278,12 +278,10 @@ class _Run:
     def _backend(self, budget: Budget) -> Backend:
         """Batch Mode for a ``tier = "batch"`` job; else calls one by one."""
         o = self.options
+        ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out)
         if self.job.model.tier == "batch":
-            return BatchBackend(self.plan, o.api_key, budget, self.run_id, self.stop, self.out,
-                                wait=o.wait, note=self.books.show)  # fmt: skip
-        return OnlineBackend(
-            self.plan, o.api_key, budget, self.run_id, self.stop, self.out, o.unreachable_after
-        )
+            return BatchBackend(ctx, wait=o.wait, note=self.books.show)
+        return OnlineBackend(ctx, o.unreachable_after)
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
