@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from batchgen.atomic import atomic_file
 from batchgen.gemini.answers import AnswerError
 from batchgen.gemini.transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -199,11 +199,9 @@ class BatchClient:
     ) -> int:
         """Stream a generated file to ``dest`` (written whole or not at all); its size."""
         url = f"{self._api}/{_checked(file_name, 'files')}:download?alt=media"
-        tmp = dest.with_name(f".{dest.name}.tmp")
         async with self._http.stream(url, during=f"download of {file_name}", named=True) as resp:
-            size = await _stream_to(resp, tmp, max_bytes, file_name)
-        os.replace(tmp, dest)
-        return size
+            with atomic_file(dest) as sink:
+                return await _stream_to(resp, sink, max_bytes, file_name)
 
     async def get_file(self, file_name: str) -> FileInfo:
         url = f"{self._api}/{_checked(file_name, 'files')}"
@@ -299,20 +297,15 @@ class BatchClient:
             raise ApiError(exc.category, exc.message) from None
 
 
-async def _stream_to(resp: aiohttp.ClientResponse, tmp: Path, cap: int, name: str) -> int:
-    """Write the body to ``tmp`` (fsynced) under ``cap`` bytes; its size."""
+async def _stream_to(resp: aiohttp.ClientResponse, sink: BinaryIO, cap: int, name: str) -> int:
+    """Write the body to ``sink`` under ``cap`` bytes; its size."""
     size = 0
-    with tmp.open("wb") as sink:
-        async for block in resp.content.iter_chunked(READ_CHUNK):
-            size += len(block)
-            if size > cap:
-                resp.close()
-                sink.close()
-                tmp.unlink(missing_ok=True)
-                raise ApiError("response_too_large", f"{name} is over {cap} bytes; not kept")
-            sink.write(block)
-        sink.flush()
-        os.fsync(sink.fileno())
+    async for block in resp.content.iter_chunked(READ_CHUNK):
+        size += len(block)
+        if size > cap:
+            resp.close()
+            raise ApiError("response_too_large", f"{name} is over {cap} bytes; not kept")
+        sink.write(block)
     return size
 
 
