@@ -42,7 +42,8 @@ from batchgen.reports.report import Report, report
 from batchgen.reports.status import OutputStatus
 from batchgen.reports.status import output_status as read_status
 from batchgen.run.runner import RunOptions, RunSummary, arun_job, run_sync
-from batchgen.store.outdir import RESULTS_DIR, OutputDir
+from batchgen.store.layout import RESULTS_DIR
+from batchgen.store.outdir import OutputDir
 
 __all__ = [
     "aestimate_file",

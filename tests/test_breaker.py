@@ -9,7 +9,8 @@ import random
 import pytest
 
 from batchgen.backends.online.breaker import Breaker
-from batchgen.backends.online.limits import RateLimits, concurrency_for
+from batchgen.backends.online.concurrency import concurrency_for
+from batchgen.backends.online.rate import RateLimits
 from batchgen.errors import RunStoppedError
 from batchgen.job.spec import LimitsSpec
 from tests.test_quota_convergence import VirtualTime

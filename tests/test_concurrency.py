@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.backends.online.daily import DailyQuota
-from batchgen.backends.online.limits import (
+from batchgen.backends.online.concurrency import (
     ConcurrencyController,
-    RateLimits,
     concurrency_for,
     connection_limit,
 )
+from batchgen.backends.online.daily import DailyQuota
+from batchgen.backends.online.rate import RateLimits
 from batchgen.errors import JobError, QuotaExhaustedError
 from batchgen.job.spec import LimitsSpec, load_job
 from tests.conftest import write_job

@@ -33,7 +33,7 @@ from batchgen.reports.estimate import (
     small_answer,
 )
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import part_files
+from batchgen.store.layout import part_files
 from tests.conftest import ROOT
 from tests.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
 

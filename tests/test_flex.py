@@ -30,7 +30,8 @@ from batchgen.pricing.file import load_prices
 from batchgen.records import Usage
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import fingerprint_parts, part_files
+from batchgen.store.jobfile import fingerprint_parts
+from batchgen.store.layout import part_files
 from tests.conftest import ROOT, write_job
 
 KEY = "test-key-123456"

@@ -18,7 +18,8 @@ from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable
 from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import part_files, read_run_records
+from batchgen.store.layout import part_files
+from batchgen.store.runs import read_run_records
 from tests.test_resume import make_job
 
 KEY = "guard-key-77"

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import InputError
-from batchgen.input import reader as inputs
+from batchgen.input import csv as csv_input
 from batchgen.input.reader import InputReader
 from batchgen.job.spec import InputSpec
 from batchgen.keys import keys_of
@@ -289,7 +289,7 @@ def test_a_5_mb_cell_is_read_whole_and_sent(tmp_path: Path, emulator: EmulatorTh
 def test_a_row_past_the_cap_is_refused_naming_row_and_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed: bool
 ) -> None:
-    monkeypatch.setattr(inputs, "CSV_MAX_ROW_BYTES", 4 << 20)
+    monkeypatch.setattr(csv_input, "CSV_MAX_ROW_BYTES", 4 << 20)
     rows = csv_rows(2_000).split(b"r1500,", 1)
     long = b'"never closed ' + b"x" * (5 << 20) + (b'",x\n' if closed else b"\n")
     (tmp_path / "rows.csv").write_bytes(rows[0] + b"r1500," + long + rows[1])

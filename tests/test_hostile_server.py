@@ -28,7 +28,7 @@ from batchgen.emulator.hostile import HostileConfig
 from batchgen.gemini.client import GeminiClient
 from batchgen.job.spec import Job, ModelSpec, Overrides, load_job
 from batchgen.run.runner import RunOptions, RunSummary, run_job
-from batchgen.store.outdir import part_files
+from batchgen.store.layout import part_files
 from tests.conftest import write_job
 
 KEY = "hostile-test-key-0123456789"

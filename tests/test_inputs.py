@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.errors import InputError
-from batchgen.input import reader as inputs
+from batchgen.input import csv as csv_input
 from batchgen.input.locate import describe_invalid, first_invalid
-from batchgen.input.reader import InputReader
-from batchgen.job.spec import InputSpec
+from batchgen.input.reader import FORMATS, InputReader
+from batchgen.job.spec import INPUT_FORMATS, InputSpec
 
 
 def read_all(reader: InputReader) -> list[tuple[str, int, dict[str, object]]]:
@@ -22,7 +22,7 @@ def read_all(reader: InputReader) -> list[tuple[str, int, dict[str, object]]]:
 def test_csv_streams_in_batches_and_keeps_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inputs, "CSV_BLOCK_BYTES", 256)  # force many record batches
+    monkeypatch.setattr(csv_input, "CSV_BLOCK_BYTES", 256)  # force many record batches
     path = tmp_path / "rows.csv"
     path.write_text("id,text,n\n" + "".join(f"r{i},hello {i},{i}\n" for i in range(500)))
     reader = InputReader(InputSpec(path, "csv", "id"), {"id": "id", "text": "prompt"})
@@ -122,3 +122,7 @@ def test_first_invalid_finds_the_first_bad_string(size: int, bad: set[int], byte
     assert first_invalid(column) == first
     if first is not None:
         assert describe_invalid(column, first) == f"not UTF-8 (byte 0x{byte:02x})"
+
+
+def test_every_format_a_job_can_name_has_a_reader() -> None:
+    assert set(INPUT_FORMATS.values()) == set(FORMATS)

@@ -20,7 +20,8 @@ from batchgen.keys import contains, keys_of
 from batchgen.reports.status import output_status
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.journal import MAGIC, JournalWriter, encode, read_segment
-from batchgen.store.outdir import OutputDir, part_files
+from batchgen.store.layout import part_files
+from batchgen.store.outdir import OutputDir
 from batchgen.store.output import ERRORS_SCHEMA, error_row
 from tests.test_resume import make_job
 

@@ -31,7 +31,8 @@ from batchgen.job.response_schema import JSON_SCHEMA, resolve_schema
 from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import fingerprint, fingerprint_parts, part_files
+from batchgen.store.jobfile import fingerprint, fingerprint_parts
+from batchgen.store.layout import part_files
 from tests.conftest import write_job
 from tests.data import pydantic_models
 

@@ -84,3 +84,15 @@ def test_the_top_level_holds_at_most_a_dozen_modules() -> None:
 def test_the_layers_contract_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PACKAGE.parent)  # lint-imports reads pyproject.toml from the working folder
     assert lint_imports(no_cache=True) == 0
+
+
+def test_only_the_transport_opens_sessions_to_the_api() -> None:
+    """Connector settings, the key's header and the redirect policy live in one place; the
+    emulator is a server product of its own and opens what it likes."""
+    opened = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if PACKAGE / "emulator" not in path.parents
+        and ("ClientSession(" in (text := path.read_text()) or "TCPConnector(" in text)
+    }
+    assert opened == {"batchgen/gemini/transport.py"}

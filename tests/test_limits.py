@@ -6,7 +6,7 @@ import bisect
 
 import pytest
 
-from batchgen.backends.online.limits import AdaptiveRate, Bucket, RateLimits
+from batchgen.backends.online.rate import AdaptiveRate, Bucket, RateLimits
 
 
 class Clock:

@@ -9,7 +9,8 @@ import pytest
 
 from batchgen.errors import JobError
 from batchgen.job.schema import normalize_schema
-from batchgen.store.outdir import part_files, write_part
+from batchgen.store.layout import part_files
+from batchgen.store.outdir import write_part
 from batchgen.store.output import (
     ERRORS_SCHEMA,
     META_FIELDS,

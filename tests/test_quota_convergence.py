@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from batchgen.backends.online.limits import RateLimits, concurrency_for
+from batchgen.backends.online.concurrency import concurrency_for
+from batchgen.backends.online.rate import RateLimits
 from batchgen.emulator.quota import QuotaWindows
 from batchgen.emulator.wire import ApiError
 from batchgen.job.spec import LimitsSpec

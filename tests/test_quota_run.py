@@ -16,7 +16,8 @@ from batchgen.errors import QuotaExhaustedError, RunStoppedError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import OutputDir, read_run_records
+from batchgen.store.outdir import OutputDir
+from batchgen.store.runs import read_run_records
 from tests.conftest import write_job
 from tests.test_resume import error_ids, result_ids
 

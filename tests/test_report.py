@@ -23,8 +23,9 @@ from batchgen.pricing.file import load_prices
 from batchgen.reports.report import format_report
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import part_files, read_run_records
+from batchgen.store.layout import part_files
 from batchgen.store.output import ERRORS_SCHEMA, USAGE_SCHEMA
+from batchgen.store.runs import read_run_records
 
 KEY = "test-key-123456"
 DAY1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

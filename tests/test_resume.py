@@ -23,7 +23,9 @@ from batchgen.errors import CheckpointError, InputError, QuotaExhaustedError, Ru
 from batchgen.job.spec import Overrides, load_job
 from batchgen.reports.status import output_status
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import output_lock, part_files, read_run_records
+from batchgen.store.layout import part_files
+from batchgen.store.lock import output_lock
+from batchgen.store.runs import read_run_records
 from tests.conftest import write_job
 
 KEY = "resume-key-42"

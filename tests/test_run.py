@@ -18,7 +18,7 @@ from batchgen.errors import FatalApiError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.outdir import part_files
+from batchgen.store.layout import part_files
 from batchgen.store.output import ERRORS_SCHEMA
 
 KEY = "test-key-123456"

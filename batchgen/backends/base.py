@@ -8,6 +8,9 @@ journals all of it, and its stop control (:class:`~batchgen.backends.stopping.St
 to the
 backend when it is built) says when to stop taking rows and when to end the calls in flight.
 
+Both are built from one :class:`RunContext` (what every backend runs with, built once by the
+runner) and build their client with :func:`~batchgen.gemini.connect.client_for`.
+
 Two backends implement it: :class:`~batchgen.backends.online.backend.OnlineBackend` (a
 ``generateContent`` call
 per row, at the rate and concurrency the limits allow) and
@@ -23,9 +26,27 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from batchgen.backends.online.caller import CallEvents
+from batchgen.backends.stopping import StopControl
+from batchgen.plan import Plan
+from batchgen.pricing.budget import Budget
 from batchgen.records import Outcome, Work
+from batchgen.store.outdir import OutputDir
 
-__all__ = ["Backend", "Gauges", "Sink"]
+__all__ = ["Backend", "Gauges", "RunContext", "Sink"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every backend runs with: the plan (and its job), the key, the run's budget, id,
+    stop control and output directory. The runner builds one; a backend's own options are
+    its constructor's keywords."""
+
+    plan: Plan
+    api_key: str
+    budget: Budget
+    run_id: str
+    stop: StopControl
+    out: OutputDir
 
 
 class Sink(CallEvents, Protocol):

@@ -1,2 +1,2 @@
 """Talking to the Gemini API: the transport, the online and Batch/Files clients, requests out and
-   answers in."""
+answers in."""

@@ -2,13 +2,12 @@
 
 Wire facts in docs/gemini-api.md §7. What the server sends is read as proto3 JSON: int64
 counters may be strings, zero counters and ``done: false`` are left out, enums may come as
-names (``BATCH_STATE_RUNNING``, or the SDK's ``JOB_STATE_RUNNING``) or numbers. Errors are
-classified as :mod:`batchgen.gemini.client` classifies them (this class extends
-:class:`~batchgen.gemini.client.GeminiClient` for that), except that a 404 on a named batch or file
-is
-an :class:`~batchgen.gemini.client.ApiError` ``not_found`` (the resource is gone; the rows in it
-must be
-retried), not the fatal "unknown model".
+names (``BATCH_STATE_RUNNING``, or the SDK's ``JOB_STATE_RUNNING``) or numbers. Every call goes
+through :class:`~batchgen.gemini.transport.Transport` and its errors are classified there, as a
+generateContent call's are, except that a 404 on a named batch or file is an
+:class:`~batchgen.gemini.transport.ApiError` ``not_found`` (the resource is gone; the rows in it
+must be retried), not the fatal "unknown model", and a JSON answer over the body cap is an
+``ApiError`` too (there is no row to fail).
 
 The key travels only in ``x-goog-api-key`` and only to the configured host: the upload session
 URL the server returns is used as it is when it points there, and otherwise only its path and
@@ -21,25 +20,25 @@ byte cap; nothing holds a whole result file in memory.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from batchgen.atomic import atomic_file
 from batchgen.gemini.answers import AnswerError
-from batchgen.gemini.client import (
+from batchgen.gemini.transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_SERVER_DELAY,
     READ_CHUNK,
     ApiError,
-    GeminiClient,
+    Response,
+    Transport,
 )
 from batchgen.job.spec import ModelSpec
 
@@ -127,7 +126,7 @@ class BatchInfo:
         )
 
 
-class BatchClient(GeminiClient):
+class BatchClient:
     """Files and batches of one model's API; the session is the caller's."""
 
     def __init__(
@@ -141,10 +140,11 @@ class BatchClient(GeminiClient):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
     ) -> None:
-        super().__init__(
+        self._http = Transport(
             session, model, api_key, timeout,
             max_response_bytes=max_response_bytes, max_server_delay=max_server_delay,
         )  # fmt: skip
+        self._model = model
         self.chunk_bytes = chunk_bytes
         self._api = f"{model.base_url}/{model.api_version}"
 
@@ -163,13 +163,12 @@ class BatchClient(GeminiClient):
                 last = offset + len(block) >= size
                 command = "upload, finalize" if last else "upload"
                 headers = {"X-Goog-Upload-Command": command, "X-Goog-Upload-Offset": str(offset)}
-                status, raw, answer = await self._call("POST", session_url, block, headers)
-                if status != 200:
-                    raise self._error(status, raw, answer.get("Retry-After"))
-                _expect_status(answer, "final" if last else "active", offset)
+                answer = await self._call("POST", session_url, block, headers)
+                _expect_status(answer.headers, "final" if last else "active", offset)
                 offset += len(block)
                 if last:
-                    return FileInfo.from_json(_object(_decode_json(raw), "upload").get("file"))
+                    upload = _object(_decode_json(answer.body), "upload")
+                    return FileInfo.from_json(upload.get("file"))
 
     async def _start_upload(self, size: int, display_name: str, mime_type: str) -> str:
         headers = {
@@ -180,12 +179,11 @@ class BatchClient(GeminiClient):
         }
         meta = {"file": {"displayName": display_name, "mimeType": mime_type}}
         url = f"{self._model.base_url}/upload/{self._model.api_version}/files"
-        status, raw, answer = await self._call("POST", url, _dumps(meta), headers)
-        if status != 200:
-            raise self._error(status, raw, answer.get("Retry-After"))
-        session_url = answer.get("X-Goog-Upload-URL")
+        answer = await self._call("POST", url, _dumps(meta), headers)
+        session_url = answer.headers.get("X-Goog-Upload-URL")
         if not session_url:
-            raise ApiError("bad_response", f"{self._host}: the upload start gave no upload URL")
+            host = self._http.host
+            raise ApiError("bad_response", f"{host}: the upload start gave no upload URL")
         return self._on_our_host(session_url)
 
     def _on_our_host(self, url: str) -> str:
@@ -201,22 +199,9 @@ class BatchClient(GeminiClient):
     ) -> int:
         """Stream a generated file to ``dest`` (written whole or not at all); its size."""
         url = f"{self._api}/{_checked(file_name, 'files')}:download?alt=media"
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        try:
-            async with self._session.get(
-                url, headers=self._headers, timeout=self._timeout, allow_redirects=False
-            ) as resp:
-                if resp.status != 200:
-                    raise await self._failed(resp, named=True)
-                size = await _stream_to(resp, tmp, max_bytes, file_name)
-        except TimeoutError:
-            raise ApiError(
-                "timeout", f"download of {file_name} from {self._host} timed out"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise ApiError("connection", f"{self._host}: {self._scrub(str(exc))}") from None
-        os.replace(tmp, dest)
-        return size
+        async with self._http.stream(url, during=f"download of {file_name}", named=True) as resp:
+            with atomic_file(dest) as sink:
+                return await _stream_to(resp, sink, max_bytes, file_name)
 
     async def get_file(self, file_name: str) -> FileInfo:
         url = f"{self._api}/{_checked(file_name, 'files')}"
@@ -294,69 +279,33 @@ class BatchClient(GeminiClient):
     async def _json(
         self, method: str, url: str, data: bytes | None = None, *, named: bool = False
     ) -> Any:
-        status, raw, answer = await self._call(method, url, data, None)
-        if status == 404 and named:
-            raise ApiError("not_found", f"{self._host}: {self._message(raw)}", 404)
-        if status != 200:
-            raise self._error(status, raw, answer.get("Retry-After"))
-        return _decode_json(raw)
-
-    async def _failed(self, resp: aiohttp.ClientResponse, named: bool) -> Exception:
-        raw = await self._read(resp)
-        if resp.status == 404 and named:
-            return ApiError("not_found", f"{self._host}: {self._message(raw)}", 404)
-        if 300 <= resp.status < 400:
-            return self._redirect(resp)
-        return self._error(resp.status, raw, resp.headers.get("Retry-After"))
-
-    def _message(self, raw: bytes | bytearray) -> str:
-        error = _decode_json_or_none(raw)
-        text = error.get("error", {}).get("message") if isinstance(error, dict) else None
-        return self._scrub(str(text or bytes(raw[:200]).decode(errors="replace")))
+        return _decode_json((await self._call(method, url, data, named=named)).body)
 
     async def _call(
-        self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None
-    ) -> tuple[int, bytearray, Mapping[str, str]]:
-        """(status, body, response headers) of one request; transport failures as ApiError."""
-        sent = {**self._headers, **(headers or {})}
-        # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
-        payload = io.BytesIO(data) if data is not None and len(data) > READ_CHUNK else data
+        self,
+        method: str,
+        url: str,
+        data: bytes | None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        named: bool = False,
+    ) -> Response:
+        """One call's 200 answer, or raise as the transport does."""
         try:
-            async with self._session.request(
-                method, url, data=payload, headers=sent, timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:  # fmt: skip
-                if 300 <= resp.status < 400:
-                    raise self._redirect(resp)
-                raw = await self._read(resp)
-                if self._key_bytes and self._key_bytes in raw:
-                    raw = raw.replace(self._key_bytes, b"***")
-                return resp.status, raw, resp.headers
+            return await self._http.request(method, url, data, headers, named=named)
         except AnswerError as exc:  # a JSON answer over limits.max_response_mb
             raise ApiError(exc.category, exc.message) from None
-        except TimeoutError:
-            raise ApiError(
-                "timeout", f"no answer from {self._host} within {self._timeout.total:g} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            text = self._scrub(f"{type(exc).__name__}: {exc}")
-            raise ApiError("connection", f"{self._host}: {text}") from None
 
 
-async def _stream_to(resp: aiohttp.ClientResponse, tmp: Path, cap: int, name: str) -> int:
-    """Write the body to ``tmp`` (fsynced) under ``cap`` bytes; its size."""
+async def _stream_to(resp: aiohttp.ClientResponse, sink: BinaryIO, cap: int, name: str) -> int:
+    """Write the body to ``sink`` under ``cap`` bytes; its size."""
     size = 0
-    with tmp.open("wb") as sink:
-        async for block in resp.content.iter_chunked(READ_CHUNK):
-            size += len(block)
-            if size > cap:
-                resp.close()
-                sink.close()
-                tmp.unlink(missing_ok=True)
-                raise ApiError("response_too_large", f"{name} is over {cap} bytes; not kept")
-            sink.write(block)
-        sink.flush()
-        os.fsync(sink.fileno())
+    async for block in resp.content.iter_chunked(READ_CHUNK):
+        size += len(block)
+        if size > cap:
+            resp.close()
+            raise ApiError("response_too_large", f"{name} is over {cap} bytes; not kept")
+        sink.write(block)
     return size
 
 

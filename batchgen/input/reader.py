@@ -1,21 +1,17 @@
-"""Stream input rows from CSV or Parquet as record batches, reading only the columns a job uses.
+"""Stream input rows as record batches, reading only the columns a job uses.
 
 Memory stays flat: one record batch (about a megabyte of CSV, or ``batch_rows`` Parquet rows) is
-held at a time. CSV columns are read as strings (an empty cell is null): CSV has no types, and a
-type guessed from the first block can fail thousands of rows later, in the middle of a night run.
+held at a time. Each format is one :class:`~batchgen.input.source.Source` (:data:`FORMATS`):
+:mod:`batchgen.input.csv` reads every column as strings, :mod:`batchgen.input.parquet` as typed.
 
 One reader configuration serves ``validate``, the pre-scan and the run (every read goes through
-``InputReader._arrow_batches``): quoted values may hold newlines; every string is checked to be
-UTF-8 before it is used; a CSV row longer than the block grows the block (up to
-:data:`CSV_MAX_ROW_BYTES`); and any error of pyarrow or the OS becomes an :class:`InputError`
-naming the file, and the row, column and row group wherever they can be found
-(:mod:`batchgen.input.locate`).
+``InputReader._arrow_batches``): every string is checked to be UTF-8 before it is used; and any
+error of pyarrow or the OS becomes an :class:`InputError` naming the file, and the row, column
+and row group wherever they can be found (:mod:`batchgen.input.locate`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,41 +20,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from batchgen.errors import InputError
-from batchgen.input.locate import (
-    READ_ERRORS,
-    RowTooLongError,
-    bad_parquet_column,
-    describe_invalid,
-    find_csv_row,
-    first_invalid,
-    first_unconvertible,
-)
+from batchgen.input.csv import CsvSource
+from batchgen.input.locate import READ_ERRORS, first_unconvertible
+from batchgen.input.parquet import ParquetSource
+from batchgen.input.source import Opener, Source, one_line
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
 
-CSV_BLOCK_BYTES = 1 << 20
-# A CSV row may be as long as this: above any request the API takes (20 MB), so no real prompt is
-# refused, yet an unclosed quote (which makes the rest of the file one value) is caught.
-CSV_MAX_ROW_BYTES = 64 << 20
-
-# Other formats named .csv, by their first bytes: what the file is and what to do.
-_NOT_CSV = {
-    b"PAR1": 'is a Parquet file; name it .parquet or set input.format = "parquet"',
-    b"\x1f\x8b": "is gzip-compressed; decompress it (gunzip) first",
-    b"PK\x03\x04": "is a ZIP archive (an Excel workbook?); export the sheet as CSV (UTF-8)",
-    b"\xff\xfe": "is UTF-16 text; re-encode the file as UTF-8",
-    b"\xfe\xff": "is UTF-16 text; re-encode the file as UTF-8",
-}
-
-# What to do about a value that is not valid text, by format.
-_FIX_TEXT = {
-    "csv": "re-encode the file as UTF-8",
-    "parquet": "the column holds bytes that are not text: write it as UTF-8 (or as binary)",
+# input.format -> the class that reads it: a new format is one module and one line here.
+FORMATS: dict[str, Opener] = {
+    "csv": CsvSource,
+    "parquet": ParquetSource,
 }
 
 
@@ -96,10 +71,9 @@ class InputReader:
     def __init__(self, spec: InputSpec, needs: Mapping[str, str], batch_rows: int = 4096) -> None:
         self.spec = spec
         self.path = spec.path
-        self.batch_rows = batch_rows
-        self.csv_block = CSV_BLOCK_BYTES  # grows when a row is longer (and stays grown)
         self.stamp: _Stamp | None = None  # taken by the first pass over the file
-        self.available = self._column_names()
+        self.source = _open(spec, batch_rows)
+        self.available = self.source.column_names()
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
@@ -109,15 +83,6 @@ class InputReader:
             )
         self._check_unique(needs)
         self.columns = [c for c in self.available if c in needs]
-
-    def _column_names(self) -> list[str]:
-        _check_file(self.path, self.spec.format)
-        if self.spec.format == "parquet":
-            return list(self._parquet().schema_arrow.names)
-        try:
-            return _csv_header(self.path)
-        except READ_ERRORS as exc:
-            raise InputError(f"{self.path}: cannot read csv: {_line(exc)}") from None
 
     def _near(self, name: str) -> str:
         """A header name that differs only by spaces or case (invisible in the list above)."""
@@ -136,22 +101,9 @@ class InputReader:
                     f"({needs[name]}); rename one so that each name is unique"
                 )
 
-    def _parquet(self) -> pq.ParquetFile:
-        try:
-            # Pages written with checksums are verified: a flipped bit is an error, not a value.
-            return pq.ParquetFile(self.path, page_checksum_verification=True)
-        except READ_ERRORS as exc:  # it starts as Parquet does (checked): the end is missing
-            raise InputError(
-                f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "
-                f"({_line(exc)}); re-create or re-download it"
-            ) from None
-
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the columns read (CSV: all strings)."""
-        if self.spec.format == "parquet":
-            full = self._parquet().schema_arrow
-            return pa.schema([full.field(c) for c in self.columns])
-        return pa.schema([pa.field(c, pa.string()) for c in self.columns])
+        return self.source.schema(self.columns)
 
     # --- the pre-scan ---------------------------------------------------------------------
 
@@ -249,7 +201,7 @@ class InputReader:
             except READ_ERRORS as exc:
                 end = position + batch.num_rows
                 raise InputError(
-                    f"{self.path}: rows {position + 1:,} to {end:,}: cannot read: {_line(exc)}"
+                    f"{self.path}: rows {position + 1:,} to {end:,}: cannot read: {one_line(exc)}"
                 ) from None
             yield [self._row(position + i, values) for i, values in enumerate(rows)]
 
@@ -275,18 +227,16 @@ class InputReader:
         columns = (self.columns or self.available[:1]) if columns is None else columns
         if self.stamp is None:
             self.stamp = _Stamp.of(self.path)
-        if self.spec.format == "parquet":
-            source = self._parquet_batches(columns)
-        else:
-            source = self._csv_batches(columns)
         try:
-            for position, batch in source:
+            for position, batch in self.source.batches(columns):
                 self._check_unchanged()
                 yield position, batch
         except InputError:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
-            raise InputError(f"{self.path}: cannot read {self.spec.format}: {_line(exc)}") from None
+            raise InputError(
+                f"{self.path}: cannot read {self.spec.format}: {one_line(exc)}"
+            ) from None
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
@@ -304,138 +254,16 @@ class InputReader:
             "saved; rerun to continue"
         )
 
-    def _valid(self, batch: pa.RecordBatch, position: int, where: str = "") -> pa.RecordBatch:
-        """The batch, once every value in it is valid (strings UTF-8); else the first bad one."""
-        try:
-            batch.validate(full=True)
-            return batch
-        except pa.ArrowInvalid:
-            pass
-        for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            index = first_invalid(column)
-            if index is not None:
-                what = describe_invalid(column, index)
-                raise InputError(
-                    f"{self.path}: row {position + index + 1:,}{where}, column {name!r}: {what}; "
-                    + _FIX_TEXT[self.spec.format]
-                )
-        return batch  # pragma: no cover - the batch failed, so one of its columns does
 
-    # --- Parquet --------------------------------------------------------------------------
-
-    def _parquet_batches(self, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """Row group by row group, so that a damaged page is named by its row group."""
-        parquet = self._parquet()
-        groups = parquet.num_row_groups
-        position = 0
-        for group in range(groups):
-            where = f" (row group {group + 1} of {groups})"
-            try:
-                for batch in parquet.iter_batches(
-                    self.batch_rows, row_groups=[group], columns=columns
-                ):
-                    if batch.num_rows:
-                        yield position, self._valid(batch, position, where)
-                        position += batch.num_rows
-            except InputError:
-                raise
-            except READ_ERRORS as exc:
-                raise self._bad_group(parquet, group, columns, exc) from None
-
-    def _bad_group(
-        self, parquet: pq.ParquetFile, group: int, columns: list[str], exc: BaseException
-    ) -> InputError:
-        meta = parquet.metadata
-        first = sum(meta.row_group(g).num_rows for g in range(group))
-        last = first + meta.row_group(group).num_rows
-        column = bad_parquet_column(parquet, group, columns, self.batch_rows)
-        where = f", column {column!r}" if column else ""
-        return InputError(
-            f"{self.path}: row group {group + 1} of {meta.num_row_groups} (rows {first + 1:,} "
-            f"to {last:,}){where}: damaged ({_line(exc)}); re-create or re-download the file"
-        )
-
-    # --- CSV ------------------------------------------------------------------------------
-
-    def _csv_batches(self, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """Batches of string columns; a row longer than the block grows the block and restarts,
-        skipping the rows already given."""
-        done = 0
-        while True:
-            try:
-                for batch in self._csv_pass(columns, skip=done):
-                    yield done, batch
-                    done += batch.num_rows
-                return
-            except pa.ArrowInvalid as exc:
-                if "straddling" not in str(exc):
-                    raise self._csv_error(exc, done) from None
-                if self.csv_block >= CSV_MAX_ROW_BYTES:
-                    raise self._too_long(done) from None
-                self.csv_block = min(2 * self.csv_block, CSV_MAX_ROW_BYTES)
-
-    def _csv_pass(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
-        # Read as bytes, then viewed as text only once checked: an undecodable byte is then
-        # named by row and column, not reported as "invalid UTF8" for a whole block.
-        reader = pacsv.open_csv(
-            self.path,
-            read_options=pacsv.ReadOptions(block_size=self.csv_block),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=columns,
-                column_types={c: pa.binary() for c in columns},
-                strings_can_be_null=True,
-                null_values=[""],
-                quoted_strings_can_be_null=False,
-            ),
-        )
-        position = 0
-        try:
-            for batch in reader:
-                start, position = position, position + batch.num_rows
-                if position <= skip or not batch.num_rows:
-                    continue
-                batch = batch.slice(max(0, skip - start))
-                text = pa.RecordBatch.from_arrays(
-                    [c.view(pa.string()) for c in batch.columns], names=batch.schema.names
-                )
-                yield self._valid(text, max(start, skip))
-        finally:
-            reader.close()
-
-    def _csv_error(self, exc: pa.ArrowInvalid, done: int) -> InputError:
-        """A parse error names no row: find it with Python's csv from the last good row on."""
-        found = None
-        if "Expected" in str(exc):
-            try:
-                found = find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
-            except RowTooLongError as long:  # a quote never closed, up to the end of the file
-                return self._too_long_at(f"row {long.position + 1:,} (from line {long.line:,})")
-        if found is None:
-            return InputError(f"{self.path}: after row {done:,}: cannot read csv: {_line(exc)}")
-        row, why = found
-        return InputError(
-            f"{self.path}: row {row.position + 1:,} (line {row.line:,}): {why}; check the "
-            "quotes and commas of that row"
-        )
-
-    def _too_long(self, done: int) -> InputError:
-        where = f"after row {done:,}"
-        try:
-            find_csv_row(self.path, done, len(self.available), CSV_MAX_ROW_BYTES)
-        except RowTooLongError as long:
-            where = f"row {long.position + 1:,} (from line {long.line:,})"
-        return self._too_long_at(where)
-
-    def _too_long_at(self, where: str) -> InputError:
-        return InputError(
-            f"{self.path}: {where}: longer than {CSV_MAX_ROW_BYTES >> 20} MiB, the most batchgen "
-            "reads in one row; a quote that is never closed does this: check the quotes there"
-        )
+def _open(spec: InputSpec, batch_rows: int) -> Source:
+    """The file's source, once the file is there, readable, not empty and not another format."""
+    source = FORMATS[spec.format](spec.path, batch_rows)
+    source.check_head(_head(spec.path))
+    return source
 
 
-def _check_file(path: Path, fmt: str) -> None:
-    """Not there, a folder, a device, empty, or another format under this name."""
+def _head(path: Path) -> bytes:
+    """The first bytes of a file that is not missing, a folder, a device, or empty."""
     if path.is_dir():
         raise InputError(f"{path}: is a directory; set input.path (or input=, --input) to a file")
     if not path.exists():
@@ -449,38 +277,4 @@ def _check_file(path: Path, fmt: str) -> None:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     if not head:
         raise InputError(f"{path}: empty file (no header row)")
-    if fmt == "csv":
-        for magic, what in _NOT_CSV.items():
-            if head.startswith(magic):
-                raise InputError(f"{path}: {what}")
-    elif head != b"PAR1":
-        raise InputError(
-            f"{path}: not a Parquet file (it does not start with PAR1); "
-            'if it is CSV, name it .csv or set input.format = "csv"'
-        )
-
-
-def _csv_header(path: Path) -> list[str]:
-    """The header as Python's csv reads it, in pyarrow's dialect (BOM dropped, blank lines
-    skipped, quoted newlines kept)."""
-    with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        header = next((row for row in csv.reader(text) if row), None)
-    if not header:
-        raise InputError(f"{path}: empty file (no header row)")
-    for index, name in enumerate(header):
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            byte = ord(name[exc.start]) - 0xDC00
-            raise InputError(
-                f"{path}: header, column {index + 1}: not UTF-8 (byte 0x{byte:02x}); "
-                "re-encode the file as UTF-8"
-            ) from None
-    return header
-
-
-def _line(exc: BaseException) -> str:
-    """An exception's message on one line (pyarrow's span several)."""
-    text = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
-    return " ".join((text or str(exc) or type(exc).__name__).split())
+    return head

@@ -38,25 +38,21 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiolimiter import AsyncLimiter
 
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.connect import client_for
 from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
 from batchgen.reports.report import load_calls, usd_digits
-from batchgen.store.outdir import (
-    JOB_FILE,
-    RESULTS_DIR,
-    OutputDir,
-    fingerprint_parts,
-    read_job_record,
-)
+from batchgen.store.jobfile import fingerprint_parts, read_job_record
+from batchgen.store.layout import JOB_FILE, RESULTS_DIR
+from batchgen.store.outdir import OutputDir
 
 __all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
 
@@ -289,9 +285,7 @@ async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[in
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
     gate = asyncio.Semaphore(min(limits.most_in_flight, COUNT_CONCURRENCY))
-    connector = aiohttp.TCPConnector(limit=COUNT_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        client = GeminiClient(session, job.model, api_key, limits.timeout_seconds)
+    async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
         async def one(body: bytes) -> int:
             async with gate:

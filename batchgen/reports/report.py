@@ -37,15 +37,11 @@ import pyarrow as pa
 from batchgen.errors import CheckpointError, JobError
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
-from batchgen.store.outdir import (
-    JOB_FILE,
-    RESULTS_DIR,
-    USAGE_DIR,
-    OutputDir,
-    read_job_record,
-    read_run_records,
-)
+from batchgen.store.jobfile import read_job_record
+from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
+from batchgen.store.outdir import OutputDir
 from batchgen.store.output import USAGE_SCHEMA
+from batchgen.store.runs import read_run_records
 
 __all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
 

@@ -14,7 +14,10 @@ from typing import Any
 import pyarrow.compute as pc
 
 from batchgen.errors import CheckpointError
-from batchgen.store.outdir import JOB_FILE, LOCK_FILE, RESULTS_DIR, OutputDir, read_job_record
+from batchgen.store.jobfile import read_job_record
+from batchgen.store.layout import JOB_FILE, LOCK_FILE, RESULTS_DIR
+from batchgen.store.outdir import OutputDir
+from batchgen.store.runs import read_run_records
 
 TOKEN_COLUMNS = (
     "prompt_tokens",
@@ -68,7 +71,7 @@ def output_status(directory: Path) -> OutputStatus:
                          for c in TOKEN_COLUMNS}  # fmt: skip
     latest = out.latest_failures(["row_id", "category", "failed_at"])
     status.failed = Counter(latest.column("category").to_pylist())
-    runs = out.run_records()
+    runs = read_run_records(directory)
     ends = {r["run_id"]: r for r in runs if r.get("event") == "end"}
     if runs:
         last = runs[-1]

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchgen._version import __version__
-from batchgen.backends.base import Backend
+from batchgen.backends.base import Backend, RunContext
 from batchgen.backends.batch.backend import BatchBackend
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.backends.stopping import StopControl
@@ -45,7 +45,10 @@ from batchgen.pricing.budget import Budget, Pricer
 from batchgen.records import Billed, DoneState, Outcome, Work
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 from batchgen.run.summary import RunSummary
+from batchgen.store.jobfile import check_fingerprint
+from batchgen.store.lock import output_lock
 from batchgen.store.outdir import OutputDir
+from batchgen.store.runs import append_run_record
 from batchgen.store.writer import FRAME_SECONDS, RunWriter
 
 __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]
@@ -100,7 +103,7 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
     out = OutputDir(job.output.directory)
-    lock = out.lock()
+    lock = output_lock(out.path)
     await asyncio.to_thread(_enter, out, lock)
     try:
         moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
@@ -146,7 +149,7 @@ def _open_output(job: Job, out: OutputDir, fresh: bool) -> tuple[Any, int, DoneS
     """With the lock held: set aside, prepare, check the job, fold a killed run's journal."""
     moved = out.start_fresh() if fresh else None
     out.prepare()
-    out.check_job(job, __version__)
+    check_fingerprint(job, out.path, __version__)
     folded = out.fold_journal()
     return moved, folded, out.done_state("row_id" if job.input.id_column else "request_hash")
 
@@ -275,16 +278,14 @@ class _Run:
     def _backend(self, budget: Budget) -> Backend:
         """Batch Mode for a ``tier = "batch"`` job; else calls one by one."""
         o = self.options
+        ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out)
         if self.job.model.tier == "batch":
-            return BatchBackend(self.plan, o.api_key, budget, self.run_id, self.stop, self.out,
-                                wait=o.wait, note=self.books.show)  # fmt: skip
-        return OnlineBackend(
-            self.plan, o.api_key, budget, self.run_id, self.stop, self.out, o.unreachable_after
-        )
+            return BatchBackend(ctx, wait=o.wait, note=self.books.show)
+        return OnlineBackend(ctx, o.unreachable_after)
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
-        await asyncio.to_thread(self.out.append_run_record, self._record("start", started_at))
+        await asyncio.to_thread(append_run_record, self.out.path, self._record("start", started_at))
         writer = asyncio.create_task(self.books.write(self._show))
         ticker = asyncio.create_task(self._tick())
         reader = asyncio.create_task(self.stop.guard("reader", self._read()))
@@ -325,7 +326,9 @@ class _Run:
         try:
             if not self.books.broken:
                 await asyncio.to_thread(self.out.compact_errors, self.run_id)
-            await asyncio.to_thread(self.out.append_run_record, self._record("end", started_at))
+            await asyncio.to_thread(
+                append_run_record, self.out.path, self._record("end", started_at)
+            )
         except BatchgenError as exc:
             self.stop.halt(exc, "disk")
         s.seconds = time.monotonic() - self.started

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchgen.atomic import fsync_dir
 from batchgen.errors import CheckpointError
-from batchgen.store.journal import fsync_dir
 
 BATCHES_DIR = "batches"
 RECORD_FILE = "batches.jsonl"

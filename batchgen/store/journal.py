@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from batchgen.atomic import fsync_dir
+
 MAGIC = b"BGJ1\n"
 SUFFIX = ".wal"
 _HEAD = struct.Struct("<cII")
@@ -142,12 +144,3 @@ class JournalWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         os.write(self._fd, MAGIC)
         fsync_dir(self.folder)  # the segment's name survives a crash, not only its bytes
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (new or renamed files) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,88 +1,39 @@
-"""The output directory: its layout, what produced it, what is done, and how rows get there.
-
-::
-
-    OUTPUT/
-      .lock          the running writer's pid, host and process start (one writer per output)
-      job.json       the format version and the fingerprint of the job that produced the output
-      runs.jsonl     one record when each run starts and one when it ends
-      journal/       write-ahead segments: every outcome as it arrives (batchgen.store.journal)
-      results/       part-<run>-<seq>.parquet: one row per answer (per item when exploded)
-      errors/        part-<run>-<seq>.parquet: the latest failure of each row still failed
-      usage/         part-<run>-<seq>.parquet: one row per API call that returned usage (ledger)
-      batches/       tier "batch": every chunk and batch job, and their files
-      (batchgen.store.batches)
+"""The output directory: how rows get there (its layout: batchgen.store.layout; what it holds
+and the done rule: batchgen.store.reading).
 
 Every outcome is in the journal before it is anywhere else; parts are compacted from closed
 segments (``part-<segment>.parquet``, written whole under a temporary name, then the segment is
 removed). A kill between the two leaves both, and folding the segment again finds its parts
-already there, so a row is never written twice. Readers (status, report, estimate, the done
-rule) see parts and segments alike: nothing paid for is invisible.
-
-The one done rule: a row is done when its id (or, without an id column, its request hash) is
-in results; failed when it is in errors and not done; its failure is its latest record.
+already there, so a row is never written twice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import re
-import socket
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchgen.atomic import atomic_file, fsync_dir
 from batchgen.errors import CheckpointError
-from batchgen.job.spec import Job
-from batchgen.keys import EMPTY, Keys, contains, keys_of
-from batchgen.records import DoneState
 from batchgen.store.batches import BATCHES_DIR, BatchStore
-from batchgen.store.journal import SUFFIX, JournalFormatError, fsync_dir, read_segment
+from batchgen.store.journal import JournalFormatError, read_segment
+from batchgen.store.layout import ERRORS_DIR, JOB_FILE, JOURNAL_DIR, KINDS, RUNS_FILE, part_files
 from batchgen.store.output import ERRORS_SCHEMA
-
-LOCK_FILE = ".lock"
-JOB_FILE = "job.json"
-RUNS_FILE = "runs.jsonl"
-RESULTS_DIR = "results"
-ERRORS_DIR = "errors"
-USAGE_DIR = "usage"
-JOURNAL_DIR = "journal"
-KINDS = (RESULTS_DIR, ERRORS_DIR, USAGE_DIR)
-FORMAT = 2  # of job.json and the layout; 1: before the journal (no "format" key)
-_PART_RUN = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})")
-
+from batchgen.store.reading import OutputReader
 
 # --- parts ---------------------------------------------------------------------------------
-
-
-def part_files(directory: Path, kind: str = RESULTS_DIR) -> list[Path]:
-    """The whole part files of one kind, oldest run first."""
-    folder = directory / kind
-    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
 def write_part(folder: Path, name: str, table: pa.Table) -> Path:
     """Write ``table`` as ``folder/name``: temporary name, fsync, rename, fsync the folder."""
     final = folder / name
-    tmp = folder / f".{name}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        fsync_dir(folder)
+        with atomic_file(final) as sink:
+            pq.write_table(table, sink)
     except OSError as exc:
         raise CheckpointError(
             f"{folder}: cannot write results ({exc.strerror}); the answers stay in the journal: "
@@ -91,136 +42,14 @@ def write_part(folder: Path, name: str, table: pa.Table) -> Path:
     return final
 
 
-def run_of(name: str) -> str | None:
-    """The run id in a part or segment file name."""
-    match = _PART_RUN.match(name if name.startswith("part-") else f"part-{name}")
-    return match.group(1) if match else None
-
-
 # --- the directory -------------------------------------------------------------------------
 
 
-class OutputDir:
-    """One output directory; reading needs nothing, writing needs :meth:`lock`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    # --- reading (parts and journal segments alike) -------------------------------------
-
-    def segments(self) -> list[Path]:
-        """Journal segments, oldest first."""
-        folder = self.path / JOURNAL_DIR
-        return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
-
-    def tables(self, kind: str, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
-        """(run id, rows) of every part of ``kind``, then of every journal segment not yet
-        compacted into one; ``columns`` missing from old parts come back as nulls."""
-        for part in part_files(self.path, kind):
-            yield run_of(part.name) or "", self._read_part(part, columns)
-        yield from self._segment_tables(kind, columns)
-
-    def _segment_tables(
-        self, kind: str, columns: list[str] | None
-    ) -> Iterator[tuple[str, pa.Table]]:
-        for segment in self.segments():
-            if (self.path / kind / f"part-{segment.stem}.parquet").exists():
-                continue  # compacted; removed soon (or by the next run, after a kill)
-            table = self._segment_table(segment, kind)
-            if table is not None:
-                yield run_of(segment.name) or "", _select(table, columns)
-
-    def _read_part(self, part: Path, columns: list[str] | None) -> pa.Table:
-        try:
-            return pq.read_table(part, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
-            ) from None
-
-    def _rows_in(self, part: Path) -> int:
-        try:
-            return int(pq.read_metadata(part).num_rows)
-        except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
-            ) from None
-
-    def read(self, kind: str, columns: list[str] | None = None) -> pa.Table | None:
-        """All rows of one kind with a ``run`` column (the run that wrote them), or None."""
-        tables = []
-        for run, table in self.tables(kind, columns):
-            tables.append(table.append_column("run", pa.array([run] * len(table), pa.string())))
-        return pa.concat_tables(tables, promote_options="default") if tables else None
-
-    def _segment_table(self, segment: Path, kind: str) -> pa.Table | None:
-        try:
-            return read_segment(segment).table(kind)
-        except FileNotFoundError:
-            return None  # compacted and removed meanwhile: its part was read above or is new
-        except (OSError, JournalFormatError, pa.ArrowException) as exc:
-            raise CheckpointError(
-                f"{segment}: unreadable journal segment ({exc}); move it out of the output and "
-                "rerun (the rows in it are then bought again)"
-            ) from None
-
-    # --- the done rule ------------------------------------------------------------------
-
-    def done_state(self, column: str = "row_id") -> DoneState:
-        """Keys of done rows and of rows still failed, by ``row_id`` or ``request_hash``."""
-        done = self._keys(RESULTS_DIR, column)
-        failed = self._keys(ERRORS_DIR, column)
-        return DoneState(done, failed[~contains(done, failed)])
-
-    def _keys(self, kind: str, column: str) -> Keys:
-        """The sorted distinct keys of a column over parts and journal, built in one array
-        sized from the parts' footers (8 bytes a row; no list of chunks, no second copy)."""
-        parts = part_files(self.path, kind)
-        journal = [keys_of(t.column(column)) for _, t in self._segment_tables(kind, [column])]
-        sizes = [self._rows_in(part) for part in parts]
-        keys: Keys = np.empty(sum(sizes) + sum(len(k) for k in journal), dtype=np.uint64)
-        at = 0
-        for part, size in zip(parts, sizes, strict=True):
-            keys[at : at + size] = keys_of(self._read_part(part, [column]).column(column))
-            at += size
-        for chunk in journal:
-            keys[at : at + len(chunk)] = chunk
-            at += len(chunk)
-        if not len(keys):
-            return EMPTY
-        keys.sort()  # in place
-        keep = np.empty(len(keys), dtype=bool)
-        keep[0] = True
-        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-        keep &= keys != 0  # 0: a null id or hash (old outputs without request_hash)
-        if keep.all():  # every result row its own input row (not exploded): no second copy
-            return keys
-        distinct: Keys = keys[keep]
-        return distinct
-
-    def latest_failures(self, columns: list[str] | None = None) -> pa.Table:
-        """The latest failure record of each row that is failed and not done."""
-        errors = self.read(ERRORS_DIR, columns and sorted({*columns, "row_id", "failed_at"}))
-        if errors is None:
-            return ERRORS_SCHEMA.empty_table()
-        done = self._keys(RESULTS_DIR, "row_id")
-        errors = errors.filter(pa.array(~contains(done, keys_of(errors.column("row_id")))))
-        errors = errors.sort_by([("row_id", "ascending"), ("failed_at", "descending")])
-        ids = errors.column("row_id").to_pylist()
-        first = [i for i, row_id in enumerate(ids) if i == 0 or ids[i - 1] != row_id]
-        return errors.take(pa.array(first, pa.int64()))
-
-    def done_rows(self) -> int:
-        """How many distinct rows have results."""
-        return len(self._keys(RESULTS_DIR, "row_id"))
+class OutputDir(OutputReader):
+    """One output directory: what it holds (:class:`OutputReader`) and, with its lock held
+    (batchgen.store.lock), the writing: prepare, compaction, starting over."""
 
     # --- writing (with the lock held) ---------------------------------------------------
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold ``.lock`` for the block; a lock left by a dead process is taken over."""
-        with output_lock(self.path):
-            yield
 
     def prepare(self) -> None:
         """Create and test-write every folder a run writes, before the first paid call."""
@@ -275,18 +104,14 @@ class OutputDir:
         if not parts:
             return
         latest = self.latest_failures().select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-        if len(parts) == 1 and latest.num_rows == pq.read_metadata(parts[0]).num_rows:
+        if len(parts) == 1 and latest.num_rows == self._rows_in(parts[0]):
             return  # already compact
         if latest.num_rows:
             write_part(self.path / ERRORS_DIR, f"part-{run_id}-compact.parquet", latest)
         for part in parts:
             part.unlink()
 
-    # --- what produced the output, and the runs -----------------------------------------
-
-    def check_job(self, job: Job, version: str) -> str:
-        """Record the job's fingerprint in a new output; refuse one made by another job."""
-        return check_fingerprint(job, self.path, version)
+    # --- starting over -----------------------------------------------------------------
 
     def start_fresh(self) -> Path | None:
         """Move an earlier job's files into ``previous-<time>/``: never delete paid results.
@@ -322,205 +147,3 @@ class OutputDir:
                 f"{self.path}: cannot move the earlier output aside: {exc}"
             ) from None
         return aside
-
-    def append_run_record(self, record: Mapping[str, Any]) -> None:
-        append_run_record(self.path, record)
-
-    def run_records(self) -> list[dict[str, Any]]:
-        return read_run_records(self.path)
-
-
-def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
-    if columns is None:
-        return table
-    present = [c for c in columns if c in table.column_names]
-    return table.select(present)
-
-
-# --- one writer per output -----------------------------------------------------------------
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return started is None or _process_start(pid) in (None, started)
-
-
-@contextlib.contextmanager
-def output_lock(directory: Path) -> Iterator[None]:
-    """Hold ``directory/.lock`` for the block; a lock left by a dead process is taken over."""
-    lock = directory / LOCK_FILE
-    host = socket.gethostname()
-    me = {"pid": os.getpid(), "host": host, "started": _process_start(os.getpid())}
-    tmp = directory / f".lock.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(me))
-    except OSError as exc:
-        raise CheckpointError(
-            f"{directory}: cannot write here ({exc.strerror}); fix the permissions or choose "
-            "another output directory"
-        ) from None
-    try:
-        for _ in range(3):
-            try:
-                os.link(tmp, lock)  # atomic: the lock is whole or absent, never half written
-                break
-            except FileExistsError:
-                _take_over_if_stale(lock, host)
-        else:
-            raise CheckpointError(f"{lock}: could not take the lock; retry")
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _take_over_if_stale(lock: Path, host: str) -> None:
-    try:
-        holder = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return  # released meanwhile: try again
-    except (OSError, ValueError):
-        holder = {}
-    pid, where = holder.get("pid"), holder.get("host")
-    if isinstance(pid, int) and where == host and not _alive(pid, holder.get("started")):
-        lock.unlink(missing_ok=True)  # its process is gone
-        return
-    if not isinstance(pid, int):
-        raise CheckpointError(f"{lock}: unreadable lock file; if no run is using it, delete it")
-    raise CheckpointError(
-        f"{lock.parent}: another run (pid {pid} on {where}) is writing this output; "
-        "wait for it, or delete the lock file if that run is gone"
-    )
-
-
-# --- what produced the output --------------------------------------------------------------
-
-
-def fingerprint_parts(job: Job) -> dict[str, Any]:
-    """What decides the answers and the output's columns; base_url and limits do not."""
-    return {
-        "model": job.model.name,
-        "response_schema": job.response_schema,
-        # only when not Gemini's, so that fingerprints of existing outputs stay as they were
-        **({"schema_dialect": job.schema_dialect} if job.schema_dialect != "gemini" else {}),
-        "prompt.user": job.prompt.user,
-        "prompt.system": job.prompt.system,
-        "generation": job.generation,
-        "output.explode": job.output.explode,
-        "input.carry": list(job.input.carry),
-        "input.id_column": job.input.id_column,
-    }
-
-
-def fingerprint(parts: Mapping[str, Any]) -> str:
-    """A short hash of the fingerprint parts."""
-    canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def read_job_record(directory: Path) -> dict[str, Any]:
-    """job.json, upgraded to the current format; CheckpointError when unreadable or newer."""
-    path = directory / JOB_FILE
-    try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
-            raise ValueError("no parts")
-    except (OSError, ValueError):
-        raise CheckpointError(
-            f"{path}: unreadable; move the output aside or use fresh=True (--fresh)"
-        ) from None
-    version = record.get("format", 1)
-    if not isinstance(version, int) or version > FORMAT:
-        raise CheckpointError(
-            f"{path}: written by a newer batchgen (output format {version}; this one reads up "
-            f"to {FORMAT}); upgrade batchgen or use another output directory"
-        )
-    if version == 1:
-        record = _upgrade_1_to_2(record)
-    return record
-
-
-def _upgrade_1_to_2(record: dict[str, Any]) -> dict[str, Any]:
-    """Format 1 had no journal and no format key; its parts read as they are."""
-    upgraded: dict[str, Any] = {**record, "format": 2}
-    return upgraded
-
-
-def check_fingerprint(job: Job, directory: Path, version: str) -> str:
-    """Record the job's fingerprint in a new output; refuse an output made by another job."""
-    parts = fingerprint_parts(job)
-    path = directory / JOB_FILE
-    if path.exists():
-        record = read_job_record(directory)
-        recorded = record["parts"]
-        changed = [k for k in parts if recorded.get(k) != parts[k]]
-        if changed:
-            raise CheckpointError(
-                f"{directory}: written by a different job ({', '.join(changed)} changed); "
-                "rerun with --fresh (fresh=True) to start over, or choose another output"
-            )
-        if record.get("format") != json.loads(path.read_text(encoding="utf-8")).get("format"):
-            _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        return fingerprint(parts)
-    if any(part_files(directory, kind) for kind in KINDS):
-        raise CheckpointError(
-            f"{directory}: has results but no {JOB_FILE}; choose another output or use --fresh"
-        )
-    record = {"format": FORMAT, "fingerprint": fingerprint(parts), "job": job.name,
-              "parts": parts, "batchgen_version": version}  # fmt: skip
-    _write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    return fingerprint(parts)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# --- run records ---------------------------------------------------------------------------
-
-
-def append_run_record(directory: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line to runs.jsonl (fsynced)."""
-    try:
-        with (directory / RUNS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise CheckpointError(
-            f"{directory / RUNS_FILE}: cannot write ({exc.strerror}); free space or fix "
-            "permissions, then rerun: the answers are saved"
-        ) from None
-
-
-def read_run_records(directory: Path) -> list[dict[str, Any]]:
-    """The run records; a line cut short by a kill is skipped."""
-    path = directory / RUNS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    return records

@@ -24,7 +24,8 @@ import pyarrow as pa
 from batchgen.errors import CheckpointError
 from batchgen.job.spec import OutputSpec
 from batchgen.store.journal import JournalWriter, encode
-from batchgen.store.outdir import ERRORS_DIR, JOURNAL_DIR, RESULTS_DIR, USAGE_DIR, OutputDir
+from batchgen.store.layout import ERRORS_DIR, JOURNAL_DIR, RESULTS_DIR, USAGE_DIR
+from batchgen.store.outdir import OutputDir
 from batchgen.store.output import ERRORS_SCHEMA, USAGE_SCHEMA, error_row
 
 FRAME_SECONDS = 0.05  # answers wait at most this long in memory before they are in the journal

@@ -29,10 +29,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import aiohttp
 import msgspec
 
-from batchgen.backends.base import Gauges, Sink
+from batchgen.backends.base import Gauges, RunContext, Sink
 from batchgen.backends.batch.jsonl import (
     BATCH_TIER,
     LINE_ERROR,
@@ -44,17 +43,14 @@ from batchgen.backends.batch.jsonl import (
 )
 from batchgen.backends.batch.steps import Collection, collect_chunk, submit_chunk, upload_chunk
 from batchgen.backends.online.backend import OnlineBackend
-from batchgen.backends.stopping import StopControl
 from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
 from batchgen.gemini.batch_client import BatchClient, BatchInfo
 from batchgen.gemini.client import ApiError
+from batchgen.gemini.connect import client_for
 from batchgen.job.spec import ModelSpec
-from batchgen.plan import Plan
-from batchgen.pricing.budget import Budget
 from batchgen.records import Work
 from batchgen.redact import redact_url
 from batchgen.store.batches import BatchStore, ChunkRecord
-from batchgen.store.outdir import OutputDir
 
 __all__ = ["BatchBackend", "cancel_output"]
 
@@ -74,22 +70,18 @@ class BatchBackend:
 
     def __init__(
         self,
-        plan: Plan,
-        api_key: str,
-        budget: Budget,
-        run_id: str,
-        stop: StopControl,
-        out: OutputDir,
+        ctx: RunContext,
         *,
         wait: bool = True,
         note: Note | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.plan, self.job, self.api_key = plan, plan.job, api_key
-        self.budget, self.run_id, self.stop, self.out = budget, run_id, stop, out
+        self.ctx = ctx
+        self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
+        self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
         self.wait, self.note, self.clock = wait, note or (lambda _: None), clock
-        self.store = BatchStore(out.path)
-        self.collector = ResultCollector(plan, run_id)
+        self.store = BatchStore(ctx.out.path)
+        self.collector = ResultCollector(ctx.plan, ctx.run_id)
         # the rows of the chunks not collected yet, slimmed once their chunk file is written
         # (id, carried values, request hash): a batch run's memory does not hold its bodies
         self.works: dict[str, Work] = {}
@@ -103,12 +95,7 @@ class BatchBackend:
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Submit, wait for and collect every row of ``works``; stop waiting when told to."""
-        async with aiohttp.ClientSession() as session:
-            client = BatchClient(
-                session, self.job.model, self.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
+        async with client_for(self.job, self.api_key, BatchClient) as client:
             try:
                 await self._run(client, works, sink)
             except ApiError as exc:
@@ -253,7 +240,7 @@ class BatchBackend:
         """Ask the rows the batches did not answer online, at the standard tier."""
         model = msgspec.structs.replace(self.job.model, tier="standard")
         plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
-        online = OnlineBackend(plan, self.api_key, self.budget, self.run_id, self.stop, self.out)
+        online = OnlineBackend(dataclasses.replace(self.ctx, plan=plan))
         self.note(f"asking {len(self.retry)} rows online that the batches did not answer")
         works = await asyncio.to_thread(self._with_bodies, self.retry)
         await online.run(_stream(works), sink)
@@ -319,8 +306,7 @@ async def cancel_output(output: Path, model: ModelSpec, api_key: str) -> list[Ch
     if not store.path.exists():
         raise CheckpointError(f"{store.path}: no such file: {output} has no batches to cancel")
     cancelled: list[ChunkRecord] = []
-    async with aiohttp.ClientSession() as session:
-        client = BatchClient(session, model, api_key, CANCEL_TIMEOUT)
+    async with client_for(model, api_key, BatchClient, timeout=CANCEL_TIMEOUT) as client:
         for chunk in store.open_chunks():
             if chunk.state != "submitted" or chunk.batch_name is None:
                 continue

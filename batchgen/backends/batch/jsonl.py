@@ -15,17 +15,16 @@ or a key with no line becomes a failure record, which the next run retries.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchgen.atomic import atomic_file
 from batchgen.gemini.answers import AnswerError, excerpt, parse_response, structured_value
 from batchgen.plan import Plan
 from batchgen.records import Answer, Billed, Outcome, Work
-from batchgen.store.journal import fsync_dir
 from batchgen.store.output import error_row, result_meta
 
 MAX_FILE_BYTES = 2 * 1000**3  # the Files API's limit per file (2 GB)
@@ -113,16 +112,11 @@ def group_works(
 
 def write_chunk(path: Path, works: Sequence[Work]) -> Chunk:
     """Write one chunk file whole (temporary name, fsync, rename) before it is recorded."""
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with tmp.open("wb") as sink:
+    with atomic_file(path) as sink:
         for work in works:
             size += sink.write(request_line(work))
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
     return Chunk(path, tuple(w.row.row_id for w in works), size)
 
 

@@ -26,21 +26,16 @@ from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import TypeVar
 
-import aiohttp
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.backends.base import Gauges, Sink
+from batchgen.backends.base import Gauges, RunContext, Sink
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.caller import Pacing, RowCaller
+from batchgen.backends.online.concurrency import AUTO_START, concurrency_for, connection_limit
 from batchgen.backends.online.daily import PACIFIC, DailyQuota
-from batchgen.backends.online.limits import (
-    AUTO_START,
-    RateLimits,
-    concurrency_for,
-    connection_limit,
-)
-from batchgen.backends.stopping import StopControl, TransportWatch
+from batchgen.backends.online.rate import RateLimits
+from batchgen.backends.stopping import TransportWatch
 from batchgen.errors import (
     BatchgenError,
     BudgetReachedError,
@@ -48,8 +43,7 @@ from batchgen.errors import (
     RunStoppedError,
 )
 from batchgen.gemini.client import GeminiClient
-from batchgen.plan import Plan
-from batchgen.pricing.budget import Budget
+from batchgen.gemini.connect import client_for
 from batchgen.records import Work
 from batchgen.redact import redact_url
 from batchgen.store.outdir import OutputDir
@@ -62,25 +56,17 @@ T = TypeVar("T")
 class OnlineBackend:
     """Calls ``generateContent`` for each row, within the job's limits (see the module)."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        api_key: str,
-        budget: Budget,
-        run_id: str,
-        stop: StopControl,
-        out: OutputDir,
-        unreachable_after: int = 0,
-    ) -> None:
-        self.plan, self.job, self.api_key = plan, plan.job, api_key
-        self.budget, self.run_id, self.stop, self.out = budget, run_id, stop, out
+    def __init__(self, ctx: RunContext, unreachable_after: int = 0) -> None:
+        self.ctx = ctx
+        self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
+        self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
         spec = self.job.limits
         self.limits = RateLimits(spec.requests_per_minute, spec.tokens_per_minute)
         self.controller = concurrency_for(spec, self.limits)
         where = redact_url(self.job.model.base_url)
         self.breaker = Breaker(self.job.retry.outage_minutes, where=where)
         start = AUTO_START if spec.pinned is None else spec.pinned
-        self.watch = TransportWatch(stop, where, unreachable_after or max(20, 2 * start))
+        self.watch = TransportWatch(self.stop, where, unreachable_after or max(20, 2 * start))
         self._rows: set[asyncio.Task[None]] = set()
 
     def gauges(self) -> Gauges:
@@ -98,13 +84,8 @@ class OnlineBackend:
         )
         day = DailyQuota(per_day, used)
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch)
-        connector = aiohttp.TCPConnector(limit=connection_limit(self.job.limits))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            client = GeminiClient(
-                session, self.job.model, self.api_key, self.job.limits.timeout_seconds,
-                max_response_bytes=self.job.limits.max_response_bytes,
-                max_server_delay=self.job.retry.max_server_delay_seconds,
-            )  # fmt: skip
+        limit = connection_limit(self.job.limits)
+        async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
             caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))

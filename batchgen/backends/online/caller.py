@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from batchgen.backends.online.breaker import Breaker
+from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.daily import DailyQuota
-from batchgen.backends.online.limits import ConcurrencyController, RateLimits
+from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.backends.stopping import TransportWatch
 from batchgen.gemini.answers import AnswerError, parse_response, structured_value
@@ -143,7 +144,7 @@ class RowCaller:
         """One row through its retry loop; what still fails becomes a failure record.
 
         ``slot`` is the row's place in flight
-        (:class:`~batchgen.backends.online.limits.ConcurrencyController`).
+        (:class:`~batchgen.backends.online.concurrency.ConcurrencyController`).
         The first call is made before tenacity's loop, which is entered only if it fails (with
         that failure replayed as its first attempt): the same policy, without building the
         loop for the rows that need none.

@@ -1,0 +1,82 @@
+"""One writer per output: ``OUTPUT/.lock`` holds the running writer's pid, host and start."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from batchgen.errors import CheckpointError
+from batchgen.store.layout import LOCK_FILE
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return started is None or _process_start(pid) in (None, started)
+
+
+@contextlib.contextmanager
+def output_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` for the block; a lock left by a dead process is taken over."""
+    lock = directory / LOCK_FILE
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "started": _process_start(os.getpid())}
+    tmp = directory / f".lock.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(me))
+    except OSError as exc:
+        raise CheckpointError(
+            f"{directory}: cannot write here ({exc.strerror}); fix the permissions or choose "
+            "another output directory"
+        ) from None
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)  # atomic: the lock is whole or absent, never half written
+                break
+            except FileExistsError:
+                _take_over_if_stale(lock, host)
+        else:
+            raise CheckpointError(f"{lock}: could not take the lock; retry")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _take_over_if_stale(lock: Path, host: str) -> None:
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return  # released meanwhile: try again
+    except (OSError, ValueError):
+        holder = {}
+    pid, where = holder.get("pid"), holder.get("host")
+    if isinstance(pid, int) and where == host and not _alive(pid, holder.get("started")):
+        lock.unlink(missing_ok=True)  # its process is gone
+        return
+    if not isinstance(pid, int):
+        raise CheckpointError(f"{lock}: unreadable lock file; if no run is using it, delete it")
+    raise CheckpointError(
+        f"{lock.parent}: another run (pid {pid} on {where}) is writing this output; "
+        "wait for it, or delete the lock file if that run is gone"
+    )
