@@ -170,14 +170,14 @@ def test_the_runs_controller_follows_the_rate_limits() -> None:
     limits.requests.rate = 600  # after a 429 the allowed rate is lower: so is the target
     clock.now += 1
     assert auto.target == 24
-    pinned = concurrency_for(LimitsSpec(concurrency=5, auto_concurrency=False), limits)
+    pinned = concurrency_for(LimitsSpec(concurrency=5), limits)
     assert pinned.target == 5
 
 
 def test_the_connection_pool_matches_the_most_calls_in_flight() -> None:
     assert connection_limit(LimitsSpec()) == 2048
     assert connection_limit(LimitsSpec(max_concurrency=300)) == 300
-    assert connection_limit(LimitsSpec(concurrency=16, auto_concurrency=False)) == 16
+    assert connection_limit(LimitsSpec(concurrency=16)) == 16
 
 
 # --- requests per Pacific day --------------------------------------------------------------
@@ -220,14 +220,14 @@ def test_earlier_runs_count_only_on_the_same_pacific_day() -> None:
 
 def test_concurrency_is_automatic_unless_pinned(tmp_path: Path) -> None:
     auto = load_job(write_job(tmp_path, MINIMAL)).limits
-    assert auto.auto_concurrency and auto.max_concurrency == 2048
+    assert auto.concurrency == "auto" and auto.pinned is None and auto.max_concurrency == 2048
     assert auto.requests_per_day is None
     text = MINIMAL + "[limits]\nconcurrency = 'auto'\nmax_concurrency = 500\n"
     named = load_job(write_job(tmp_path, text, "named.toml")).limits
-    assert named.auto_concurrency and named.max_concurrency == 500
+    assert named.concurrency == "auto" and named.max_concurrency == 500
     text = MINIMAL + "[limits]\nconcurrency = 12\nrequests_per_day = 10000\n"
     pinned = load_job(write_job(tmp_path, text, "pinned.toml")).limits
-    assert (pinned.auto_concurrency, pinned.concurrency) == (False, 12)
+    assert pinned.concurrency == pinned.pinned == 12
     assert pinned.requests_per_day == 10000
     text = MINIMAL + "[retry]\noutage_minutes = 2.5\n"
     assert load_job(write_job(tmp_path, text, "retry.toml")).retry.outage_minutes == 2.5

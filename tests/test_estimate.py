@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
+from msgspec import structs
 
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
@@ -131,7 +132,7 @@ def test_output_measured_in_a_pilot_run(project: Path, emulator: EmulatorThread)
     assert "measured in" in text and "USD " in text
 
     # The same output under a changed prompt is another job: its sizes are not used.
-    changed = replace(job, prompt=replace(job.prompt, user=job.prompt.user + " Be brief."))
+    changed = replace(job, prompt=structs.replace(job.prompt, user=job.prompt.user + " Be brief."))
     est = estimate_job(changed, api_key=KEY)
     assert est.output_high == 12 * 8192
     assert any("written by a different job (prompt.user changed)" in n for n in est.notes)
@@ -141,7 +142,9 @@ def test_output_measured_in_a_pilot_run(project: Path, emulator: EmulatorThread)
 
 def test_tokens_per_minute_bounds_the_run_time(project: Path, emulator: EmulatorThread) -> None:
     job = load(project, "review_insights", emulator)
-    job = replace(job, limits=replace(job.limits, tokens_per_minute=100, requests_per_minute=60))
+    job = replace(
+        job, limits=structs.replace(job.limits, tokens_per_minute=100, requests_per_minute=60)
+    )
     est = estimate_job(job, api_key=KEY)
     assert est.minutes_tokens == pytest.approx(est.prompt_tokens / 100)
     assert est.minutes == est.minutes_tokens > est.minutes_requests == pytest.approx(20 / 60)
@@ -167,7 +170,7 @@ def test_a_refused_key_or_unknown_model_stops_the_estimate(
         estimate_job(job, api_key="wrong-key-987")
     assert "wrong-key-987" not in str(info.value)
     with pytest.raises(FatalApiError, match="HTTP 404"):
-        estimate_job(replace(job, model=replace(job.model, name="gemini-9")), api_key=KEY)
+        estimate_job(replace(job, model=structs.replace(job.model, name="gemini-9")), api_key=KEY)
 
 
 def test_sample_positions_spread_over_the_input() -> None:

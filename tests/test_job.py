@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
+from click.testing import CliRunner
 
+from batchgen.cli import main
 from batchgen.errors import JobError
-from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, load_job
+from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, job_from_mapping, load_job
 from tests.conftest import ROOT, write_job
 
 MINIMAL = """
@@ -57,6 +62,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[limits]\nmax_response_mb = 0\n", "limits.max_response_mb must be > 0"),
         ("[limits]\nmax_response_mb = 'big'\n", "limits.max_response_mb must be a number"),
         ("[retry]\nmax_server_delay_seconds = -1\n", "retry.max_server_delay_seconds must be > 0"),
+        ("limits = 3\n", "limits must be a table ([limits])"),
+        ("name = 7\n", "name must be a string, not 7"),
+        ("[batch]\npoll_initial_seconds = 'soon'\n", "batch.poll_initial_seconds must be a number"),
+        ("[model.extra]\nx = 1\n", "[model] unknown key 'extra'"),
     ],
 )
 def test_bad_keys_name_the_file_and_key(tmp_path: Path, extra: str, message: str) -> None:
@@ -141,3 +150,50 @@ def test_a_bad_base_url_is_shown_without_its_credentials(tmp_path: Path) -> None
         load_job(path, Overrides(base_url="ftp://user:hunter2@proxy/?key=AIzaSecret"))
     assert "hunter2" not in str(info.value) and "AIzaSecret" not in str(info.value)
     assert "ftp://***@proxy/?key=***" in str(info.value)
+
+
+def test_print_schema_describes_the_job_files(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "--print-schema"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    check = jsonschema.Draft202012Validator(schema)
+    shipped = sorted((ROOT / "jobs").glob("*.toml"))
+    assert shipped
+    for job in shipped:
+        raw = tomllib.loads(job.read_text())
+        assert not list(check.iter_errors(raw)), job
+        load_job(job)  # the schema and the loader agree
+    minimal = tomllib.loads(MINIMAL)
+    assert check.is_valid(minimal)
+    assert not check.is_valid(minimal | {"colour": "red"})
+    assert not check.is_valid(minimal | {"limits": {"concurrency": "fast"}})
+    assert check.is_valid(minimal | {"limits": {"concurrency": "auto"}})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('[model]\n    name = "gemini-2.5-flash"\n', "", "missing section [model]"),
+        ('name = "gemini-2.5-flash"\n', "", "[model] needs 'name'"),
+        (
+            'path = "rows.csv"',
+            'path = "rows.csv"\ncarry = ["a", 2]',
+            "input.carry must be a list of",
+        ),
+    ],
+)
+def test_missing_and_malformed_keys_are_one_line(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    with pytest.raises(JobError) as info:
+        load_job(write_job(tmp_path, MINIMAL.replace(old, new)))
+    assert "\n" not in str(info.value) and message in str(info.value)
+
+
+def test_the_python_api_dict_uses_the_same_declaration(tmp_path: Path) -> None:
+    raw = tomllib.loads(MINIMAL) | {"limits": {"concurrency": 3, "tokens_per_minute": None}}
+    job = job_from_mapping(raw, "generate()", tmp_path)
+    assert job.limits.concurrency == job.limits.pinned == 3 and job.limits.tokens_per_minute is None
+    with pytest.raises(JobError, match=r"^generate\(\): \[limits\] unknown key 'burst'"):
+        job_from_mapping(raw | {"limits": {"burst": 3}}, "generate()", tmp_path)

@@ -245,6 +245,14 @@ def test_an_old_single_rate_override_still_loads_and_keeps_the_lifecycle(tmp_pat
         ('[models."x"]\nstatus = "gone"\ninput = 1\noutput = 2\n', 'models."x".status must be'),
         ('[models."x"]\nstatus = "retired"\ninput = 1\noutput = 2\n', "needs its date"),
         (
+            '[models."x"]\ninput = 1\noutput = 2\nbatch = { input = 0.5, output = 1, flex = 2 }\n',
+            "unknown key 'models.\"x\".batch.flex'",
+        ),
+        (
+            '[[models."x".periods]]\ninput = 1\noutput = 2\n[[models."x".periods]]\ninput = -1\n',
+            'models."x".periods[1].input must be a price >= 0 (USD per 1M), not -1',
+        ),
+        (
             '[models."x"]\ninput = 1\noutput = 2\n[[models."x".periods]]\ninput = 1\noutput = 2\n',
             "in periods or on the model, not both",
         ),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from batchgen.job.spec import TIERS, Job, resolve_api_key
 from batchgen.pricing.file import load_prices
@@ -34,7 +35,7 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     from batchgen.emulator import EmulatorThread
 
     with EmulatorThread() as server:
-        local = replace(job, model=replace(job.model, base_url=server.base_url))
+        local = replace(job, model=msgspec.structs.replace(job.model, base_url=server.base_url))
         yield local, os.environ.get(job.model.api_key_env) or EMULATOR_KEY
 
 

@@ -44,6 +44,8 @@ class _Group(click.Group):
                 click.echo(_describe(exc.summary, ctx.meta.get(_ASKED)))
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # --help, --print-schema, a usage error: click's own exit and message
         except KeyboardInterrupt:  # a caller without batchgen's own entry point's handlers
             click.echo("error: interrupted; nothing more was sent: rerun to resume", err=True)
             sys.exit(RunStoppedError.exit_code)
@@ -207,9 +209,26 @@ def _answered_by(s: RunSummary, asked: str | None) -> str:
     return f"answered by {names}; asked {asked}"
 
 
+def _print_schema(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--print-schema: the job file's JSON Schema, then stop (no JOB_FILE needed)."""
+    if value and not ctx.resilient_parsing:
+        from batchgen.job.spec import job_file_schema
+
+        click.echo(json.dumps(job_file_schema(), indent=2))
+        ctx.exit()
+
+
 @main.command()
 @job_options
 @click.option("--show-request", is_flag=True, help="Print the request for the first input row.")
+@click.option(
+    "--print-schema",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_print_schema,
+    help="Print the JSON Schema of a job file (for editors) and exit.",
+)
 def validate(
     job_file: Path,
     input_path: Path | None,

@@ -6,17 +6,23 @@ from any working directory (cron starts in $HOME).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from msgspec import Meta
+from msgspec.structs import replace
 
 from batchgen.errors import JobError
+from batchgen.job.decode import convert, schema_hook
 from batchgen.job.response_schema import (
     GEMINI,
     ResponseSchema,
@@ -27,11 +33,13 @@ from batchgen.job.response_schema import (
 from batchgen.redact import redact_url
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
-INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+Format = Literal["csv", "parquet", "auto"]  # "auto": by the input file's extension
+INPUT_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # The service tiers a job can ask for (README "Tiers"; docs/gemini-api.md §11). Flex answers in
 # minutes, not seconds (its target is 1-15 min), so a Flex job waits longer for each call unless
 # it sets limits.timeout_seconds itself.
-TIERS = ("standard", "flex", "batch")
+Tier = Literal["standard", "flex", "batch"]
+TIERS: tuple[Tier, ...] = get_args(Tier)
 FLEX_TIMEOUT_SECONDS = 900.0
 
 # generationConfig fields passed through as given (GenerationConfig in generative_service.proto).
@@ -55,71 +63,33 @@ GENERATION_KEYS = frozenset(
     }
 )
 
-_SECTIONS: dict[str, frozenset[str]] = {
-    "": frozenset(
-        {
-            "name",
-            "schema_file",
-            "input",
-            "model",
-            "prompt",
-            "generation",
-            "response_schema",
-            "response_json_schema",
-            "json_schema_file",
-            "schema",
-            "limits",
-            "retry",
-            "output",
-            "batch",
-        }
-    ),
-    "input": frozenset({"path", "format", "id_column", "carry"}),
-    "model": frozenset({"name", "base_url", "api_version", "api_key_env", "tier"}),
-    "prompt": frozenset({"user", "system"}),
-    "limits": frozenset(
-        {
-            "requests_per_minute",
-            "tokens_per_minute",
-            "requests_per_day",
-            "concurrency",
-            "max_concurrency",
-            "timeout_seconds",
-            "max_response_mb",
-        }
-    ),
-    "batch": frozenset({"rows_per_chunk", "poll_initial_seconds", "poll_max_seconds", "fallback"}),
-    "output": frozenset({"directory", "explode", "flush_rows", "flush_seconds", "sync_seconds"}),
-    "retry": frozenset(
-        {
-            "attempts",
-            "answer_attempts",
-            "row_deadline_seconds",
-            "backoff_initial_seconds",
-            "backoff_max_seconds",
-            "max_server_delay_seconds",
-            "outage_minutes",
-            "flex_fallback_seconds",
-        }
-    ),
-}
+Positive = Annotated[int, Meta(gt=0)]
+Above0 = Annotated[float, Meta(gt=0)]  # seconds, minutes, megabytes
 
 
-@dataclass(frozen=True)
-class InputSpec:
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of a job file: its keys, types, ranges and defaults, each stated once here."""
+
+
+class InputSpec(_Table, frozen=True):
+    """[input]: the rows. ``path`` is relative to the job file's folder; ``format`` "auto"
+    follows its extension; ``carry`` columns are copied to the output as they are."""
+
     path: Path
-    format: str
+    format: Format = "auto"
     id_column: str | None = None
-    carry: tuple[str, ...] = ()
+    carry: Annotated[tuple[str, ...], Meta(extra={"wanted": "a list of column names"})] = ()
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Table, frozen=True):
+    """[model]: which model, where, with which key, at which service tier (how the calls are
+    served and billed)."""
+
     name: str
     base_url: str = DEFAULT_BASE_URL
     api_version: str = "v1beta"
     api_key_env: str = "GEMINI_API_KEY"
-    tier: str = "standard"  # one of TIERS: how the calls are served and billed
+    tier: Tier = "standard"
 
     @property
     def url(self) -> str:
@@ -127,39 +97,50 @@ class ModelSpec:
         return f"{self.base_url}/{self.api_version}/models/{self.name}:generateContent"
 
 
-@dataclass(frozen=True)
-class PromptSpec:
+class PromptSpec(_Table, frozen=True):
+    """[prompt]: Jinja templates over the row's columns."""
+
     user: str
     system: str | None = None
 
 
-@dataclass(frozen=True)
-class LimitsSpec:
-    """The quota and how many calls may be in flight.
+class LimitsSpec(_Table, frozen=True):
+    """[limits]: the quota and how many calls may be in flight.
 
-    ``concurrency = "auto"`` (the default) sets ``auto_concurrency``: the calls in flight follow
-    the allowed rate times the observed latency (limits.ConcurrencyController), up to
-    ``max_concurrency`` (enough for 60 s answers at 2,000 requests a minute). An integer pins
-    ``concurrency``; under "auto" that field is not used.
+    ``concurrency = "auto"`` (the default): the calls in flight follow the allowed rate times
+    the observed latency, up to ``max_concurrency`` (enough for
+    60 s answers at 2,000 requests a minute). An integer pins it. ``tokens_per_minute`` counts
+    input (prompt) tokens, as the API counts its TPM; ``requests_per_day`` is counted per
+    Pacific day, when the API resets it; a bigger answer than ``max_response_mb`` (after
+    decompression) fails the call. A Flex job waits 900 s for an answer unless it sets
+    ``timeout_seconds`` (FLEX_TIMEOUT_SECONDS).
     """
 
-    requests_per_minute: int = 1000
-    tokens_per_minute: int | None = None  # input (prompt) tokens, as the API counts its TPM
-    requests_per_day: int | None = None  # counted per Pacific day, when the API resets it
-    concurrency: int = 32
-    auto_concurrency: bool = True
-    max_concurrency: int = 2048
-    timeout_seconds: float = 600.0
-    max_response_mb: float = 32.0  # a bigger answer (after decompression) fails the call
+    requests_per_minute: Positive = 1000
+    tokens_per_minute: Positive | None = None
+    requests_per_day: Positive | None = None
+    concurrency: Positive | Literal["auto"] = "auto"
+    max_concurrency: Positive = 2048
+    timeout_seconds: Above0 = 600.0
+    max_response_mb: Above0 = 32.0
 
     @property
     def max_response_bytes(self) -> int:
         return int(self.max_response_mb * 1024 * 1024)
 
+    @property
+    def pinned(self) -> int | None:
+        """The pinned concurrency; None under "auto"."""
+        return None if self.concurrency == "auto" else self.concurrency
 
-@dataclass(frozen=True)
-class RetrySpec:
-    """How hard to try one row.
+    @property
+    def most_in_flight(self) -> int:
+        """The most calls ever in flight: the pinned number, else ``max_concurrency``."""
+        return self.max_concurrency if self.pinned is None else self.pinned
+
+
+class RetrySpec(_Table, frozen=True):
+    """[retry]: how hard to try one row.
 
     ``attempts`` bounds all calls for a row; transient HTTP failures (429, 5xx, timeouts, dropped
     connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
@@ -170,22 +151,18 @@ class RetrySpec:
     ``flex_fallback_seconds`` since its first such refusal is retried at the standard tier.
     """
 
-    attempts: int = 5
-    answer_attempts: int = 2
-    row_deadline_seconds: float = 900.0
-    backoff_initial_seconds: float = 1.0
-    backoff_max_seconds: float = 60.0
-    max_server_delay_seconds: float = 300.0
-    outage_minutes: float = 10.0
-    flex_fallback_seconds: float | None = None  # Flex capacity errors this long → standard
+    attempts: Positive = 5
+    answer_attempts: Positive = 2
+    row_deadline_seconds: Above0 = 900.0
+    backoff_initial_seconds: Above0 = 1.0
+    backoff_max_seconds: Above0 = 60.0
+    max_server_delay_seconds: Above0 = 300.0
+    outage_minutes: Above0 = 10.0
+    flex_fallback_seconds: Above0 | None = None
 
 
-BATCH_FALLBACKS = ("none", "online")
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """How a ``tier = "batch"`` run uses Batch Mode.
+class BatchSpec(_Table, frozen=True):
+    """[batch]: how a ``tier = "batch"`` run uses Batch Mode.
 
     ``rows_per_chunk`` rows go in one input file and one batch job; the job is polled after
     ``poll_initial_seconds``, then ever less often up to every ``poll_max_seconds``. With
@@ -194,19 +171,48 @@ class BatchSpec:
     with ``"none"`` they are failure records that the next run submits again.
     """
 
-    rows_per_chunk: int = 10_000
-    poll_initial_seconds: float = 10.0
-    poll_max_seconds: float = 120.0
-    fallback: str = "none"
+    rows_per_chunk: Positive = 10_000
+    poll_initial_seconds: Above0 = 10.0
+    poll_max_seconds: Above0 = 120.0
+    fallback: Literal["none", "online"] = "none"
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    directory: Path
+class OutputSpec(_Table, frozen=True):
+    """[output]: where the results go (``directory``: relative to the job file's folder; by
+    default out/<job file name>), in which shape, how often they are flushed; the journal is
+    fsynced at most every ``sync_seconds`` (group commit)."""
+
+    directory: Annotated[Path, Meta(description="default: out/<job file name>")] = msgspec.field(
+        default_factory=Path  # not given: _build puts out/<job file name> here
+    )
     explode: bool = False
-    flush_rows: int = 1000
-    flush_seconds: float = 30.0
-    sync_seconds: float = 1.0  # the journal is fsynced at most this often (group commit)
+    flush_rows: Positive = 1000
+    flush_seconds: Above0 = 30.0
+    sync_seconds: Above0 = 1.0
+
+
+_SCHEMA_HELP = "the answer's schema; give exactly one of the five schema keys"
+
+
+class JobFile(_Table, frozen=True):
+    """A batchgen job file: one TOML file describes one job."""
+
+    input: InputSpec
+    model: ModelSpec
+    prompt: PromptSpec
+    name: Annotated[str, Meta(description="default: the job file's name")] | None = None
+    response_schema: Annotated[Any, Meta(description=f"Gemini's Schema: {_SCHEMA_HELP}")] = None
+    schema_file: Annotated[str, Meta(description="a JSON file of Gemini's Schema")] | None = None
+    response_json_schema: Annotated[Any, Meta(description=f"JSON Schema: {_SCHEMA_HELP}")] = None
+    json_schema_file: Annotated[str, Meta(description="a JSON Schema file")] | None = None
+    schema: Annotated[str, Meta(description="'module:Model', a pydantic model")] | None = None
+    generation: Annotated[
+        dict[str, Any], Meta(description="generationConfig fields, as the API names them")
+    ] = msgspec.field(default_factory=dict)
+    limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
+    retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
+    output: OutputSpec = msgspec.field(default_factory=OutputSpec)
+    batch: BatchSpec = msgspec.field(default_factory=BatchSpec)
 
 
 @dataclass(frozen=True)
@@ -226,9 +232,9 @@ class Job:
     response_schema: dict[str, Any]
     limits: LimitsSpec
     output: OutputSpec
-    generation: dict[str, Any] = field(default_factory=dict)
-    retry: RetrySpec = field(default_factory=RetrySpec)
-    batch: BatchSpec = field(default_factory=BatchSpec)
+    generation: dict[str, Any]
+    retry: RetrySpec
+    batch: BatchSpec
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
 
@@ -285,110 +291,73 @@ def _build(
     raw: dict[str, Any], path: Path, base: Path | None = None, tier: str | None = None
 ) -> Job:
     """The job; ``tier`` (``--tier``) replaces the job's own before the tier's defaults apply."""
-    _check_keys(raw, "", path)
+    raw = _given(raw)
+    file = convert(raw, JobFile, str(path))
     base = path.parent if base is None else base
-    schema = _schema(raw, base, path)
-    model = _model(_table(raw, "model", path), path, tier)
+    schema = _schema(file, base, path)
+    model = msgspec.structs.replace(
+        file.model,
+        name=file.model.name.removeprefix("models/"),
+        base_url=_base_url(file.model.base_url, path),
+        tier=file.model.tier if tier is None else _tier(tier, "--tier"),
+    )
+    limits = file.limits
+    if model.tier == "flex" and "timeout_seconds" not in raw.get("limits", {}):
+        limits = msgspec.structs.replace(limits, timeout_seconds=FLEX_TIMEOUT_SECONDS)
+    if file.batch.poll_max_seconds < file.batch.poll_initial_seconds:
+        raise JobError(
+            f"{path}: batch.poll_max_seconds ({file.batch.poll_max_seconds:g}) is below "
+            f"batch.poll_initial_seconds ({file.batch.poll_initial_seconds:g}); raise it"
+        )
+    given_output = "directory" in raw.get("output", {})
+    directory = file.output.directory if given_output else Path("out", path.stem)
+    input_path = _resolve(base, file.input.path)
     return Job(
-        name=_opt(raw, "name", str, path, "", path.stem),
+        name=path.stem if file.name is None else file.name,
         path=path,
-        input=_input(_table(raw, "input", path), base, path),
+        input=msgspec.structs.replace(
+            file.input, path=input_path, format=_format(input_path, file.input.format, path)
+        ),
         model=model,
-        prompt=_prompt(_table(raw, "prompt", path), path),
+        prompt=file.prompt,
         response_schema=schema.wire,
-        limits=_limits(_table(raw, "limits", path, required=False), path, model.tier),
-        output=_output(_table(raw, "output", path, required=False), base, path),
-        generation=_generation(_table(raw, "generation", path, required=False), path),
-        retry=_retry(_table(raw, "retry", path, required=False), path),
-        batch=_batch(_table(raw, "batch", path, required=False), path),
+        limits=limits,
+        output=msgspec.structs.replace(file.output, directory=_resolve(base, directory)),
+        generation=_generation(file.generation, path),
+        retry=file.retry,
+        batch=file.batch,
         schema_dialect=schema.dialect,
         schema_source=schema.source,
     )
 
 
-def _check_keys(table: Mapping[str, Any], section: str, path: Path) -> None:
-    allowed = _SECTIONS[section]
-    for key in table:
-        if key not in allowed:
-            where = f"[{section}] " if section else ""
-            raise JobError(
-                f"{path}: {where}unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
-            )
+_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch")
 
 
-def _table(raw: Mapping[str, Any], name: str, path: Path, required: bool = True) -> dict[str, Any]:
-    value = raw.get(name)
-    if value is None:
-        if required:
-            raise JobError(f"{path}: missing section [{name}]")
-        return {}
-    if not isinstance(value, dict):
-        raise JobError(f"{path}: {name} must be a table ([{name}])")
-    if name in _SECTIONS:
-        _check_keys(value, name, path)
-    return value
+def _given(raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys given: the Python API's None means "not given" (TOML has no null)."""
+    return {
+        k: {n: v for n, v in value.items() if v is not None}
+        if k in _TABLES and isinstance(value, dict)
+        else value
+        for k, value in raw.items()
+        if value is not None
+    }
 
 
-def _opt(
-    table: Mapping[str, Any],
-    key: str,
-    kind: type | tuple[type, ...],
-    path: Path,
-    section: str,
-    default: Any = None,
-) -> Any:
-    value = table.get(key, default)
-    wrong_bool = isinstance(value, bool) and kind is not bool
-    if value is not None and (wrong_bool or not isinstance(value, kind)):
-        label = f"{section}.{key}" if section else key
-        wanted = (
-            "a number"
-            if isinstance(kind, tuple)
-            else {
-                str: "a string",
-                int: "a whole number",
-                bool: "true or false",
-                list: "a list",
-            }.get(kind, kind.__name__)
-        )
-        raise JobError(f"{path}: {label} must be {wanted}, not {value!r}")
-    return value
+def job_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a job file (as TOML reads it), from the same declaration."""
+    body = msgspec.json.schema(JobFile, schema_hook=schema_hook)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **body}
 
 
-def _req(table: Mapping[str, Any], key: str, kind: type, path: Path, section: str) -> Any:
-    if key not in table:
-        raise JobError(f"{path}: [{section}] needs {key!r}")
-    return _opt(table, key, kind, path, section)
-
-
-def _positive(value: Any, key: str, path: Path) -> Any:
-    if value <= 0:
-        raise JobError(f"{path}: {key} must be > 0, not {value}")
-    return value
-
-
-def _resolve(base: Path, relative: str) -> Path:
+def _resolve(base: Path, relative: Path | str) -> Path:
     """A path from the job file, relative to the job file's folder, without ``..`` noise."""
     return Path(os.path.normpath(base / relative))
 
 
-def _input(table: dict[str, Any], base: Path, path: Path) -> InputSpec:
-    file = _resolve(base, _req(table, "path", str, path, "input"))
-    carry = _opt(table, "carry", list, path, "input", [])
-    if not all(isinstance(c, str) for c in carry):
-        raise JobError(f"{path}: input.carry must be a list of column names")
-    return InputSpec(
-        path=file,
-        format=_format(file, _opt(table, "format", str, path, "input"), path),
-        id_column=_opt(table, "id_column", str, path, "input"),
-        carry=tuple(carry),
-    )
-
-
-def _format(file: Path, given: str | None, path: Path) -> str:
-    if given is not None:
-        if given not in ("csv", "parquet"):
-            raise JobError(f"{path}: input.format must be 'csv' or 'parquet', not {given!r}")
+def _format(file: Path, given: Format, path: Path) -> Format:
+    if given != "auto":
         return given
     fmt = INPUT_FORMATS.get(file.suffix.lower())
     if fmt is None:
@@ -399,23 +368,12 @@ def _format(file: Path, given: str | None, path: Path) -> str:
     return fmt
 
 
-def _model(table: dict[str, Any], path: Path, tier: str | None = None) -> ModelSpec:
-    base_url = _opt(table, "base_url", str, path, "model", DEFAULT_BASE_URL)
-    given = _opt(table, "tier", str, path, "model", "standard")
-    return ModelSpec(
-        name=_req(table, "name", str, path, "model").removeprefix("models/"),
-        base_url=_base_url(base_url, path),
-        api_version=_opt(table, "api_version", str, path, "model", "v1beta"),
-        api_key_env=_opt(table, "api_key_env", str, path, "model", "GEMINI_API_KEY"),
-        tier=_tier(tier, "--tier") if tier is not None else _tier(given, f"{path}: model.tier"),
-    )
-
-
-def _tier(value: str, where: str) -> str:
-    if value not in TIERS:
-        choices = " or ".join(f'"{t}"' for t in TIERS)
-        raise JobError(f"{where} must be {choices}, not {value!r}")
-    return value
+def _tier(value: str, where: str) -> Tier:
+    for tier in TIERS:
+        if value == tier:
+            return tier
+    choices = " or ".join(f'"{t}"' for t in TIERS)
+    raise JobError(f"{where} must be {choices}, not {value!r}")
 
 
 def checked_base_url(url: str, where: str) -> str:
@@ -430,20 +388,13 @@ def _base_url(url: str, where: Path | str) -> str:
     return url.removesuffix("/v1beta")
 
 
-def _prompt(table: dict[str, Any], path: Path) -> PromptSpec:
-    return PromptSpec(
-        user=_req(table, "user", str, path, "prompt"),
-        system=_opt(table, "system", str, path, "prompt"),
-    )
-
-
 _SCHEMA_KEYS = ("response_schema", "schema_file", "response_json_schema", "json_schema_file",
                 "schema")  # fmt: skip
 
 
-def _schema(raw: dict[str, Any], base: Path, path: Path) -> ResponseSchema:
+def _schema(file: JobFile, base: Path, path: Path) -> ResponseSchema:
     """The one schema the job gives, by whichever of the schema keys it uses."""
-    given = [k for k in _SCHEMA_KEYS if raw.get(k) is not None]
+    given = [k for k in _SCHEMA_KEYS if getattr(file, k) is not None]
     if len(given) != 1:
         said = f"it gives {' and '.join(given)}" if given else "it gives none"
         raise JobError(
@@ -452,14 +403,14 @@ def _schema(raw: dict[str, Any], base: Path, path: Path) -> ResponseSchema:
             f"'module:Model' (pydantic); {said}"
         )
     key = given[0]
-    if key == "schema":
-        target = _opt(raw, "schema", str, path, "")
+    if file.schema is not None:
+        target = file.schema
         return json_schema(load_pydantic_schema(target, base, str(path)), f"{path}: schema",
                            f"schema = {target!r}")  # fmt: skip
     if key.endswith("_file"):
-        value, where = _read_schema_file(_opt(raw, key, str, path, ""), key, base, path)
+        value, where = _read_schema_file(getattr(file, key), key, base, path)
     else:
-        value, where = raw[key], str(path)
+        value, where = getattr(file, key), str(path)
     if key in ("response_schema", "schema_file"):
         return gemini_schema(value, where, key)
     return json_schema(value, where, key)
@@ -475,94 +426,6 @@ def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any,
         raise JobError(f"{path}: {key} {file!r}: invalid JSON: {exc}") from None
 
 
-def _limits(table: dict[str, Any], path: Path, tier: str = "standard") -> LimitsSpec:
-    d = LimitsSpec()
-    rpm = _opt(table, "requests_per_minute", int, path, "limits", d.requests_per_minute)
-    wait = FLEX_TIMEOUT_SECONDS if tier == "flex" else d.timeout_seconds
-    timeout = _opt(table, "timeout_seconds", (int, float), path, "limits", wait)
-    tpm = _opt(table, "tokens_per_minute", int, path, "limits")
-    rpd = _opt(table, "requests_per_day", int, path, "limits")
-    cap = _opt(table, "max_concurrency", int, path, "limits", d.max_concurrency)
-    pinned = _concurrency(table.get("concurrency", "auto"), path)
-    max_mb = _opt(table, "max_response_mb", (int, float), path, "limits", d.max_response_mb)
-    return LimitsSpec(
-        requests_per_minute=_positive(rpm, "limits.requests_per_minute", path),
-        tokens_per_minute=None if tpm is None else _positive(tpm, "limits.tokens_per_minute", path),
-        requests_per_day=None if rpd is None else _positive(rpd, "limits.requests_per_day", path),
-        concurrency=d.concurrency if pinned is None else pinned,
-        auto_concurrency=pinned is None,
-        max_concurrency=_positive(cap, "limits.max_concurrency", path),
-        timeout_seconds=float(_positive(timeout, "limits.timeout_seconds", path)),
-        max_response_mb=float(_positive(max_mb, "limits.max_response_mb", path)),
-    )
-
-
-def _concurrency(value: Any, path: Path) -> int | None:
-    """``limits.concurrency``: "auto" (None) or a positive whole number that pins it."""
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(
-            f'{path}: limits.concurrency must be a whole number or "auto", not {value!r}'
-        )
-    return int(_positive(value, "limits.concurrency", path))
-
-
-def _retry(table: dict[str, Any], path: Path) -> RetrySpec:
-    d = RetrySpec()
-    values: dict[str, Any] = {}
-    for key in ("attempts", "answer_attempts"):
-        values[key] = _positive(_opt(table, key, int, path, "retry", getattr(d, key)),
-                                f"retry.{key}", path)  # fmt: skip
-    floats = ("row_deadline_seconds", "backoff_initial_seconds", "backoff_max_seconds")
-    for key in (*floats, "max_server_delay_seconds", "outage_minutes"):
-        value = _opt(table, key, (int, float), path, "retry", getattr(d, key))
-        values[key] = float(_positive(value, f"retry.{key}", path))
-    fallback = _opt(table, "flex_fallback_seconds", (int, float), path, "retry")
-    if fallback is not None:
-        values["flex_fallback_seconds"] = float(
-            _positive(fallback, "retry.flex_fallback_seconds", path)
-        )
-    return RetrySpec(**values)
-
-
-def _batch(table: dict[str, Any], path: Path) -> BatchSpec:
-    d = BatchSpec()
-    rows = _opt(table, "rows_per_chunk", int, path, "batch", d.rows_per_chunk)
-    first = _opt(table, "poll_initial_seconds", (int, float), path, "batch", d.poll_initial_seconds)
-    most = _opt(table, "poll_max_seconds", (int, float), path, "batch", d.poll_max_seconds)
-    fallback = _opt(table, "fallback", str, path, "batch", d.fallback)
-    if fallback not in BATCH_FALLBACKS:
-        raise JobError(f'{path}: batch.fallback must be "none" or "online", not {fallback!r}')
-    spec = BatchSpec(
-        rows_per_chunk=_positive(rows, "batch.rows_per_chunk", path),
-        poll_initial_seconds=float(_positive(first, "batch.poll_initial_seconds", path)),
-        poll_max_seconds=float(_positive(most, "batch.poll_max_seconds", path)),
-        fallback=fallback,
-    )
-    if spec.poll_max_seconds < spec.poll_initial_seconds:
-        raise JobError(
-            f"{path}: batch.poll_max_seconds ({spec.poll_max_seconds:g}) is below "
-            f"batch.poll_initial_seconds ({spec.poll_initial_seconds:g}); raise it"
-        )
-    return spec
-
-
-def _output(table: dict[str, Any], base: Path, path: Path) -> OutputSpec:
-    d = OutputSpec(directory=Path())
-    flush_s = _opt(table, "flush_seconds", (int, float), path, "output", d.flush_seconds)
-    sync_s = _opt(table, "sync_seconds", (int, float), path, "output", d.sync_seconds)
-    return OutputSpec(
-        directory=_resolve(base, _opt(table, "directory", str, path, "output", f"out/{path.stem}")),
-        explode=_opt(table, "explode", bool, path, "output", False),
-        flush_rows=_positive(
-            _opt(table, "flush_rows", int, path, "output", d.flush_rows), "output.flush_rows", path
-        ),
-        flush_seconds=float(_positive(flush_s, "output.flush_seconds", path)),
-        sync_seconds=float(_positive(sync_s, "output.sync_seconds", path)),
-    )
-
-
 def _camel_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {
@@ -573,6 +436,7 @@ def _camel_keys(value: Any) -> Any:
 
 
 def _generation(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """generationConfig as given; snake_case keys are camelCased, as the API names them."""
     config: dict[str, Any] = _camel_keys(table)
     for key in config:
         if key == "responseJsonSchema":
@@ -597,11 +461,11 @@ def _apply(job: Job, o: Overrides) -> Job:
     """Apply command-line overrides; their paths are relative to the working directory."""
     inp, model, out = job.input, job.model, job.output
     if o.input is not None:
-        inp = replace(inp, path=o.input, format=_format(o.input, None, Path("--input")))
+        inp = replace(inp, path=o.input, format=_format(o.input, "auto", Path("--input")))
     if o.model is not None:
         model = replace(model, name=o.model.removeprefix("models/"))
     if o.base_url is not None:
         model = replace(model, base_url=_base_url(o.base_url, "--base-url"))
     if o.output is not None:
         out = replace(out, directory=o.output)
-    return replace(job, input=inp, model=model, output=out)
+    return dataclasses.replace(job, input=inp, model=model, output=out)

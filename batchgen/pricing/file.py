@@ -3,21 +3,25 @@
 The format is described at the top of ``batchgen/pricing/prices.toml``. Two shapes of a model entry:
 dated ``[[models."NAME".periods]]``, or the older single-rate form (``input``/``output``/
 ``cached``/``long_context``/``batch_discount`` on the model itself), read as one open period so
-that price files written before the periods existed still load. Every error names the file and
-the key, on one line.
+that price files written before the periods existed still load. Each table is declared once
+below (msgspec: keys, types, ranges); the rules across keys are the small checks after it.
+Every error names the file and the key, on one line.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from batchgen.errors import JobError
+from batchgen.job.decode import convert
 from batchgen.pricing.table import (
     STATUSES,
     TIERS,
@@ -27,29 +31,111 @@ from batchgen.pricing.table import (
     PricedModel,
     PriceTable,
     Rates,
+    Status,
     Tier,
 )
 
-__all__ = ["parse_price_file"]
+__all__ = ["load_prices", "parse_price_file"]
 
 TIER_FACTOR = 0.5  # Flex and Batch: "50% of the standard cost" (flex-inference, batch-api pages)
-_TOP_KEYS = frozenset({"source", "source_date", "batch_discount", "flex", "batch", "models"})
-_RATE_KEYS = frozenset({"input", "output", "cached", "long_context", "batch_discount", *TIERS[1:]})
-_PERIOD_KEYS = _RATE_KEYS | {"from", "to", "source", "source_date"}
-_LIFE_KEYS = frozenset({"status", "released", "retires", "routed_to"})
-_MODEL_KEYS = _RATE_KEYS | _LIFE_KEYS | {"periods"}
-_LONG_KEYS = frozenset({"threshold", "input", "output", "cached"})
-_TIER_KEYS = frozenset({"input", "output", "cached", "long_context"})
+
+Price = Annotated[float, Meta(ge=0, extra={"wanted": "a price >= 0 (USD per 1M)"})]
+Factor = Annotated[
+    float, Meta(ge=0, extra={"wanted": "a factor of the standard price (0.5 = half price)"})
+]
+Fraction = Annotated[
+    float, Meta(ge=0, le=1, extra={"wanted": "a fraction from 0 to 1 (0.5 = half price)"})
+]
+Tokens = Annotated[int, Meta(gt=0, extra={"wanted": "a whole number of tokens > 0"})]
+
+
+class _Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of a price file: its keys, types and ranges, each stated once here."""
+
+
+class LongContextEntry(_Entry, frozen=True):
+    """The prices above ``threshold`` prompt tokens; ``cached`` defaults to ``input``."""
+
+    threshold: Tokens
+    input: Price | None = None
+    output: Price | None = None
+    cached: Price | None = None
+
+
+class RatesEntry(_Entry, frozen=True):
+    """Prices in USD per 1M tokens; ``input`` and ``output`` are needed, ``cached`` defaults to
+    ``input``."""
+
+    input: Price | None = None
+    output: Price | None = None
+    cached: Price | None = None
+    long_context: (
+        Annotated[
+            LongContextEntry, Meta(extra={"wanted": "a table with threshold, input and output"})
+        ]
+        | None
+    ) = None
+
+
+TierPrices = Annotated[RatesEntry, Meta(extra={"wanted": "a table of prices"})]
+
+
+class TieredEntry(RatesEntry, frozen=True):
+    """Rates with the cheaper tiers: a factor of standard or their own prices; the older
+    ``batch_discount`` is 1 minus the batch factor."""
+
+    batch_discount: Fraction | None = None
+    flex: Factor | TierPrices | None = None
+    batch: Factor | TierPrices | None = None
+
+
+class PeriodEntry(TieredEntry, frozen=True):
+    """One [[models."NAME".periods]] table: the rates from ``from`` until ``to``."""
+
+    start: date | None = msgspec.field(default=None, name="from")
+    to: date | None = None
+    source: str | None = None
+    source_date: date | None = None
+
+
+class ModelEntry(TieredEntry, frozen=True):
+    """One [models."NAME"] table: dated periods, or the rates on the model itself (one open
+    period), and where the model stands."""
+
+    status: Status | None = None
+    released: date | None = None
+    retires: date | None = None
+    routed_to: str | None = None
+    periods: (
+        Annotated[
+            list[PeriodEntry], Meta(extra={"wanted": "tables such as [[models.NAME.periods]]"})
+        ]
+        | None
+    ) = None
+
+
+class PriceFile(_Entry, frozen=True):
+    """The top of a price file: where its prices come from, the tiers' default factors, and
+    the models (each read as a :class:`ModelEntry`)."""
+
+    source: str = ""
+    source_date: date | None = None
+    batch_discount: Fraction | None = None
+    flex: Factor | None = None
+    batch: Factor | None = None
+    models: Annotated[
+        dict[str, Any], Meta(extra={"wanted": 'tables such as [models."gemini-3.8-flash"]'})
+    ] = msgspec.field(default_factory=dict)
 
 
 class _File:
     """One price file being read: its path, and the defaults its top level sets."""
 
-    def __init__(self, path: Path, raw: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, top: PriceFile) -> None:
         self.path = path
-        self.source = _string(raw.get("source", ""), path, "source")
-        self.source_date = _date(raw.get("source_date"), path, "source_date")
-        self.tiers = {t: _tier_factor(raw, t, path, "", TIER_FACTOR) for t in TIERS[1:]}
+        self.source = top.source
+        self.source_date = top.source_date
+        self.tiers = {t: _factor(top, t, TIER_FACTOR) for t in TIERS[1:]}
 
     def fail(self, message: str) -> JobError:
         return JobError(f"{self.path}: {message}")
@@ -65,53 +151,48 @@ def parse_price_file(text: str, path: Path, *, overriding: bool = False) -> Pric
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"{path}: invalid TOML: {exc}") from None
-    _check_keys(raw, _TOP_KEYS, path, "")
-    file = _File(path, raw)
-    models = raw.get("models", {})
-    if not isinstance(models, dict) or (not overriding and not models):
+    top = convert(raw, PriceFile, str(path))
+    file = _File(path, top)
+    if not overriding and not top.models:
         raise file.fail('models must be tables such as [models."gemini-3.8-flash"]')
     parsed = {}
-    for name, entry in models.items():
+    for name, entry in top.models.items():
         key = name.removeprefix("models/")
         parsed[key] = _model(key, entry, file)
     return PriceTable(parsed, file.source, file.source_date, (path,))
 
 
-def _model(name: str, entry: Any, file: _File) -> PricedModel:
+def _model(name: str, raw: Any, file: _File) -> PricedModel:
     where = f'models."{name}"'
-    if not isinstance(entry, dict):
+    if not isinstance(raw, dict):
         raise file.fail(f"{where} must be a table with input and output prices, or periods")
-    _check_keys(entry, _MODEL_KEYS, file.path, where)
+    entry = convert(raw, ModelEntry, str(file.path), label=where)
     life = _lifecycle(entry, file, where)
-    rate_keys = [k for k in entry if k in _RATE_KEYS]
-    if "periods" in entry:
+    rate_keys = [k for k in raw if k not in ("periods", *_LIFE_KEYS)]
+    if entry.periods is not None:
         if rate_keys:
             raise file.fail(f"{where}: give prices in periods or on the model, not both")
-        periods = entry["periods"]
-        if not isinstance(periods, list) or not periods:
+        if not entry.periods:
             raise file.fail(f"{where}.periods must be tables such as [[{where}.periods]]")
-        dated = [_period(name, p, file, f"{where}.periods[{i}]") for i, p in enumerate(periods)]
+        dated = [
+            _period(name, p, file, f"{where}.periods[{i}]") for i, p in enumerate(entry.periods)
+        ]
         return PricedModel(name, _ordered(dated, file, where), life)
     if not rate_keys and life is not None:
         return PricedModel(name, (), life)  # a lifecycle alone: known, but not priced
-    return PricedModel(name, (_period(name, entry, file, where, single=True),), life)
+    return PricedModel(name, (_period(name, entry, file, where),), life)
 
 
-def _period(name: str, table: Any, file: _File, where: str, *, single: bool = False) -> ModelPrice:
-    """One period: a [[periods]] table, or a single-rate model entry (``single``)."""
-    if not isinstance(table, dict):
-        raise file.fail(f"{where} must be a table with input and output prices")
-    if not single:
-        _check_keys(table, _PERIOD_KEYS, file.path, where)
-    standard = _rates(table, file, where)
-    start = _date(table.get("from"), file.path, f"{where}.from")
-    end = _date(table.get("to"), file.path, f"{where}.to")
-    if start is not None and end is not None and end < start:
-        raise file.fail(f"{where}: to ({end}) is before from ({start})")
-    source = _string(table.get("source", file.source), file.path, f"{where}.source")
-    when = _date(table.get("source_date"), file.path, f"{where}.source_date")
-    flex, batch = (_tier(table, t, standard, file, where) for t in TIERS[1:])
-    return ModelPrice(name, standard, flex, batch, start, end, source, when or file.source_date)
+def _period(name: str, entry: TieredEntry, file: _File, where: str) -> ModelPrice:
+    """One period: a [[periods]] table, or a single-rate model entry."""
+    standard = _rates(entry, file, where)
+    dated = entry if isinstance(entry, PeriodEntry) else PeriodEntry()
+    if dated.start is not None and dated.to is not None and dated.to < dated.start:
+        raise file.fail(f"{where}: to ({dated.to}) is before from ({dated.start})")
+    source = file.source if dated.source is None else dated.source
+    flex, batch = (_tier(entry, t, standard, file, where) for t in TIERS[1:])
+    when = dated.source_date or file.source_date
+    return ModelPrice(name, standard, flex, batch, dated.start, dated.to, source, when)
 
 
 def _ordered(periods: list[ModelPrice], file: _File, where: str) -> tuple[ModelPrice, ...]:
@@ -126,21 +207,36 @@ def _ordered(periods: list[ModelPrice], file: _File, where: str) -> tuple[ModelP
     return tuple(ordered)
 
 
-def _rates(table: Mapping[str, Any], file: _File, where: str) -> Rates:
-    input_rate = _rate(table, "input", file.path, where)
+def _rates(entry: RatesEntry, file: _File, where: str) -> Rates:
+    input_rate = _needed(entry.input, "input", file, where)
+    cached = input_rate if entry.cached is None else entry.cached
     return Rates(
         input_rate,
-        _rate(table, "output", file.path, where),
-        _rate(table, "cached", file.path, where, input_rate),
-        _long_context(table.get("long_context"), file.path, f"{where}.long_context"),
+        _needed(entry.output, "output", file, where),
+        cached,
+        _long_context(entry.long_context, file, f"{where}.long_context"),
     )
 
 
-def _tier(table: Mapping[str, Any], tier: Tier, standard: Rates, file: _File, where: str) -> Rates:
+def _long_context(entry: LongContextEntry | None, file: _File, where: str) -> LongContext | None:
+    if entry is None:
+        return None
+    input_rate = _needed(entry.input, "input", file, where)
+    output_rate = _needed(entry.output, "output", file, where)
+    cached = input_rate if entry.cached is None else entry.cached
+    return LongContext(entry.threshold, input_rate, output_rate, cached)
+
+
+def _needed(rate: float | None, key: str, file: _File, where: str) -> float:
+    if rate is None:
+        raise file.fail(f"{where} needs {key!r} (USD per 1M tokens)")
+    return rate
+
+
+def _tier(entry: TieredEntry, tier: Tier, standard: Rates, file: _File, where: str) -> Rates:
     """A cheaper tier: its own prices (a table), or a factor of standard."""
-    value = table.get(tier)
-    if isinstance(value, dict):
-        _check_keys(value, _TIER_KEYS, file.path, f"{where}.{tier}")
+    value = getattr(entry, tier)
+    if isinstance(value, RatesEntry):
         rates = _rates(value, file, f"{where}.{tier}")
         if standard.long_context is not None and rates.long_context is None:
             raise file.fail(
@@ -148,96 +244,29 @@ def _tier(table: Mapping[str, Any], tier: Tier, standard: Rates, file: _File, wh
                 f"too, or give {tier} as a factor such as 0.5"
             )
         return rates
-    return standard.scaled(_tier_factor(table, tier, file.path, where, file.tiers[tier]))
+    return standard.scaled(_factor(entry, tier, file.tiers[tier]))
 
 
-def _tier_factor(
-    table: Mapping[str, Any], tier: str, path: Path, where: str, default: float
-) -> float:
+def _factor(entry: TieredEntry | PriceFile, tier: str, default: float) -> float:
     """A tier's factor of standard; ``batch_discount`` (older files) is 1 minus the batch one."""
-    label = f"{where}.{tier}" if where else tier
-    value = table.get(tier)
-    if tier == "batch" and value is None and "batch_discount" in table:
-        off = table["batch_discount"]
-        label = f"{where}.batch_discount" if where else "batch_discount"
-        if isinstance(off, bool) or not isinstance(off, int | float) or not 0 <= off <= 1:
-            raise JobError(f"{path}: {label} must be a fraction from 0 to 1 (0.5 = half price)")
-        return 1 - float(off)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise JobError(
-            f"{path}: {label} must be a factor of the standard price (0.5 = half price) or a "
-            "table of prices"
-        )
-    return float(value)
+    value = getattr(entry, tier)
+    if tier == "batch" and value is None and entry.batch_discount is not None:
+        return 1 - entry.batch_discount
+    return default if value is None else float(value)
 
 
-def _lifecycle(entry: Mapping[str, Any], file: _File, where: str) -> Lifecycle | None:
-    if not any(k in entry for k in _LIFE_KEYS):
+def _lifecycle(entry: ModelEntry, file: _File, where: str) -> Lifecycle | None:
+    if all(getattr(entry, k) is None for k in _LIFE_KEYS):
         return None
-    status = entry.get("status")
-    if status not in STATUSES:
-        raise file.fail(f"{where}.status must be one of {', '.join(STATUSES)}, not {status!r}")
-    retires = _date(entry.get("retires"), file.path, f"{where}.retires")
-    if status == "retired" and retires is None:
+    if entry.status is None:
+        raise file.fail(f"{where}.status must be one of {', '.join(STATUSES)}, not None")
+    if entry.status == "retired" and entry.retires is None:
         raise file.fail(f"{where}: a retired model needs its date: retires = YYYY-MM-DD")
-    routed = entry.get("routed_to")
-    if routed is not None:
-        routed = _string(routed, file.path, f"{where}.routed_to").removeprefix("models/")
-    return Lifecycle(
-        status=status,
-        released=_date(entry.get("released"), file.path, f"{where}.released"),
-        retires=retires,
-        routed_to=routed,
-    )
+    routed = None if entry.routed_to is None else entry.routed_to.removeprefix("models/")
+    return Lifecycle(entry.status, entry.released, entry.retires, routed)
 
 
-def _long_context(table: Any, path: Path, where: str) -> LongContext | None:
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise JobError(f"{path}: {where} must be a table with threshold, input and output")
-    _check_keys(table, _LONG_KEYS, path, where)
-    threshold = table.get("threshold")
-    if type(threshold) is not int or threshold <= 0:
-        raise JobError(f"{path}: {where}.threshold must be a whole number of tokens > 0")
-    input_rate = _rate(table, "input", path, where)
-    output_rate = _rate(table, "output", path, where)
-    cached_rate = _rate(table, "cached", path, where, input_rate)
-    return LongContext(threshold, input_rate, output_rate, cached_rate)
-
-
-def _check_keys(table: Mapping[str, Any], allowed: frozenset[str], path: Path, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            label = f"{where}.{key}" if where else key
-            raise JobError(f"{path}: unknown key {label!r} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _rate(
-    table: Mapping[str, Any], key: str, path: Path, where: str, default: float | None = None
-) -> float:
-    value = table.get(key, default)
-    if value is None:
-        raise JobError(f"{path}: {where} needs {key!r} (USD per 1M tokens)")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise JobError(f"{path}: {where}.{key} must be a price >= 0 (USD per 1M), not {value!r}")
-    return float(value)
-
-
-def _date(value: Any, path: Path, key: str) -> date | None:
-    if value is None:
-        return None
-    if type(value) is not date:
-        raise JobError(f"{path}: {key} must be a date such as 2026-12-01, not {value!r}")
-    return value
-
-
-def _string(value: Any, path: Path, key: str) -> str:
-    if not isinstance(value, str):
-        raise JobError(f"{path}: {key} must be a string")
-    return value
+_LIFE_KEYS = ("status", "released", "retires", "routed_to")
 
 
 def load_prices(override: Path | None = None) -> PriceTable:

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +58,8 @@ __all__ = [
 PER = 1_000_000  # prices are per 1M tokens
 Tier = Literal["standard", "flex", "batch"]
 TIERS: tuple[Tier, ...] = ("standard", "flex", "batch")
-STATUSES = ("current", "preview", "deprecated", "retired")
+Status = Literal["current", "preview", "deprecated", "retired"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 WARN_DAYS = 30  # a retirement this close is worth a warning on every validate, run and estimate
 _VERSION_PART = re.compile(r"^(?:-(?:\d+|preview|exp))+$")
 

@@ -229,7 +229,7 @@ def _minutes_bounds(
         "minutes_requests": calls / limits.requests_per_minute,
         "minutes_tokens": prompt_tokens * guess.calls_per_row / tpm if tpm else None,
         "minutes_latency": (
-            calls * latency / limits.concurrency / 60_000 if latency is not None else None
+            calls * latency / limits.most_in_flight / 60_000 if latency is not None else None
         ),
         "requests_per_minute": limits.requests_per_minute,
         "tokens_per_minute": tpm,
@@ -284,7 +284,7 @@ def count_request(model: str, body: bytes) -> bytes:
 async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[int]:
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
-    gate = asyncio.Semaphore(min(limits.concurrency, COUNT_CONCURRENCY))
+    gate = asyncio.Semaphore(min(limits.most_in_flight, COUNT_CONCURRENCY))
     async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
         async def one(body: bytes) -> int:

@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from batchgen.backends.base import Gauges, RunContext, Sink
 from batchgen.backends.batch.jsonl import (
     BATCH_TIER,
@@ -236,7 +238,7 @@ class BatchBackend:
 
     async def _fallback(self, sink: Sink) -> None:
         """Ask the rows the batches did not answer online, at the standard tier."""
-        model = dataclasses.replace(self.job.model, tier="standard")
+        model = msgspec.structs.replace(self.job.model, tier="standard")
         plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
         online = OnlineBackend(dataclasses.replace(self.ctx, plan=plan))
         self.note(f"asking {len(self.retry)} rows online that the batches did not answer")

@@ -65,7 +65,7 @@ class OnlineBackend:
         self.controller = concurrency_for(spec, self.limits)
         where = redact_url(self.job.model.base_url)
         self.breaker = Breaker(self.job.retry.outage_minutes, where=where)
-        start = AUTO_START if spec.auto_concurrency else spec.concurrency
+        start = AUTO_START if spec.pinned is None else spec.pinned
         self.watch = TransportWatch(self.stop, where, unreachable_after or max(20, 2 * start))
         self._rows: set[asyncio.Task[None]] = set()
 

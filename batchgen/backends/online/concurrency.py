@@ -179,11 +179,10 @@ def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyControll
 
     It reads the limits' clock and sleeps their sleep: one clock for a run's time-dependent parts.
     """
-    pinned = None if spec.auto_concurrency else spec.concurrency
     return ConcurrencyController(
         limits.per_second,
         cap=spec.max_concurrency,
-        pinned=pinned,
+        pinned=spec.pinned,
         clock=limits.clock,
         sleep=limits.sleep,
     )
@@ -195,4 +194,4 @@ def connection_limit(limits: LimitsSpec) -> int:
     aiohttp's TCPConnector allows 100 connections unless told otherwise, which would hold an
     automatic concurrency of several hundred to 100 calls in flight.
     """
-    return limits.concurrency if not limits.auto_concurrency else limits.max_concurrency
+    return limits.most_in_flight
