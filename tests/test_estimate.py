@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 
 from batchgen.cli import main
+from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import CheckpointError, FatalApiError
 from batchgen.gemini.client import GeminiClient
@@ -29,7 +30,6 @@ from batchgen.reports.estimate import (
     TimeBounds,
     count_request,
     estimate_job,
-    format_estimate,
     rough_tokens,
     sample_positions,
     small_answer,

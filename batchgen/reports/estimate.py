@@ -54,7 +54,7 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
-from batchgen.reports.report import load_calls, usd_digits
+from batchgen.reports.report import load_calls
 from batchgen.store.outdir import (
     JOB_FILE,
     RESULTS_DIR,
@@ -69,7 +69,6 @@ __all__ = [
     "OutputGuess",
     "TimeBounds",
     "estimate_job",
-    "format_estimate",
     "time_bounds",
 ]
 
@@ -573,78 +572,3 @@ def _cost(
         for n in counts
     )
     return sampled * scale
-
-
-# --- presenting ----------------------------------------------------------------------------
-
-
-def format_estimate(est: Estimate, fmt: str = "table") -> str:
-    """The estimate as aligned text (``table``) or ``json``."""
-    if fmt == "json":
-        return json.dumps({**asdict(est), "minutes": est.minutes}, indent=2, ensure_ascii=False)
-    if est.sampled >= est.rows:
-        counted = f"all {est.rows:,} rows"
-    else:
-        counted = f"{est.sampled:,} of {est.rows:,} rows spread over the input, scaled"
-    how = "countTokens (systemInstruction included)"
-    if est.method == "offline":
-        how = "offline, about 4 characters a token (rough)"
-    lines = [
-        f"estimate for {est.job} ({est.model}): {est.rows:,} input rows",
-        f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
-        f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
-        f"{est.output_source}",
-        *_cost_lines(est),
-        f"  time     at least {_minutes(est.minutes)}: {_time_bounds(est)}",
-    ]
-    if est.calls_per_row > 1:
-        lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
-    lines += [f"  note: {n}" for n in est.notes]
-    return "\n".join(lines)
-
-
-def _range(low: float, high: float) -> str:
-    return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f} .. {high:,.0f}"
-
-
-def _cost_lines(est: Estimate) -> list[str]:
-    """One line per service tier, then where the prices come from."""
-    if not est.tier_costs:
-        return [f"  cost     unpriced (no price for {est.model})"]
-    digits = usd_digits(*(high for _, high in est.tier_costs.values()))
-    lines: list[str] = []
-    for tier, (low, high) in est.tier_costs.items():
-        lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
-        label = "  cost     " if not lines else "           "
-        mark = "  ← this job's tier" if tier == est.tier else ""
-        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}{mark}")
-    lines.append(
-        f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
-    )
-    return lines
-
-
-def _minutes(minutes: float) -> str:
-    if minutes < 1:
-        return f"{minutes * 60:.0f} s" if minutes >= 1 / 60 else "under 1 s"
-    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
-
-
-def _time_bounds(est: Estimate) -> str:
-    parts = [f"{_minutes(est.minutes_requests)} at requests_per_minute {est.requests_per_minute:,}"]
-    if est.minutes_tokens is not None and est.tokens_per_minute:
-        tpm = est.tokens_per_minute
-        parts.append(f"{_minutes(est.minutes_tokens)} at tokens_per_minute {tpm:,}")
-    if est.minutes_latency is not None:
-        how = "auto" if est.concurrency is None else "the job's concurrency"
-        parts.append(
-            f"{_minutes(est.minutes_latency)} at the earlier run's latency with "
-            f"{est.in_flight:,} calls in flight ({how})"
-        )
-    if est.minutes_daily is not None and est.requests_per_day:
-        days = round(est.minutes_daily / (24 * 60)) + 1
-        parts.append(
-            f"{days} Pacific days at requests_per_day {est.requests_per_day:,} "
-            "(the run stops at each day's quota; rerun it the next day)"
-        )
-    return "; ".join(parts)
