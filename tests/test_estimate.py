@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from batchgen.job.response_schema import resolve_schema
 from batchgen.job.schema import AnswerValidator, normalize_schema
 from batchgen.job.spec import Job, LimitsSpec, Overrides, load_job
 from batchgen.reports.estimate import (
+    Estimate,
     OutputGuess,
     TimeBounds,
     count_request,
@@ -255,7 +256,8 @@ def test_run_time_under_auto_concurrency_is_the_rate_not_a_placeholder(project: 
     # the run's controller: 1,000/60 a second x 8 s x 1.2 headroom = 160 in flight
     assert auto.in_flight == 160 and auto.concurrency is None
     assert auto.minutes_latency == pytest.approx(100_000 * 8 / 160 / 60)
-    assert max(auto.minutes_requests, auto.minutes_latency) == pytest.approx(100)
+    assert auto.minutes_latency is not None
+    assert auto.minutes_latency < auto.minutes_requests == pytest.approx(100)
     # within a ceiling the latency binds: 100 in flight x 8 s each = 12.5 a second
     capped = bounds(max_concurrency=100)
     assert capped.in_flight == 100 and capped.minutes_latency == pytest.approx(100_000 * 8 / 6000)
@@ -268,6 +270,22 @@ def test_run_time_under_auto_concurrency_is_the_rate_not_a_placeholder(project: 
     # 40,000 requests a day: three Pacific days, two whole days between the first and last
     assert bounds(requests_per_day=40_000).minutes_daily == 2 * 24 * 60
     assert bounds(requests_per_day=100_000).minutes_daily is None
+
+    def time_line(spec: TimeBounds) -> str:
+        est = Estimate(
+            "job", "model", 100_000, 100_000, 0, "offline", 10**7, 10**7, 10**7, "", 1.0,
+            None, None, None, "", **asdict(spec),
+        )  # fmt: skip
+        return next(line for line in format_estimate(est).splitlines() if "time" in line)
+
+    assert time_line(auto) == (
+        "  time     at least 100.0 min: 100.0 min at requests_per_minute 1,000; 83.3 min at the "
+        "earlier run's latency with 160 calls in flight (auto)"
+    )
+    assert time_line(bounds(requests_per_day=40_000)).endswith(
+        "; 3 Pacific days at requests_per_day 40,000 (the run stops at each day's quota; rerun "
+        "it the next day)"
+    )
 
 
 AUTO_JOB = """
@@ -329,3 +347,4 @@ def test_estimated_run_time_matches_a_real_run_under_auto_concurrency(
     assert est.minutes == minutes[bound], est
     print(f"estimated {est.minutes * 60:.2f} s ({est.in_flight} in flight), ran {took:.2f} s")
     assert took / 2 <= est.minutes * 60 <= took * 2
+    assert f"{est.in_flight} calls in flight (auto)" in format_estimate(est)
