@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -17,24 +18,28 @@ from hypothesis import given, settings
 from msgspec import structs
 
 from batchgen.cli import main
+from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import CheckpointError, FatalApiError
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.request import RequestBuilder
 from batchgen.job.response_schema import resolve_schema
 from batchgen.job.schema import AnswerValidator, normalize_schema
-from batchgen.job.spec import Job, Overrides, load_job
+from batchgen.job.spec import Job, LimitsSpec, Overrides, load_job
 from batchgen.reports.estimate import (
+    Estimate,
+    OutputGuess,
+    TimeBounds,
     count_request,
     estimate_job,
-    format_estimate,
     rough_tokens,
     sample_positions,
     small_answer,
+    time_bounds,
 )
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_job
 from tests.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
 
 KEY = "test-key-123456"
@@ -238,3 +243,111 @@ def test_cli_estimate(project: Path) -> None:
         f"error: {job}: no API key: set $GEMINI_API_KEY (model.api_key_env), "
         "or use --offline or --emulator\n"
     )
+
+
+def test_run_time_under_auto_concurrency_is_the_rate_not_a_placeholder(project: Path) -> None:
+    """The issue's numbers: 100,000 rows at 1,000 requests a minute after a run that saw 8 s
+    answers take about 100 minutes (rate-bound), not 100,000 x 8 s / 32 = 7 hours."""
+    job = load_job(project / "jobs" / "review_insights.toml")
+    guess = OutputGuess(low=100, high=100, source="earlier run", latency_ms=8_000)
+
+    def bounds(**limits: Any) -> TimeBounds:
+        spec = LimitsSpec(requests_per_minute=1_000, **limits)
+        return time_bounds(replace(job, limits=spec), guess, rows=100_000, prompt_tokens=1e7)
+
+    auto = bounds()
+    # the run's controller: 1,000/60 a second x 8 s x 1.2 headroom = 160 in flight
+    assert auto.in_flight == 160 and auto.concurrency is None
+    assert auto.minutes_latency == pytest.approx(100_000 * 8 / 160 / 60)
+    assert auto.minutes_latency is not None
+    assert auto.minutes_latency < auto.minutes_requests == pytest.approx(100)
+    # within a ceiling the latency binds: 100 in flight x 8 s each = 12.5 a second
+    capped = bounds(max_concurrency=100)
+    assert capped.in_flight == 100 and capped.minutes_latency == pytest.approx(100_000 * 8 / 6000)
+    # a fixed concurrency is used as given: 32 in flight is the 7 hours
+    pinned = bounds(concurrency=32)
+    assert (pinned.in_flight, pinned.concurrency) == (32, 32)
+    assert pinned.minutes_latency == pytest.approx(100_000 * 8 / 32 / 60)
+    # 1,000,000 input tokens a minute at 100 a row: 10,000 rows a minute, so the RPM binds
+    assert bounds(tokens_per_minute=1_000_000).minutes_tokens == pytest.approx(10)
+    # 40,000 requests a day: three Pacific days, two whole days between the first and last
+    assert bounds(requests_per_day=40_000).minutes_daily == 2 * 24 * 60
+    assert bounds(requests_per_day=100_000).minutes_daily is None
+
+    def time_line(spec: TimeBounds) -> str:
+        est = Estimate(
+            "job", "model", 100_000, 100_000, 0, "offline", 10**7, 10**7, 10**7, "", 1.0,
+            None, None, None, "", **asdict(spec),
+        )  # fmt: skip
+        return next(line for line in format_estimate(est).splitlines() if "time" in line)
+
+    assert time_line(auto) == (
+        "  time     at least 100.0 min: 100.0 min at requests_per_minute 1,000; 83.3 min at the "
+        "earlier run's latency with 160 calls in flight (auto)"
+    )
+    assert time_line(bounds(requests_per_day=40_000)).endswith(
+        "; 3 Pacific days at requests_per_day 40,000 (the run stops at each day's quota; rerun "
+        "it the next day)"
+    )
+
+
+AUTO_JOB = """
+    [input]
+    path = "rows.csv"
+    id_column = "id"
+
+    [model]
+    name = "gemini-2.5-flash-lite"
+
+    [prompt]
+    user = "Describe item {{{{ name }}}} in a few words."
+
+    [response_schema]
+    type = "OBJECT"
+    required = ["label"]
+    properties = {{ label = {{ type = "STRING" }} }}
+
+    [limits]
+    requests_per_minute = {rpm}
+    {limits}
+
+    [output]
+    directory = "out"
+    flush_rows = 50
+    flush_seconds = 0.2
+"""
+
+
+@pytest.mark.parametrize(
+    ("rows", "rpm", "latency", "limits"),
+    [
+        (150, 3_000, 0.4, ""),  # rate-bound: 50 a second; auto keeps ~24 in flight
+        (64, 60_000, 0.25, "max_concurrency = 4"),  # latency-bound: 4 in flight / 0.25 s
+    ],
+    ids=["rate-bound", "latency-bound"],
+)
+def test_estimated_run_time_matches_a_real_run_under_auto_concurrency(
+    tmp_path: Path, rows: int, rpm: int, latency: float, limits: str
+) -> None:
+    """A pilot run measures the latency; the estimate of the whole job is then within 2x of
+    the wall time of running it."""
+    (tmp_path / "rows.csv").write_text(
+        "id,name\n" + "".join(f"id-{i:04d},thing {i}\n" for i in range(rows))
+    )
+    path = write_job(tmp_path, AUTO_JOB.format(rpm=rpm, limits=limits))
+    config = EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=latency * 1000, rpm_limit=rpm)
+    with EmulatorThread(config) as server:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        run_job(job, RunOptions(api_key=KEY, limit=rows // 4))
+        est = estimate_job(job, api_key=KEY, offline=True)
+        started = time.monotonic()
+        summary = run_job(job, RunOptions(api_key=KEY, fresh=True))
+        took = time.monotonic() - started
+        assert server.emulator.counts["status:429"] == 0
+    assert summary.rows_done == rows and est.in_flight is not None
+    bound = "requests" if not limits else "latency"
+    minutes = {"requests": est.minutes_requests, "latency": est.minutes_latency}
+    assert est.minutes == minutes[bound], est
+    print(f"estimated {est.minutes * 60:.2f} s ({est.in_flight} in flight), ran {took:.2f} s")
+    assert took / 2 <= est.minutes * 60 <= took * 2
+    assert f"{est.in_flight} calls in flight (auto)" in format_estimate(est)

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli.main import _describe, main
+from batchgen.cli.render import format_report
 from batchgen.errors import JobError
 from batchgen.pricing.budget import Budget
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import lifecycle_warning
-from batchgen.reports.report import format_report
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunSummary
 from tests.test_report import call, write_output

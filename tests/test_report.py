@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
+from batchgen.cli.render import format_report
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError, JobError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.pricing.file import load_prices
-from batchgen.reports.report import format_report
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files

@@ -1,4 +1,5 @@
-"""The ``report``, ``estimate`` and ``prices`` commands: parse, call the library, print.
+"""The ``report``, ``estimate`` and ``prices`` commands: parse, call the library, print
+(worded by :mod:`batchgen.cli.render`).
 
 Registered on the main group in :mod:`batchgen.cli` (``main.add_command(report)``,
 ``main.add_command(estimate)``, ``main.add_command(prices)``), whose ``invoke`` turns a
@@ -45,7 +46,7 @@ def report(
     Every call that returned usage is counted and priced, retries and failed answers too; a
     model without a price is shown as unpriced, never as 0.
     """
-    from batchgen.reports.report import format_report, plot_report
+    from batchgen.cli.render import format_report, plot_report
     from batchgen.reports.report import report as build_report
 
     rep = build_report(outputs, by=by, prices=load_prices(prices))
@@ -92,7 +93,8 @@ def estimate(
     fmt: str,
 ) -> None:
     """Estimate JOB_FILE's tokens, cost and run time before running it."""
-    from batchgen.reports.estimate import Estimate, estimate_job, format_estimate
+    from batchgen.cli.render import format_estimate
+    from batchgen.reports.estimate import Estimate, estimate_job
 
     job = load_job(job_file, Overrides(input_path, output, model, base_url, tier))
     table = load_prices(prices)

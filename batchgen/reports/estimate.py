@@ -17,10 +17,14 @@ else from the schema and ``maxOutputTokens`` as a range: a minimal answer withou
 to the ``maxOutputTokens`` ceiling for every row. A short pilot (``batchgen run JOB --limit 20``)
 turns that range into a measurement.
 
-The run time is a lower bound from the limits: rows / ``requests_per_minute``, prompt tokens /
-``tokens_per_minute`` when the job sets it, and, with an earlier output, rows × its mean latency
-/ ``concurrency``. The estimate covers the whole input, rows already done included, and assumes
-no implicit cache hits (which would make the real cost lower).
+The run time is a lower bound from the limits, modelled on what the run does: calls /
+``requests_per_minute``, prompt tokens / ``tokens_per_minute`` when the job sets it, the Pacific
+days ``requests_per_day`` spreads the calls over, and, with an earlier output, calls × its mean
+latency / the calls in flight (Little's law). Under ``concurrency = "auto"`` the calls in flight
+are what the run's own concurrency controller would settle on at that rate and latency (rate ×
+latency × headroom, within ``max_concurrency``), so a rate-bound run is estimated at its rate;
+a whole number is used as given. The estimate covers the whole input, rows already done
+included, and assumes no implicit cache hits (which would make the real cost lower).
 
 The cost is priced at the rates in force on the day of the estimate (a model retired and routed
 elsewhere at the routed model's rates), for each service tier side by side: standard, Flex and
@@ -40,6 +44,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
 from batchgen.gemini.client import ApiError, GeminiClient
@@ -49,12 +54,19 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
-from batchgen.reports.report import load_calls, usd_digits
+from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
 from batchgen.store.outdir import OutputDir
 
-__all__ = ["DEFAULT_SAMPLE", "Estimate", "OutputGuess", "estimate_job", "format_estimate"]
+__all__ = [
+    "DEFAULT_SAMPLE",
+    "Estimate",
+    "OutputGuess",
+    "TimeBounds",
+    "estimate_job",
+    "time_bounds",
+]
 
 DEFAULT_SAMPLE = 200
 DEFAULT_OUTPUT_LIMIT = 65_536  # outputTokenLimit of the 2.5 and 3 models, when a job sets none
@@ -97,6 +109,10 @@ class Estimate:
     requests_per_minute: int
     tokens_per_minute: int | None
     notes: tuple[str, ...] = ()
+    minutes_daily: float | None = None  # the whole days requests_per_day spreads the calls over
+    requests_per_day: int | None = None
+    in_flight: int | None = None  # calls in flight at the earlier run's latency
+    concurrency: int | None = None  # the job's fixed concurrency; None: "auto"
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
     tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
@@ -104,7 +120,12 @@ class Estimate:
     @property
     def minutes(self) -> float:
         """The longest of the lower bounds: the run takes at least this long."""
-        bounds = (self.minutes_requests, self.minutes_tokens, self.minutes_latency)
+        bounds = (
+            self.minutes_requests,
+            self.minutes_tokens,
+            self.minutes_latency,
+            self.minutes_daily,
+        )
         return max(b for b in bounds if b is not None)
 
 
@@ -176,7 +197,7 @@ def estimate_job(
         cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
-        **_minutes_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale),
+        **asdict(time_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale)),
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
@@ -217,23 +238,76 @@ def _price_notes(table: PriceTable, price: ModelPrice | None, model: str, day: d
     ]
 
 
-def _minutes_bounds(
-    job: Job, guess: OutputGuess, *, rows: int, prompt_tokens: float
-) -> dict[str, Any]:
-    """The run time the limits allow at best (and the earlier run's latency, if known)."""
+@dataclass(frozen=True)
+class TimeBounds:
+    """The run time (minutes) each limit allows at best, and the limits behind them."""
+
+    minutes_requests: float
+    minutes_tokens: float | None
+    minutes_latency: float | None
+    minutes_daily: float | None
+    requests_per_minute: int
+    tokens_per_minute: int | None
+    requests_per_day: int | None
+    in_flight: int | None
+    concurrency: int | None
+
+
+def time_bounds(job: Job, guess: OutputGuess, *, rows: int, prompt_tokens: float) -> TimeBounds:
+    """The run time each limit allows at best, as the run paces itself.
+
+    Throughput is the least of the rate limits and (Little's law) the calls in flight over
+    the earlier run's latency, when there is one; as times, the longest bound wins.
+    """
     limits = job.limits
     calls = rows * guess.calls_per_row
-    tpm = limits.tokens_per_minute
+    rpm, tpm, rpd = limits.requests_per_minute, limits.tokens_per_minute, limits.requests_per_day
+    per_minute = float(rpm)
+    if tpm and prompt_tokens > 0:  # the request rate the token rate allows
+        per_minute = min(per_minute, tpm * rows / prompt_tokens)
     latency = guess.latency_ms
-    return {
-        "minutes_requests": calls / limits.requests_per_minute,
-        "minutes_tokens": prompt_tokens * guess.calls_per_row / tpm if tpm else None,
-        "minutes_latency": (
-            calls * latency / limits.most_in_flight / 60_000 if latency is not None else None
+    flight = None if latency is None else in_flight(job, per_minute / 60, latency / 1000)
+    return TimeBounds(
+        minutes_requests=calls / rpm,
+        minutes_tokens=prompt_tokens * guess.calls_per_row / tpm if tpm else None,
+        minutes_latency=(
+            calls * latency / flight / 60_000 if latency is not None and flight else None
         ),
-        "requests_per_minute": limits.requests_per_minute,
-        "tokens_per_minute": tpm,
-    }
+        minutes_daily=_daily_minutes(calls, rpd),
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        requests_per_day=rpd,
+        in_flight=flight,
+        concurrency=job.limits.pinned,
+    )
+
+
+def _daily_minutes(calls: float, per_day: int | None) -> float | None:
+    """The whole days between the first and the last of the Pacific days the calls need.
+
+    The run stops at a day's cap (exit 5) and a rerun goes on the next day; None when one
+    day's quota holds every call.
+    """
+    if not per_day or calls <= per_day:
+        return None
+    return (math.ceil(calls / per_day) - 1) * 24 * 60.0
+
+
+
+def in_flight(job: Job, per_second: float, latency_s: float) -> int:
+    """The calls the run keeps in flight at this allowed rate and latency.
+
+    Asked of the run's own controller, so that its rule (rate × latency × headroom) and its
+    ceiling (``max_concurrency``) hold here too; a fixed concurrency is what it pins.
+    """
+    controller = ConcurrencyController(
+        lambda: per_second,
+        cap=job.limits.max_concurrency,
+        pinned=job.limits.pinned,
+        clock=lambda: 0.0,
+    )
+    controller.observe(latency_s)
+    return controller.target
 
 
 def sample_positions(total: int, sample: int | None) -> list[int]:
@@ -284,7 +358,7 @@ def count_request(model: str, body: bytes) -> bytes:
 async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[int]:
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
-    gate = asyncio.Semaphore(min(limits.most_in_flight, COUNT_CONCURRENCY))
+    gate = asyncio.Semaphore(min(job.limits.pinned or COUNT_CONCURRENCY, COUNT_CONCURRENCY))
     async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
         async def one(body: bytes) -> int:
@@ -487,69 +561,3 @@ def _cost(
         for n in counts
     )
     return sampled * scale
-
-
-# --- presenting ----------------------------------------------------------------------------
-
-
-def format_estimate(est: Estimate, fmt: str = "table") -> str:
-    """The estimate as aligned text (``table``) or ``json``."""
-    if fmt == "json":
-        return json.dumps({**asdict(est), "minutes": est.minutes}, indent=2, ensure_ascii=False)
-    if est.sampled >= est.rows:
-        counted = f"all {est.rows:,} rows"
-    else:
-        counted = f"{est.sampled:,} of {est.rows:,} rows spread over the input, scaled"
-    how = "countTokens (systemInstruction included)"
-    if est.method == "offline":
-        how = "offline, about 4 characters a token (rough)"
-    lines = [
-        f"estimate for {est.job} ({est.model}): {est.rows:,} input rows",
-        f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
-        f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
-        f"{est.output_source}",
-        *_cost_lines(est),
-        f"  time     at least {_minutes(est.minutes)}: {_time_bounds(est)}",
-    ]
-    if est.calls_per_row > 1:
-        lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
-    lines += [f"  note: {n}" for n in est.notes]
-    return "\n".join(lines)
-
-
-def _range(low: float, high: float) -> str:
-    return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f} .. {high:,.0f}"
-
-
-def _cost_lines(est: Estimate) -> list[str]:
-    """One line per service tier, then where the prices come from."""
-    if not est.tier_costs:
-        return [f"  cost     unpriced (no price for {est.model})"]
-    digits = usd_digits(*(high for _, high in est.tier_costs.values()))
-    lines: list[str] = []
-    for tier, (low, high) in est.tier_costs.items():
-        lo, hi = f"{low:,.{digits}f}", f"{high:,.{digits}f}"
-        label = "  cost     " if not lines else "           "
-        mark = "  ← this job's tier" if tier == est.tier else ""
-        lines.append(f"{label}{tier:<9} USD {lo if lo == hi else f'{lo} .. {hi}'}{mark}")
-    lines.append(
-        f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
-    )
-    return lines
-
-
-def _minutes(minutes: float) -> str:
-    if minutes < 1:
-        return f"{minutes * 60:.0f} s" if minutes >= 1 / 60 else "under 1 s"
-    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
-
-
-def _time_bounds(est: Estimate) -> str:
-    parts = [f"{_minutes(est.minutes_requests)} at requests_per_minute {est.requests_per_minute:,}"]
-    if est.minutes_tokens is not None and est.tokens_per_minute:
-        tpm = est.tokens_per_minute
-        parts.append(f"{_minutes(est.minutes_tokens)} at tokens_per_minute {tpm:,}")
-    if est.minutes_latency is not None:
-        latency = _minutes(est.minutes_latency)
-        parts.append(f"{latency} at the earlier run's latency and the job's concurrency")
-    return "; ".join(parts)

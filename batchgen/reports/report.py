@@ -22,8 +22,6 @@ without a price is reported as unpriced, never as costing 0.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -43,10 +41,9 @@ from batchgen.store.outdir import OutputDir
 from batchgen.store.output import USAGE_SCHEMA
 from batchgen.store.runs import read_run_records
 
-__all__ = ["FORMATS", "GROUPS", "Report", "format_report", "load_calls", "plot_report", "report"]
+__all__ = ["GROUPS", "RUN_COLUMNS", "Report", "group_keys", "load_calls", "report"]
 
 GROUPS = ("job", "model", "day", "run", "finish_reason")
-FORMATS = ("table", "csv", "json", "markdown")
 TOKENS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
 COLUMNS = ("requests", "rows_done", "rows_failed", *TOKENS, "cost_usd", "unpriced_requests")
 NONE = "(none)"
@@ -266,7 +263,8 @@ def answered_by(calls: pd.DataFrame) -> list[tuple[str, str, int]]:
     ]
 
 
-def _keys(frame: pd.DataFrame, by: str) -> pd.Series:
+def group_keys(frame: pd.DataFrame, by: str) -> pd.Series:
+    """The group each call or row falls in under ``by`` (a missing key: ``(none)``)."""
     if by == "day":
         at = pd.to_datetime(frame["at"], utc=True)
         return at.dt.strftime("%Y-%m-%d").fillna(NONE)
@@ -276,7 +274,7 @@ def _keys(frame: pd.DataFrame, by: str) -> pd.Series:
 
 def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame:
     billed = calls.assign(
-        key=_keys(calls, by),
+        key=group_keys(calls, by),
         unpriced_requests=calls["cost_usd"].isna().astype(np.int64),
         cost_usd=calls["cost_usd"].fillna(0.0),
     )
@@ -287,7 +285,7 @@ def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame
         **{c: (c, "sum") for c in (*TOKENS, "cost_usd", "unpriced_requests")},
     )
     outcomes = (
-        rows.assign(key=_keys(rows, by))
+        rows.assign(key=group_keys(rows, by))
         .groupby("key")
         .agg(rows_done=("done", "sum"), rows_failed=("failed", "sum"))
     )
@@ -331,140 +329,3 @@ def _total(groups: pd.DataFrame) -> dict[str, Any]:
     costs = groups["cost_usd"]
     total["cost_usd"] = None if costs.isna().any() else float(costs.sum())
     return total
-
-
-# --- presenting ----------------------------------------------------------------------------
-
-_LABELS = {
-    "requests": "requests",
-    "rows_done": "rows done",
-    "rows_failed": "rows failed",
-    "prompt_tokens": "prompt",
-    "output_tokens": "output",
-    "thinking_tokens": "thinking",
-    "cached_tokens": "cached",
-    "total_tokens": "total tokens",
-    "cost_usd": "cost (USD)",
-}
-
-
-def format_report(rep: Report, fmt: str = "table") -> str:
-    """The report as ``table`` (aligned text), ``markdown``, ``csv`` (groups) or ``json``."""
-    if fmt == "csv":
-        return str(rep.groups.to_csv(index=False, lineterminator="\n"))
-    if fmt == "json":
-        return json.dumps(_as_json(rep), indent=2, ensure_ascii=False)
-    if fmt not in ("table", "markdown"):
-        raise JobError(f"format={fmt!r} (--format): unknown format (one of {', '.join(FORMATS)})")
-    extra = [c for c in RUN_COLUMNS if c in rep.groups.columns]
-    header = [rep.by, *_LABELS.values(), *extra]
-    digits = usd_digits(*rep.groups["cost_usd"], rep.total["cost_usd"])
-    lines = [
-        _cells(r, rep.by, digits) + [str(r[c]) for c in extra]
-        for r in rep.groups.to_dict("records")
-    ]
-    lines.append(["total", *_cells(rep.total, None, digits)[1:], *([""] * len(extra))])
-    note = f"prices: {rep.prices.describe()}"
-    if rep.answered:
-        note += "\n" + _answered_line(rep.answered)
-    if fmt == "markdown":
-        rule = ["---", *["---:"] * (len(header) - 1)]
-        body = ["| " + " | ".join(row) + " |" for row in (header, rule, *lines)]
-        return "\n".join([*body, "", note])
-    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
-    text = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in (header, *lines)
-    ]
-    return "\n".join([*text, note])
-
-
-def _answered_line(answered: Sequence[tuple[str, str, int]]) -> str:
-    pairs = ", ".join(f"{a} → {b} ({n:,} calls)" for a, b, n in answered)
-    return f"answered by another model than asked: {pairs}"
-
-
-def _cells(record: dict[str, Any], by: str | None, digits: int) -> list[str]:
-    key = str(record[by]) if by else ""
-    numbers = [f"{int(record[c]):,}" for c in _LABELS if c != "cost_usd"]
-    return [key, *numbers, _usd_cell(record, digits)]
-
-
-def _usd_cell(record: dict[str, Any], digits: int) -> str:
-    unpriced = int(record["unpriced_requests"])
-    if not unpriced:
-        return f"{float(record['cost_usd']):,.{digits}f}"
-    if unpriced == int(record["requests"]):
-        return "unpriced"
-    return f"unpriced ({unpriced} of {int(record['requests'])} calls)"
-
-
-def usd_digits(*amounts: float | None) -> int:
-    """Decimals that show the largest amount well: 6 below $1 (small test runs), 4, then 2."""
-    top = max((abs(a) for a in amounts if a is not None and not math.isnan(a)), default=0.0)
-    return 6 if top < 1 else 4 if top < 100 else 2
-
-
-def _as_json(rep: Report) -> dict[str, Any]:
-    groups = [
-        {k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in r.items()}
-        for r in rep.groups.to_dict("records")
-    ]
-    when = rep.prices.source_date
-    return {
-        "by": rep.by,
-        "groups": groups,
-        "total": rep.total,
-        "unpriced_models": list(rep.unpriced),
-        "warnings": list(rep.warnings),
-        "answered_by": [{"asked": a, "answered": b, "calls": n} for a, b, n in rep.answered],
-        "prices": {
-            "source": rep.prices.source,
-            "source_date": when.isoformat() if when else None,
-            "unit": "USD per 1M tokens",
-        },
-    }
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def plot_report(rep: Report, path: Path) -> Path:
-    """Save a PNG of the cost per day and the tokens per run; needs matplotlib (extra ``plot``).
-
-    Unpriced calls are left out of the cost bars, and the chart says so.
-    """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise JobError(
-            "a plot (--plot) needs matplotlib: pip install 'batchgen[plot]' (or pip install "
-            "matplotlib)"
-        ) from None
-    calls = rep.calls.assign(day=_keys(rep.calls, "day"), run=_keys(rep.calls, "run"))
-    daily = calls.groupby("day")["cost_usd"].sum(min_count=0)
-    per_run = calls.groupby("run")[["prompt_tokens", "output_tokens", "thinking_tokens"]].sum()
-    fig = Figure(figsize=(10, 8), layout="constrained")
-    cost_ax, tokens_ax = fig.subplots(2, 1)
-    cost_ax.bar(daily.index.astype(str), daily.to_numpy(), color="tab:green")
-    unpriced = f" (unpriced: {', '.join(rep.unpriced)}, left out)" if rep.unpriced else ""
-    cost_ax.set_title(f"Cost per day, USD{unpriced}")
-    cost_ax.set_ylabel("USD")
-    bottom = np.zeros(len(per_run))
-    for column in per_run.columns:
-        values = per_run[column].to_numpy(float)
-        label = column.removesuffix("_tokens")
-        tokens_ax.bar(per_run.index.astype(str), values, bottom=bottom, label=label)
-        bottom += values
-    tokens_ax.set_title("Tokens per run")
-    tokens_ax.legend()
-    tokens_ax.tick_params(axis="x", labelrotation=30)
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as exc:
-        raise JobError(f"{path}: cannot write the plot: {exc.strerror}") from None
-    return path
