@@ -1,22 +1,19 @@
 """The seam between the pipeline and the calls: which rows, and where their answers go,
 apart from how the calls are made.
 
-The runner (:mod:`batchgen.run.runner`) reads rows, renders them into :class:`Work`
-and hands them to a :class:`Backend` as an async stream; the backend makes the calls its own way
-and tells the :class:`Sink` what became of each row and what each call cost. The runner's writer
-journals all of it, and its stop control (:class:`~batchgen.backends.stopping.StopControl`, given
-to the
-backend when it is built) says when to stop taking rows and when to end the calls in flight.
+The runner (:mod:`batchgen.run.runner`) reads rows, renders them into :class:`Work` and hands them
+to a :class:`Backend` as an async stream; the backend makes the calls its own way and tells the
+:class:`Sink` what became of each row and what each call cost. The runner's writer journals all of
+it, and its stop control (:class:`~batchgen.backends.stopping.StopControl`, given to the backend
+when it is built) says when to stop taking rows and when to end the calls in flight.
 
 Both are built from one :class:`RunContext` (what every backend runs with, built once by the
 runner) and build their client with :func:`~batchgen.gemini.connect.client_for`.
 
 Two backends implement it: :class:`~batchgen.backends.online.backend.OnlineBackend` (a
-``generateContent`` call
-per row, at the rate and concurrency the limits allow) and
+``generateContent`` call per row, at the rate and concurrency the limits allow) and
 :class:`~batchgen.backends.batch.backend.BatchBackend` (JSONL files submitted as Batch Mode jobs,
-polled,
-collected), which reports the rows it collects through the same sink.
+polled, collected), which reports the rows it collects through the same sink.
 """
 
 from __future__ import annotations
@@ -53,10 +50,9 @@ class Sink(CallEvents, Protocol):
     """Where a backend's results go: every row's outcome, every call's cost, as they happen.
 
     From :class:`~batchgen.backends.online.caller.CallEvents`: ``requested()`` for each request
-    sent,
-    ``billed(entry)`` for each call that returned usage (before the row ends, so the ledger
-    holds it even if the run is killed), ``server_delay(delay, asked)`` when the server asks
-    to wait.
+    sent, ``billed(entry)`` for each call that returned usage (before the row ends, so the ledger
+    holds it even if the run is killed), ``server_delay(delay, asked)`` when the server asks to
+    wait.
     """
 
     async def outcome(self, outcome: Outcome) -> None:

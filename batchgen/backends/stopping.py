@@ -142,13 +142,12 @@ class StopControl:
 class TransportWatch:
     """Stops the run when the last calls all reached nothing, or were all redirected.
 
-    It counts calls, not rows. A refused or dropped connection means no server answered at
-    all (a wrong ``base_url``, no network): waiting helps little, so the run stops after
-    ``after`` such calls in a row (exit 4). Every call redirected (a 3xx, never followed)
-    means ``base_url`` is wrong. 5xx answers and timeouts mean a server that is there but
-    failing: that is an outage, left to :class:`~batchgen.backends.online.breaker.Breaker`, which
-    pauses
-    and probes instead of stopping.
+    It counts calls, not rows. A refused or dropped connection means no server answered at all (a
+    wrong ``base_url``, no network): waiting helps little, so the run stops after ``after`` such
+    calls in a row (exit 4). Every call redirected (a 3xx, never followed) means ``base_url`` is
+    wrong. 5xx answers and timeouts mean a server that is there but failing: that is an outage, left
+    to :class:`~batchgen.backends.online.breaker.Breaker`, which pauses and probes instead of
+    stopping.
     """
 
     def __init__(self, stop: StopControl, where: str, after: int) -> None:

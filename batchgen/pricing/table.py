@@ -1,11 +1,10 @@
 """Prices as data, dated, and the cost arithmetic of the usage ledger.
 
 The price table ships as ``batchgen/pricing/prices.toml`` (its format is described at the top of
-that
-file, and read by :mod:`batchgen.pricing.file`); ``--prices FILE`` in the same format overrides or
-adds models. Each model has **periods**: rates from one UTC day (``from``) to another (``to``,
-inclusive; open when absent), each with its source and the date it was checked. A call is priced
-by the period covering its UTC day and by the **tier** that served it (``standard``, ``flex`` or
+that file, and read by :mod:`batchgen.pricing.file`); ``--prices FILE`` in the same format overrides
+or adds models. Each model has **periods**: rates from one UTC day (``from``) to another (``to``,
+inclusive; open when absent), each with its source and the date it was checked. A call is priced by
+the period covering its UTC day and by the **tier** that served it (``standard``, ``flex`` or
 ``batch``; the two cheaper tiers are a factor of standard, 0.5 unless a file says otherwise, or
 prices of their own). A call costs::
 

@@ -13,11 +13,10 @@ the call, or of the row's answer or failure), ``run`` (the run id), ``finish_rea
 call; for a row, of its answer, or of the last call of a failed row). A failed row's run is the
 run that last wrote its failure record.
 
-A call is priced by its ``model_version`` when the price table knows it, else by the ``model``
-asked for, at the rates of the call's UTC day and tier (see :mod:`batchgen.pricing.table`); where
-the
-version names another model than the one asked for, the report says which answered. A model
-without a price is reported as unpriced, never as costing 0.
+A call is priced by its ``model_version`` when the price table knows it, else by the ``model`` asked
+for, at the rates of the call's UTC day and tier (see :mod:`batchgen.pricing.table`); where the
+version names another model than the one asked for, the report says which answered. A model without
+a price is reported as unpriced, never as costing 0.
 """
 
 from __future__ import annotations

@@ -2,12 +2,11 @@
 
 The reader renders rows into request bodies and puts them on a bounded queue; a backend
 (:mod:`batchgen.backends.base`; today :class:`~batchgen.backends.online.backend.OnlineBackend`,
-which dispatches each
-row through :class:`~batchgen.backends.online.caller.RowCaller` at the concurrency the limits
-allow) takes them
-as a stream and reports each row's outcome and each call's cost; one writer puts every outcome
-and ledger entry in the journal as it arrives and compacts it into part files on a schedule
-(:mod:`batchgen.store.writer`). Every queue is bounded, so memory does not grow with the input.
+which dispatches each row through :class:`~batchgen.backends.online.caller.RowCaller` at the
+concurrency the limits allow) takes them as a stream and reports each row's outcome and each call's
+cost; one writer puts every outcome and ledger entry in the journal as it arrives and compacts it
+into part files on a schedule (:mod:`batchgen.store.writer`). Every queue is bounded, so memory does
+not grow with the input.
 
 No task dies silently: an error that belongs to one row is that row's failure record; anything
 else stops the run through :class:`~batchgen.backends.stopping.StopControl` with one line, and the

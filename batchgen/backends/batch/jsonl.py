@@ -1,15 +1,14 @@
 """Batch Mode's JSONL files: request chunks out, result lines back into outcomes and ledger rows.
 
-A request line is ``{"key": <row id>, "request": <the body the online path sends>}`` (the bytes
-of :attr:`batchgen.records.Work.body`, not re-encoded), one per row; a chunk is one input file, at
-most ``max_rows`` lines and ``max_bytes`` bytes (the Files API takes 2 GB a file). A result line
-is ``{"key": ..., "response": <GenerateContentResponse>}`` or ``{"key": ..., "error": <Status>}``
-(docs/gemini-api.md §7), in no guaranteed order, so results are matched by key. Each response
-goes through what an online answer goes through (:func:`batchgen.gemini.answers.parse_response`,
+A request line is ``{"key": <row id>, "request": <the body the online path sends>}`` (the bytes of
+:attr:`batchgen.records.Work.body`, not re-encoded), one per row; a chunk is one input file, at most
+``max_rows`` lines and ``max_bytes`` bytes (the Files API takes 2 GB a file). A result line is
+``{"key": ..., "response": <GenerateContentResponse>}`` or ``{"key": ..., "error": <Status>}``
+(docs/gemini-api.md §7), in no guaranteed order, so results are matched by key. Each response goes
+through what an online answer goes through (:func:`batchgen.gemini.answers.parse_response`,
 :func:`~batchgen.gemini.answers.structured_value`, the output layout) and becomes the same
-:class:`~batchgen.records.Outcome` and :class:`~batchgen.records.Billed` ledger entry;
-a per-line error
-or a key with no line becomes a failure record, which the next run retries.
+:class:`~batchgen.records.Outcome` and :class:`~batchgen.records.Billed` ledger entry; a per-line
+error or a key with no line becomes a failure record, which the next run retries.
 """
 
 from __future__ import annotations

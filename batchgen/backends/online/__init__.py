@@ -1,2 +1,2 @@
-"""The online (standard and Flex) backend: caller, retries, rate and concurrency limits, breaker,
-   daily quota."""
+"""The online (standard and Flex) backend: caller, retries, rate and concurrency limits,
+breaker, daily quota."""

@@ -1,15 +1,13 @@
 """The online backend: one ``generateContent`` call per attempt, as fast as the quota allows.
 
-One dispatcher takes the rows: it waits while the breaker is open (no new rows during an
-outage), then for a place in flight from the concurrency controller (``limits.concurrency``:
-"auto" follows Little's law, an integer pins it), then starts the row's task, which goes
-through :class:`~batchgen.backends.online.caller.RowCaller` and gives its place back when it ends.
-Only the
+One dispatcher takes the rows: it waits while the breaker is open (no new rows during an outage),
+then for a place in flight from the concurrency controller (``limits.concurrency``: "auto" follows
+Little's law, an integer pins it), then starts the row's task, which goes through
+:class:`~batchgen.backends.online.caller.RowCaller` and gives its place back when it ends. Only the
 dispatcher waits for room, so a target of two thousand calls in flight costs no idle workers.
 
 Every attempt passes :class:`~batchgen.backends.online.caller.Pacing`: the day's request count, the
-rate
-limiter, the breaker. What stops the run goes to the run's StopControl:
+rate limiter, the breaker. What stops the run goes to the run's StopControl:
 
 - the budget (``BudgetReachedError``, by ``max_cost``); a bad key, an unknown model, the day's
   quota (by ``api``, exit 3 or 5);

@@ -144,10 +144,10 @@ class RowCaller:
         """One row through its retry loop; what still fails becomes a failure record.
 
         ``slot`` is the row's place in flight
-        (:class:`~batchgen.backends.online.concurrency.ConcurrencyController`).
-        The first call is made before tenacity's loop, which is entered only if it fails (with
-        that failure replayed as its first attempt): the same policy, without building the
-        loop for the rows that need none.
+        (:class:`~batchgen.backends.online.concurrency.ConcurrencyController`). The first call is
+        made before tenacity's loop, which is entered only if it fails (with that failure replayed
+        as its first attempt): the same policy, without building the loop for the rows that need
+        none.
         """
         spared = [0]  # calls that failed during an outage: they spend no attempt
         fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
