@@ -1,4 +1,4 @@
-"""The words and tables of ``estimate`` and ``report``: the numbers come from
+"""The words and tables of ``estimate``, ``report`` and ``prices``: the numbers come from
 :mod:`batchgen.reports`, which returns values; this module renders them as text, Markdown,
 CSV, JSON or a chart.
 """
@@ -15,10 +15,18 @@ from typing import Any
 import numpy as np
 
 from batchgen.errors import JobError
+from batchgen.pricing.table import PriceTable
 from batchgen.reports.estimate import Estimate
 from batchgen.reports.report import RUN_COLUMNS, Report, group_keys
 
-__all__ = ["REPORT_FORMATS", "format_estimate", "format_report", "plot_report", "usd_digits"]
+__all__ = [
+    "REPORT_FORMATS",
+    "format_estimate",
+    "format_prices",
+    "format_report",
+    "plot_report",
+    "usd_digits",
+]
 
 REPORT_FORMATS = ("table", "csv", "json", "markdown")
 
@@ -234,3 +242,57 @@ def plot_report(rep: Report, path: Path) -> Path:
     except OSError as exc:
         raise JobError(f"{path}: cannot write the plot: {exc.strerror}") from None
     return path
+
+
+# --- prices --------------------------------------------------------------------------------
+
+_HEADER = ("model", "status", "from", "to", "input", "output", "cached", "flex in/out",
+           "batch in/out", ">200k in/out")  # fmt: skip
+
+
+def format_prices(rows: list[dict[str, Any]], table: PriceTable, fmt: str = "table") -> str:
+    """The rows as ``json`` or an aligned ``table`` (USD per 1M tokens)."""
+    if fmt == "json":
+        unit = "USD per 1M tokens"
+        return json.dumps({"unit": unit, "prices": rows}, indent=2, ensure_ascii=False)
+    if fmt != "table":
+        raise JobError(f"--format {fmt}: unknown format (one of table, json)")
+    lines = [list(_HEADER), *(_price_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADER))]
+    text = [
+        "  ".join(
+            c.ljust(w) if i < 4 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    ]
+    return "\n".join([*(t.rstrip() for t in text), f"prices: {table.describe()}"])
+
+
+def _price_cells(row: dict[str, Any]) -> list[str]:
+    status = row["status"]
+    if row["retires"]:
+        status += f" {row['retires']}" if status == "retired" else f", retires {row['retires']}"
+        status += f" → {row['routed_to']}" if row["routed_to"] else ""
+    dates = [row["from"] or "", row["to"] or ""]
+    standard = row["standard"]
+    if standard is None:
+        return [row["model"], status, *dates, "-", "-", "-", "-", "-", ""]
+    long = standard["long_context"]
+    return [
+        row["model"],
+        status,
+        *dates,
+        _price(standard["input"]),
+        _price(standard["output"]),
+        _price(standard["cached"]),
+        f"{_price(row['flex']['input'])} / {_price(row['flex']['output'])}",
+        f"{_price(row['batch']['input'])} / {_price(row['batch']['output'])}",
+        f"{_price(long['input'])} / {_price(long['output'])}" if long else "",
+    ]
+
+
+def _price(value: float) -> str:
+    """At least two decimals, and as many more as the price has (0.01875)."""
+    whole, _, decimals = f"{value:.5f}".partition(".")
+    return f"{whole}.{decimals.rstrip('0').ljust(2, '0')}"

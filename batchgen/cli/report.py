@@ -127,7 +127,8 @@ def estimate(
 @click.option("--prices", type=_PATH, help="A price file (TOML) that overrides or adds models.")
 def prices(model: str | None, day: datetime | None, fmt: str, prices: Path | None) -> None:
     """The price table: each model's dated prices per tier (USD per 1M tokens), and status."""
-    from batchgen.reports.price_list import format_prices, price_rows
+    from batchgen.cli.render import format_prices
+    from batchgen.reports.price_list import price_rows
 
     table = load_prices(prices)
     at: date | None = day.date() if day is not None else None

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Any
 
 from batchgen.errors import JobError
 from batchgen.pricing.table import ModelPrice, PricedModel, PriceTable, Rates, utc_today
 
-__all__ = ["format_prices", "price_rows"]
-
-_HEADER = ("model", "status", "from", "to", "input", "output", "cached", "flex in/out",
-           "batch in/out", ">200k in/out")  # fmt: skip
-
+__all__ = ["price_rows"]
 
 def price_rows(
     table: PriceTable,
@@ -86,51 +81,3 @@ def _rates(rates: Rates) -> dict[str, Any]:
 
 def _iso(day: date | None) -> str | None:
     return day.isoformat() if day else None
-
-
-def format_prices(rows: list[dict[str, Any]], table: PriceTable, fmt: str = "table") -> str:
-    """The rows as ``json`` or an aligned ``table`` (USD per 1M tokens)."""
-    if fmt == "json":
-        unit = "USD per 1M tokens"
-        return json.dumps({"unit": unit, "prices": rows}, indent=2, ensure_ascii=False)
-    if fmt != "table":
-        raise JobError(f"--format {fmt}: unknown format (one of table, json)")
-    lines = [list(_HEADER), *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADER))]
-    text = [
-        "  ".join(
-            c.ljust(w) if i < 4 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in lines
-    ]
-    return "\n".join([*(t.rstrip() for t in text), f"prices: {table.describe()}"])
-
-
-def _cells(row: dict[str, Any]) -> list[str]:
-    status = row["status"]
-    if row["retires"]:
-        status += f" {row['retires']}" if status == "retired" else f", retires {row['retires']}"
-        status += f" → {row['routed_to']}" if row["routed_to"] else ""
-    dates = [row["from"] or "", row["to"] or ""]
-    standard = row["standard"]
-    if standard is None:
-        return [row["model"], status, *dates, "-", "-", "-", "-", "-", ""]
-    long = standard["long_context"]
-    return [
-        row["model"],
-        status,
-        *dates,
-        _usd(standard["input"]),
-        _usd(standard["output"]),
-        _usd(standard["cached"]),
-        f"{_usd(row['flex']['input'])} / {_usd(row['flex']['output'])}",
-        f"{_usd(row['batch']['input'])} / {_usd(row['batch']['output'])}",
-        f"{_usd(long['input'])} / {_usd(long['output'])}" if long else "",
-    ]
-
-
-def _usd(value: float) -> str:
-    """At least two decimals, and as many more as the price has (0.01875)."""
-    whole, _, decimals = f"{value:.5f}".partition(".")
-    return f"{whole}.{decimals.rstrip('0').ljust(2, '0')}"
