@@ -1,16 +1,21 @@
-"""Shared fixtures: example jobs copied into a temporary folder, and a seed fixture loader."""
+"""Shared fixtures: an isolated environment, the seed fixture, a project copy, and the one
+emulator factory. Helpers that are not fixtures live in tests/helpers/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED_COPY = Path(__file__).resolve().parent / "data" / "seed_structured_output.json"
+from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.emulator.server import APP_KEY, Emulator, RedactingAccessLogger, create_app
+from tests.helpers.emulator_calls import Client, StartEmulator
+from tests.helpers.paths import ROOT, SEED_COPY
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +38,46 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_job(folder: Path, text: str, name: str = "job.toml") -> Path:
-    """Write a job file (dedented TOML text) and return its path."""
-    import textwrap
+@contextlib.contextmanager
+def _emulators() -> Iterator[StartEmulator]:
+    with contextlib.ExitStack() as stack:
 
-    path = folder / name
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
+        def start(
+            config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", **fields: Any
+        ) -> EmulatorThread:
+            server = EmulatorThread(config or EmulatorConfig(**fields), host=host)
+            return stack.enter_context(server)
+
+        yield start
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[StartEmulator]:
+    """Start emulators on 127.0.0.1, each serving from its own thread, stopped after the test:
+    ``emulator_factory(api_keys=frozenset({KEY}), latency_ms=15)`` (EmulatorConfig's fields,
+    or a whole config; ``host=`` another loopback address)."""
+    with _emulators() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_emulator_factory() -> Iterator[StartEmulator]:
+    """:func:`emulator_factory` for a module's tests to share (stopped after the module)."""
+    with _emulators() as start:
+        yield start
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> Callable[..., Awaitable[tuple[Client, Emulator]]]:
+    """The emulator app in the test's loop behind a real aiohttp client (for the emulator's own
+    tests, which read its state); kwargs build the config."""
+
+    async def make(**config: Any) -> tuple[Client, Emulator]:
+        app = create_app(EmulatorConfig(**config))
+        # The access log the emulator's own servers use: no query string, so no ?key=.
+        server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
+        return await aiohttp_client(server), app[APP_KEY]
+
+    return make

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from batchgen.gemini.answers import AnswerError, parse_response, read_usage, structured_value
 from batchgen.job.schema import AnswerValidator, normalize_schema
 from batchgen.records import Usage
-from tests.conftest import SEED_COPY
+from tests.helpers.paths import SEED_COPY
 
 
 def validator_for(seed: dict[str, Any]) -> AnswerValidator:

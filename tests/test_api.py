@@ -15,7 +15,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, run_job
-from tests.test_resume import make_job
+from tests.helpers.jobs import make_job
 
 KEY = "api-key-31"
 PROMPT = "Describe item {{ name }} in a few words."

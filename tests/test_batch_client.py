@@ -16,17 +16,10 @@ from batchgen.errors import FatalApiError
 from batchgen.gemini.batch_client import BatchClient, BatchInfo, FileInfo
 from batchgen.gemini.client import ApiError
 from batchgen.job.spec import ModelSpec
+from tests.helpers.clock import Clock
 
 KEY = "sk-batch-secret-0123456789"
 FLASH = "gemini-2.5-flash"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from batchgen.pricing.file import load_prices
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.batches import BatchStore
 from batchgen.store.outdir import OutputDir
-from tests.conftest import ROOT, write_job
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import ROOT, write_job
 
 KEY = "sk-batch-run-secret-0123456789"
 MODEL = "gemini-2.5-flash-lite"
@@ -80,9 +80,8 @@ def batch_job(folder: Path, rows: int = 40, per_chunk: int = 15, extra: str = ""
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(FAST) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(FAST)
 
 
 def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:

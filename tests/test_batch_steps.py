@@ -19,16 +19,9 @@ from batchgen.keys import EMPTY
 from batchgen.plan import Plan, plan_job
 from batchgen.records import DoneState, Work
 from batchgen.store.batches import BatchStore, ChunkRecord
+from tests.helpers.clock import Clock
 
 KEY = "sk-steps-secret-0123456789"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Setup:

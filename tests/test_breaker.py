@@ -13,21 +13,7 @@ from batchgen.backends.online.concurrency import concurrency_for
 from batchgen.backends.online.rate import RateLimits
 from batchgen.errors import RunStoppedError
 from batchgen.job.spec import LimitsSpec
-from tests.test_quota_convergence import VirtualTime
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        """Time passes at once: a sequential caller sees exactly the waits asked for."""
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.helpers.clock import Clock, VirtualTime
 
 
 def breaker(clock: Clock, **kwargs: float) -> Breaker:  # outage_minutes
@@ -39,7 +25,7 @@ def fail(b: Breaker, times: int = 1, sent_at: float | None = None) -> list[bool]
 
 
 def test_scattered_server_errors_never_open_it() -> None:
-    b = breaker(Clock())
+    b = breaker(Clock(1000.0))
     for _ in range(50):
         fail(b, 9)
         b.record(True, False)
@@ -47,7 +33,7 @@ def test_scattered_server_errors_never_open_it() -> None:
 
 
 def test_ten_server_failures_in_a_row_open_it_and_probes_slow_down() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock)
     assert fail(b, 10) == [True] * 9 + [False]  # the failure that opens it spends no attempt
     assert b.state == "open"
@@ -65,7 +51,7 @@ def test_ten_server_failures_in_a_row_open_it_and_probes_slow_down() -> None:
 
 
 def test_a_probe_that_succeeds_closes_it() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock)
     fail(b, 10)
     clock.now += 5
@@ -78,7 +64,7 @@ def test_a_probe_that_succeeds_closes_it() -> None:
 
 def test_answers_to_calls_sent_before_the_outage_do_not_hide_it() -> None:
     """At 30 s latency, calls sent before a 503 storm keep succeeding for 30 s after it began."""
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock)
     before = clock.now
     clock.now += 1
@@ -91,7 +77,7 @@ def test_answers_to_calls_sent_before_the_outage_do_not_hide_it() -> None:
 
 
 def test_a_429_or_a_bad_answer_shows_the_server_is_up() -> None:
-    b = breaker(Clock())
+    b = breaker(Clock(1000.0))
     fail(b, 9)
     b.record(False, server_side=False)  # a 429: the server answered
     fail(b, 9)
@@ -99,7 +85,7 @@ def test_a_429_or_a_bad_answer_shows_the_server_is_up() -> None:
 
 
 async def test_after_outage_minutes_open_admit_stops_the_run() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock, outage_minutes=2)
     fail(b, 10)
     b.note("503 UNAVAILABLE: The model is overloaded.")
@@ -121,7 +107,7 @@ async def test_after_outage_minutes_open_admit_stops_the_run() -> None:
 async def test_a_storm_costs_the_threshold_and_the_probes_then_the_run_goes_on() -> None:
     """One worker against a server that answers 503 from t=30 s to t=150 s (at once) and
     otherwise takes 0.5 s: calls during the storm are the threshold plus the probes."""
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock)
     start = clock.now
     storm_calls = answered = 0
@@ -141,7 +127,7 @@ async def test_a_storm_costs_the_threshold_and_the_probes_then_the_run_goes_on()
 
 
 async def test_waiting_callers_go_when_a_probe_succeeds() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def sleep_forever(seconds: float) -> None:
@@ -163,7 +149,7 @@ async def test_waiting_callers_go_when_a_probe_succeeds() -> None:
 
 
 async def test_taking_new_rows_never_makes_the_probe() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     b = breaker(clock, outage_minutes=1)
     fail(b, 10)
     clock.now += 30  # a probe is due, but only an attempt may be it

@@ -17,16 +17,9 @@ from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.errors import JobError, QuotaExhaustedError
 from batchgen.job.spec import LimitsSpec, load_job
-from tests.conftest import write_job
-from tests.test_job import MINIMAL
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers.clock import Clock
+from tests.helpers.jobs import MINIMAL
+from tests.helpers.paths import write_job
 
 
 async def settle() -> None:
@@ -40,7 +33,7 @@ def controller(per_second: float, clock: Clock, **kwargs: int) -> ConcurrencyCon
 
 
 def test_it_starts_small_then_keeps_rate_times_latency_in_flight() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(20, clock)  # 1,200 requests a minute
     assert ctl.target == 8  # nothing known yet
     for _ in range(100):
@@ -51,7 +44,7 @@ def test_it_starts_small_then_keeps_rate_times_latency_in_flight() -> None:
 
 
 def test_the_slow_tail_sets_the_latency_not_the_average() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(20, clock)
     for latency in [1.0] * 80 + [10.0] * 20:  # a fifth of the calls take ten times longer
         ctl.observe(latency)
@@ -60,7 +53,7 @@ def test_the_slow_tail_sets_the_latency_not_the_average() -> None:
 
 
 def test_it_is_capped_never_below_one_and_pinned_when_asked() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     fast = controller(3000 / 60, clock, cap=2048)
     slow = controller(0.1, clock)
     pinned = controller(50, clock, pinned=16)
@@ -73,7 +66,7 @@ def test_it_is_capped_never_below_one_and_pinned_when_asked() -> None:
 
 async def test_calls_still_in_flight_raise_the_target_before_any_answer() -> None:
     """At 30 s answers nothing completes for 30 s: the ages of the calls say it is slow."""
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(50, clock)  # 3,000 a minute
     slots = [await ctl.acquire() for _ in range(8)]
     for slot in slots:
@@ -86,7 +79,7 @@ async def test_calls_still_in_flight_raise_the_target_before_any_answer() -> Non
 
 
 async def test_waiting_for_the_rate_limiter_is_not_latency() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(50, clock)
     slots = [await ctl.acquire() for _ in range(8)]  # queued at the limiter, none sent yet
     clock.now += 10
@@ -99,7 +92,7 @@ async def test_waiting_for_the_rate_limiter_is_not_latency() -> None:
 
 
 def test_the_latency_window_is_bounded_and_follows_a_change() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(10, clock)
     for _ in range(5000):
         ctl.observe(30.0)
@@ -110,7 +103,7 @@ def test_the_latency_window_is_bounded_and_follows_a_change() -> None:
 
 
 async def test_the_slot_gate_admits_up_to_the_target_and_wakes_on_release() -> None:
-    ctl = controller(50, Clock(), pinned=2)
+    ctl = controller(50, Clock(1000.0), pinned=2)
     entered: list[int] = []
 
     async def call(i: int, done: asyncio.Event) -> None:
@@ -132,7 +125,7 @@ async def test_the_slot_gate_admits_up_to_the_target_and_wakes_on_release() -> N
 
 
 async def test_waiting_calls_go_as_soon_as_answers_raise_the_target() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     ctl = controller(20, clock, start=1)
     first = await ctl.acquire()
     waiting = [asyncio.create_task(ctl.acquire()) for _ in range(5)]
@@ -147,7 +140,7 @@ async def test_waiting_calls_go_as_soon_as_answers_raise_the_target() -> None:
 
 
 async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
-    ctl = controller(50, Clock(), pinned=1)
+    ctl = controller(50, Clock(1000.0), pinned=1)
     held = await ctl.acquire()
     waiter = asyncio.create_task(ctl.acquire())
     await asyncio.sleep(0)
@@ -160,7 +153,7 @@ async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
 
 
 def test_the_runs_controller_follows_the_rate_limits() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     limits = RateLimits(1200, clock=clock)
     auto = concurrency_for(LimitsSpec(max_concurrency=100), limits)
     for _ in range(20):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import random
@@ -12,80 +11,28 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
-from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen.emulator import (
-    APP_KEY,
     FAULTS,
     KNOWN_MODELS,
     STATS_PATH,
-    Emulator,
     EmulatorConfig,
     EmulatorServer,
     EmulatorThread,
-    RedactingAccessLogger,
-    create_app,
     estimate_tokens,
 )
 from batchgen.emulator.fakedata import fake_invalid_value, fake_value
 from batchgen.emulator.replies import pretty_json
 from batchgen.job.schema import to_json_schema
-from tests.strategies import GEMINI_SCHEMAS
-
-KEY = "test-key-0123456789"
-FLASH = "gemini-2.5-flash"
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[tuple[Client, Emulator]]]
-
-
-@pytest.fixture
-def make_client(aiohttp_server: Any, aiohttp_client: Any) -> MakeClient:
-    """An emulator app on 127.0.0.1 behind a real aiohttp client; kwargs build the config."""
-
-    async def make(**config: Any) -> tuple[Client, Emulator]:
-        app = create_app(EmulatorConfig(**config))
-        # The access log the emulator's own servers use: no query string, so no ?key=.
-        server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
-        return await aiohttp_client(server), app[APP_KEY]
-
-    return make
-
-
-async def call(
-    client: Client,
-    body: Any,
-    model: str = FLASH,
-    method: str = "generateContent",
-    key: str | None = KEY,
-) -> tuple[int, dict[str, Any]]:
-    """POST a body; return the status and the parsed JSON answer."""
-    headers = {"x-goog-api-key": key} if key is not None else {}
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    # aiohttp warns about sending large raw bytes in one go; a stream is the polite way.
-    data = io.BytesIO(raw) if len(raw) > 1_000_000 else raw
-    async with client.post(f"/v1beta/models/{model}:{method}", data=data, headers=headers) as r:
-        assert r.content_type == "application/json"
-        assert "Retry-After" not in r.headers
-        return r.status, await r.json()
-
-
-def ask(prompt: str, schema: dict[str, Any] | None = None, **config: Any) -> dict[str, Any]:
-    """A generateContent body with one user prompt and, optionally, a response schema."""
-    generation = dict(config)
-    if schema is not None:
-        generation |= {"responseMimeType": "application/json", "responseSchema": schema}
-    body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-    if generation:
-        body["generationConfig"] = generation
-    return body
+from tests.helpers.emulator_calls import FLASH, KEY, MakeClient, ask, call
+from tests.helpers.strategies import GEMINI_SCHEMAS
 
 
 def text_of(answer: dict[str, Any]) -> str:

@@ -10,31 +10,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from batchgen.emulator import APP_KEY, Emulator, EmulatorConfig, RedactingAccessLogger, create_app
+from batchgen.emulator import Emulator
+from tests.helpers.clock import Clock
 
 KEY = "test-key-0123456789"
 FLASH = "gemini-2.5-flash"
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[tuple[Client, Emulator]]]
 SCHEMA = {"type": "OBJECT", "properties": {"n": {"type": "INTEGER"}}, "required": ["n"]}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def make_client(aiohttp_server: Any, aiohttp_client: Any) -> MakeClient:
-    async def make(**config: Any) -> tuple[Client, Emulator]:
-        app = create_app(EmulatorConfig(**config))
-        server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
-        return await aiohttp_client(server), app[APP_KEY]
-
-    return make
 
 
 def request(prompt: str) -> dict[str, Any]:
@@ -143,7 +126,7 @@ async def test_upload_refuses_a_wrong_offset_and_a_short_file(make_client: MakeC
 
 async def test_batch_progresses_on_the_clock_to_shuffled_results(make_client: MakeClient) -> None:
     client, emulator = await make_client(batch_pending_s=10, batch_running_s=100)
-    clock = Clock()
+    clock = Clock(1000.0)
     emulator.clock = clock
     keys = [f"r{i:02d}" for i in range(30)]
     file = await upload(client, jsonl(keys))
@@ -229,7 +212,7 @@ async def test_scripted_expiry_and_failure_carry_an_error(make_client: MakeClien
 
 async def test_cancel_and_delete(make_client: MakeClient) -> None:
     client, emulator = await make_client(batch_pending_s=5)
-    emulator.clock = Clock()
+    emulator.clock = Clock(1000.0)
     file = await upload(client, jsonl(["a", "b"]))
     batch = {"batch": {"inputConfig": {"fileName": file["name"]}}}
     op = await create(client, batch)

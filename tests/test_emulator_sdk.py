@@ -6,13 +6,14 @@ Skipped unless google-genai is installed (``pip install -e '.[test,bench]'``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.emulator import EmulatorThread
+from tests.helpers.clock import Clock
+from tests.helpers.emulator_calls import StartEmulator
 
 genai = pytest.importorskip("google.genai")
 types = pytest.importorskip("google.genai.types")
@@ -20,19 +21,9 @@ types = pytest.importorskip("google.genai.types")
 FLASH = "gemini-2.5-flash"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    config = EmulatorConfig(batch_pending_s=10, batch_running_s=10, batch_line_error_rate=0.2)
-    with EmulatorThread(config) as thread:
-        yield thread
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(batch_pending_s=10, batch_running_s=10, batch_line_error_rate=0.2)
 
 
 def sdk(base_url: str) -> Any:

@@ -9,23 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
-from batchgen.emulator import APP_KEY, EmulatorConfig, RedactingAccessLogger, create_app
+from batchgen.emulator import EmulatorConfig
 from batchgen.emulator.latency import LatencyModel
-from tests.test_emulator import FLASH, MakeClient, ask, call
+from tests.helpers.emulator_calls import FLASH, MakeClient, ask, call
 
 PRO = "gemini-2.5-pro"
-
-
-@pytest.fixture
-def make_client(aiohttp_server: Any, aiohttp_client: Any) -> MakeClient:
-    """An emulator app on 127.0.0.1 behind a real aiohttp client; kwargs build the config."""
-
-    async def make(**config: Any) -> Any:
-        app = create_app(EmulatorConfig(**config))
-        server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
-        return await aiohttp_client(server), app[APP_KEY]
-
-    return make
 
 
 def test_lognormal_latency_has_the_median_and_the_spread_asked_for() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
@@ -39,17 +38,17 @@ from batchgen.reports.estimate import (
 )
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
-from tests.conftest import ROOT, write_job
-from tests.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import ROOT, write_job
+from tests.helpers.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
 
 KEY = "test-key-123456"
 JOBS = ["review_insights", "cookie_recipes"]
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}))) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY})))
 
 
 def load(project: Path, name: str, server: EmulatorThread, **overrides: Path) -> Job:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.jobfile import fingerprint_parts
 from batchgen.store.layout import part_files
-from tests.conftest import ROOT, write_job
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import ROOT, write_job
 
 KEY = "test-key-123456"
 MODEL = "gemini-2.5-flash-lite"  # 0.10 in, 0.40 out per 1M at standard
@@ -207,12 +207,10 @@ def test_emulator_config_checks_the_standard_share() -> None:
 
 
 @pytest.fixture
-def flaky_flex() -> Iterator[EmulatorThread]:
-    config = EmulatorConfig(
+def flaky_flex(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(
         fault_rates={"capacity": 0.1}, flex_standard_share=0.3, seed=12, record=True
     )
-    with EmulatorThread(config) as server:
-        yield server
 
 
 def test_a_thousand_flex_rows_are_billed_at_the_tier_that_served_each(

@@ -20,7 +20,7 @@ from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
 from batchgen.store.runs import read_run_records
-from tests.test_resume import make_job
+from tests.helpers.jobs import make_job
 
 KEY = "guard-key-77"
 

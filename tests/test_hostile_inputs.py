@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +25,8 @@ from batchgen.input import csv as csv_input
 from batchgen.input.reader import InputReader
 from batchgen.job.spec import InputSpec
 from batchgen.keys import keys_of
-from tests.conftest import write_job
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import write_job
 
 KEY = "hostile-key-31"
 JOB = """
@@ -55,9 +56,8 @@ ROWS = 50_000  # deep enough that a bad value sits far past the first block
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), record=True)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), record=True))
 
 
 def csv_rows(n: int, bad: dict[int, bytes] | None = None) -> bytes:

@@ -16,7 +16,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, run_job
-from tests.test_hostile_server import KEY, assert_every_row_accounted_for, make_job, read
+from tests.helpers.hostile import KEY, assert_every_row_accounted_for, make_job, read
 
 
 def test_every_call_redirected_stops_the_run_and_says_where(tmp_path: Path) -> None:

@@ -12,13 +12,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -28,60 +25,15 @@ from batchgen.emulator.hostile import HostileConfig
 from batchgen.gemini.client import GeminiClient
 from batchgen.job.spec import Job, ModelSpec, Overrides, load_job
 from batchgen.run.runner import RunOptions, RunSummary, run_job
-from batchgen.store.layout import part_files
-from tests.conftest import write_job
-
-KEY = "hostile-test-key-0123456789"
-ROWS = 4
-VICTIM = "item-002"  # the row whose calls the scripted faults hit
-JOB = """
-    [input]
-    path = "rows.csv"
-    id_column = "id"
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "Describe {{{{ name }}}} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = {{ label = {{ type = "STRING" }} }}
-
-    [limits]
-    concurrency = {concurrency}
-    requests_per_minute = 1000000
-    timeout_seconds = {timeout}
-
-    [retry]
-    attempts = {attempts}
-    backoff_initial_seconds = 0.01
-    backoff_max_seconds = 0.05
-    max_server_delay_seconds = {max_delay}
-
-    [output]
-    directory = "out"
-    flush_seconds = 0.2
-"""
-
-
-def make_job(
-    folder: Path,
-    rows: int = ROWS,
-    *,
-    concurrency: int = 4,
-    timeout: float = 10,
-    attempts: int = 3,
-    max_delay: float = 300,
-) -> Path:
-    with (folder / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
-    text = JOB.format(concurrency=concurrency, timeout=timeout, attempts=attempts,
-                      max_delay=max_delay)  # fmt: skip
-    return write_job(folder, text)
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.hostile import (
+    KEY,
+    ROWS,
+    VICTIM,
+    assert_every_row_accounted_for,
+    make_job,
+    read,
+)
 
 
 def run(folder: Path, config: EmulatorConfig, **knobs: Any) -> tuple[RunSummary, Job]:
@@ -89,17 +41,6 @@ def run(folder: Path, config: EmulatorConfig, **knobs: Any) -> tuple[RunSummary,
     with EmulatorThread(config) as server:
         job = load_job(path, Overrides(base_url=server.base_url))
         return run_job(job, RunOptions(api_key=KEY)), job
-
-
-def read(directory: Path, kind: str) -> list[dict[str, Any]]:
-    parts = part_files(directory, kind)
-    return pa.concat_tables([pq.read_table(p) for p in parts]).to_pylist() if parts else []
-
-
-def assert_every_row_accounted_for(job: Job, rows: int = ROWS) -> None:
-    done = [r["row_id"] for r in read(job.output.directory, "results")]
-    failed = [r["row_id"] for r in read(job.output.directory, "errors")]
-    assert sorted(done + failed) == sorted(f"r{i}" for i in range(rows))
 
 
 def assert_key_absent(folder: Path, *texts: str) -> None:
@@ -172,10 +113,9 @@ def test_a_proxy_answering_garbage_now_and_then_leaves_no_row_untried(tmp_path: 
 
 
 @pytest.fixture
-def far() -> Iterator[EmulatorThread]:
+def far(emulator_factory: StartEmulator) -> EmulatorThread:
     """A second emulator on another loopback address, recording the headers of every call."""
-    with EmulatorThread(EmulatorConfig(record=True), host="127.0.0.2") as server:
-        yield server
+    return emulator_factory(record=True, host="127.0.0.2")
 
 
 @pytest.mark.parametrize("fault", ["redirect_302", "redirect_307"])
@@ -221,7 +161,7 @@ def test_a_slow_body_times_out_and_is_retried(tmp_path: Path) -> None:
     started = time.monotonic()
     summary, job = run(tmp_path, EmulatorConfig(script=script, hostile=hostile),
                        timeout=0.4, attempts=2)  # fmt: skip
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # not the hour asked; against hanging, not speed
     assert summary.failures == {"timeout": 1} and summary.rows_done == 3
     record = victim_failure(job)
     assert record["attempts"] == 2
@@ -317,7 +257,7 @@ def test_a_503_asking_for_an_hour_waits_only_the_cap(tmp_path: Path) -> None:
     script = {VICTIM: ["delay_503"]}
     started = time.monotonic()
     summary, job = run(tmp_path, EmulatorConfig(script=script), max_delay=0.2)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # not the hour asked; against hanging, not speed
     assert (summary.rows_done, summary.exit_code) == (ROWS, 0)
     attempts = {r["row_id"]: r["attempts"] for r in read(job.output.directory, "results")}
     assert attempts["r2"] == 2
@@ -326,7 +266,7 @@ def test_a_503_asking_for_an_hour_waits_only_the_cap(tmp_path: Path) -> None:
 def test_a_429_asking_for_an_hour_waits_only_the_cap(tmp_path: Path) -> None:
     started = time.monotonic()
     summary, _ = run(tmp_path, EmulatorConfig(script={VICTIM: ["delay_429"]}), max_delay=0.2)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # not the hour asked; against hanging, not speed
     assert (summary.rows_done, summary.exit_code) == (ROWS, 0)
 
 

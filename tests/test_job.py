@@ -11,21 +11,8 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.errors import JobError
 from batchgen.job.spec import DEFAULT_BASE_URL, Overrides, job_from_mapping, load_job
-from tests.conftest import ROOT, write_job
-
-MINIMAL = """
-    [input]
-    path = "rows.csv"
-
-    [model]
-    name = "gemini-2.5-flash"
-
-    [prompt]
-    user = "Say {{ word }}"
-
-    [response_schema]
-    type = "STRING"
-"""
+from tests.helpers.jobs import MINIMAL
+from tests.helpers.paths import ROOT, write_job
 
 
 def test_example_jobs_load() -> None:

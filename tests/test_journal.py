@@ -23,7 +23,7 @@ from batchgen.store.journal import MAGIC, JournalWriter, encode, read_segment
 from batchgen.store.layout import part_files
 from batchgen.store.outdir import OutputDir
 from batchgen.store.output import ERRORS_SCHEMA, error_row
-from tests.test_resume import make_job
+from tests.helpers.jobs import make_job
 
 KEY = "journal-key-1"
 

@@ -18,7 +18,7 @@ from batchgen.gemini.answers import AnswerError, structured_value
 from batchgen.job.json_schema import map_json_schema
 from batchgen.job.response_schema import GEMINI, JSON_SCHEMA, ResponseSchema, resolve_schema
 from batchgen.records import Answer, Usage
-from tests.strategies import JSON_SCHEMAS
+from tests.helpers.strategies import JSON_SCHEMAS
 
 TS = pa.timestamp("us", tz="UTC")
 

@@ -12,7 +12,6 @@ import types
 import typing
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
@@ -33,8 +32,9 @@ from batchgen.plan import plan_job
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.jobfile import fingerprint, fingerprint_parts
 from batchgen.store.layout import part_files
-from tests.conftest import write_job
 from tests.data import pydantic_models
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import write_job
 
 KEY = "test-key-123456"
 DATA = Path(__file__).resolve().parent / "data"
@@ -61,9 +61,8 @@ directory = "out"
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), record=True)) as server:
-        yield server
+def emulator(module_emulator_factory: StartEmulator) -> EmulatorThread:
+    return module_emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), record=True))
 
 
 def make_job(folder: Path, schema_line: str, name: str = "corpus") -> Path:

@@ -7,14 +7,7 @@ import bisect
 import pytest
 
 from batchgen.backends.online.rate import AdaptiveRate, Bucket, RateLimits
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers.clock import Clock
 
 
 def feed(rate: AdaptiveRate, clock: Clock, per_minute: float, seconds: float) -> None:
@@ -27,7 +20,7 @@ def feed(rate: AdaptiveRate, clock: Clock, per_minute: float, seconds: float) ->
 
 
 def test_a_429_while_saturating_settles_just_under_what_the_server_accepted() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(2400, clock)  # configured twice too high
     feed(rate, clock, 1200, 60)  # the server took 1,200 in the last minute
     assert rate.rejected(delay=30)
@@ -35,7 +28,7 @@ def test_a_429_while_saturating_settles_just_under_what_the_server_accepted() ->
 
 
 def test_a_burst_of_429s_steps_down_once() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(1000, clock)
     feed(rate, clock, 1000, 60)
     assert rate.rejected(delay=5)
@@ -46,7 +39,7 @@ def test_a_burst_of_429s_steps_down_once() -> None:
 
 
 def test_without_a_saturated_window_the_rate_is_cut_by_a_factor() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(1000, clock)
     feed(rate, clock, 100, 60)  # little traffic: someone else shares the quota
     rate.rejected(delay=1)
@@ -54,7 +47,7 @@ def test_without_a_saturated_window_the_rate_is_cut_by_a_factor() -> None:
 
 
 def test_the_rate_climbs_back_one_percent_of_the_configured_rate_a_minute() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(1000, clock)
     feed(rate, clock, 800, 60)
     rate.rejected(delay=2)
@@ -68,7 +61,7 @@ def test_the_rate_climbs_back_one_percent_of_the_configured_rate_a_minute() -> N
 
 
 def test_the_rate_has_a_floor() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(1000, clock)
     for _ in range(30):
         clock.now += 120
@@ -81,7 +74,7 @@ async def no_wait(seconds: float) -> None:
 
 
 async def test_token_estimates_learn_from_real_counts() -> None:
-    limits = RateLimits(6000, tokens_per_minute=10**6, clock=Clock(), sleep=no_wait)
+    limits = RateLimits(6000, tokens_per_minute=10**6, clock=Clock(1000.0), sleep=no_wait)
     assert limits.estimate(100) == 100
     for _ in range(50):
         await limits.settle(estimated=100, charged=limits.estimate(100), actual=150)
@@ -89,7 +82,7 @@ async def test_token_estimates_learn_from_real_counts() -> None:
 
 
 async def test_a_token_429_steps_down_the_token_rate_only() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     limits = RateLimits(6000, tokens_per_minute=100_000, clock=clock)
     limits.rejected(2.0, "GenerateContentInputTokensPerModelPerMinute-FreeTier")
     assert limits.tokens is not None and limits.tokens.rate < 100_000
@@ -99,7 +92,7 @@ async def test_a_token_429_steps_down_the_token_rate_only() -> None:
 
 
 def test_the_bucket_hands_out_turns_in_order_and_restarts_full_after_a_pause() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     # 20/s (a minute and a half-second burst within 99.5% of the limit), a burst of 0.5 s
     bucket = Bucket(20 * 60.5 / 0.995, clock)
     assert bucket.per_second == pytest.approx(20)
@@ -117,7 +110,7 @@ def test_the_bucket_hands_out_turns_in_order_and_restarts_full_after_a_pause() -
 
 def test_accepted_requests_count_when_they_were_sent() -> None:
     """With 10 s answers, what the server accepted in the last minute is what was sent in it."""
-    clock = Clock()
+    clock = Clock(1000.0)
     rate = AdaptiveRate(2400, clock)
     for i in range(1200):  # sent over the last minute at 20/s, answered 10 s later
         rate.accepted(1, sent_at=clock.now - 60 + i / 20)
@@ -128,7 +121,7 @@ def test_accepted_requests_count_when_they_were_sent() -> None:
 
 async def test_the_buckets_start_full_at_the_first_request_not_at_construction() -> None:
     """Checks and an input scan may take minutes before the first request: no burst then."""
-    clock = Clock()
+    clock = Clock(1000.0)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -147,7 +140,7 @@ async def test_no_sliding_minute_holds_more_than_the_limit_with_a_burst_after_a_
     """A slow start (calls held back by the concurrency, not the rate), a lull that fills the
     burst allowance, then everything the limiter allows: the server's strict rolling window of
     60 s never sees more than the limit."""
-    clock = Clock()
+    clock = Clock(1000.0)
 
     async def sleep(seconds: float) -> None:
         clock.now += seconds

@@ -20,7 +20,7 @@ from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import lifecycle_warning
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunSummary
-from tests.test_report import call, write_output
+from tests.helpers.ledger import call, write_output
 
 MILLION = 1_000_000
 CURRENT = (

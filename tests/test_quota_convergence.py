@@ -10,8 +10,6 @@ dispatched as the controller allows, as a runner would.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -23,36 +21,9 @@ from batchgen.backends.online.rate import RateLimits
 from batchgen.emulator.quota import QuotaWindows
 from batchgen.emulator.wire import ApiError
 from batchgen.job.spec import LimitsSpec
+from tests.helpers.clock import VirtualTime
 
 MODEL = "gemini-2.5-flash"
-
-
-class VirtualTime:
-    """A clock and a sleep for many tasks: time moves to the earliest timer once all wait."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self.now + max(0.0, seconds), next(self._order), future))
-        await future
-
-    async def run_until(self, end: float) -> None:
-        while True:
-            for _ in range(5):  # let every task go on until it sleeps (nested tasks take turns)
-                await asyncio.sleep(0)
-            if not self._timers or self._timers[0][0] > end:
-                return
-            when, _, future = heapq.heappop(self._timers)
-            self.now = max(self.now, when)
-            if not future.done():  # a sleep cancelled meanwhile
-                future.set_result(None)
 
 
 @dataclass

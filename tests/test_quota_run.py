@@ -18,8 +18,8 @@ from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.outdir import OutputDir
 from batchgen.store.runs import read_run_records
-from tests.conftest import write_job
-from tests.test_resume import error_ids, result_ids
+from tests.helpers.outputs import error_ids, result_ids
+from tests.helpers.paths import write_job
 
 KEY = "quota-key-7"
 JOB = """

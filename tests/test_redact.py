@@ -11,7 +11,7 @@ from batchgen.cli import main
 from batchgen.cli.common import api_target
 from batchgen.job.spec import Overrides, load_job
 from batchgen.redact import cleartext_warning, is_loopback, redact_url, url_host
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -24,66 +21,15 @@ from batchgen.pricing.file import load_prices
 from batchgen.reports.report import report as build_report
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
-from batchgen.store.output import ERRORS_SCHEMA, USAGE_SCHEMA
+from batchgen.store.output import ERRORS_SCHEMA
 from batchgen.store.runs import read_run_records
+from tests.helpers.ledger import call, write_output
 
 KEY = "test-key-123456"
 DAY1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 DAY2 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 RUN1 = "20261101T100000-aaaaaa"
 RUN2 = "20261102T093000-bbbbbb"
-
-
-def call(
-    run: str,
-    job: str,
-    row: str,
-    attempt: int,
-    model: str,
-    at: datetime,
-    outcome: str = "ok",
-    *,
-    prompt: int = 0,
-    output: int = 0,
-    thinking: int = 0,
-    cached: int = 0,
-    finish: str | None = "STOP",
-    version: str | None = None,
-) -> dict[str, Any]:
-    """One ledger row."""
-    tokens = {"prompt": prompt, "output": output, "thinking": thinking, "cached": cached}
-    return {
-        "run_id": run,
-        "job": job,
-        "row_id": row,
-        "attempt": attempt,
-        "model": model,
-        "model_version": version or model,
-        **{f"{k}_tokens": n for k, n in tokens.items()},
-        "total_tokens": prompt + output + thinking,
-        "http_status": 200,
-        "outcome": outcome,
-        "finish_reason": finish,
-        "at": at,
-    }
-
-
-RESULTS = pa.schema(
-    [
-        ("row_id", pa.string()),
-        ("recipe", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("thinking_tokens", pa.int64()),
-        ("cached_tokens", pa.int64()),
-        ("total_tokens", pa.int64()),
-        ("model_version", pa.string()),
-        ("finish_reason", pa.string()),
-        ("latency_ms", pa.float64()),
-        ("attempts", pa.int32()),
-        ("completed_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
 
 
 def result(row: str, at: datetime, model: str, **tokens: int) -> dict[str, Any]:
@@ -108,29 +54,6 @@ def failure(row: str, category: str, at: datetime) -> dict[str, Any]:
         "attempts": 2,
         "failed_at": at,
     }
-
-
-def write_output(
-    out: Path,
-    job: str,
-    model: str,
-    usage: dict[str, Sequence[dict[str, Any]]],
-    results: dict[str, Sequence[dict[str, Any]]] | None = None,
-    errors: dict[str, Sequence[dict[str, Any]]] | None = None,
-) -> Path:
-    """An output directory as a run leaves it: job.json and part files per run id."""
-    out.mkdir(parents=True)
-    (out / "job.json").write_text(json.dumps({"job": job, "parts": {"model": model}}))
-    for kind, parts, schema in (
-        ("usage", usage, USAGE_SCHEMA),
-        ("results", results or {}, RESULTS),
-        ("errors", errors or {}, ERRORS_SCHEMA),
-    ):
-        for run, rows in parts.items():
-            (out / kind).mkdir(exist_ok=True)
-            table = pa.Table.from_pylist(list(rows), schema=schema)
-            pq.write_table(table, out / kind / f"part-{run}-00001.parquet")
-    return out
 
 
 @pytest.fixture
@@ -378,7 +301,7 @@ def test_cli_report_plot(outputs: list[Path], tmp_path: Path) -> None:
 
 
 def test_by_run_shows_each_run_record_including_killed_and_stopped_runs(tmp_path: Path) -> None:
-    from tests.test_resume import make_job
+    from tests.helpers.jobs import make_job
 
     path = make_job(tmp_path, 30, concurrency=2)
     with EmulatorThread(EmulatorConfig()) as server:

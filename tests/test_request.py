@@ -13,7 +13,7 @@ from batchgen.gemini.request import RequestBuilder, request_hash
 from batchgen.input.prompts import PromptTemplate
 from batchgen.job.spec import load_job
 from batchgen.plan import plan_job
-from tests.conftest import ROOT, write_job
+from tests.helpers.paths import ROOT, write_job
 
 SEED_JOB = """
     [input]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,14 +19,14 @@ from batchgen.plan import plan_job
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
 from batchgen.store.output import ERRORS_SCHEMA
+from tests.helpers.emulator_calls import StartEmulator
 
 KEY = "test-key-123456"
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), record=True)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), record=True))
 
 
 def read_dir(directory: Path, kind: str = "results") -> pa.Table:

@@ -19,7 +19,7 @@ from batchgen.job.schema import (
     normalize_schema,
     to_json_schema,
 )
-from tests.strategies import GEMINI_SCHEMAS
+from tests.helpers.strategies import GEMINI_SCHEMAS
 
 
 def norm(raw: dict[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from tests.test_resume import make_job
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.jobs import make_job
 
 KEY = "signal-key-7"
 
@@ -31,9 +31,8 @@ def interpreter_start() -> float:
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=200)) as server:
-        yield server
+def emulator(module_emulator_factory: StartEmulator) -> EmulatorThread:
+    return module_emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=200))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

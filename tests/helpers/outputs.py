@@ -1,0 +1,21 @@
+"""Reading what a run left in OUTPUT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from batchgen.store.layout import part_files
+
+
+def result_ids(out: Path) -> list[str]:
+    return [
+        i
+        for p in part_files(out)
+        for i in pq.read_table(p, columns=["row_id"])["row_id"].to_pylist()
+    ]
+
+
+def error_ids(out: Path) -> list[str]:
+    return [i for p in part_files(out, "errors") for i in pq.read_table(p)["row_id"].to_pylist()]
