@@ -10,20 +10,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from batchgen.emulator import (
-    Emulator,
-    EmulatorThread,
-)
+from batchgen.emulator import Emulator, EmulatorThread
 
 KEY = "test-key-0123456789"
-
-
 FLASH = "gemini-2.5-flash"
-
-
 Client = TestClient[Any, Any]
-
-
 StartEmulator = Callable[..., EmulatorThread]  # conftest's emulator_factory
 MakeClient = Callable[..., Awaitable[tuple[Client, Emulator]]]
 

@@ -13,14 +13,8 @@ from batchgen.store.layout import part_files
 from tests.helpers.paths import write_job
 
 KEY = "hostile-test-key-0123456789"
-
-
 ROWS = 4
-
-
 VICTIM = "item-002"  # the row whose calls the scripted faults hit
-
-
 JOB = """
     [input]
     path = "rows.csv"
