@@ -21,7 +21,13 @@ from typing import Any
 import click
 
 from batchgen._version import __version__
-from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
+from batchgen.cli.common import (
+    api_target,
+    job_options,
+    notes_as_lines,
+    tier_option,
+    warn_lifecycle,
+)
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
@@ -374,7 +380,8 @@ def cancel(output: Path, base_url: str, api_key_env: str) -> None:
     """
     from batchgen.api import cancel_batches
 
-    names = cancel_batches(output, base_url=base_url, api_key_env=api_key_env)
+    with notes_as_lines():
+        names = cancel_batches(output, base_url=base_url, api_key_env=api_key_env)
     if not names:
         click.echo(f"{output}: no running batches to cancel")
     for name in names:

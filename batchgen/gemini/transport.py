@@ -40,9 +40,10 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from batchgen.errors import FatalApiError, QuotaExhaustedError
+from batchgen.errors import FatalApiError, JobError, QuotaExhaustedError
 from batchgen.gemini.answers import EXCERPT_CHARS, AnswerError
 from batchgen.job.spec import LimitsSpec, ModelSpec, RetrySpec
+from batchgen.job.wire import unsendable
 from batchgen.redact import redact_url, url_host
 
 __all__ = ["ApiError", "Response", "Transport", "open_session"]
@@ -113,6 +114,17 @@ class Transport:
         max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        # aiohttp would refuse these at the first call, in a worker; the callers check the key
+        # earlier (resolve_api_key), this is for a library caller that hands one in directly
+        problem = unsendable(api_key)
+        if problem is not None:
+            raise JobError(
+                f"the API key for {model.api_key_env} (model.api_key_env) holds {problem}, which "
+                "cannot go in an HTTP header; set it to the key alone"
+            )
+        for name, value in (headers or {}).items():
+            if unsendable(value) is not None:
+                raise JobError(f"header {name}: {unsendable(value)} cannot go in an HTTP header")
         self._session = session
         self._model = model
         self._key = api_key
