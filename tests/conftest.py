@@ -15,8 +15,11 @@ SEED_COPY = Path(__file__).resolve().parent / "data" / "seed_structured_output.j
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real key ever reaches a test by accident."""
+    """No real key ever reaches a test by accident, nor a proxy set in the shell."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @pytest.fixture

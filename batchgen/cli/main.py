@@ -30,6 +30,7 @@ from batchgen.cli.common import (
 )
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
+from batchgen.gemini.proxy import proxy_for
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
@@ -259,6 +260,8 @@ def validate(
         f"  model   {job.model.name} at {redact_url(job.model.base_url)} "
         f"(key from ${job.model.api_key_env})"
     )
+    proxy = proxy_for(job.model.base_url)
+    click.echo(f"  proxy   {proxy.describe() if proxy else 'none: calls go direct'}")
     click.echo(f"  schema  {job.schema.describe(len(plan.layout.answer_columns))}")
     for path in job.schema.json_text_fields():
         click.echo(f"    as JSON text: {path}")
