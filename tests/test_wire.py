@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from batchgen.api import cancel_batches, run_file
 from batchgen.cli import main
@@ -30,12 +30,12 @@ def _job(project: Path) -> str:
     return str(project / "jobs" / "cookie_recipes.toml")
 
 
-def _assert_refused(result: object, emulator: EmulatorThread | None = None) -> None:
-    output = result.output + result.stderr  # type: ignore[attr-defined]
-    assert result.exit_code == 2, output  # type: ignore[attr-defined]
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")  # type: ignore[attr-defined]
-    assert "$GEMINI_API_KEY" in result.stderr  # type: ignore[attr-defined]
-    assert "a line break" in result.stderr  # type: ignore[attr-defined]
+def _assert_refused(result: Result, emulator: EmulatorThread | None = None) -> None:
+    output = result.output + result.stderr
+    assert result.exit_code == 2, output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "$GEMINI_API_KEY" in result.stderr
+    assert "a line break" in result.stderr
     assert SECRET not in output and "xyzOTHER" not in output
     if emulator is not None:
         assert emulator.emulator.received_headers == []
