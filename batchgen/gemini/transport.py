@@ -123,7 +123,7 @@ class Transport:
         problem = unsendable(api_key)
         if problem is not None:
             raise JobError(
-                f"the API key for {model.api_key_env} (model.api_key_env) holds {problem}, which "
+                f"the API key for ${model.api_key_env} (model.api_key_env) holds {problem}, which "
                 "cannot go in an HTTP header; set it to the key alone"
             )
         for name, value in (headers or {}).items():
