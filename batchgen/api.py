@@ -37,6 +37,7 @@ from batchgen.job.spec import (
     load_job,
     resolve_api_key,
 )
+from batchgen.job.wire import checked_key
 from batchgen.reports.estimate import Estimate, estimate_job
 from batchgen.reports.report import Report, report
 from batchgen.reports.status import OutputStatus
@@ -202,9 +203,10 @@ def cancel_batches(
     """
     from batchgen.backends.batch.backend import cancel_output
 
-    key = (api_key if api_key is not None else os.environ.get(api_key_env, "")).strip()
-    if not key:
+    given = api_key if api_key is not None else os.environ.get(api_key_env, "")
+    if not given.strip():
         raise JobError(f"{output}: no API key to cancel its batches: set ${api_key_env}")
+    key = checked_key(given, "api_key=" if api_key is not None else f"${api_key_env}")
     model = ModelSpec(name="", base_url=checked_base_url(base_url, "base_url"))
     chunks = run_sync(cancel_output(Path(output), model, key))
     return [c.batch_name for c in chunks if c.batch_name is not None]

@@ -16,6 +16,9 @@
     │                          later run collects them (exit code 75, sysexits' EX_TEMPFAIL)
     └─ InternalError     a bug in batchgen stopped the run; what was answered is saved (exit 70)
 
+``BatchgenWarning`` (a ``UserWarning``) is a note that does not stop anything: a key stripped of
+the newline a copy from a file left on it.
+
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
 
 Failures of single rows are not exceptions that reach the user: they become failure records.
@@ -31,6 +34,11 @@ class BatchgenError(Exception):
 
     exit_code = 2
     summary: Any = None  # the RunSummary when a started run ends with this error
+
+
+class BatchgenWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one
+    ``warning:`` line); ``str()`` is that line."""
 
 
 class JobError(BatchgenError):

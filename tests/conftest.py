@@ -20,8 +20,11 @@ from tests.helpers.paths import ROOT, SEED_COPY
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real key ever reaches a test by accident."""
+    """No real key ever reaches a test by accident, nor a proxy set in the shell."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
@@ -13,6 +14,8 @@ from typing import Any
 import click
 import msgspec
 
+from batchgen.errors import BatchgenWarning
+from batchgen.gemini.proxy import proxy_for
 from batchgen.job.spec import TIERS, Job, resolve_api_key
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable, lifecycle_warning, utc_today
@@ -26,7 +29,9 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     """The job and its key: the built-in emulator on 127.0.0.1, or the API with the key from
     the environment variable the job names (a JobError saying ``alternative`` when unset)."""
     if not emulator:
-        key = resolve_api_key(job, alternative=f"or {alternative}")
+        with notes_as_lines():
+            key = resolve_api_key(job, alternative=f"or {alternative}")
+        proxy_for(job.model.base_url)  # a proxy variable that cannot be used: before the run
         warning = cleartext_warning(job.model.base_url)
         if warning:
             click.echo(f"warning: {warning}", err=True)
@@ -34,9 +39,30 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
         return
     from batchgen.emulator import EmulatorThread
 
+    with notes_as_lines():  # a key set for the emulator must be sendable too
+        given = os.environ.get(job.model.api_key_env, "").strip()
+        key = resolve_api_key(job) if given else EMULATOR_KEY
     with EmulatorThread() as server:
         local = replace(job, model=msgspec.structs.replace(job.model, base_url=server.base_url))
-        yield local, os.environ.get(job.model.api_key_env) or EMULATOR_KEY
+        yield local, key
+
+
+@contextlib.contextmanager
+def notes_as_lines() -> Iterator[None]:
+    """The library's BatchgenWarnings raised inside, each as one ``warning:`` line on stderr
+    (not Python's two-line warning format)."""
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, BatchgenWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *rest, **kw)
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+        warnings.simplefilter("always", BatchgenWarning)
+        warnings.showwarning = show
+        yield
 
 
 def job_options(f: Any) -> Any:

@@ -21,9 +21,16 @@ from typing import Any
 import click
 
 from batchgen._version import __version__
-from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
+from batchgen.cli.common import (
+    api_target,
+    job_options,
+    notes_as_lines,
+    tier_option,
+    warn_lifecycle,
+)
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
+from batchgen.gemini.proxy import proxy_for
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
@@ -253,6 +260,8 @@ def validate(
         f"  model   {job.model.name} at {redact_url(job.model.base_url)} "
         f"(key from ${job.model.api_key_env})"
     )
+    proxy = proxy_for(job.model.base_url)
+    click.echo(f"  proxy   {proxy.describe() if proxy else 'none: calls go direct'}")
     click.echo(f"  schema  {job.schema.describe(len(plan.layout.answer_columns))}")
     for path in job.schema.json_text_fields():
         click.echo(f"    as JSON text: {path}")
@@ -374,7 +383,8 @@ def cancel(output: Path, base_url: str, api_key_env: str) -> None:
     """
     from batchgen.api import cancel_batches
 
-    names = cancel_batches(output, base_url=base_url, api_key_env=api_key_env)
+    with notes_as_lines():
+        names = cancel_batches(output, base_url=base_url, api_key_env=api_key_env)
     if not names:
         click.echo(f"{output}: no running batches to cancel")
     for name in names:

@@ -18,6 +18,9 @@ API (:func:`open_session`). What a call can end in::
 :meth:`Transport.errors` holds that mapping, exceptions and statuses alike (as httpx's
 ``map_httpcore_exceptions`` does for its transports), so every call is classified the same way.
 
+Calls go through the proxy ``HTTPS_PROXY``/``HTTP_PROXY`` name unless ``NO_PROXY`` or loopback
+says otherwise (:mod:`batchgen.gemini.proxy`); https through it is a CONNECT tunnel.
+
 The API key travels only in the ``x-goog-api-key`` header, only to the configured host (a
 redirect could hand it to another one), and is scrubbed from every message and every body read.
 Bodies are read as a stream under a cap counted after decompression, so a gzip bomb or an endless
@@ -40,9 +43,11 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from batchgen.errors import FatalApiError, QuotaExhaustedError
+from batchgen.errors import FatalApiError, JobError, QuotaExhaustedError
 from batchgen.gemini.answers import EXCERPT_CHARS, AnswerError
+from batchgen.gemini.proxy import proxy_for
 from batchgen.job.spec import LimitsSpec, ModelSpec, RetrySpec
+from batchgen.job.wire import unsendable
 from batchgen.redact import redact_url, url_host
 
 __all__ = ["ApiError", "Response", "Transport", "open_session"]
@@ -113,6 +118,17 @@ class Transport:
         max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        # aiohttp would refuse these at the first call, in a worker; the callers check the key
+        # earlier (resolve_api_key), this is for a library caller that hands one in directly
+        problem = unsendable(api_key)
+        if problem is not None:
+            raise JobError(
+                f"the API key for ${model.api_key_env} (model.api_key_env) holds {problem}, which "
+                "cannot go in an HTTP header; set it to the key alone"
+            )
+        for name, value in (headers or {}).items():
+            if unsendable(value) is not None:
+                raise JobError(f"header {name}: {unsendable(value)} cannot go in an HTTP header")
         self._session = session
         self._model = model
         self._key = api_key
@@ -126,6 +142,12 @@ class Transport:
         self._max_bytes = max_response_bytes
         self._max_delay = max_server_delay
         self.host = url_host(model.base_url)
+        self.proxy = proxy_for(model.base_url)  # HTTPS_PROXY and the like (gemini/proxy.py)
+        self._proxy_url = self.proxy.url if self.proxy else None
+        # proxy credentials: in the CONNECT of an https call; in an http call's own headers
+        self._proxy_headers = dict(self.proxy.headers) if self.proxy else None
+        if self.proxy and not model.base_url.lower().startswith("https:"):
+            self._headers.update(self.proxy.headers)
 
     async def request(
         self,
@@ -146,7 +168,7 @@ class Transport:
         with self.errors():
             async with self._session.request(
                 method, url, data=payload, headers=sent, timeout=self._timeout,
-                allow_redirects=False,
+                allow_redirects=False, proxy=self._proxy_url, proxy_headers=self._proxy_headers,
             ) as resp:  # fmt: skip
                 if resp.status != 200:
                     raise await self.failure(resp, named=named)
@@ -161,8 +183,9 @@ class Transport:
         timeout's message."""
         with self.errors(during):
             async with self._session.get(
-                url, headers=self._headers, timeout=self._timeout, allow_redirects=False
-            ) as resp:
+                url, headers=self._headers, timeout=self._timeout, allow_redirects=False,
+                proxy=self._proxy_url, proxy_headers=self._proxy_headers,
+            ) as resp:  # fmt: skip
                 if resp.status != 200:
                     raise await self.failure(resp, named=named)
                 yield resp

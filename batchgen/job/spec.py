@@ -30,6 +30,7 @@ from batchgen.job.response_schema import (
     json_schema,
     load_pydantic_schema,
 )
+from batchgen.job.wire import checked_key, unsendable
 from batchgen.redact import redact_url
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -277,14 +278,16 @@ def job_from_mapping(raw: Mapping[str, Any], where: str, base: Path) -> Job:
 
 
 def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "") -> str:
-    """The key: ``api_key`` when given, else the environment variable the job names."""
-    key = (api_key if api_key is not None else os.environ.get(job.model.api_key_env, "")).strip()
-    if not key:
+    """The key: ``api_key`` when given, else the environment variable the job names; a
+    JobError when there is none or it cannot go in a header (a BatchgenWarning when
+    surrounding whitespace was stripped)."""
+    var = job.model.api_key_env
+    given = api_key if api_key is not None else os.environ.get(var, "")
+    if not given.strip():
         how = alternative or "or pass api_key="
-        raise JobError(
-            f"{job.path}: no API key: set ${job.model.api_key_env} (model.api_key_env), {how}"
-        )
-    return key
+        raise JobError(f"{job.path}: no API key: set ${var} (model.api_key_env), {how}")
+    source = "api_key=" if api_key is not None else f"${var} (model.api_key_env)"
+    return checked_key(given, f"{job.path}: {source}")
 
 
 def _build(
@@ -385,6 +388,12 @@ def _base_url(url: str, where: Path | str) -> str:
     url = url.rstrip("/")
     if not re.match(r"^https?://[^/\s]+", url):
         raise JobError(f"{where}: model.base_url must be an http(s) URL, not {redact_url(url)!r}")
+    problem = unsendable(url) or ("a space" if " " in url else None)
+    if problem is not None:  # it would fail in the first request, in a worker
+        raise JobError(
+            f"{where}: model.base_url holds {problem}, which cannot go in a request; "
+            "write the URL alone"
+        )
     return url.removesuffix("/v1beta")
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from batchgen.atomic import fsync_dir
 from batchgen.errors import CheckpointError
+from batchgen.store.files import open_append
 
 BATCHES_DIR = "batches"
 RECORD_FILE = "batches.jsonl"
@@ -175,7 +176,7 @@ class BatchStore:
         try:
             new = not self.path.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
+            with os.fdopen(open_append(self.path), "a", encoding="utf-8") as f:
                 f.write(json.dumps({"format": FORMAT, **line}, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from batchgen.atomic import fsync_dir
+from batchgen.store.files import linked
 
 MAGIC = b"BGJ1\n"
 SUFFIX = ".wal"
@@ -141,6 +142,11 @@ class JournalWriter:
     def _open(self) -> None:
         self.seq += 1
         self.path = self.folder / f"{self.run_id}-{self.seq:05d}{SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:  # O_EXCL: a new segment, never a link planted under its name
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            if self.path.is_symlink():
+                raise linked(self.path) from None
+            raise
         os.write(self._fd, MAGIC)
         fsync_dir(self.folder)  # the segment's name survives a crash, not only its bytes

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from batchgen.atomic import create_new
 from batchgen.errors import CheckpointError
 from batchgen.store.layout import LOCK_FILE
 
@@ -40,7 +41,8 @@ def output_lock(directory: Path) -> Iterator[None]:
     me = {"pid": os.getpid(), "host": host, "started": _process_start(os.getpid())}
     tmp = directory / f".lock.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps(me))
+        with os.fdopen(create_new(tmp), "w") as f:  # never through a link planted there
+            f.write(json.dumps(me))
     except OSError as exc:
         raise CheckpointError(
             f"{directory}: cannot write here ({exc.strerror}); fix the permissions or choose "

@@ -16,9 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.atomic import atomic_file, fsync_dir
+from batchgen.atomic import atomic_file, create_new, fsync_dir
 from batchgen.errors import CheckpointError
 from batchgen.store.batches import BATCHES_DIR, BatchStore
+from batchgen.store.files import linked
 from batchgen.store.journal import JournalFormatError, read_segment
 from batchgen.store.layout import ERRORS_DIR, JOB_FILE, JOURNAL_DIR, KINDS, RUNS_FILE, part_files
 from batchgen.store.output import ERRORS_SCHEMA
@@ -56,9 +57,11 @@ class OutputDir(OutputReader):
         for name in (*KINDS, JOURNAL_DIR, BATCHES_DIR):
             folder = self.path / name
             probe = folder / f".probe-{os.getpid()}"
+            if folder.is_symlink():  # everything the run writes would land where it points
+                raise linked(folder)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                probe.write_bytes(b"batchgen")
+                os.close(create_new(probe))
                 probe.unlink()
             except OSError as exc:
                 raise CheckpointError(

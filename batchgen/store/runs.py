@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import CheckpointError
+from batchgen.store.files import open_append
 from batchgen.store.layout import RUNS_FILE
 
 
 def append_run_record(directory: Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line to runs.jsonl (fsynced)."""
     try:
-        with (directory / RUNS_FILE).open("a", encoding="utf-8") as f:
+        with os.fdopen(open_append(directory / RUNS_FILE), "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
