@@ -4,7 +4,6 @@ write out of it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,15 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError
 from batchgen.store.journal import SUFFIX, JournalWriter
+from tests.helpers.emulator_calls import StartEmulator
 
 KEY = "test-key-123456"
 OUTSIDE = b"a file outside OUTPUT that must stay as it is\n"
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), batch_pending_s=0.05)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), batch_pending_s=0.05))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
 from batchgen.gemini.proxy import proxy_for
+from tests.helpers.emulator_calls import StartEmulator
 
 KEY = "test-key-123456"
 HOST = "gemini.invalid"  # resolves nowhere: only the proxy can reach it
@@ -107,9 +108,8 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), record=True)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), record=True))
 
 
 @pytest.fixture

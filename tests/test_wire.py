@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import BatchgenWarning, JobError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, run_job
+from tests.helpers.emulator_calls import StartEmulator
 
 KEY = "test-key-123456"
 SECRET = "AIzaSECRETpart"  # what must never be printed of a bad key
@@ -21,9 +21,8 @@ BROKEN = f"{SECRET}\nxyzOTHERpart"
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), record=True)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), record=True))
 
 
 def _job(project: Path) -> str:
