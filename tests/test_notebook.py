@@ -103,3 +103,17 @@ def test_outside_a_notebook_the_library_is_quiet_unless_asked(
     batchgen.generate(rows, **common, progress=True)  # a text bar, on stderr
     err = capfd.readouterr().err
     assert "4/4" in err and "tokens=" in err and "cost=" in err
+
+
+def test_progress_takes_a_switch_or_a_reporter() -> None:
+    from batchgen.errors import JobError
+    from batchgen.run.notebook import NotebookProgress, library_progress
+    from batchgen.run.progress import NoProgress
+
+    assert isinstance(library_progress(None), NoProgress)  # not in a kernel
+    assert isinstance(library_progress(False), NoProgress)
+    assert isinstance(library_progress(True), NotebookProgress)
+    mine = NoProgress()
+    assert library_progress(mine) is mine
+    with pytest.raises(JobError, match="progress=1"):
+        library_progress(1)  # type: ignore[arg-type]

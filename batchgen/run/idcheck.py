@@ -39,7 +39,9 @@ def check_ids(
     low, high = COMPARABLE
     if done < low * rows or done > high * scan.rows:
         return  # a different amount of work: a new or grown input, not the same rows again
-    matched = int(contains(state.done, scan.id_keys[:rows]).sum())
+    step = 1 << 18  # a block at a time: bisection's temporaries stay a few MB at any size
+    matched = sum(int(contains(state.done, scan.id_keys[i : min(rows, i + step)]).sum())
+                  for i in range(0, rows, step))  # fmt: skip
     if matched >= MATCHED_BELOW * rows:
         return
     ours, theirs = _examples(reader.ids(min(rows, SAMPLE)), out.sample_ids(SAMPLE))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from batchgen.errors import JobError
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 
 __all__ = ["NotebookProgress", "in_kernel", "library_progress"]
@@ -36,6 +37,11 @@ def library_progress(progress: bool | Progress | None) -> Progress:
         return NotebookProgress()
     if progress is False:
         return NoProgress()
+    if not all(callable(getattr(progress, name, None)) for name in ("update", "close")):
+        raise JobError(
+            f"progress={progress!r}: give True, False, None (a bar only in a notebook) or an "
+            "object with update(snapshot) and close(snapshot)"
+        )
     return progress
 
 
