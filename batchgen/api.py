@@ -42,6 +42,7 @@ from batchgen.reports.estimate import Estimate, estimate_job
 from batchgen.reports.report import Report, report
 from batchgen.reports.status import OutputStatus
 from batchgen.reports.status import output_status as read_status
+from batchgen.run.notebook import library_progress
 from batchgen.run.runner import RunOptions, RunSummary, arun_job, run_sync
 from batchgen.store.layout import RESULTS_DIR
 from batchgen.store.outdir import OutputDir
@@ -89,7 +90,9 @@ def generate(
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
             ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
-            ``time_budget``, ``progress``.
+            ``time_budget``, ``progress`` (``None``, the default: a progress bar only in a
+            notebook, that is inside an IPython kernel; ``True``: always; ``False``: never; or a
+            :class:`batchgen.run.progress.Progress`).
 
     Returns:
         One row per input row (per item when ``explode=True``): the answer's columns, then
@@ -114,6 +117,7 @@ async def agenerate(
 ) -> pd.DataFrame:
     """:func:`generate`, for callers with an event loop of their own."""
     output = options.pop("output", None)
+    options["progress"] = library_progress(options.get("progress"))
     with tempfile.TemporaryDirectory(prefix="batchgen-") as scratch:
         folder = Path(scratch)
         table = await asyncio.to_thread(_table, data)
@@ -129,7 +133,8 @@ async def agenerate(
 
 def run_file(job_file: str | Path, *, api_key: str | None = None, **options: Any) -> RunSummary:
     """Run a job file (as ``batchgen run``); options are :class:`batchgen.RunOptions`'s, and
-    ``input``, ``output``, ``model``, ``base_url`` and ``tier`` override the job file's."""
+    ``input``, ``output``, ``model``, ``base_url`` and ``tier`` override the job file's;
+    ``progress=`` as for :func:`generate` (by default a bar only in a notebook)."""
     return run_sync(arun_file(job_file, api_key=api_key, **options))
 
 
@@ -138,6 +143,7 @@ async def arun_file(
 ) -> RunSummary:
     """:func:`run_file`, for callers with an event loop of their own."""
     job = await asyncio.to_thread(load_job, job_file, _overrides(options))
+    options["progress"] = library_progress(options.get("progress"))
     return await arun_job(job, _run_options(job, api_key, options))
 
 

@@ -12,7 +12,8 @@ and row group wherever they can be found (:mod:`batchgen.input.locate`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import contextlib
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,16 @@ class InputReader:
                         f"in column {name!r} (input.id_column); ids must be unique"
                     )
 
+    def ids(self, count: int) -> list[str]:
+        """The first ``count`` ids as the run reads them (the text of each value)."""
+        found: list[str] = []
+        with contextlib.closing(self._arrow_batches([self.spec.id_column or ""])) as batches:
+            for _, batch in batches:
+                found += [str(v) for v in batch.column(0).to_pylist()[: count - len(found)]]
+                if len(found) >= count:
+                    break
+        return found
+
     # --- the run --------------------------------------------------------------------------
 
     def batches(self) -> Iterator[list[InputRow]]:
@@ -218,7 +229,7 @@ class InputReader:
 
     def _arrow_batches(
         self, columns: list[str] | None = None
-    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+    ) -> Generator[tuple[int, pa.RecordBatch], None, None]:
         """(0-based position of its first row, batch) for every non-empty, valid batch.
 
         The one path every read takes; checks after each batch that the file did not change.

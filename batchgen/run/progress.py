@@ -1,8 +1,9 @@
 """What a run tells about its progress: a :class:`Snapshot`, given to a :class:`Progress`.
 
 The runner calls ``update`` often (at least every few tenths of a second, also while nothing
-completes) and ``close`` once. The reporters that print (a tqdm bar on a terminal, periodic lines
-or JSON records for cron) live in :mod:`batchgen.cli.progress`; the library is quiet by default.
+completes) and ``close`` once. The command line's reporters (a tqdm bar on a terminal, periodic
+lines or JSON records for cron) live in :mod:`batchgen.cli.progress`; the library's (a bar in a
+notebook, quiet elsewhere by default) in :mod:`batchgen.run.notebook`.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from batchgen.keys import contains
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
 from batchgen.records import Billed, DoneState, Outcome, Work
+from batchgen.run.idcheck import check_ids
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 from batchgen.run.summary import RunSummary
 from batchgen.store.jobfile import check_fingerprint
@@ -106,6 +107,7 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     await asyncio.to_thread(_enter, out, lock)
     try:
         moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
+        await asyncio.to_thread(check_ids, plan.reader, scan, out, state, options.limit)
         run = _Run(plan, options, out, state, budget, started, scan)
         run.summary.moved_aside, run.summary.folded = moved, folded
         return await run.main()

@@ -130,6 +130,17 @@ class OutputReader:
         first = [i for i, row_id in enumerate(ids) if i == 0 or ids[i - 1] != row_id]
         return errors.take(pa.array(first, pa.int64()))
 
+    def sample_ids(self, count: int) -> list[str]:
+        """Up to ``count`` distinct ids of done rows, as first read (for messages)."""
+        found: dict[str, None] = {}
+        for _, table in self.tables(RESULTS_DIR, ["row_id"]):
+            for value in table.column("row_id").to_pylist():
+                if value is not None:
+                    found.setdefault(value)
+                if len(found) >= count:
+                    return list(found)
+        return list(found)
+
     def done_rows(self) -> int:
         """How many distinct rows have results."""
         return len(self._keys(RESULTS_DIR, "row_id"))
