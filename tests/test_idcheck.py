@@ -3,7 +3,6 @@ any call, instead of buying every row again; a new input of another size still r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +15,8 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import CheckpointError
 from batchgen.run.idcheck import _canonical
-from tests.conftest import write_job
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.paths import write_job
 
 KEY = "idcheck-key-7"
 ROWS = 40
@@ -46,9 +46,8 @@ JOB = """
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}))) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY})))
 
 
 def write_rows(folder: Path, ids: pa.Array) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import nbclient
@@ -14,6 +13,7 @@ import pytest
 
 import batchgen
 from batchgen.emulator import EmulatorConfig, EmulatorThread
+from tests.helpers.emulator_calls import StartEmulator
 
 KEY = "notebook-key-5"
 ROWS = 12
@@ -21,9 +21,8 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=20)) as server:
-        yield server
+def emulator(emulator_factory: StartEmulator) -> EmulatorThread:
+    return emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=20))
 
 
 def cells(url: str) -> list[str]:
