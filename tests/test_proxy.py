@@ -7,17 +7,27 @@ upload headers. Each test checks what the user reads and what stays for the next
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
+from batchgen.backends.online.breaker import Breaker
 from batchgen.cli import main
+from batchgen.cli.progress import LineProgress
+from batchgen.errors import RunStoppedError
+from batchgen.job.spec import Overrides, load_job
+from batchgen.records import Outage
+from batchgen.run.progress import Snapshot
+from batchgen.run.runner import RunOptions, run_job
 from tests.conftest import write_job
 
 KEY = "proxy-test-key-0123456789"
@@ -139,3 +149,50 @@ def test_a_400_that_only_some_rows_get_is_data(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output  # some rows failed; none stopped the run
     record = runs(tmp_path)[-1]
     assert record["stopped_by"] is None and record["rows_remaining"] == 0
+
+
+def test_progress_says_the_outage_while_the_breaker_is_open(tmp_path: Path) -> None:
+    down = {"error": {"code": 500, "message": "Cannot connect to host upstream:443"}}
+    path = make_job(tmp_path, 40, concurrency=2, outage_minutes=0.1)  # six seconds
+    stream = io.StringIO()
+    with stub_proxy(lambda _path, _body: (500, down, {})) as (url, _seen):
+        job = load_job(path, Overrides(base_url=url))
+        progress = LineProgress(0.2, as_json=True, stream=stream)
+        with pytest.raises(RunStoppedError) as stopped:
+            run_job(job, RunOptions(api_key=KEY, progress=progress))
+    assert "every call failed server-side" in str(stopped.value)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    outages = [r["outage"] for r in records if "outage" in r]
+    assert outages, records  # while the breaker was open, progress said so
+    last = outages[-1]
+    assert "Cannot connect to host upstream:443" in last["last_error"]
+    assert last["note"].startswith("outage: every call failing since ")
+    assert all(r["eta_s"] is None for r in records if "outage" in r)
+    assert runs(tmp_path)[-1]["stopped_by"] == "outage"
+
+
+def test_the_text_progress_line_says_the_outage() -> None:
+    since = datetime.now(UTC) - timedelta(seconds=75)
+    outage = Outage(since, "HTTP 500: Cannot connect to host upstream:443", 12.0, 3)
+    snap = Snapshot(100, 0, 0, 0, None, 80.0, outage=outage)
+    stream = io.StringIO()
+    LineProgress(60, stream=stream).close(snap)
+    line = stream.getvalue()
+    assert f"outage: every call failing since {since:%H:%M:%S} UTC (1m15s, 3 probes)" in line
+    assert "last error: HTTP 500: Cannot connect to host upstream:443" in line
+    assert "next probe in 0m12s" in line and "ETA" not in line
+
+
+def test_the_breaker_shows_its_outage_only_while_open() -> None:
+    now = [100.0]
+    breaker = Breaker(outage_minutes=10, clock=lambda: now[0])
+    assert breaker.showing() is None
+    for _ in range(10):
+        breaker.note("HTTP 500: upstream down")
+        breaker.record(False, True)
+    now[0] += 2.0
+    shown = breaker.showing()
+    assert shown is not None and shown.last_error == "HTTP 500: upstream down"
+    assert shown.next_probe_s == 3.0 and shown.probes == 0
+    breaker.record(True, False)
+    assert breaker.showing() is None

@@ -72,7 +72,9 @@ class OnlineBackend:
         self._rows: set[asyncio.Task[None]] = set()
 
     def gauges(self) -> Gauges:
-        return Gauges(self.controller.target, self.controller.latency())
+        return Gauges(
+            self.controller.target, self.controller.latency(), self.breaker.showing()
+        )
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Call for every row of ``works``; return once no call is in flight."""
