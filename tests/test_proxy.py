@@ -196,3 +196,40 @@ def test_the_breaker_shows_its_outage_only_while_open() -> None:
     assert shown.next_probe_s == 3.0 and shown.probes == 0
     breaker.record(True, False)
     assert breaker.showing() is None
+
+
+def test_batch_mode_through_a_proxy_without_the_files_api_says_so(tmp_path: Path) -> None:
+    path = make_job(tmp_path, 6)
+    # LiteLLM answers the upload start but drops the X-Goog-Upload-* headers
+    with stub_proxy(lambda _path, _body: (200, {}, {})) as (url, seen):
+        result = CliRunner().invoke(
+            main,
+            ["run", str(path), "--tier", "batch", "--base-url", url],
+            env={"GEMINI_API_KEY": KEY},
+        )
+    assert result.exit_code == 3, result.output
+    line = result.stderr.splitlines()[-1]
+    assert "does not relay the Files API" in line and "X-Goog-Upload-URL" in line
+    assert "--tier flex" in line and "https://generativelanguage.googleapis.com" in line
+    assert not any(":batchGenerateContent" in p for p in seen)  # nothing was submitted
+    record = runs(tmp_path)[-1]
+    assert record["exit_code"] == 3 and record["rows_remaining"] == 6
+
+
+def test_batch_mode_through_a_proxy_without_the_upload_route_says_so(tmp_path: Path) -> None:
+    path = make_job(tmp_path, 6)
+    missing = {"error": {"code": 404, "message": "Not Found"}}
+
+    def no_files(path: str, _body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return (404, missing, {}) if path.startswith("/upload/") else (200, {}, {})
+
+    with stub_proxy(no_files) as (url, _seen):
+        result = CliRunner().invoke(
+            main,
+            ["run", str(path), "--tier", "batch", "--base-url", url],
+            env={"GEMINI_API_KEY": KEY},
+        )
+    assert result.exit_code == 3, result.output
+    line = result.stderr.splitlines()[-1]
+    assert "does not relay the Files API" in line and "HTTP 404" in line
+    assert "--tier flex" in line and "unknown model" not in line
