@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from batchgen.backends.online.breaker import Breaker
 from batchgen.cli import main
 from batchgen.cli.progress import LineProgress
+from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import RunStoppedError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.records import Outage
@@ -233,3 +234,30 @@ def test_batch_mode_through_a_proxy_without_the_upload_route_says_so(tmp_path: P
     line = result.stderr.splitlines()[-1]
     assert "does not relay the Files API" in line and "HTTP 404" in line
     assert "--tier flex" in line and "unknown model" not in line
+
+
+def test_estimate_tier_batch_finds_a_proxy_without_the_files_api(tmp_path: Path) -> None:
+    path = make_job(tmp_path, 6)
+    with stub_proxy(lambda _path, _body: (200, {"totalTokens": 7}, {})) as (url, seen):
+        result = CliRunner().invoke(
+            main,
+            ["estimate", str(path), "--tier", "batch", "--base-url", url],
+            env={"GEMINI_API_KEY": KEY},
+        )
+    assert result.exit_code == 3, result.output
+    line = result.stderr.splitlines()[-1]
+    assert "does not relay the Files API" in line and "--tier flex" in line
+    assert seen == ["/upload/v1beta/files"]  # the probe went first, and alone
+
+
+def test_estimate_tier_batch_through_the_api_itself_goes_on(tmp_path: Path) -> None:
+    path = make_job(tmp_path, 6)
+    with EmulatorThread(EmulatorConfig()) as server:
+        result = CliRunner().invoke(
+            main,
+            ["estimate", str(path), "--tier", "batch", "--base-url", server.base_url],
+            env={"GEMINI_API_KEY": KEY},
+        )
+        counts = dict(server.emulator.counts)
+    assert result.exit_code == 0, result.output
+    assert counts.get("upload_start") == 1 and not counts.get("upload_finalize")  # no file

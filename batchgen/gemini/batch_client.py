@@ -176,6 +176,12 @@ class BatchClient:
                     upload = _object(_decode_json(answer.body), "upload")
                     return FileInfo.from_json(upload.get("file"))
 
+    async def probe_upload(self) -> None:
+        """Start an upload of one byte and never send it: whether the Files API is relayed
+        (raises ApiError ``files_not_relayed`` if not). No file exists until an upload is
+        finalized, so this leaves nothing behind but a session the server drops."""
+        await self._start_upload(1, "batchgen-probe", "application/jsonl")
+
     async def _start_upload(self, size: int, display_name: str, mime_type: str) -> str:
         headers = {
             "X-Goog-Upload-Protocol": "resumable",
