@@ -21,10 +21,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.backends.online.breaker import Breaker
+from batchgen.backends.stopping import RefusalWatch, StopControl
 from batchgen.cli import main
 from batchgen.cli.progress import LineProgress
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.errors import RunStoppedError
+from batchgen.errors import FatalApiError, RunStoppedError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.records import Outage
 from batchgen.run.progress import Snapshot
@@ -261,3 +262,21 @@ def test_estimate_tier_batch_through_the_api_itself_goes_on(tmp_path: Path) -> N
         counts = dict(server.emulator.counts)
     assert result.exit_code == 0, result.output
     assert counts.get("upload_start") == 1 and not counts.get("upload_finalize")  # no file
+
+
+async def test_the_refusal_names_a_proxy_only_when_the_base_url_is_not_googles(
+    tmp_path: Path,
+) -> None:
+    for base, proxy in (("https://generativelanguage.googleapis.com", False),
+                        ("https://llm.example.com", True)):  # fmt: skip
+        stop = StopControl(tmp_path, grace=1.0)
+        watch = RefusalWatch(stop, base, base, after=3)
+        for status, message in ((400, "a"), (400, "b"), (400, "b"), (None, None), (400, "b")):
+            watch.saw(status, message)  # a new message, or an answer, starts the count again
+        watch.saw(429, "slow down")  # a 429 is the rate limiter's, not a refusal
+        assert stop.reason is None
+        for _ in range(3):
+            watch.saw(400, "HTTP 400: No connected db.")
+        assert isinstance(stop.reason, FatalApiError) and stop.by == "refused"
+        assert "(HTTP 400: No connected db.)" in str(stop.reason)
+        assert ("is a proxy" in str(stop.reason)) is proxy
