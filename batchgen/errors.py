@@ -7,7 +7,9 @@
     ├─ InputError        unreadable input, missing column: names the file, row and column
     ├─ TemplateError     a placeholder the row lacks, or a broken template
     ├─ CheckpointError   the output directory cannot be used as it is
-    ├─ FatalApiError     the run cannot go on: bad key, unknown model (exit code 3)
+    ├─ FatalApiError     the run cannot go on: bad key, unknown model, every call refused
+    │                     alike (a proxy's own refusal), a base URL that does not relay the
+    │                     Files API Batch Mode needs (exit code 3)
     ├─ RunStoppedError        stopped early, resumable: a signal, an unreachable API, an outage,
     │  │                       the time budget, rows left (exit code 4)
     │  ├─ QuotaExhaustedError a per-day quota is used up: try again tomorrow (exit code 5)
@@ -58,7 +60,8 @@ class CheckpointError(BatchgenError):
 
 
 class FatalApiError(BatchgenError):
-    """The API refused in a way that no other row can fix (bad key, unknown model)."""
+    """The API (or a proxy before it) refused in a way that no other row can fix: a bad key, an
+    unknown model, the same refusal on every call, Batch Mode without the Files API."""
 
     exit_code = 3
 

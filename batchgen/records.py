@@ -35,6 +35,16 @@ class Work:
 
 
 @dataclass(frozen=True)
+class Outage:
+    """An outage the run is waiting out (the online backend's breaker is open), for progress."""
+
+    since: datetime  # when the breaker opened (UTC)
+    last_error: str  # the last server-side failure, one line
+    next_probe_s: float | None  # seconds until the next probe; None while a probe is in flight
+    probes: int  # probes sent so far
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What became of one row: its result rows, or its failure record."""
 

@@ -26,7 +26,7 @@ from batchgen.backends.online.caller import CallEvents
 from batchgen.backends.stopping import StopControl
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
-from batchgen.records import Outcome, Work
+from batchgen.records import Outage, Outcome, Work
 from batchgen.store.outdir import OutputDir
 
 __all__ = ["Backend", "Gauges", "RunContext", "Sink"]
@@ -71,6 +71,7 @@ class Gauges:
 
     concurrency: int | None = None  # calls it lets be in flight now
     latency_p90: float | None = None  # seconds, over its recent calls
+    outage: Outage | None = None  # an outage it is waiting out (no new rows meanwhile)
 
 
 class Backend(Protocol):

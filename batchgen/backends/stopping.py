@@ -15,7 +15,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-from batchgen.errors import BatchgenError, InternalError, RunStoppedError
+from batchgen.errors import BatchgenError, FatalApiError, InternalError, RunStoppedError
+from batchgen.redact import url_host
 
 # calls that reached nothing: no server answered (a timeout is the breaker's, see TransportWatch)
 TRANSPORT_CATEGORIES = frozenset({"connection"})
@@ -171,4 +172,55 @@ class TransportWatch:
                 "rerun to resume"
             ),
             "unreachable",
+        )
+
+
+GOOGLE_API_HOST = "generativelanguage.googleapis.com"
+
+
+class RefusalWatch:
+    """Stops the run when the last calls were all refused alike: a setting, not the rows.
+
+    A client error (4xx, but a 429) is normally this row's own bad request, data for its failure
+    record. The same status and message on ``after`` calls in a row, with no answer among them, is
+    something every row gets: a proxy refusing the key it was given ("No connected db."), a
+    budget at the proxy used up. Sending the rest would only record each row as failed, so the
+    run stops taking rows (the calls in flight end) with exit 3; the rows not sent stay for the
+    next run, and those refused are in ``errors/`` and are retried by it. It watches only until
+    the first call is answered (``Pacing.answered`` drops it): after that, the same 4xx on many
+    rows is those rows' own.
+    """
+
+    def __init__(self, stop: StopControl, base_url: str, where: str, after: int) -> None:
+        self.stop = stop
+        self.base_url = base_url
+        self.where = where
+        self.after = after
+        self.failures = 0
+        self._last: tuple[int, str] | None = None
+
+    def saw(self, status: int | None, message: str | None) -> None:
+        """One call's outcome: its HTTP status (None when it got no answer) and message."""
+        if status is None or not 400 <= status < 500 or status == 429:
+            self.failures = 0
+            self._last = None
+            return
+        seen = (status, message or "")
+        self.failures = self.failures + 1 if seen == self._last else 1
+        self._last = seen
+        if self.failures >= self.after:
+            self.stop.halt(FatalApiError(self._words(status, message or "")), "refused")
+
+    def _words(self, status: int, message: str) -> str:
+        said = message if message.startswith(f"HTTP {status}") else f"HTTP {status}: {message}"
+        proxy = (
+            ""
+            if url_host(self.base_url) == GOOGLE_API_HOST
+            else f"; model.base_url is a proxy, not {GOOGLE_API_HOST}: the refusal is likely "
+            "its own, and the key it wants may be the proxy's, not a Gemini key"
+        )
+        return (
+            f"{self.where}: the last {self.failures} calls were all refused alike ({said}), so "
+            f"no row can succeed as set up{proxy}; fix the key or model.base_url, then rerun: "
+            "rows not sent were not paid for, and the next run takes them and those refused"
         )

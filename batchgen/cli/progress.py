@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from batchgen.records import Outage
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 
 __all__ = ["BarProgress", "LineProgress", "choose"]
@@ -37,7 +38,8 @@ class BarProgress:
         finished = snap.rows_done + snap.rows_failed
         self._bar.set_postfix_str(
             f"failed={snap.rows_failed} tokens={snap.tokens:,} cost={_money(snap.cost)}"
-            + (f" {snap.note}" if snap.note else ""),
+            + (f" {snap.note}" if snap.note else "")
+            + (f" {outage_words(snap.outage)}" if snap.outage else ""),
             refresh=False,
         )
         self._bar.update(finished - self._bar.n)
@@ -68,7 +70,8 @@ class LineProgress:
         finished = snap.rows_done + snap.rows_failed
         rate = finished / snap.elapsed if snap.elapsed > 0 else 0.0
         left = snap.rows_todo - finished
-        eta = left / rate if rate > 0 and left > 0 else None
+        # while the run waits out an outage, the pace so far says nothing of when it ends
+        eta = left / rate if rate > 0 and left > 0 and snap.outage is None else None
         if self._json:
             record = {
                 "ts": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -87,6 +90,14 @@ class LineProgress:
                 record["in_flight_target"] = snap.concurrency
             if snap.latency_p90 is not None:
                 record["latency_p90_s"] = round(snap.latency_p90, 3)
+            if snap.outage is not None:
+                record["outage"] = {
+                    "since": snap.outage.since.isoformat(timespec="seconds"),
+                    "last_error": snap.outage.last_error,
+                    "next_probe_s": _rounded(snap.outage.next_probe_s),
+                    "probes": snap.outage.probes,
+                    "note": outage_words(snap.outage),
+                }
             line = json.dumps(record)
         else:
             line = (
@@ -96,6 +107,7 @@ class LineProgress:
                 + (f", ETA {_duration(eta)}" if eta is not None else "")
                 + _pace(snap)
                 + (f"; {snap.note}" if snap.note else "")
+                + (f"; {outage_words(snap.outage)}" if snap.outage else "")
             )
         self._stream.write(line + "\n")
         self._stream.flush()
@@ -107,6 +119,27 @@ def _pace(snap: Snapshot) -> str:
         return ""
     latency = f" (p90 {snap.latency_p90:.1f} s)" if snap.latency_p90 is not None else ""
     return f", up to {snap.concurrency} in flight{latency}"
+
+
+def outage_words(outage: Outage) -> str:
+    """ "outage: every call failing since 14:02:11 UTC (3m10s), last error: HTTP 500: …;
+    next probe in 40s": why nothing moves, and when it tries again."""
+    lasted = (datetime.now(UTC) - outage.since).total_seconds()
+    last = f", last error: {outage.last_error}" if outage.last_error else ""
+    probe = (
+        "a probe call is in flight"
+        if outage.next_probe_s is None
+        else f"next probe in {_duration(outage.next_probe_s)}"
+    )
+    return (
+        f"outage: every call failing since {outage.since:%H:%M:%S} UTC "
+        f"({_duration(max(0.0, lasted))}, {outage.probes} probes){last}; {probe}; no new rows "
+        "are sent meanwhile"
+    )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def _money(cost: float | None) -> str:

@@ -40,7 +40,7 @@ from batchgen.gemini.transport import (
     Response,
     Transport,
 )
-from batchgen.job.spec import ModelSpec
+from batchgen.job.spec import DEFAULT_BASE_URL, ModelSpec
 
 CHUNK_BYTES = 8 * 1024 * 1024  # what python-genai sends per upload request
 MAX_DOWNLOAD_BYTES = 2 * 1000**3  # an output file is at most about the input's 2 GB limit
@@ -126,6 +126,12 @@ class BatchInfo:
         )
 
 
+# the upload start's answer lacks the upload headers: whatever sits at model.base_url (an
+# aggregator proxy such as LiteLLM) relays generateContent but not the Files API
+NOT_RELAYED = "files_not_relayed"
+NO_ROUTE = frozenset({404, 405, 501})  # the upload start's path is not served there
+
+
 class BatchClient:
     """Files and batches of one model's API; the session is the caller's."""
 
@@ -170,6 +176,12 @@ class BatchClient:
                     upload = _object(_decode_json(answer.body), "upload")
                     return FileInfo.from_json(upload.get("file"))
 
+    async def probe_upload(self) -> None:
+        """Start an upload of one byte and never send it: whether the Files API is relayed
+        (raises ApiError ``files_not_relayed`` if not). No file exists until an upload is
+        finalized, so this leaves nothing behind but a session the server drops."""
+        await self._start_upload(1, "batchgen-probe", "application/jsonl")
+
     async def _start_upload(self, size: int, display_name: str, mime_type: str) -> str:
         headers = {
             "X-Goog-Upload-Protocol": "resumable",
@@ -179,11 +191,23 @@ class BatchClient:
         }
         meta = {"file": {"displayName": display_name, "mimeType": mime_type}}
         url = f"{self._model.base_url}/upload/{self._model.api_version}/files"
-        answer = await self._call("POST", url, _dumps(meta), headers)
+        try:  # no model in this URL: its 404 says the path is not there, not a model unknown
+            answer = await self._call("POST", url, _dumps(meta), headers, named=True)
+        except ApiError as exc:
+            if exc.status not in NO_ROUTE:
+                raise
+            raise ApiError(
+                NOT_RELAYED,
+                f"the Files API upload start got HTTP {exc.status}: {exc.message}",
+                exc.status,
+            ) from None
         session_url = answer.headers.get("X-Goog-Upload-URL")
-        if not session_url:
+        if not session_url:  # a proxy that relays generateContent but not the Files API
             host = self._http.host
-            raise ApiError("bad_response", f"{host}: the upload start gave no upload URL")
+            raise ApiError(
+                NOT_RELAYED, f"{host}: the Files API upload start came back without its "
+                "X-Goog-Upload-URL header",
+            )  # fmt: skip
         return self._on_our_host(session_url)
 
     def _on_our_host(self, url: str) -> str:
@@ -295,6 +319,16 @@ class BatchClient:
             return await self._http.request(method, url, data, headers, named=named)
         except AnswerError as exc:  # a JSON answer over limits.max_response_mb
             raise ApiError(exc.category, exc.message) from None
+
+
+def not_relayed(where: str, message: str) -> str:
+    """Why Batch Mode cannot run at ``where`` (a proxy that does not relay the Files API)."""
+    return (
+        f"model.base_url {where} does not relay the Files API that Batch Mode uploads its "
+        f"requests with ({message}), as aggregator proxies such as LiteLLM do not; rerunning "
+        "as is cannot help: run with --tier flex (online, also half price), or set "
+        f"model.base_url to the API's own URL ({DEFAULT_BASE_URL}) for --tier batch"
+    )
 
 
 async def _stream_to(resp: aiohttp.ClientResponse, sink: BinaryIO, cap: int, name: str) -> int:

@@ -46,7 +46,8 @@ from aiolimiter import AsyncLimiter
 
 from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.retry import RetryPolicy
-from batchgen.errors import CheckpointError, InputError, JobError, TemplateError
+from batchgen.errors import CheckpointError, FatalApiError, InputError, JobError, TemplateError
+from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, not_relayed
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.connect import client_for
 from batchgen.job.spec import Job
@@ -153,7 +154,8 @@ def estimate_job(
 
     Raises:
         BatchgenError: a bad job or input; FatalApiError when countTokens refuses the key or
-            the model; JobError when it fails otherwise.
+            the model, or (tier batch) when ``base_url`` does not relay the Files API, found by
+            starting an upload it never sends; JobError when it fails otherwise.
     """
     if sample is not None and sample < 1:
         raise JobError(f"sample={sample} (--sample): count at least one row")
@@ -166,6 +168,8 @@ def estimate_job(
     if offline:
         counts = [rough_tokens(t) for t in texts]
     else:
+        if job.model.tier == "batch":  # before a run relies on it: can Batch Mode upload here?
+            asyncio.run(_probe_files(job, api_key))
         counts = asyncio.run(_count_all(job, api_key, bodies))
     scale = total / len(positions)
     notes: list[str] = []
@@ -293,7 +297,6 @@ def _daily_minutes(calls: float, per_day: int | None) -> float | None:
     return (math.ceil(calls / per_day) - 1) * 24 * 60.0
 
 
-
 def in_flight(job: Job, per_second: float, latency_s: float) -> int:
     """The calls the run keeps in flight at this allowed rate and latency.
 
@@ -366,6 +369,21 @@ async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[in
                 return await _count_one(client, job, limiter, count_request(job.model.name, body))
 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+async def _probe_files(job: Job, api_key: str) -> None:
+    """Start (and abandon) an upload: a proxy that does not relay the Files API says so now."""
+    where = redact_url(job.model.base_url)
+    async with client_for(job, api_key, BatchClient) as client:
+        try:
+            await client.probe_upload()
+        except ApiError as exc:
+            if exc.category == NOT_RELAYED:
+                raise FatalApiError(not_relayed(where, exc.message)) from None
+            raise JobError(
+                f"{where}: the Files API upload start that Batch Mode needs failed: "
+                f"{exc.message}; rerun, or estimate without the API (--offline)"
+            ) from None
 
 
 async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body: bytes) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from batchgen.records import Outage
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -25,6 +27,7 @@ class Snapshot:
     note: str = ""  # what the run is waiting for, when it waits (e.g. on the server)
     concurrency: int | None = None  # calls the backend lets be in flight now (its target)
     latency_p90: float | None = None  # seconds, over the backend's recent calls
+    outage: Outage | None = None  # the outage the run waits out: failing since, the last error
 
 
 class Progress(Protocol):

@@ -423,6 +423,7 @@ class _Run:
             note=self.books.current_note(),
             concurrency=gauges.concurrency,
             latency_p90=gauges.latency_p90,
+            outage=gauges.outage,
         )
 
 

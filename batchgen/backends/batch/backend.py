@@ -44,7 +44,7 @@ from batchgen.backends.batch.jsonl import (
 from batchgen.backends.batch.steps import Collection, collect_chunk, submit_chunk, upload_chunk
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
-from batchgen.gemini.batch_client import BatchClient, BatchInfo
+from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, BatchInfo, not_relayed
 from batchgen.gemini.client import ApiError
 from batchgen.gemini.connect import client_for
 from batchgen.job.spec import ModelSpec
@@ -269,6 +269,8 @@ class BatchBackend:
 
     def _api_stop(self, exc: ApiError) -> RunStoppedError | FatalApiError:
         where = redact_url(self.job.model.base_url)
+        if exc.category == NOT_RELAYED:  # a setting: rerunning as is cannot help
+            return FatalApiError(not_relayed(where, exc.message))
         if exc.retryable:
             return RunStoppedError(
                 f"{self.out.path}: Batch Mode at {where} failed: {exc.message}; what was "

@@ -13,7 +13,9 @@ rate limiter, the breaker. What stops the run goes to the run's StopControl:
   quota (by ``api``, exit 3 or 5);
 - an outage longer than ``retry.outage_minutes`` (by ``outage``, exit 4);
 - calls that reach no server at all, or are all redirected (the TransportWatch: by
-  ``unreachable``, exit 4).
+  ``unreachable``, exit 4);
+- calls all refused with the same client error, e.g. a proxy refusing the key (the
+  RefusalWatch: by ``refused``, exit 3).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from batchgen.backends.online.caller import Pacing, RowCaller
 from batchgen.backends.online.concurrency import AUTO_START, concurrency_for, connection_limit
 from batchgen.backends.online.daily import PACIFIC, DailyQuota
 from batchgen.backends.online.rate import RateLimits
-from batchgen.backends.stopping import TransportWatch
+from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.errors import (
     BatchgenError,
     BudgetReachedError,
@@ -54,7 +56,7 @@ T = TypeVar("T")
 class OnlineBackend:
     """Calls ``generateContent`` for each row, within the job's limits (see the module)."""
 
-    def __init__(self, ctx: RunContext, unreachable_after: int = 0) -> None:
+    def __init__(self, ctx: RunContext, unreachable_after: int = 0, refused_after: int = 0) -> None:
         self.ctx = ctx
         self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
         self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
@@ -65,10 +67,14 @@ class OnlineBackend:
         self.breaker = Breaker(self.job.retry.outage_minutes, where=where)
         start = AUTO_START if spec.pinned is None else spec.pinned
         self.watch = TransportWatch(self.stop, where, unreachable_after or max(20, 2 * start))
+        base = self.job.model.base_url
+        self.refusals = RefusalWatch(self.stop, base, where, refused_after or max(20, 2 * start))
         self._rows: set[asyncio.Task[None]] = set()
 
     def gauges(self) -> Gauges:
-        return Gauges(self.controller.target, self.controller.latency())
+        return Gauges(
+            self.controller.target, self.controller.latency(), self.breaker.showing()
+        )
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Call for every row of ``works``; return once no call is in flight."""
@@ -81,7 +87,7 @@ class OnlineBackend:
             else await asyncio.to_thread(requests_today, self.out, datetime.now(UTC))
         )
         day = DailyQuota(per_day, used)
-        pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch)
+        pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch, self.refusals)
         limit = connection_limit(self.job.limits)
         async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
             caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)

@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from batchgen.errors import RunStoppedError
+from batchgen.records import Outage
 
 __all__ = ["Breaker", "State"]
 
@@ -141,6 +143,16 @@ class Breaker:
     def note(self, message: str) -> None:
         """The last failure's one-line description, for the outage message."""
         self._last_error = message
+
+    def showing(self) -> Outage | None:
+        """The outage while the breaker is not closed (since when, the last error, the next
+        probe), for progress; None while it is closed."""
+        if self.state == "closed":
+            return None
+        now = self._clock()
+        since = datetime.now(UTC) - timedelta(seconds=max(0.0, now - self._opened_at))
+        probe = max(0.0, self._probe_at - now) if self.state == "open" else None
+        return Outage(since, self._last_error, probe, self.probes)
 
     def outage(self) -> RunStoppedError:
         """The error that stops the run once the breaker has been open too long."""

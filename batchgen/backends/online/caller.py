@@ -26,7 +26,7 @@ from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import RetryPolicy
-from batchgen.backends.stopping import TransportWatch
+from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.gemini.answers import AnswerError, parse_response, structured_value
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.request import standard_body
@@ -78,6 +78,7 @@ class Pacing:
     breaker: Breaker
     day: DailyQuota
     watch: TransportWatch
+    refusals: RefusalWatch | None = None  # the same 4xx on every call: a setting, not the rows
 
     async def before(self, slot: int, charged: int) -> float:
         """Wait for the call's turn; return when it was sent (the limits' clock).
@@ -100,11 +101,17 @@ class Pacing:
         """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
         self.breaker.record(True, False, sent)
         self.watch.saw(None, None)
+        # Refused on every call is a setting; once one call got through, the same 4xx on many
+        # rows is those rows' own (a run of oversized rows, say): their failure records, not a
+        # stop that every rerun would hit again at the same rows.
+        self.refusals = None
         self.controller.observe(latency_s)
 
     def failed(self, exc: ApiError, sent: float, charged: int) -> bool:
         """A call failed; return whether it spends the row's attempt (not during an outage)."""
         self.watch.saw(exc.category, exc.message)
+        if self.refusals is not None:
+            self.refusals.saw(exc.status, exc.message)
         if exc.status == 429:
             self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
         if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
