@@ -26,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import JobError
+from batchgen.errors import InputError, JobError
+from batchgen.input.reader import MissingColumnError
 from batchgen.job.spec import (
     DEFAULT_BASE_URL,
     Job,
@@ -122,7 +123,14 @@ async def agenerate(
         job = _job(source, out, prompt, schema, model, system, base_url, options)
         # a run that stops raises its BatchgenError (with ``summary``); ``output=`` keeps
         # what it did, for the next call to resume
-        await arun_job(job, _run_options(job, api_key, options))
+        try:
+            await arun_job(job, _run_options(job, api_key, options))
+        except MissingColumnError as exc:  # the scratch file's name would mean nothing
+            need = exc.need.replace("input.carry", "carry=")
+            raise InputError(
+                f"the {_kind(data)} has no column {exc.column!r} ({need}; it has: "
+                f"{', '.join(exc.available) or 'no columns'}){exc.near}"
+            ) from None
         return await asyncio.to_thread(_collect, out)
 
 
@@ -232,6 +240,13 @@ def _table(data: Data) -> pa.Table:
     if table.num_rows == 0:
         raise JobError("generate(data=...): no rows")
     return table
+
+
+def _kind(data: Data) -> str:
+    """What the caller passed as ``data``, as the caller would name it."""
+    if isinstance(data, pd.DataFrame):
+        return "DataFrame"
+    return "Table" if isinstance(data, pa.Table) else "data"
 
 
 def _job(

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.errors import InputError
 from batchgen.store.layout import part_files
 from tests.conftest import write_job
 
@@ -71,3 +75,24 @@ def test_an_empty_prompt_is_a_template_failure_and_costs_no_call(
     assert sorted(errors.column("row_id").to_pylist()) == ["r2", "r3"]
     assert set(errors.column("category").to_pylist()) == {"template"}
     assert "row r2: the prompt is empty (blank 'review'); nothing was sent" in out
+
+
+# --- 7. a DataFrame's missing column is named as the DataFrame's --------------------------
+
+
+def test_a_dataframe_without_the_prompts_column_is_named_as_the_dataframe(
+    emulator: EmulatorThread,
+) -> None:
+    frame = pd.DataFrame({"product": ["kettle"], "review": ["fine"]})
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING"}}}
+    common: dict[str, Any] = {"schema": schema, "model": "gemini-2.5-flash-lite", "api_key": KEY,
+                              "base_url": emulator.base_url}  # fmt: skip
+
+    with pytest.raises(InputError) as info:
+        batchgen.generate(frame, prompt="Judge {{ missing }}", **common)
+    assert str(info.value) == (
+        "the DataFrame has no column 'missing' (used in the prompt; it has: product, review)"
+    )
+    with pytest.raises(InputError, match=r"\(carry=; it has: product, review\); did you"):
+        batchgen.generate(frame, prompt="{{ review }}", carry=["Product"], **common)
+    assert emulator.emulator.counts["generateContent"] == 0

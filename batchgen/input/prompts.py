@@ -53,7 +53,8 @@ def _blank(values: Mapping[str, Any], names: tuple[str, ...]) -> str:
     blank = [n for n in names if isinstance(values.get(n), str) and not values[n].strip()]
     if not blank:
         return "; nothing was sent"
-    return f" (blank {', '.join(map(repr, blank))}); nothing was sent: fill the cell or drop the row"
+    said = ", ".join(map(repr, blank))
+    return f" (blank {said}); nothing was sent: fill the cell or drop the row"
 
 
 def _compile(source: str, where: str) -> jinja2.Template:

@@ -37,6 +37,19 @@ FORMATS: dict[str, Opener] = {
 }
 
 
+class MissingColumnError(InputError):
+    """The input lacks a column the job uses; its parts let a caller word it for its input."""
+
+    def __init__(self, path: Path, column: str, need: str, available: list[str], near: str) -> None:
+        self.path, self.column, self.need, self.available, self.near = (
+            path, column, need, available, near
+        )  # fmt: skip
+        super().__init__(
+            f"{path}: no column {column!r} ({need}); "
+            f"the file has: {', '.join(available) or 'no columns'}{near}"
+        )
+
+
 @dataclass(frozen=True)
 class Scan:
     """What the pre-scan found: the row count and, with an id column, each row's 64-bit id key
@@ -77,10 +90,7 @@ class InputReader:
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
-            raise InputError(
-                f"{self.path}: no column {col!r} ({needs[col]}); "
-                f"the file has: {', '.join(self.available) or 'no columns'}{self._near(col)}"
-            )
+            raise MissingColumnError(self.path, col, needs[col], self.available, self._near(col))
         self._check_unique(needs)
         self.columns = [c for c in self.available if c in needs]
 
