@@ -19,6 +19,8 @@
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
 
 Failures of single rows are not exceptions that reach the user: they become failure records.
+A message quoting another library's text (pyarrow's spans several lines) goes through
+:func:`one_line`.
 """
 
 from __future__ import annotations
@@ -87,3 +89,11 @@ class InternalError(BatchgenError):
     """A bug in batchgen stopped the run; everything answered so far is saved."""
 
     exit_code = 70
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pyarrow's span several), control characters shown
+    as escapes so that the terminal prints what the message says."""
+    text = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
+    words = " ".join((text or str(exc) or type(exc).__name__).split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in words)

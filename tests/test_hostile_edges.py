@@ -96,3 +96,28 @@ def test_a_dataframe_without_the_prompts_column_is_named_as_the_dataframe(
     with pytest.raises(InputError, match=r"\(carry=; it has: product, review\); did you"):
         batchgen.generate(frame, prompt="{{ review }}", carry=["Product"], **common)
     assert emulator.emulator.counts["generateContent"] == 0
+
+
+# --- 6. a damaged results part is one line --------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["status", "run"])
+def test_a_damaged_results_part_is_one_line(
+    tmp_path: Path, emulator: EmulatorThread, command: str
+) -> None:
+    (tmp_path / "rows.csv").write_text("id,review\nr1,good\nr2,bad\n")
+    job = write_job(tmp_path, JOB.format(extra=""))
+    url = ["--base-url", emulator.base_url]
+    assert invoke(["run", str(job), *url])[0] == 0
+    (part,) = part_files(tmp_path / "out", "results")
+    data = bytearray(part.read_bytes())
+    data[4] ^= 0xFF  # the first page header: pyarrow's message spans three lines
+    part.write_bytes(bytes(data))
+
+    args = ["status", str(tmp_path / "out")] if command == "status" else ["run", str(job), *url]
+    code, out, err = invoke(args)
+
+    assert code == 2, out + err
+    assert err.count("\n") == 1 and err.startswith(f"error: {part}: unreadable part file ("), err
+    assert err.rstrip().endswith("); move it out of the output and rerun"), err
+    assert all(c.isprintable() for c in err.rstrip("\n")), err

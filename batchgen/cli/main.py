@@ -23,7 +23,14 @@ import click
 from batchgen._version import __version__
 from batchgen.cli.common import api_target, job_options, tier_option, warn_lifecycle
 from batchgen.cli.report import estimate, prices, report
-from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
+from batchgen.errors import (
+    BatchgenError,
+    InputError,
+    InternalError,
+    JobError,
+    RunStoppedError,
+    one_line,
+)
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
@@ -42,7 +49,7 @@ class _Group(click.Group):
         except BatchgenError as exc:
             if isinstance(exc.summary, RunSummary):
                 click.echo(_describe(exc.summary, ctx.meta.get(_ASKED)))
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)  # one line, whatever it quotes
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise  # --help, --print-schema, a usage error: click's own exit and message
@@ -53,8 +60,8 @@ class _Group(click.Group):
             if os.environ.get("BATCHGEN_DEBUG"):
                 raise
             click.echo(
-                f"error: internal error: {type(exc).__name__}: {exc} (a bug in batchgen: "
-                "please report it; BATCHGEN_DEBUG=1 shows the traceback)",
+                f"error: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in "
+                "batchgen: please report it; BATCHGEN_DEBUG=1 shows the traceback)",
                 err=True,
             )
             sys.exit(InternalError.exit_code)

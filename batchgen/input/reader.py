@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.errors import InputError
+from batchgen.errors import InputError, one_line
 from batchgen.input.csv import CsvSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
-from batchgen.input.source import Opener, Source, one_line
+from batchgen.input.source import Opener, Source
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
