@@ -3,6 +3,8 @@ status during a run, empty prompts, damaged parts in one line, DataFrame templat
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +123,41 @@ def test_a_damaged_results_part_is_one_line(
     assert err.count("\n") == 1 and err.startswith(f"error: {part}: unreadable part file ("), err
     assert err.rstrip().endswith("); move it out of the output and rerun"), err
     assert all(c.isprintable() for c in err.rstrip("\n")), err
+
+
+# --- 1. the CLI's own exits -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(main.commands))])
+def test_every_commands_help_exits_0(command: list[str]) -> None:
+    code, out, err = invoke([*command, "--help"])
+    assert code == 0, out + err
+    assert out.startswith("Usage: ") and "internal error" not in out + err and not err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "Missing argument 'JOB_FILE'."),
+        (["status"], "Missing argument 'OUTPUT'."),
+        (["run", "job.toml", "--tier", "bogus"], "Invalid value for '--tier': 'bogus' is not"),
+        (["estimate", "job.toml", "--format", "xml"], "Invalid value for '--format': 'xml'"),
+        (["bogus"], "No such command 'bogus'."),
+        (["run", "job.toml", "--limit", "0"], "Invalid value for '--limit': 0 is not in the range"),
+        (["estimate", "job.toml", "--sample", "0"], "Invalid value for '--sample': 0 is not in"),
+        (["run", "job.toml", "--no-such-option"], "No such option"),
+    ],
+)
+def test_usage_errors_exit_2_with_clicks_message(args: list[str], message: str) -> None:
+    code, out, err = invoke(args)
+    assert code == 2, out + err
+    assert f"Error: {message}" in err and "internal error" not in err, err
+
+
+def test_the_installed_entry_point_exits_as_click_does() -> None:
+    entry = [sys.executable, "-c", "from batchgen._entry import main; main()"]
+    done = subprocess.run([*entry, "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("Usage: ") and not done.stderr
+    done = subprocess.run([*entry, "run", "j.toml", "--limit", "0"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "Invalid value for '--limit'" in done.stderr
