@@ -37,6 +37,7 @@ from batchgen.job.spec import (
     job_from_mapping,
     load_job,
     resolve_api_key,
+    sdk_key_env,
 )
 from batchgen.reports.estimate import Estimate, estimate_job
 from batchgen.reports.report import Report, report
@@ -84,7 +85,8 @@ def generate(
         model: the model id, e.g. ``"gemini-3.8-flash"``.
         system: an optional system instruction (also a template).
         base_url: the API (or a proxy speaking v1beta); Google's by default.
-        api_key: the key; by default ``$GEMINI_API_KEY`` (or ``api_key_env=``).
+        api_key: the key; by default ``$GOOGLE_API_KEY`` when set, else ``$GEMINI_API_KEY``
+            (as google-genai reads it), or the variable ``api_key_env=`` names.
         **options: ``output`` (a directory to keep the output in and resume from; a temporary
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
@@ -200,16 +202,18 @@ def cancel_batches(
     *,
     api_key: str | None = None,
     base_url: str = DEFAULT_BASE_URL,
-    api_key_env: str = "GEMINI_API_KEY",
+    api_key_env: str | None = None,
 ) -> list[str]:
     """Cancel the Batch Mode jobs of ``output`` that are still running (as ``batchgen cancel``).
 
     Returns the names of the batches asked to cancel. Their rows stay recorded: the next run
     collects what each batch answered and submits the rest again. The key is ``api_key`` or
-    the variable ``api_key_env`` names.
+    the variable ``api_key_env`` names (by default google-genai's: ``$GOOGLE_API_KEY`` when
+    set, else ``$GEMINI_API_KEY``).
     """
     from batchgen.backends.batch.backend import cancel_output
 
+    api_key_env = api_key_env or sdk_key_env()
     key = (api_key if api_key is not None else os.environ.get(api_key_env, "")).strip()
     if not key:
         raise JobError(f"{output}: no API key to cancel its batches: set ${api_key_env}")
@@ -264,7 +268,7 @@ def _job(
         "input": {"path": str(source), "carry": list(options.pop("carry", ()))},
         "model": {
             "name": model,
-            "api_key_env": options.pop("api_key_env", "GEMINI_API_KEY"),
+            "api_key_env": options.pop("api_key_env", None),  # None: as google-genai reads
             "tier": options.pop("tier", "standard"),
         },
         "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),

@@ -17,6 +17,7 @@ SEED_COPY = Path(__file__).resolve().parent / "data" / "seed_structured_output.j
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No real key ever reaches a test by accident."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # google-genai's name, read first
 
 
 @pytest.fixture

@@ -161,3 +161,54 @@ def test_the_installed_entry_point_exits_as_click_does() -> None:
     done = subprocess.run([*entry, "run", "j.toml", "--limit", "0"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "Invalid value for '--limit'" in done.stderr
+
+
+# --- 3. the key in $GOOGLE_API_KEY, as google-genai reads it --------------------------------
+
+
+def key_job(folder: Path, extra: str = "") -> Path:
+    (folder / "rows.csv").write_text("id,review\nr1,good\n")
+    return write_job(folder, JOB.format(extra="").replace("[model]\n", f"[model]\n{extra}"))
+
+
+def test_the_sdks_google_api_key_is_read_and_wins_with_a_warning(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    job, url = key_job(tmp_path), ["--base-url", emulator.base_url, "--quiet"]
+    run = CliRunner().invoke(main, ["run", str(job), *url], env={"GOOGLE_API_KEY": KEY})
+    assert run.exit_code == 0, run.output
+    assert not run.stderr
+
+    both = {"GOOGLE_API_KEY": KEY, "GEMINI_API_KEY": "another-key-99"}
+    run = CliRunner().invoke(main, ["run", str(job), *url, "--fresh"], env=both)
+    assert run.exit_code == 0, run.output  # the emulator takes only KEY: GOOGLE_API_KEY's
+    assert run.stderr == (
+        "warning: both $GOOGLE_API_KEY and $GEMINI_API_KEY are set: using $GOOGLE_API_KEY, as "
+        "google-genai does (model.api_key_env names the one to use)\n"
+    )
+    assert KEY not in run.output and "another-key-99" not in run.output
+
+    validate = CliRunner().invoke(main, ["validate", str(job)], env={"GOOGLE_API_KEY": KEY})
+    assert "(key from $GOOGLE_API_KEY)" in validate.stdout
+
+
+def test_a_job_naming_its_variable_reads_only_that_one(tmp_path: Path) -> None:
+    job = key_job(tmp_path, 'api_key_env = "GEMINI_API_KEY"\n')
+    run = CliRunner().invoke(main, ["run", str(job)], env={"GOOGLE_API_KEY": KEY})
+    assert run.exit_code == 2
+    assert run.stderr == (
+        f"error: {job}: no API key: set $GEMINI_API_KEY or $GOOGLE_API_KEY (model.api_key_env), "
+        "or use --emulator to run offline\n"
+    )
+
+
+def test_generate_reads_google_api_key(
+    emulator: EmulatorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_API_KEY", KEY)
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING"}}}
+    frame = batchgen.generate(
+        [{"review": "fine"}], prompt="{{ review }}", schema=schema,
+        model="gemini-2.5-flash-lite", base_url=emulator.base_url,
+    )  # fmt: skip
+    assert frame["status"].tolist() == ["ok"]

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from batchgen.job.spec import TIERS, Job, resolve_api_key
+from batchgen.job.spec import TIERS, Job, key_env_warning, resolve_api_key
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
@@ -27,9 +27,9 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
     the environment variable the job names (a JobError saying ``alternative`` when unset)."""
     if not emulator:
         key = resolve_api_key(job, alternative=f"or {alternative}")
-        warning = cleartext_warning(job.model.base_url)
-        if warning:
-            click.echo(f"warning: {warning}", err=True)
+        for warning in (key_env_warning(job), cleartext_warning(job.model.base_url)):
+            if warning:
+                click.echo(f"warning: {warning}", err=True)
         yield job, key
         return
     from batchgen.emulator import EmulatorThread

@@ -372,9 +372,12 @@ def _outage(spec: str | None) -> tuple[float | None, float]:
 @main.command()
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="The API's URL.")
-@click.option("--api-key-env", default="GEMINI_API_KEY", show_default=True,
-              help="The environment variable holding the API key.")  # fmt: skip
-def cancel(output: Path, base_url: str, api_key_env: str) -> None:
+@click.option(
+    "--api-key-env",
+    help="The environment variable holding the API key "
+    "(default: $GOOGLE_API_KEY when set, else $GEMINI_API_KEY, as google-genai reads it).",
+)
+def cancel(output: Path, base_url: str, api_key_env: str | None) -> None:
     """Cancel OUTPUT's Batch Mode jobs that are still running (tier batch).
 
     The next run collects what they answered and submits the other rows again.
