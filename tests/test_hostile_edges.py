@@ -3,8 +3,14 @@ status during a run, empty prompts, damaged parts in one line, DataFrame templat
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,10 @@ import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import InputError
+from batchgen.job.spec import Overrides, load_job
+from batchgen.reports.report import report
+from batchgen.reports.status import output_status
+from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
 from tests.conftest import write_job
 
@@ -212,3 +222,52 @@ def test_generate_reads_google_api_key(
         model="gemini-2.5-flash-lite", base_url=emulator.base_url,
     )  # fmt: skip
     assert frame["status"].tolist() == ["ok"]
+
+
+# --- 4. status while a run is going ---------------------------------------------------------
+
+
+def test_status_during_a_run_says_it_is_running_and_after_a_kill_that_it_did_not_finish(
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"r{i},review {i}\n" for i in range(40))
+    (tmp_path / "rows.csv").write_text("id,review\n" + rows)
+    job_file = write_job(tmp_path, JOB.format(extra="\n[limits]\nconcurrency = 1\n"))
+    out = tmp_path / "out"
+    config = EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=100)
+    with EmulatorThread(config) as server:
+        job = load_job(job_file, Overrides(base_url=server.base_url))
+        worker = threading.Thread(target=run_job, args=(job, RunOptions(api_key=KEY)))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                st = output_status(out) if (out / "job.json").exists() else None
+                if st is not None and st.running and st.run_rows >= 2:
+                    break
+                time.sleep(0.05)
+            code, text, err = invoke(["status", str(out)])
+            during = report([out], by="run").groups.set_index("run")
+        finally:
+            worker.join()
+
+    assert code == 0, text + err
+    lines = text.splitlines()
+    assert lines[0] == f"{out} (a run is writing it now)"
+    assert re.fullmatch(
+        rf"  last run   \S+ running since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
+        rf"\(pid {os.getpid()} on \S+\): \d+ rows done so far",
+        lines[-1],
+    ), lines[-1]
+    assert "killed" not in text
+    assert list(during["exit"]) == ["running"]  # report --by run says so too
+
+    # a run killed before its end record: its lock names a process that is gone
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    with (out / "runs.jsonl").open("a") as f:
+        f.write(json.dumps({"run_id": "r-killed", "event": "start", "started_at": "t0"}) + "\n")
+    code, text, err = invoke(["status", str(out)])
+    assert code == 0 and text.splitlines()[0] == str(out), text + err
+    assert text.splitlines()[-1] == "  last run   r-killed started t0, did not finish (killed?)"

@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -36,6 +36,9 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.redact import redact_url
 from batchgen.run.runner import RunOptions, RunSummary, run_job
+
+if TYPE_CHECKING:
+    from batchgen.reports.status import OutputStatus
 
 _ASKED = "batchgen.model"  # ctx.meta key: the model the run asked for, for its summary
 
@@ -406,18 +409,26 @@ def status(output: Path) -> None:
     remaining = "unknown" if st.remaining is None else f"{st.remaining} of {st.rows_total}"
     failed = ", ".join(f"{n} {c}" for c, n in st.failed.most_common()) or "none"
     tokens = ", ".join(f"{n} {k}" for k, n in st.tokens.items()) or "none"
-    click.echo(f"{output}{' (a run holds the lock)' if st.running else ''}")
+    click.echo(f"{output}{' (a run is writing it now)' if st.running else ''}")
     click.echo(f"  done       {st.rows_done} rows ({st.result_rows} result rows)")
     click.echo(f"  failed     {st.rows_failed} rows ({failed})")
     click.echo(f"  remaining  {remaining}")
     click.echo(f"  tokens     {tokens} (answers kept)")
-    click.echo(f"  last run   {_describe_run(st.last_run)}")
+    click.echo(f"  last run   {_describe_run(st.last_run, st)}")
 
 
-def _describe_run(run: dict[str, Any] | None) -> str:
+def _describe_run(run: dict[str, Any] | None, st: OutputStatus) -> str:
+    writer = st.writer or {}
+    by = f"pid {writer.get('pid')} on {writer.get('host')}"
+    if st.running and (run is None or run.get("event") == "end"):
+        return f"a run ({by}) is starting"  # it holds the lock, its start is not recorded yet
     if run is None:
         return "none recorded"
     start = run.get("started_at", "?")
+    if run.get("event") != "end" and st.running:
+        since = str(start)[:19].replace("T", " ")
+        done = f"{st.run_rows} rows done so far"
+        return f"{run.get('run_id')} running since {since} UTC ({by}): {done}"
     if run.get("event") != "end":
         return f"{run.get('run_id')} started {start}, did not finish (killed?)"
     outcome = run.get("stopped") or ("some rows failed" if run.get("rows_failed") else "complete")
