@@ -25,7 +25,10 @@ import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import InputError
+from batchgen.gemini.answers import AnswerError, structured_value
+from batchgen.job.schema import AnswerValidator, normalize_schema
 from batchgen.job.spec import Overrides, load_job
+from batchgen.records import Answer, Usage
 from batchgen.reports.report import report
 from batchgen.reports.status import output_status
 from batchgen.run.runner import RunOptions, run_job
@@ -271,3 +274,47 @@ def test_status_during_a_run_says_it_is_running_and_after_a_kill_that_it_did_not
     code, text, err = invoke(["status", str(out)])
     assert code == 0 and text.splitlines()[0] == str(out), text + err
     assert text.splitlines()[-1] == "  last run   r-killed started t0, did not finish (killed?)"
+
+
+# --- 2. advice that fits what a cut answer used ---------------------------------------------
+
+
+def cut(thinking: int, output: int) -> Answer:
+    return Answer('{"label": "go', "MAX_TOKENS", None, Usage(10, output, thinking, 0, 0),
+                  None, None, True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("thinking", "output", "limit", "advice"),
+    [
+        (0, 150, 8192, "the API stopped the answer at MAX_TOKENS after 0 thinking + 150 output "
+         "tokens, well under generation.maxOutputTokens (8,192): not the job's limit, so raising "
+         "it will not help; a proxy at model.base_url may cap answers, else retry the row later"),
+        (8000, 192, 8192, "answer cut at maxOutputTokens (8,192): thinking took most of it "
+         "(8,000 thinking + 192 output tokens); lower generation.thinkingConfig (thinkingBudget "
+         "or thinkingLevel) or raise generation.maxOutputTokens"),
+        (100, 8092, 8192, "answer cut at maxOutputTokens (8,192) (100 thinking + 8,092 output "
+         "tokens); raise generation.maxOutputTokens"),
+        (0, 150, None, "answer cut at the model's default maxOutputTokens (0 thinking + 150 "
+         "output tokens); set generation.maxOutputTokens"),
+    ],
+)
+def test_a_cut_answers_advice_fits_what_it_used(
+    thinking: int, output: int, limit: int | None, advice: str
+) -> None:
+    validator = AnswerValidator(normalize_schema({"type": "OBJECT"}, "test"))
+    with pytest.raises(AnswerError) as info:
+        structured_value(cut(thinking, output), validator, limit)
+    assert info.value.category == "max_tokens"
+    assert info.value.message == advice
+
+
+def test_a_run_words_a_cut_well_under_the_limit_as_not_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("id,review\nr1,good\n")
+    job = write_job(tmp_path, JOB.format(extra="\n[generation]\nmaxOutputTokens = 8192\n"))
+    config = EmulatorConfig(api_keys=frozenset({KEY}), fault_rates={"truncated": 1.0})
+    with EmulatorThread(config) as server:
+        code, out, err = invoke(["run", str(job), "--base-url", server.base_url, "--quiet"])
+    assert code == 1, out + err
+    assert "well under generation.maxOutputTokens (8,192): not the job's limit" in out
+    assert "raise generation.maxOutputTokens" not in out
