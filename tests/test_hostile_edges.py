@@ -24,7 +24,7 @@ from click.testing import CliRunner
 import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.errors import InputError
+from batchgen.errors import OFFLINE, CheckpointError, InputError, JobError
 from batchgen.gemini.answers import AnswerError, structured_value
 from batchgen.job.schema import AnswerValidator, normalize_schema
 from batchgen.job.spec import Overrides, load_job
@@ -318,3 +318,29 @@ def test_a_run_words_a_cut_well_under_the_limit_as_not_the_limit(tmp_path: Path)
     assert code == 1, out + err
     assert "well under generation.maxOutputTokens (8,192): not the job's limit" in out
     assert "raise generation.maxOutputTokens" not in out
+
+
+# --- 2. each surface names its own options --------------------------------------------------
+
+
+def test_each_surface_names_its_own_options(tmp_path: Path) -> None:
+    error = JobError("countTokens failed; estimate without the API (", OFFLINE, ")")
+    assert str(error) == "countTokens failed; estimate without the API (offline=True)"
+    assert error.worded("cli") == "countTokens failed; estimate without the API (--offline)"
+
+    (tmp_path / "rows.csv").write_text("id,review\nr1,good\n")
+    job = write_job(tmp_path, JOB.format(extra=""))
+    with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}))) as server:
+        url = ["--base-url", server.base_url, "--quiet"]
+        assert invoke(["run", str(job), *url])[0] == 0
+        job.write_text(job.read_text().replace("{{ review }}", "Judge {{ review }}"))
+        code, out, err = invoke(["run", str(job), *url])
+        changed = load_job(job, Overrides(base_url=server.base_url))
+        with pytest.raises(CheckpointError) as refused:
+            run_job(changed, RunOptions(api_key=KEY))
+    assert code == 2, out + err
+    assert "rerun with --fresh to start over" in err and "fresh=True" not in err
+    assert "rerun with fresh=True to start over" in str(refused.value)
+    with pytest.raises(JobError) as info:
+        report([tmp_path], by="bogus")
+    assert str(info.value).startswith("by='bogus': unknown grouping")

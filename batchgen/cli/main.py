@@ -52,7 +52,7 @@ class _Group(click.Group):
         except BatchgenError as exc:
             if isinstance(exc.summary, RunSummary):
                 click.echo(_describe(exc.summary, ctx.meta.get(_ASKED)))
-            click.echo(f"error: {one_line(exc)}", err=True)  # one line, whatever it quotes
+            click.echo(f"error: {one_line(exc.worded('cli'))}", err=True)  # one line, CLI words
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise  # --help, --print-schema, a usage error: click's own exit and message

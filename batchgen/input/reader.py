@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.errors import InputError, one_line
+from batchgen.errors import INPUT, InputError, one_line
 from batchgen.input.csv import CsvSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
@@ -275,7 +275,7 @@ def _open(spec: InputSpec, batch_rows: int) -> Source:
 def _head(path: Path) -> bytes:
     """The first bytes of a file that is not missing, a folder, a device, or empty."""
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; set input.path (or input=, --input) to a file")
+        raise InputError(f"{path}: is a directory; set input.path (or ", INPUT, ") to a file")
     if not path.exists():
         raise InputError(f"{path}: input file not found")
     if not path.is_file():

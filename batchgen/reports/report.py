@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchgen.errors import CheckpointError, JobError
+from batchgen.errors import CheckpointError, JobError, Option
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
 from batchgen.store.jobfile import read_job_record
@@ -84,7 +84,8 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
         CheckpointError: a directory that is not a batchgen output, or an unreadable part file.
     """
     if by not in GROUPS:
-        raise JobError(f"by={by!r} (--by): unknown grouping (one of {', '.join(GROUPS)})")
+        by_option = Option(f"by={by!r}", f"--by {by}")
+        raise JobError(by_option, f": unknown grouping (one of {', '.join(GROUPS)})")
     if not outputs:
         raise JobError("report: no output directory given")
     prices = prices or load_prices()
