@@ -49,6 +49,9 @@ class MissingColumnError(InputError):
             f"the file has: {', '.join(available) or 'no columns'}{near}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, as its parts are not its args
+        return type(self), (self.path, self.column, self.need, self.available, self.near)
+
 
 @dataclass(frozen=True)
 class Scan:
