@@ -259,7 +259,7 @@ def test_status_during_a_run_says_it_is_running_and_after_a_kill_that_it_did_not
     assert lines[0] == f"{out} (a run is writing it now)"
     assert re.fullmatch(
         rf"  last run   \S+ running since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
-        rf"\(pid {os.getpid()} on \S+\): \d+ rows done so far",
+        rf"\(pid {os.getpid()} on \S+\): [\d,]+ rows done so far",
         lines[-1],
     ), lines[-1]
     assert "killed" not in text

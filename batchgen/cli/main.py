@@ -427,7 +427,7 @@ def _describe_run(run: dict[str, Any] | None, st: OutputStatus) -> str:
     start = run.get("started_at", "?")
     if run.get("event") != "end" and st.running:
         since = str(start)[:19].replace("T", " ")
-        done = f"{st.run_rows} rows done so far"
+        done = f"{st.run_rows:,} rows done so far"
         return f"{run.get('run_id')} running since {since} UTC ({by}): {done}"
     if run.get("event") != "end":
         return f"{run.get('run_id')} started {start}, did not finish (killed?)"
