@@ -26,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import JobError
+from batchgen.errors import InputError, JobError
+from batchgen.input.reader import MissingColumnError
 from batchgen.job.spec import (
     DEFAULT_BASE_URL,
     Job,
@@ -36,6 +37,7 @@ from batchgen.job.spec import (
     job_from_mapping,
     load_job,
     resolve_api_key,
+    sdk_key_env,
 )
 from batchgen.job.wire import checked_key
 from batchgen.reports.estimate import Estimate, estimate_job
@@ -85,7 +87,8 @@ def generate(
         model: the model id, e.g. ``"gemini-3.8-flash"``.
         system: an optional system instruction (also a template).
         base_url: the API (or a proxy speaking v1beta); Google's by default.
-        api_key: the key; by default ``$GEMINI_API_KEY`` (or ``api_key_env=``).
+        api_key: the key; by default ``$GOOGLE_API_KEY`` when set, else ``$GEMINI_API_KEY``
+            (as google-genai reads it), or the variable ``api_key_env=`` names.
         **options: ``output`` (a directory to keep the output in and resume from; a temporary
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
@@ -127,7 +130,14 @@ async def agenerate(
         job = _job(source, out, prompt, schema, model, system, base_url, options)
         # a run that stops raises its BatchgenError (with ``summary``); ``output=`` keeps
         # what it did, for the next call to resume
-        await arun_job(job, _run_options(job, api_key, options))
+        try:
+            await arun_job(job, _run_options(job, api_key, options))
+        except MissingColumnError as exc:  # the scratch file's name would mean nothing
+            need = exc.need.replace("input.carry", "carry=")
+            raise InputError(
+                f"the {_kind(data)} has no column {exc.column!r} ({need}; it has: "
+                f"{', '.join(exc.available) or 'no columns'}){exc.near}"
+            ) from None
         return await asyncio.to_thread(_collect, out)
 
 
@@ -199,16 +209,18 @@ def cancel_batches(
     *,
     api_key: str | None = None,
     base_url: str = DEFAULT_BASE_URL,
-    api_key_env: str = "GEMINI_API_KEY",
+    api_key_env: str | None = None,
 ) -> list[str]:
     """Cancel the Batch Mode jobs of ``output`` that are still running (as ``batchgen cancel``).
 
     Returns the names of the batches asked to cancel. Their rows stay recorded: the next run
     collects what each batch answered and submits the rest again. The key is ``api_key`` or
-    the variable ``api_key_env`` names.
+    the variable ``api_key_env`` names (by default google-genai's: ``$GOOGLE_API_KEY`` when
+    set, else ``$GEMINI_API_KEY``).
     """
     from batchgen.backends.batch.backend import cancel_output
 
+    api_key_env = api_key_env or sdk_key_env()
     given = api_key if api_key is not None else os.environ.get(api_key_env, "")
     if not given.strip():
         raise JobError(f"{output}: no API key to cancel its batches: set ${api_key_env}")
@@ -242,6 +254,13 @@ def _table(data: Data) -> pa.Table:
     return table
 
 
+def _kind(data: Data) -> str:
+    """What the caller passed as ``data``, as the caller would name it."""
+    if isinstance(data, pd.DataFrame):
+        return "DataFrame"
+    return "Table" if isinstance(data, pa.Table) else "data"
+
+
 def _job(
     source: Path,
     out: Path,
@@ -257,7 +276,7 @@ def _job(
         "input": {"path": str(source), "carry": list(options.pop("carry", ()))},
         "model": {
             "name": model,
-            "api_key_env": options.pop("api_key_env", "GEMINI_API_KEY"),
+            "api_key_env": options.pop("api_key_env", None),  # None: as google-genai reads
             "tier": options.pop("tier", "standard"),
         },
         "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),

@@ -24,18 +24,53 @@ the newline a copy from a file left on it.
 Errors that end a run after it started carry its ``summary`` (what was done and flushed).
 
 Failures of single rows are not exceptions that reach the user: they become failure records.
+A message quoting another library's text (pyarrow's spans several lines) goes through
+:func:`one_line`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Surface = Literal["library", "cli"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting named in a message, as each surface names it: ``offline=True``, ``--offline``."""
+
+    library: str
+    cli: str
+
+
+OFFLINE = Option("offline=True", "--offline")
+FRESH = Option("fresh=True", "--fresh")
+MAX_COST = Option("max_cost", "--max-cost")
+PRICES = Option("prices=", "--prices FILE")
+INPUT = Option("input=", "--input")
 
 
 class BatchgenError(Exception):
-    """Base of every error batchgen reports to the user."""
+    """Base of every error batchgen reports to the user.
+
+    A message is text and :class:`Option` parts: ``str(exc)`` names the library's parameters,
+    :meth:`worded` ``("cli")`` the command line's flags, so each surface speaks its own words.
+    """
 
     exit_code = 2
     summary: Any = None  # the RunSummary when a started run ends with this error
+
+    def __init__(self, *parts: str | Option) -> None:
+        super().__init__(*parts)
+        self.parts = parts
+
+    def __str__(self) -> str:
+        return self.worded("library")
+
+    def worded(self, surface: Surface) -> str:
+        """The message in the words of ``surface``."""
+        return "".join(p if isinstance(p, str) else getattr(p, surface) for p in self.parts)
 
 
 class BatchgenWarning(UserWarning):
@@ -98,3 +133,15 @@ class InternalError(BatchgenError):
     """A bug in batchgen stopped the run; everything answered so far is saved."""
 
     exit_code = 70
+
+
+def one_line(exc: BaseException | str) -> str:
+    """A message (an exception's) on one line (pyarrow's span several), control characters
+    shown as escapes so that the terminal prints what the message says."""
+    if isinstance(exc, str):
+        text = exc
+    else:
+        strerror = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
+        text = strerror or str(exc) or type(exc).__name__
+    words = " ".join(text.split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in words)

@@ -37,6 +37,12 @@ class Plan:
     layout: OutputLayout
     validator: AnswerValidator
 
+    @property
+    def max_output(self) -> int | None:
+        """generation.maxOutputTokens, when the job sets it (the advice on a cut answer)."""
+        limit = self.job.generation.get("maxOutputTokens")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
     def works(
         self,
         done: DoneState,

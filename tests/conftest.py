@@ -25,6 +25,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # google-genai's name, read first
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ def test_cli_estimate(project: Path) -> None:
     result = runner.invoke(main, ["estimate", job])
     assert result.exit_code == 2
     assert result.stderr == (
-        f"error: {job}: no API key: set $GEMINI_API_KEY (model.api_key_env), "
+        f"error: {job}: no API key: set $GEMINI_API_KEY or $GOOGLE_API_KEY (model.api_key_env), "
         "or use --offline or --emulator\n"
     )
 

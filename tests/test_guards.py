@@ -48,7 +48,7 @@ def test_max_cost_stops_within_one_call_of_the_cap_and_the_output_resumes(
             project / "jobs" / "cookie_recipes.toml", Overrides(base_url=server.base_url)
         )
         cap = 0.012
-        reached = r"max_cost \$0.012 \(--max-cost\) reached"
+        reached = r"max_cost \$0.012 reached"
         with pytest.raises(BudgetReachedError, match=reached) as info:
             run_job(job, RunOptions(api_key=KEY, prices=prices, max_cost=cap))
         summary = info.value.summary

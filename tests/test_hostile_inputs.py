@@ -182,7 +182,7 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("rows.csv", duplicate_header, "rows.csv: columns 2 and 3 are both named 'review'"),
     ("rows.csv", parquet_named_csv, "rows.csv: is a Parquet file; name it .parquet"),
     ("rows.csv", gzip_named_csv, "rows.csv: is gzip-compressed; decompress it"),
-    ("rows.csv", a_directory, "rows.csv: is a directory; set input.path (or input=, --input)"),
+    ("rows.csv", a_directory, "rows.csv: is a directory; set input.path (or --input)"),
     ("rows.csv", empty_file, "rows.csv: empty file (no header row)"),
     ("rows.csv", header_only, "rows.csv: no rows (the file has only a header)"),
     (

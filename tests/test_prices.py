@@ -297,7 +297,7 @@ def test_max_cost_on_a_current_model_through_the_cli(project: Path) -> None:
     code, out, err = cli("run", job, "--emulator", "--model", "gemini-4-argon", "--max-cost",
                          "0.0001", "--quiet", today=date(2026, 12, 2))  # fmt: skip
     assert code == 6, err
-    assert "error: max_cost $0.0001 (--max-cost) reached" in err and "cost $0.0" in out
+    assert "error: --max-cost 0.0001 reached" in err and "cost $0.0" in out
 
 
 def test_a_tier_column_in_the_ledger_prices_each_call_at_its_tier() -> None:

@@ -16,7 +16,7 @@ import msgspec
 
 from batchgen.errors import BatchgenWarning
 from batchgen.gemini.proxy import proxy_for
-from batchgen.job.spec import TIERS, Job, resolve_api_key
+from batchgen.job.spec import TIERS, Job, key_env_warning, resolve_api_key
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable, lifecycle_warning, utc_today
 from batchgen.redact import cleartext_warning
@@ -32,9 +32,9 @@ def api_target(job: Job, emulator: bool, alternative: str) -> Iterator[tuple[Job
         with notes_as_lines():
             key = resolve_api_key(job, alternative=f"or {alternative}")
         proxy_for(job.model.base_url)  # a proxy variable that cannot be used: before the run
-        warning = cleartext_warning(job.model.base_url)
-        if warning:
-            click.echo(f"warning: {warning}", err=True)
+        for warning in (key_env_warning(job), cleartext_warning(job.model.base_url)):
+            if warning:
+                click.echo(f"warning: {warning}", err=True)
         yield job, key
         return
     from batchgen.emulator import EmulatorThread

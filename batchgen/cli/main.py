@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,13 +29,23 @@ from batchgen.cli.common import (
     warn_lifecycle,
 )
 from batchgen.cli.report import estimate, prices, report
-from batchgen.errors import BatchgenError, InputError, InternalError, JobError, RunStoppedError
+from batchgen.errors import (
+    BatchgenError,
+    InputError,
+    InternalError,
+    JobError,
+    RunStoppedError,
+    one_line,
+)
 from batchgen.gemini.proxy import proxy_for
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.redact import redact_url
 from batchgen.run.runner import RunOptions, RunSummary, run_job
+
+if TYPE_CHECKING:
+    from batchgen.reports.status import OutputStatus
 
 _ASKED = "batchgen.model"  # ctx.meta key: the model the run asked for, for its summary
 
@@ -49,7 +59,7 @@ class _Group(click.Group):
         except BatchgenError as exc:
             if isinstance(exc.summary, RunSummary):
                 click.echo(_describe(exc.summary, ctx.meta.get(_ASKED)))
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc.worded('cli'))}", err=True)  # one line, CLI words
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise  # --help, --print-schema, a usage error: click's own exit and message
@@ -60,8 +70,8 @@ class _Group(click.Group):
             if os.environ.get("BATCHGEN_DEBUG"):
                 raise
             click.echo(
-                f"error: internal error: {type(exc).__name__}: {exc} (a bug in batchgen: "
-                "please report it; BATCHGEN_DEBUG=1 shows the traceback)",
+                f"error: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in "
+                "batchgen: please report it; BATCHGEN_DEBUG=1 shows the traceback)",
                 err=True,
             )
             sys.exit(InternalError.exit_code)
@@ -374,9 +384,12 @@ def _outage(spec: str | None) -> tuple[float | None, float]:
 @main.command()
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="The API's URL.")
-@click.option("--api-key-env", default="GEMINI_API_KEY", show_default=True,
-              help="The environment variable holding the API key.")  # fmt: skip
-def cancel(output: Path, base_url: str, api_key_env: str) -> None:
+@click.option(
+    "--api-key-env",
+    help="The environment variable holding the API key "
+    "(default: $GOOGLE_API_KEY when set, else $GEMINI_API_KEY, as google-genai reads it).",
+)
+def cancel(output: Path, base_url: str, api_key_env: str | None) -> None:
     """Cancel OUTPUT's Batch Mode jobs that are still running (tier batch).
 
     The next run collects what they answered and submits the other rows again.
@@ -406,18 +419,26 @@ def status(output: Path) -> None:
     remaining = "unknown" if st.remaining is None else f"{st.remaining} of {st.rows_total}"
     failed = ", ".join(f"{n} {c}" for c, n in st.failed.most_common()) or "none"
     tokens = ", ".join(f"{n} {k}" for k, n in st.tokens.items()) or "none"
-    click.echo(f"{output}{' (a run holds the lock)' if st.running else ''}")
+    click.echo(f"{output}{' (a run is writing it now)' if st.running else ''}")
     click.echo(f"  done       {st.rows_done} rows ({st.result_rows} result rows)")
     click.echo(f"  failed     {st.rows_failed} rows ({failed})")
     click.echo(f"  remaining  {remaining}")
     click.echo(f"  tokens     {tokens} (answers kept)")
-    click.echo(f"  last run   {_describe_run(st.last_run)}")
+    click.echo(f"  last run   {_describe_run(st.last_run, st)}")
 
 
-def _describe_run(run: dict[str, Any] | None) -> str:
+def _describe_run(run: dict[str, Any] | None, st: OutputStatus) -> str:
+    writer = st.writer or {}
+    by = f"pid {writer.get('pid')} on {writer.get('host')}"
+    if st.running and (run is None or run.get("event") == "end"):
+        return f"a run ({by}) is starting"  # it holds the lock, its start is not recorded yet
     if run is None:
         return "none recorded"
     start = run.get("started_at", "?")
+    if run.get("event") != "end" and st.running:
+        since = str(start)[:19].replace("T", " ")
+        done = f"{st.run_rows:,} rows done so far"
+        return f"{run.get('run_id')} running since {since} UTC ({by}): {done}"
     if run.get("event") != "end":
         return f"{run.get('run_id')} started {start}, did not finish (killed?)"
     outcome = run.get("stopped") or ("some rows failed" if run.get("rows_failed") else "complete")

@@ -19,6 +19,7 @@ from batchgen.records import Answer, Usage
 MALFORMED = "malformed_response"
 EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
 _MAX_COUNT = 2**31 - 1  # token counts are int32 in the proto; more would not fit the output
+_WELL_UNDER = 0.9  # a cut with less of maxOutputTokens used than this was not the job's limit
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what an Arrow int64 or float64 column takes
 # A body with none of these is not an answer at all (the real API always sends usageMetadata).
 _RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata")
@@ -173,20 +174,19 @@ def _kind(value: object) -> str:
     return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
 
 
-def structured_value(answer: Answer, validator: AnswerValidator) -> Any:
-    """The answer's JSON value, checked against the schema; :class:`AnswerError` otherwise."""
+def structured_value(
+    answer: Answer, validator: AnswerValidator, max_output: int | None = None
+) -> Any:
+    """The answer's JSON value, checked against the schema; :class:`AnswerError` otherwise.
+    ``max_output`` is the job's ``generation.maxOutputTokens`` (None: not set), for the advice
+    when the answer is cut."""
     if answer.block_reason:
         raise AnswerError("blocked", f"prompt blocked by the API ({answer.block_reason})")
     if not answer.has_candidate:
         raise AnswerError("no_candidates", "the API returned no candidates")
     reason = answer.finish_reason or "STOP"
     if reason == "MAX_TOKENS":
-        raise AnswerError(
-            "max_tokens",
-            f"answer cut at maxOutputTokens ({answer.usage.thinking} thinking + "
-            f"{answer.usage.output} output tokens); raise generation.maxOutputTokens",
-            answer.text,
-        )
+        raise AnswerError("max_tokens", cut_advice(answer, max_output), answer.text)
     if reason != "STOP":
         raise AnswerError(reason.lower(), f"answer stopped by the API ({reason})", answer.text)
     if not answer.text:
@@ -209,6 +209,29 @@ def structured_value(answer: Answer, validator: AnswerValidator) -> Any:
     if problem is not None:
         raise AnswerError("schema", f"the answer breaks the schema: {problem}", answer.text)
     return shaped
+
+
+def cut_advice(answer: Answer, max_output: int | None) -> str:
+    """Why an answer stopped at MAX_TOKENS, and the advice that fits what it used: thinking
+    counts against maxOutputTokens; well under the limit, raising it would not help."""
+    thinking, output = answer.usage.thinking, answer.usage.output
+    used = f"{thinking:,} thinking + {output:,} output tokens"
+    if max_output is not None and thinking + output < _WELL_UNDER * max_output:
+        return (
+            f"the API stopped the answer at MAX_TOKENS after {used}, well under "
+            f"generation.maxOutputTokens ({max_output:,}): not the job's limit, so raising it "
+            "will not help; a proxy at model.base_url may cap answers, else retry the row later"
+        )
+    limit = "maxOutputTokens" if max_output is None else f"maxOutputTokens ({max_output:,})"
+    if thinking > output:
+        return (
+            f"answer cut at {limit}: thinking took most of it ({used}); lower "
+            "generation.thinkingConfig (thinkingBudget or thinkingLevel) or raise "
+            "generation.maxOutputTokens"
+        )
+    if max_output is None:
+        return f"answer cut at the model's default {limit} ({used}); set generation.maxOutputTokens"
+    return f"answer cut at {limit} ({used}); raise generation.maxOutputTokens"
 
 
 def _beyond_64_bits(value: Any) -> bool:

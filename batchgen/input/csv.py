@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from batchgen.errors import InputError
+from batchgen.errors import InputError, one_line
 from batchgen.input.locate import READ_ERRORS, RowTooLongError, find_csv_row
-from batchgen.input.source import Batches, one_line, valid
+from batchgen.input.source import Batches, valid
 
 CSV_BLOCK_BYTES = 1 << 20
 # A CSV row may be as long as this: above any request the API takes (20 MB), so no real prompt is

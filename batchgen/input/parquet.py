@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import InputError
+from batchgen.errors import InputError, one_line
 from batchgen.input.locate import READ_ERRORS, bad_parquet_column
-from batchgen.input.source import Batches, one_line, valid
+from batchgen.input.source import Batches, valid
 
 # What to do about a value that is not valid text.
 FIX_TEXT = "the column holds bytes that are not text: write it as UTF-8 (or as binary)"

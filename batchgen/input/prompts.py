@@ -2,7 +2,8 @@
 
 A placeholder names a column: ``{{ topic }}``. Jinja2 brings filters and conditionals
 (``{{ title | upper }}``, ``{% if notes %}…{% endif %}``) and, with StrictUndefined, an error for
-a name the row lacks instead of an empty string in a prompt that is paid for.
+a name the row lacks instead of an empty string in a prompt that is paid for. A prompt that
+renders to no text at all (a quoted empty cell) is a template failure too: it is never sent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,18 @@ class PromptTemplate:
             raise TemplateError(f"row {row}: {exc.message}") from None
         except (jinja2.TemplateError, TypeError, ValueError) as exc:
             raise TemplateError(f"row {row}: the prompt template failed: {exc}") from None
+        if not user:
+            raise TemplateError(f"row {row}: the prompt is empty{_blank(values, self.variables)}")
         return user, system
+
+
+def _blank(values: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    """Which of the prompt's columns are blank text, said after "the prompt is empty"."""
+    blank = [n for n in names if isinstance(values.get(n), str) and not values[n].strip()]
+    if not blank:
+        return "; nothing was sent"
+    said = ", ".join(map(repr, blank))
+    return f" (blank {said}); nothing was sent: fill the cell or drop the row"
 
 
 def _compile(source: str, where: str) -> jinja2.Template:

@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.errors import InputError
+from batchgen.errors import INPUT, InputError, one_line
 from batchgen.input.csv import CsvSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
-from batchgen.input.source import Opener, Source, one_line
+from batchgen.input.source import Opener, Source
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
@@ -36,6 +36,22 @@ FORMATS: dict[str, Opener] = {
     "csv": CsvSource,
     "parquet": ParquetSource,
 }
+
+
+class MissingColumnError(InputError):
+    """The input lacks a column the job uses; its parts let a caller word it for its input."""
+
+    def __init__(self, path: Path, column: str, need: str, available: list[str], near: str) -> None:
+        self.path, self.column, self.need, self.available, self.near = (
+            path, column, need, available, near
+        )  # fmt: skip
+        super().__init__(
+            f"{path}: no column {column!r} ({need}); "
+            f"the file has: {', '.join(available) or 'no columns'}{near}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, as its parts are not its args
+        return type(self), (self.path, self.column, self.need, self.available, self.near)
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,7 @@ class InputReader:
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
-            raise InputError(
-                f"{self.path}: no column {col!r} ({needs[col]}); "
-                f"the file has: {', '.join(self.available) or 'no columns'}{self._near(col)}"
-            )
+            raise MissingColumnError(self.path, col, needs[col], self.available, self._near(col))
         self._check_unique(needs)
         self.columns = [c for c in self.available if c in needs]
 
@@ -276,7 +289,7 @@ def _open(spec: InputSpec, batch_rows: int) -> Source:
 def _head(path: Path) -> bytes:
     """The first bytes of a file that is not missing, a folder, a device, or empty."""
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; set input.path (or input=, --input) to a file")
+        raise InputError(f"{path}: is a directory; set input.path (or ", INPUT, ") to a file")
     if not path.exists():
         raise InputError(f"{path}: input file not found")
     if not path.is_file():

@@ -69,9 +69,3 @@ def valid(
                 f"{path}: row {position + index + 1:,}{where}, column {name!r}: {what}; " + fix
             )
     return batch  # pragma: no cover - the batch failed, so one of its columns does
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (pyarrow's span several)."""
-    text = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
-    return " ".join((text or str(exc) or type(exc).__name__).split())

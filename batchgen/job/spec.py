@@ -34,6 +34,8 @@ from batchgen.job.wire import checked_key, unsendable
 from batchgen.redact import redact_url
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+# where google-genai reads the key, in its order: the first that is set wins
+SDK_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
 Format = Literal["csv", "parquet", "auto"]  # "auto": by the input file's extension
 INPUT_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # The service tiers a job can ask for (README "Tiers"; docs/gemini-api.md §11). Flex answers in
@@ -89,6 +91,8 @@ class ModelSpec(_Table, frozen=True):
     name: str
     base_url: str = DEFAULT_BASE_URL
     api_version: str = "v1beta"
+    # not named: the variable google-genai reads (GOOGLE_API_KEY, else GEMINI_API_KEY), chosen
+    # when the job is loaded (sdk_key_env)
     api_key_env: str = "GEMINI_API_KEY"
     tier: Tier = "standard"
 
@@ -285,9 +289,27 @@ def resolve_api_key(job: Job, api_key: str | None = None, alternative: str = "")
     given = api_key if api_key is not None else os.environ.get(var, "")
     if not given.strip():
         how = alternative or "or pass api_key="
-        raise JobError(f"{job.path}: no API key: set ${var} (model.api_key_env), {how}")
+        also = " or $GOOGLE_API_KEY" if var == SDK_KEY_ENVS[1] else ""
+        raise JobError(f"{job.path}: no API key: set ${var}{also} (model.api_key_env), {how}")
     source = "api_key=" if api_key is not None else f"${var} (model.api_key_env)"
     return checked_key(given, f"{job.path}: {source}")
+
+
+def sdk_key_env() -> str:
+    """The variable google-genai reads the key from: GOOGLE_API_KEY when it is set (it wins
+    over GEMINI_API_KEY, with a warning), else GEMINI_API_KEY."""
+    return next((n for n in SDK_KEY_ENVS if os.environ.get(n, "").strip()), SDK_KEY_ENVS[1])
+
+
+def key_env_warning(job: Job) -> str | None:
+    """A warning when both of google-genai's variables hold keys and the job reads the first."""
+    google, gemini = (os.environ.get(n, "").strip() for n in SDK_KEY_ENVS)
+    if job.model.api_key_env != SDK_KEY_ENVS[0] or not gemini or gemini == google:
+        return None
+    return (
+        "both $GOOGLE_API_KEY and $GEMINI_API_KEY are set: using $GOOGLE_API_KEY, as google-genai "
+        "does (model.api_key_env names the one to use)"
+    )
 
 
 def _build(
@@ -298,9 +320,11 @@ def _build(
     file = convert(raw, JobFile, str(path))
     base = path.parent if base is None else base
     schema = _schema(file, base, path)
+    named_env = isinstance(raw.get("model"), dict) and "api_key_env" in raw["model"]
     model = msgspec.structs.replace(
         file.model,
         name=file.model.name.removeprefix("models/"),
+        api_key_env=file.model.api_key_env if named_env else sdk_key_env(),
         base_url=_base_url(file.model.base_url, path),
         tier=file.model.tier if tier is None else _tier(tier, "--tier"),
     )

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Protocol
 
-from batchgen.errors import BudgetReachedError, JobError
+from batchgen.errors import MAX_COST, PRICES, BudgetReachedError, JobError, Option
 from batchgen.pricing.table import TIERS, utc_today
 from batchgen.records import Usage
 
@@ -66,9 +66,9 @@ class Budget:
         self.priced = pricer is not None and self._price(Usage(prompt=1000)) is not None
         if cap is not None and not self.priced:
             raise JobError(
-                f"max_cost (--max-cost): no price for model {model!r} on {today().isoformat()}, "
-                "so the spend cannot be capped; add it with a price file (prices=, --prices FILE)"
-            )
+                MAX_COST, f": no price for model {model!r} on {today().isoformat()}, so the "
+                "spend cannot be capped; add it with a price file (", PRICES, ")",
+            )  # fmt: skip
         self.spent = 0.0
         self._reserved = 0.0
         self._holds = 0  # calls holding a reservation (counted: float sums do not return to 0)
@@ -114,10 +114,11 @@ class Budget:
 
     def reached(self) -> BudgetReachedError:
         """The error that stops a run whose next call no longer fits under the cap."""
+        cap = Option(f"max_cost ${self.cap:g}", f"--max-cost {self.cap:g}")
         return BudgetReachedError(
-            f"max_cost ${self.cap:g} (--max-cost) reached (this run spent ${self.spent:.4f}); "
-            "results so far are saved: rerun to go on"
-        )
+            cap, f" reached (this run spent ${self.spent:.4f}); results so far are saved: "
+            "rerun to go on",
+        )  # fmt: skip
 
     def charge(self, usage: Usage, tier: str = "standard") -> None:
         """Count a call that held nothing in this run (a batch an earlier run submitted)."""

@@ -46,7 +46,15 @@ from aiolimiter import AsyncLimiter
 
 from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.retry import RetryPolicy
-from batchgen.errors import CheckpointError, FatalApiError, InputError, JobError, TemplateError
+from batchgen.errors import (
+    OFFLINE,
+    CheckpointError,
+    FatalApiError,
+    InputError,
+    JobError,
+    Option,
+    TemplateError,
+)
 from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, not_relayed
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.connect import client_for
@@ -158,7 +166,7 @@ def estimate_job(
             starting an upload it never sends; JobError when it fails otherwise.
     """
     if sample is not None and sample < 1:
-        raise JobError(f"sample={sample} (--sample): count at least one row")
+        raise JobError(Option(f"sample={sample}", f"--sample {sample}"), ": count at least one row")
     plan = plan_job(job)
     total = plan.reader.scan().rows
     if total == 0:
@@ -396,9 +404,8 @@ async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body
     except ApiError as exc:
         raise JobError(
             f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
-            f"{exc.message}; "
-            "rerun, or estimate without the API (offline=True, --offline)"
-        ) from None
+            f"{exc.message}; rerun, or estimate without the API (", OFFLINE, ")",
+        ) from None  # fmt: skip
     raise AssertionError("the retry loop ended without a count")  # pragma: no cover
 
 

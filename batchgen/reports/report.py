@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchgen.errors import CheckpointError, JobError
+from batchgen.errors import CheckpointError, JobError, Option
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
 from batchgen.store.jobfile import read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
+from batchgen.store.lock import lock_holder
 from batchgen.store.outdir import OutputDir
 from batchgen.store.output import USAGE_SCHEMA
 from batchgen.store.runs import read_run_records
@@ -83,7 +84,8 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
         CheckpointError: a directory that is not a batchgen output, or an unreadable part file.
     """
     if by not in GROUPS:
-        raise JobError(f"by={by!r} (--by): unknown grouping (one of {', '.join(GROUPS)})")
+        by_option = Option(f"by={by!r}", f"--by {by}")
+        raise JobError(by_option, f": unknown grouping (one of {', '.join(GROUPS)})")
     if not outputs:
         raise JobError("report: no output directory given")
     prices = prices or load_prices()
@@ -302,10 +304,12 @@ RUN_COLUMNS = ("started", "exit", "stopped_by")
 
 def _with_run_records(groups: pd.DataFrame, outputs: Sequence[Path]) -> pd.DataFrame:
     """Add each run's start, exit code and stop reason from runs.jsonl (and the runs that made
-    no call at all); a run with a start record but no end record did not finish (killed)."""
+    no call at all); a run with a start record but no end record did not finish (killed), unless
+    it is the last and a live process holds the output's lock: that one is running."""
     runs: dict[str, dict[str, Any]] = {}
     for out in dict.fromkeys(outputs):
-        for record in read_run_records(out):
+        records = read_run_records(out)
+        for record in records:
             entry = runs.setdefault(
                 record["run_id"],
                 {"started": record.get("started_at", "")[:19], "exit": "killed?", "seq": len(runs)},
@@ -313,6 +317,8 @@ def _with_run_records(groups: pd.DataFrame, outputs: Sequence[Path]) -> pd.DataF
             if record.get("event") == "end":
                 entry["exit"] = str(record.get("exit_code"))
                 entry["stopped_by"] = record.get("stopped_by") or ""
+        if records and records[-1].get("event") != "end" and lock_holder(out) is not None:
+            runs[records[-1]["run_id"]]["exit"] = "running"
     frame = pd.DataFrame.from_dict(runs, orient="index", columns=[*RUN_COLUMNS, "seq"])
     merged = groups.set_index("run").join(frame, how="outer")
     counts = [c for c in COLUMNS if c != "cost_usd"]

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from batchgen.errors import CheckpointError
 from batchgen.store.jobfile import read_job_record
-from batchgen.store.layout import JOB_FILE, LOCK_FILE, RESULTS_DIR
+from batchgen.store.layout import JOB_FILE, RESULTS_DIR
+from batchgen.store.lock import lock_holder
 from batchgen.store.outdir import OutputDir
 from batchgen.store.runs import read_run_records
 
@@ -39,7 +40,9 @@ class OutputStatus:
     rows_total: int | None = None  # input rows at the last run that recorded it
     tokens: dict[str, int] = field(default_factory=dict)  # of the answers kept
     last_run: dict[str, Any] | None = None
-    running: bool = False
+    running: bool = False  # a live process holds the lock: the last run is going on now
+    writer: dict[str, Any] | None = None  # that process's lock record: pid, host
+    run_rows: int = 0  # rows the last run has done so far (while it is running)
 
     @property
     def rows_failed(self) -> int:
@@ -58,7 +61,8 @@ def output_status(directory: Path) -> OutputStatus:
         raise CheckpointError(f"{directory}: not a batchgen output (no {JOB_FILE})")
     read_job_record(directory)  # refuses an output of a newer format
     out = OutputDir(directory)
-    status = OutputStatus(directory, running=(directory / LOCK_FILE).exists())
+    writer = lock_holder(directory)  # a lock whose process is gone is a killed run's
+    status = OutputStatus(directory, running=writer is not None, writer=writer)
     results = out.read(RESULTS_DIR, ["row_id", *TOKEN_COLUMNS])
     if results is not None:
         status.rows_done = out.done_rows()
@@ -77,4 +81,7 @@ def output_status(directory: Path) -> OutputStatus:
         last = runs[-1]
         status.last_run = ends.get(last["run_id"], last)
         status.rows_total = last.get("rows_total")
+        if status.running and results is not None and last.get("event") != "end":
+            mine = results.filter(pc.equal(results.column("run"), last["run_id"]))
+            status.run_rows = pc.count_distinct(mine.column("row_id")).as_py()
     return status

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.atomic import write_bytes_atomically
-from batchgen.errors import CheckpointError
+from batchgen.errors import FRESH, CheckpointError
 from batchgen.job.spec import Job
 from batchgen.store.layout import JOB_FILE, KINDS, part_files
 
@@ -51,9 +51,7 @@ def _stored(path: Path) -> dict[str, Any]:
         if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
             raise ValueError("no parts")
     except (OSError, ValueError):
-        raise CheckpointError(
-            f"{path}: unreadable; move the output aside or use fresh=True (--fresh)"
-        ) from None
+        raise CheckpointError(f"{path}: unreadable; move the output aside or use ", FRESH) from None
     return record
 
 
@@ -88,14 +86,14 @@ def check_fingerprint(job: Job, directory: Path, version: str) -> str:
         if changed:
             raise CheckpointError(
                 f"{directory}: written by a different job ({', '.join(changed)} changed); "
-                "rerun with --fresh (fresh=True) to start over, or choose another output"
-            )
+                "rerun with ", FRESH, " to start over, or choose another output",
+            )  # fmt: skip
         if record.get("format") != stored.get("format"):  # stored in the current format now
             _write(path, record)
         return fingerprint(parts)
     if any(part_files(directory, kind) for kind in KINDS):
         raise CheckpointError(
-            f"{directory}: has results but no {JOB_FILE}; choose another output or use --fresh"
+            f"{directory}: has results but no {JOB_FILE}; choose another output or use ", FRESH
         )
     record = {"format": FORMAT, "fingerprint": fingerprint(parts), "job": job.name,
               "parts": parts, "batchgen_version": version}  # fmt: skip

@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from batchgen.atomic import create_new
 from batchgen.errors import CheckpointError
@@ -63,6 +64,21 @@ def output_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def lock_holder(directory: Path) -> dict[str, Any] | None:
+    """The running writer's lock record (pid, host, started), or None when no live process
+    holds the lock: none, or one left by a killed run (on another host it is taken as live)."""
+    try:
+        holder = json.loads((directory / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return None
+    pid: int = holder["pid"]
+    if holder.get("host") == socket.gethostname() and not _alive(pid, holder.get("started")):
+        return None
+    return holder
 
 
 def _take_over_if_stale(lock: Path, host: str) -> None:

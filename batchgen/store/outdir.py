@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.atomic import atomic_file, create_new, fsync_dir
-from batchgen.errors import CheckpointError
+from batchgen.errors import FRESH, CheckpointError, Option
 from batchgen.store.batches import BATCHES_DIR, BatchStore
 from batchgen.store.files import linked
 from batchgen.store.journal import JournalFormatError, read_segment
@@ -130,12 +130,12 @@ class OutputDir(OutputReader):
         if running:
             shown = ", ".join(c.batch_name or c.display_name for c in running[:3])
             more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+            cancel = Option(f"cancel_batches({str(self.path)!r})", f"`batchgen cancel {self.path}`")
             raise CheckpointError(
-                f"{self.path}: --fresh (fresh=True) would abandon {len(running)} Batch Mode "
-                f"job(s) still running and billing ({shown}{more}): run without --fresh to "
-                f"collect their answers (`batchgen cancel {self.path}` first to stop them "
-                "early), then start fresh"
-            )
+                f"{self.path}: ", FRESH, f" would abandon {len(running)} Batch Mode job(s) "
+                f"still running and billing ({shown}{more}): run without ", FRESH, " to collect "
+                "their answers (", cancel, " first to stop them early), then start fresh",
+            )  # fmt: skip
         names = (JOB_FILE, RUNS_FILE, JOURNAL_DIR, BATCHES_DIR, *KINDS)
         present = [self.path / n for n in names if (self.path / n).exists()]
         if not present:

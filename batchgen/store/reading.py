@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import CheckpointError
+from batchgen.errors import CheckpointError, one_line
 from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.records import DoneState
 from batchgen.store.journal import SUFFIX, JournalFormatError, read_segment
@@ -80,8 +80,8 @@ class OutputReader:
             return None  # compacted and removed meanwhile: its part was read above or is new
         except (OSError, JournalFormatError, pa.ArrowException) as exc:
             raise CheckpointError(
-                f"{segment}: unreadable journal segment ({exc}); move it out of the output and "
-                "rerun (the rows in it are then bought again)"
+                f"{segment}: unreadable journal segment ({one_line(exc)}); move it out of the "
+                "output and rerun (the rows in it are then bought again)"
             ) from None
 
     # --- the done rule ------------------------------------------------------------------
@@ -148,7 +148,7 @@ class OutputReader:
 
 def _unreadable_part(part: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(
-        f"{part}: unreadable part file ({exc}); move it out of the output and rerun"
+        f"{part}: unreadable part file ({one_line(exc)}); move it out of the output and rerun"
     )
 
 

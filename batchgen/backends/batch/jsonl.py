@@ -189,7 +189,7 @@ class ResultCollector:
             failure = self._failure(work, exc.category, exc.message, attempt, text=exc.text)
             return Collected(row_id, failure, None)
         try:
-            value = structured_value(answer, self.plan.validator)
+            value = structured_value(answer, self.plan.validator, self.plan.max_output)
         except AnswerError as exc:
             failure = self._failure(work, exc.category, exc.message, attempt, text=exc.text)
             return Collected(row_id, failure, self._bill(work, answer, exc.category, attempt))

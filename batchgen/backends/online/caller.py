@@ -209,7 +209,7 @@ class RowCaller:
             self.budget.settle(held, answer.usage if answer is not None else None, served)
         await self.limits.settle(work.tokens, charged, answer.usage.prompt, sent_at=sent)
         try:
-            value = structured_value(answer, self.plan.validator)
+            value = structured_value(answer, self.plan.validator, self.plan.max_output)
         except AnswerError as exc:
             await self._bill(work, attempt, answer, exc.category, served)
             raise
