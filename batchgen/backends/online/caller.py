@@ -107,7 +107,7 @@ class Pacing:
         self.watch.saw(exc.category, exc.message)
         if exc.status == 429:
             self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
-        if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
+        if exc.category in ("connection", "open_files"):  # nothing answered: not the breaker's
             return True
         server_side = exc.category == "timeout" or (exc.status or 0) >= 500
         if server_side:
