@@ -67,3 +67,26 @@ def test_a_server_asking_for_an_hour_fails_the_row_as_a_timeout_at_once(
         in record["message"]
     )
     assert took < 60  # well under the 3600 s asked (and the 300 s cap): no wait was begun
+
+
+def test_a_row_waiting_out_an_outage_fails_as_a_timeout_at_its_deadline(tmp_path: Path) -> None:
+    rows = 20
+    with (tmp_path / "rows.csv").open("w") as f:
+        f.write("id,name\n")
+        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
+    text = JOB.replace("row_deadline_seconds = 10", "row_deadline_seconds = 3")
+    text += "    backoff_initial_seconds = 0.2\n\n    [limits]\n    concurrency = 20\n"
+    path = write_job(tmp_path, text)
+    # every call answers 503 (no Retry-After): the breaker opens, its first probe is 5 s away
+    config = EmulatorConfig(outage_after_s=0, outage_seconds=600)
+    with EmulatorThread(config) as server:
+        job = load_job(path, Overrides(base_url=server.base_url))
+        began = time.monotonic()
+        summary = run_job(job, RunOptions(api_key=KEY))
+        took = time.monotonic() - began
+    assert summary.exit_code == 1 and summary.rows_failed == rows
+    outage = [r for r in read(job.output.directory, "errors") if r["category"] == "timeout"]
+    assert outage, summary.failures
+    assert "the API fails every call (an outage" in outage[0]["message"]
+    assert "that passes retry.row_deadline_seconds = 3" in outage[0]["message"]
+    assert took < 60  # well under retry.outage_minutes (10): no row waited the outage out

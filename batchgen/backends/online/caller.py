@@ -15,6 +15,7 @@ standard tier (:class:`FlexFallback`): Flex never falls back by itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,13 +89,34 @@ class Pacing:
         if not self.day.allows():
             raise self.day.exhausted()
         sent = await self.limits.acquire(charged, deadline)
-        if await self.breaker.admit():  # it waited: the limiter's turn is stale
+        if await self._admit(deadline):  # it waited: the limiter's turn is stale
             sent = await self.limits.acquire(charged, deadline)
         if not self.day.allows():  # other calls went meanwhile; no await from here to send
             raise self.day.exhausted()
         self.day.spend()
         self.controller.sending(slot)
         return sent
+
+    async def _admit(self, deadline: RowDeadline | None) -> bool:
+        """The breaker's :meth:`~Breaker.admit`, given up (DeadlineError) at the row's deadline:
+        a row does not wait out an outage past it."""
+        if deadline is None or self.breaker.state == "closed":
+            return await self.breaker.admit()
+        clock, sleep = self.limits.clock, self.limits.sleep
+        admitted = asyncio.ensure_future(self.breaker.admit())
+        try:
+            while not admitted.done():
+                if (left := deadline.at - clock()) <= 0:
+                    why = "the API fails every call (an outage: batchgen is waiting to probe it)"
+                    raise deadline.passed(why, clock())
+                timer = asyncio.ensure_future(sleep(left))
+                try:
+                    await asyncio.wait((admitted, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+            return admitted.result()
+        finally:
+            admitted.cancel()  # a no-op once it is done
 
     def answered(self, sent: float, latency_s: float) -> None:
         """A call came back with an HTTP 200 (whatever its body says, the server is up)."""

@@ -206,7 +206,7 @@ class RateLimits:
             while (wait := self._paused_until - self._clock()) > 0:
                 if deadline is not None and self._paused_until >= deadline.at:
                     why = "after a 429, the server asked every call to wait"
-                    raise deadline.passed(why, wait, self._clock())
+                    raise deadline.passed(why, self._clock(), wait)
                 await self._sleep(wait)
             pauses = self._pauses
             wait = self._request_bucket.take(1)

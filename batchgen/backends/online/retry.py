@@ -56,12 +56,14 @@ class RowDeadline:
     at: float
     seconds: float  # retry.row_deadline_seconds
 
-    def passed(self, why: str, wait: float, now: float) -> DeadlineError:
-        """The error of a wait of ``wait`` seconds that would end past the deadline."""
+    def passed(self, why: str, now: float, wait: float | None = None) -> DeadlineError:
+        """The error of a wait (``why``, of ``wait`` seconds when known) that would end past
+        the deadline."""
         left = max(0.0, self.at - now)
+        waited = "" if wait is None else f" {round(wait, 1):g} s"
         return DeadlineError(
-            f"{why} {round(wait, 1):g} s; that passes retry.row_deadline_seconds = "
-            f"{self.seconds:g} ({left:.0f} s were left)"
+            f"{why}{waited}; that passes retry.row_deadline_seconds = {self.seconds:g} "
+            f"({left:.0f} s were left)"
         )
 
 
@@ -115,7 +117,7 @@ class RetryPolicy:
                 # the deadline stopped it, and the wait was the server's: say what it asked
                 asked = exc.asked_delay or exc.retry_delay or 0.0
                 now = self.clock()
-                passed = deadline.deadline.passed("the server asked to wait", asked, now)
+                passed = deadline.deadline.passed("the server asked to wait", now, asked)
                 raise DeadlineError(f"{exc.message}; {passed.message}", exc.status) from None
             raise exc
 
