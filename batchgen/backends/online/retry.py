@@ -89,9 +89,8 @@ class RetryPolicy:
         """A fresh retry loop; use as ``async for attempt in policy.for_row(): with attempt:``.
 
         ``spared`` counts the row's calls that spend no attempt (failed while the breaker was
-        open: the outage's, not the row's). ``started`` (``time.monotonic()``) is when the row's
-        first call began (on the policy's clock), when it was made before the loop; the deadline
-        counts from it.
+        open: the outage's, not the row's). ``started`` (on the policy's ``clock``) is when the
+        row's first call began, when it was made before the loop; the deadline counts from it.
         """
         answer_failures = 0
         attempts = _OutOfAttempts(self.spec.attempts, spared)
@@ -112,8 +111,7 @@ class RetryPolicy:
         def gave_up(state: RetryCallState) -> NoReturn:
             exc = state.outcome.exception() if state.outcome else None
             assert exc is not None, "the retry loop stopped without a failure"
-            server_wait = isinstance(exc, ApiError) and exc.retry_delay is not None
-            if isinstance(exc, ApiError) and server_wait and not attempts(state):
+            if isinstance(exc, ApiError) and exc.retry_delay is not None and not attempts(state):
                 # the deadline stopped it, and the wait was the server's: say what it asked
                 asked = exc.asked_delay or exc.retry_delay or 0.0
                 now = self.clock()
