@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from batchgen.backends.online.retry import RetryPolicy
+from batchgen.backends.online.rate import RateLimits
+from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.gemini.answers import AnswerError
 from batchgen.gemini.client import ApiError
 from batchgen.job.spec import RetrySpec
@@ -118,7 +119,82 @@ async def test_the_deadline_counts_from_a_first_call_made_before_the_loop() -> N
 @pytest.mark.parametrize(("cap", "waited"), [(None, 300.0), (5.0, 5.0), (7200.0, 3600.0)])
 async def test_a_server_delay_is_waited_at_most_the_cap(cap: float | None, waited: float) -> None:
     sleep = FakeSleep()
-    spec = RetrySpec() if cap is None else RetrySpec(max_server_delay_seconds=cap)
+    deadline = 3 * 3600  # longer than any wait here: the cap alone decides
+    spec = RetrySpec(row_deadline_seconds=deadline, max_server_delay_seconds=cap or 300)
     failures: list[Exception] = [ApiError("server", "come back in an hour", 503, retry_delay=3600)]
     assert await drive(RetryPolicy(spec, sleep), failures) == (2, "ok")
     assert sleep.waits == [waited]
+
+
+class Time:
+    """A clock and a sleep that moves it: waits are recorded, none is real."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("failure", "asked"),
+    [
+        (ApiError("rate_limited", "slow down", 429, retry_delay=300, asked_delay=3600), 3600),
+        (ApiError("server", "HTTP 503: busy", 503, retry_delay=30), 30),
+    ],
+)
+async def test_a_server_wait_past_the_row_deadline_fails_the_row_as_a_timeout(
+    failure: ApiError, asked: float
+) -> None:
+    time_ = Time()
+    policy = RetryPolicy(RetrySpec(row_deadline_seconds=10), time_.sleep, time_)
+    with pytest.raises(DeadlineError) as caught:
+        async for retrying in policy.for_row(started=time_()):
+            with retrying:
+                raise failure
+    assert time_.waits == []  # it did not wait the server's delay, nor any part of it
+    exc = caught.value
+    assert (exc.category, exc.status, exc.retryable) == ("timeout", failure.status, False)
+    assert exc.message.startswith(failure.message)
+    assert f"the server asked to wait {asked} s; that passes retry.row_deadline_seconds = 10" in (
+        exc.message
+    )
+
+
+async def test_a_server_wait_within_the_row_deadline_is_waited() -> None:
+    time_ = Time()
+    policy = RetryPolicy(RetrySpec(row_deadline_seconds=10), time_.sleep, time_)
+    failures: list[Exception] = [ApiError("rate_limited", "slow down", 429, retry_delay=4)]
+    assert await drive(policy, failures) == (2, "ok")
+    assert time_.waits == [4]
+
+
+async def test_no_backoff_runs_past_the_row_deadline() -> None:
+    time_ = Time()
+    spec = RetrySpec(attempts=50, row_deadline_seconds=20, backoff_initial_seconds=1)
+    policy = RetryPolicy(spec, time_.sleep, time_)
+    started = time_()
+    failures: list[Exception] = [ApiError("server", "HTTP 500: x", 500) for _ in range(50)]
+    # the last error stands (the deadline stopped a backoff, not a wait the server asked for)
+    assert (await drive(policy, failures))[1] == "ApiError"
+    assert time_.now - started < 20 and sum(time_.waits) < 20
+
+
+async def test_a_pause_of_every_call_past_the_row_deadline_fails_the_row_at_once() -> None:
+    time_ = Time()
+    limits = RateLimits(60_000, clock=time_, sleep=time_.sleep)
+    limits.rejected(300.0, None, await limits.acquire(1))  # a 429: every call pauses 300 s
+    time_.waits.clear()
+    with pytest.raises(DeadlineError) as caught:
+        await limits.acquire(1, RowDeadline(time_() + 10, 10))
+    assert time_.waits == []
+    assert caught.value.category == "timeout"
+    assert "the server asked every call to wait 300 s; that passes " in caught.value.message
+    # a row with time enough waits the pause out
+    sent = await limits.acquire(1, RowDeadline(time_() + 900, 900))
+    assert sent >= 1300 and time_.waits and sum(time_.waits) >= 300

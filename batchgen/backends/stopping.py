@@ -20,6 +20,9 @@ from batchgen.redact import url_host
 
 # calls that reached nothing: no server answered (a timeout is the breaker's, see TransportWatch)
 TRANSPORT_CATEGORIES = frozenset({"connection"})
+# calls that failed before leaving this machine (out of file descriptors): they say nothing
+# about the server, so they neither count towards "unreachable" nor end a streak of it
+LOCAL_CATEGORIES = frozenset({"open_files"})
 
 
 class StopControl:
@@ -159,6 +162,8 @@ class TransportWatch:
 
     def saw(self, category: str | None, message: str | None) -> None:
         """One call's outcome: None when it reached a server that answered."""
+        if category in LOCAL_CATEGORIES:
+            return
         if category not in TRANSPORT_CATEGORIES and category != "redirect":
             self.failures = 0
             return

@@ -200,6 +200,7 @@ def _describe(s: RunSummary, asked: str | None = None) -> str:
         lines.insert(0, f"the earlier output was moved to {s.moved_aside}")
     if s.folded:
         lines.insert(0, f"folded {s.folded} journal segments left by a killed run into parts")
+    lines += [f"note: {n}" for n in s.notes]
     if s.rows_remaining:
         lines.append(f"{s.rows_remaining} rows remain: rerun the same command to take them")
     answered = _answered_by(s, asked)

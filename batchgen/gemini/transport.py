@@ -31,6 +31,7 @@ matters. A delay the server asks for is capped too (an hour's Retry-After would 
 from __future__ import annotations
 
 import email.utils
+import errno
 import io
 import json
 import re
@@ -193,7 +194,9 @@ class Transport:
     @contextmanager
     def errors(self, during: str | None = None) -> Iterator[None]:
         """Timeouts and connection failures as retryable :class:`ApiError` (the mapping of
-        statuses is :meth:`failure`'s, called in here by :meth:`request` and :meth:`stream`)."""
+        statuses is :meth:`failure`'s, called in here by :meth:`request` and :meth:`stream`).
+        Running out of file descriptors (EMFILE, ENFILE) is ``open_files``: this machine's
+        limit, which says nothing about whether the server is there."""
         try:
             yield
         except TimeoutError:
@@ -202,8 +205,16 @@ class Transport:
             raise ApiError(
                 "timeout", f"no answer from {self.host} within {self._timeout.total:g} s"
             ) from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             text = self.scrub(f"{type(exc).__name__}: {exc}")
+            if _out_of_descriptors(exc):  # our limit, not the server's absence
+                raise ApiError(
+                    "open_files",
+                    f"{self.host}: out of file descriptors ({text}); raise the open-file limit "
+                    "(ulimit -n) or lower limits.max_concurrency",
+                ) from None
+            if not isinstance(exc, aiohttp.ClientError):
+                raise
             raise ApiError("connection", f"{self.host}: {text}") from None
 
     async def failure(self, resp: aiohttp.ClientResponse, *, named: bool = False) -> Exception:
@@ -380,3 +391,15 @@ def _retry_delay(error: Mapping[str, Any]) -> float | None:
             if match:
                 return float(match.group(1))
     return None
+
+
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the OSError aiohttp wraps in it) is EMFILE or ENFILE."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # aiohttp's own error, its os_error, their causes: a short chain
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return False

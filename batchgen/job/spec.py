@@ -149,8 +149,9 @@ class RetrySpec(_Table, frozen=True):
 
     ``attempts`` bounds all calls for a row; transient HTTP failures (429, 5xx, timeouts, dropped
     connections) use them. Answer failures (blocked, SAFETY, invalid JSON, schema) are retried
-    until ``answer_attempts`` of them. No retry starts after ``row_deadline_seconds``. A delay
-    the server asks for (RetryInfo, Retry-After) is waited at most ``max_server_delay_seconds``.
+    until ``answer_attempts`` of them. No wait runs past ``row_deadline_seconds`` (counted from
+    the row's first call): a row whose next wait would end after it fails there. A delay the
+    server asks for (RetryInfo, Retry-After) is waited at most ``max_server_delay_seconds``.
     A run whose calls have all failed server-side for ``outage_minutes`` stops (exit 4).
     A Flex row that has been refused for lack of capacity (429, 503) for
     ``flex_fallback_seconds`` since its first such refusal is retried at the standard tier.

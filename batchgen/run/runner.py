@@ -56,6 +56,7 @@ __all__ = ["RunOptions", "RunSummary", "arun_job", "run_job"]
 READ_CHUNK = 64  # rows rendered per hop to the reader thread
 QUEUED = 4 * READ_CHUNK  # rendered rows waiting for the backend (memory stays bounded)
 NOTE_AFTER = 1.0  # a server delay at least this long is shown in the progress output
+NOTE_SHOWN = 30.0  # seconds a note said once stays on the progress line
 T = TypeVar("T")
 
 
@@ -194,6 +195,12 @@ class _Books:
         await self.outcomes.put(done)
         await done
 
+    def tell(self, note: str) -> None:
+        """A note said once: in the summary, and on the progress line for a while."""
+        if note not in self.summary.notes:
+            self.summary.notes.append(note)
+            self.note, self.note_until = note, time.monotonic() + NOTE_SHOWN
+
     def show(self, note: str) -> None:
         """A note that stays until replaced (a backend's own state, e.g. its batches)."""
         self.note, self.note_until = note, float("inf") if note else 0.0
@@ -282,7 +289,7 @@ class _Run:
         ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out)
         if self.job.model.tier == "batch":
             return BatchBackend(ctx, wait=o.wait, note=self.books.show)
-        return OnlineBackend(ctx, o.unreachable_after)
+        return OnlineBackend(ctx, o.unreachable_after, note=self.books.tell)
 
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)

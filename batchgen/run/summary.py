@@ -33,6 +33,7 @@ class RunSummary:
     cost: float | None = None  # USD billed by this run; None when the model has no price
     # signal, time_budget, max_cost, unreachable, outage, api, input, disk, internal
     stopped_by: str | None = None
+    notes: list[str] = field(default_factory=list)  # said once, e.g. what held the run back
 
     @property
     def exit_code(self) -> int:

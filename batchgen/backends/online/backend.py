@@ -21,7 +21,7 @@ rate limiter, the breaker. What stops the run goes to the run's StopControl:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import TypeVar
@@ -34,6 +34,7 @@ from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.caller import Pacing, RowCaller
 from batchgen.backends.online.concurrency import AUTO_START, concurrency_for, connection_limit
 from batchgen.backends.online.daily import PACIFIC, DailyQuota
+from batchgen.backends.online.descriptors import file_room
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.errors import (
@@ -56,13 +57,20 @@ T = TypeVar("T")
 class OnlineBackend:
     """Calls ``generateContent`` for each row, within the job's limits (see the module)."""
 
-    def __init__(self, ctx: RunContext, unreachable_after: int = 0, refused_after: int = 0) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        unreachable_after: int = 0,
+        note: Callable[[str], None] | None = None,
+        refused_after: int = 0,
+    ) -> None:
         self.ctx = ctx
         self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
         self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
         spec = self.job.limits
         self.limits = RateLimits(spec.requests_per_minute, spec.tokens_per_minute)
-        self.controller = concurrency_for(spec, self.limits)
+        self.room = file_room(spec.most_in_flight)  # raises the soft open-file limit if it can
+        self.controller = concurrency_for(spec, self.limits, self.room, note)
         where = redact_url(self.job.model.base_url)
         self.breaker = Breaker(self.job.retry.outage_minutes, where=where)
         start = AUTO_START if spec.pinned is None else spec.pinned
@@ -88,7 +96,7 @@ class OnlineBackend:
         )
         day = DailyQuota(per_day, used)
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch, self.refusals)
-        limit = connection_limit(self.job.limits)
+        limit = connection_limit(self.job.limits, self.room)
         async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
             caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))

@@ -15,7 +15,7 @@ standard tier (:class:`FlexFallback`): Flex never falls back by itself.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
-from batchgen.backends.online.retry import RetryPolicy
+from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.gemini.answers import AnswerError, parse_response, structured_value
 from batchgen.gemini.client import ApiError, GeminiClient
@@ -80,22 +80,44 @@ class Pacing:
     watch: TransportWatch
     refusals: RefusalWatch | None = None  # the same 4xx on every call: a setting, not the rows
 
-    async def before(self, slot: int, charged: int) -> float:
+    async def before(self, slot: int, charged: int, deadline: RowDeadline | None = None) -> float:
         """Wait for the call's turn; return when it was sent (the limits' clock).
 
-        Raises QuotaExhaustedError before the day's quota is exceeded, and RunStoppedError
-        once the breaker has been open for ``retry.outage_minutes``.
+        Raises QuotaExhaustedError before the day's quota is exceeded, RunStoppedError once the
+        breaker has been open for ``retry.outage_minutes``, and DeadlineError rather than wait
+        out a pause of the limits that ends past the row's ``deadline``.
         """
         if not self.day.allows():
             raise self.day.exhausted()
-        sent = await self.limits.acquire(charged)
-        if await self.breaker.admit():  # it waited: the limiter's turn is stale
-            sent = await self.limits.acquire(charged)
+        sent = await self.limits.acquire(charged, deadline)
+        if await self._admit(deadline):  # it waited: the limiter's turn is stale
+            sent = await self.limits.acquire(charged, deadline)
         if not self.day.allows():  # other calls went meanwhile; no await from here to send
             raise self.day.exhausted()
         self.day.spend()
         self.controller.sending(slot)
         return sent
+
+    async def _admit(self, deadline: RowDeadline | None) -> bool:
+        """The breaker's :meth:`~Breaker.admit`, given up (DeadlineError) at the row's deadline:
+        a row does not wait out an outage past it."""
+        if deadline is None or self.breaker.state == "closed":
+            return await self.breaker.admit()
+        clock, sleep = self.limits.clock, self.limits.sleep
+        admitted = asyncio.ensure_future(self.breaker.admit())
+        try:
+            while not admitted.done():
+                if (left := deadline.at - clock()) <= 0:
+                    why = "the API fails every call (an outage: batchgen is waiting to probe it)"
+                    raise deadline.passed(why, clock())
+                timer = asyncio.ensure_future(sleep(left))
+                try:
+                    await asyncio.wait((admitted, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+            return admitted.result()
+        finally:
+            admitted.cancel()  # a no-op once it is done
 
     def answered(self, sent: float, latency_s: float) -> None:
         """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
@@ -114,7 +136,7 @@ class Pacing:
             self.refusals.saw(exc.status, exc.message)
         if exc.status == 429:
             self.limits.rejected(exc.retry_delay, exc.quota, sent, charged)
-        if exc.category == "connection":  # nothing answered: the watch's, not the breaker's
+        if exc.category in ("connection", "open_files"):  # nothing answered: not the breaker's
             return True
         server_side = exc.category == "timeout" or (exc.status or 0) >= 500
         if server_side:
@@ -145,7 +167,7 @@ class RowCaller:
         self.run_id = run_id
         self.events = events
         self.now = clock
-        self.retry = retry or RetryPolicy(plan.job.retry)
+        self.retry = retry or RetryPolicy(plan.job.retry, clock=pacing.limits.clock)
 
     async def call(self, work: Work, slot: int) -> Outcome:
         """One row through its retry loop; what still fails becomes a failure record.
@@ -158,10 +180,12 @@ class RowCaller:
         """
         spared = [0]  # calls that failed during an outage: they spend no attempt
         fallback = FlexFallback(self.job.model.tier, self.job.retry, self.now)
-        started = time.monotonic()
+        started = self.retry.clock()
+        seconds = self.job.retry.row_deadline_seconds
+        deadline = RowDeadline(started + seconds, seconds)
         first: ApiError | AnswerError
         try:
-            return await self._attempt(work, 1, slot, spared, fallback.tier)
+            return await self._attempt(work, 1, slot, spared, fallback.tier, deadline)
         except ApiError as exc:
             fallback.refused(exc)
             first = exc
@@ -175,7 +199,9 @@ class RowCaller:
                     if attempt == 1:
                         raise first
                     try:
-                        return await self._attempt(work, attempt, slot, spared, fallback.tier)
+                        return await self._attempt(
+                            work, attempt, slot, spared, fallback.tier, deadline
+                        )
                     except ApiError as exc:
                         fallback.refused(exc)
                         raise
@@ -186,7 +212,13 @@ class RowCaller:
         raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
     async def _attempt(
-        self, work: Work, attempt: int, slot: int, spared: list[int], tier: str
+        self,
+        work: Work,
+        attempt: int,
+        slot: int,
+        spared: list[int],
+        tier: str,
+        deadline: RowDeadline,
     ) -> Outcome:
         charged = self.limits.estimate(work.tokens)
         held = await self.budget.reserve(charged, tier)
@@ -194,9 +226,11 @@ class RowCaller:
         served = tier  # when the server does not say
         body = work.body if tier == self.job.model.tier else standard_body(work.body)
         try:
-            sent = await self.pacing.before(slot, charged)
+            sent = await self.pacing.before(slot, charged, deadline)
             self.events.requested()
             reply = await self.client.reply(body)
+        except DeadlineError:  # never sent: nothing to tell the pacing
+            raise
         except ApiError as exc:
             spared[0] += not self.pacing.failed(exc, sent, charged)
             self._delayed(exc)

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
+from batchgen.backends.online.descriptors import FileRoom
 from batchgen.backends.online.rate import RateLimits, Sleep
 from batchgen.job.spec import LimitsSpec
 
@@ -60,8 +61,10 @@ class ConcurrencyController:
         headroom: float = HEADROOM,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        capped: Callable[[], None] | None = None,
     ) -> None:
         self._rate = rate  # allowed requests per second, read at each refresh
+        self._capped = capped  # told once, when ``cap`` first holds the target down
         self.cap = max(1, pinned if pinned is not None else cap)
         self.pinned = pinned
         self.start = start
@@ -106,6 +109,9 @@ class ConcurrencyController:
         if latency <= 0:
             return min(self.cap, self.start) if not self._latencies else 1
         wanted = math.ceil(self._rate() * latency * self.headroom)
+        if wanted > self.cap and self._capped is not None:
+            self._capped()
+            self._capped = None
         return max(1, min(self.cap, wanted))
 
     @contextlib.asynccontextmanager
@@ -174,24 +180,51 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-def concurrency_for(spec: LimitsSpec, limits: RateLimits) -> ConcurrencyController:
+def concurrency_for(
+    spec: LimitsSpec,
+    limits: RateLimits,
+    room: FileRoom | None = None,
+    note: Callable[[str], None] | None = None,
+) -> ConcurrencyController:
     """The run's controller: "auto" follows the limits' allowed rate; an integer pins it.
 
-    It reads the limits' clock and sleeps their sleep: one clock for a run's time-dependent parts.
+    Either way, at most the connections ``room`` leaves under the open-file limit: when that
+    holds the calls in flight lower than asked (a pinned number at once; "auto" when it first
+    wants more), ``note`` is told so, once. It reads the limits' clock and sleeps their sleep:
+    one clock for a run's time-dependent parts.
     """
+    cap, pinned = spec.max_concurrency, spec.pinned
+    capped: Callable[[], None] | None = None
+    if room is not None and room.connections < spec.most_in_flight:
+        cap = min(cap, room.connections)
+        capped = _say(room, note)
+        if pinned is not None:
+            capped()
+            pinned, capped = room.connections, None
     return ConcurrencyController(
         limits.per_second,
-        cap=spec.max_concurrency,
-        pinned=spec.pinned,
+        cap=cap,
+        pinned=pinned,
         clock=limits.clock,
         sleep=limits.sleep,
+        capped=capped,
     )
 
 
-def connection_limit(limits: LimitsSpec) -> int:
-    """The HTTP connection pool's size: room for every call the controller may let through.
+def _say(room: FileRoom, note: Callable[[str], None] | None) -> Callable[[], None]:
+    def capped() -> None:
+        if note is not None:
+            note(room.note())
+
+    return capped
+
+
+def connection_limit(limits: LimitsSpec, room: FileRoom | None = None) -> int:
+    """The HTTP connection pool's size: room for every call the controller may let through
+    (within the open-file limit's ``room``).
 
     aiohttp's TCPConnector allows 100 connections unless told otherwise, which would hold an
     automatic concurrency of several hundred to 100 calls in flight.
     """
-    return limits.most_in_flight
+    most = limits.most_in_flight
+    return most if room is None else min(most, room.connections)

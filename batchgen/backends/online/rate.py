@@ -35,6 +35,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from batchgen.backends.online.retry import RowDeadline
+
 BURST_SECONDS = 0.5  # how much of a minute's budget may go out at once
 DECREASE = 0.7  # rate factor after a 429, when the accepted rate tells nothing
 INCREASE_PER_MINUTE = 0.01  # share of the configured rate regained per minute without 429s
@@ -190,10 +192,11 @@ class RateLimits:
             rate = min(rate, self.tokens.rate / 60 / self._tokens_per_request)
         return rate
 
-    async def acquire(self, tokens: int) -> float:
+    async def acquire(self, tokens: int, deadline: RowDeadline | None = None) -> float:
         """Wait out any pause, then for a request's turn and ``tokens`` prompt tokens.
 
-        Returns the time it was sent (the clock's), for :meth:`settle`.
+        Returns the time it was sent (the clock's), for :meth:`settle`. Raises DeadlineError
+        rather than wait out a pause that ends past the row's ``deadline``.
         """
         self._tokens_per_request = 0.95 * self._tokens_per_request + 0.05 * tokens
         if not self._primed:  # full from the first request, however long the checks took
@@ -201,6 +204,9 @@ class RateLimits:
             self._restart(self._clock())
         while True:
             while (wait := self._paused_until - self._clock()) > 0:
+                if deadline is not None and self._paused_until >= deadline.at:
+                    why = "after a 429, the server asked every call to wait"
+                    raise deadline.passed(why, self._clock(), wait)
                 await self._sleep(wait)
             pauses = self._pauses
             wait = self._request_bucket.take(1)
