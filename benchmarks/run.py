@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from paced import rate, tokens
-from quota import storm, strict, sweep
+from quota import storm, strict, strict_standin, sweep
 from scenarios import (
     FULL,
     QUICK,
@@ -47,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Context, Outcome], None]] = {
     "memory": memory,
     "sweep": sweep,
     "strict": strict,
+    "strict-standin": strict_standin,
     "storm": storm,
 }
 
