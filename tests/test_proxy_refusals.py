@@ -302,3 +302,10 @@ async def test_the_refusal_names_a_proxy_only_when_the_base_url_is_not_googles(
         assert isinstance(stop.reason, FatalApiError) and stop.by == "refused"
         assert "(HTTP 400: No connected db.)" in str(stop.reason)
         assert ("is a proxy" in str(stop.reason)) is proxy
+    # once a call is answered, the same refusal on many rows is theirs: the watch stands down
+    stop = StopControl(tmp_path, grace=1.0)
+    watch = RefusalWatch(stop, "https://llm.example.com", "llm", after=3)
+    watch.answered()
+    for _ in range(10):
+        watch.saw(400, "HTTP 400: payload too large")
+    assert stop.reason is None

@@ -192,8 +192,8 @@ class RefusalWatch:
     budget at the proxy used up. Sending the rest would only record each row as failed, so the
     run stops taking rows (the calls in flight end) with exit 3; the rows not sent stay for the
     next run, and those refused are in ``errors/`` and are retried by it. It watches only until
-    the first call is answered (``Pacing.answered`` drops it): after that, the same 4xx on many
-    rows is those rows' own.
+    the first call is answered: after that, the same 4xx on many rows is those rows' own (a run
+    of oversized rows, say), and stopping would meet them again on every rerun.
     """
 
     def __init__(self, stop: StopControl, base_url: str, where: str, after: int) -> None:
@@ -203,10 +203,15 @@ class RefusalWatch:
         self.after = after
         self.failures = 0
         self._last: tuple[int, str] | None = None
+        self.armed = True
+
+    def answered(self) -> None:
+        """A call was answered: the API takes this key, so refusals from now on are the rows'."""
+        self.armed = False
 
     def saw(self, status: int | None, message: str | None) -> None:
         """One call's outcome: its HTTP status (None when it got no answer) and message."""
-        if status is None or not 400 <= status < 500 or status == 429:
+        if not self.armed or status is None or not 400 <= status < 500 or status == 429:
             self.failures = 0
             self._last = None
             return

@@ -123,10 +123,8 @@ class Pacing:
         """A call came back with an HTTP 200 (whatever its body says, the server is up)."""
         self.breaker.record(True, False, sent)
         self.watch.saw(None, None)
-        # Refused on every call is a setting; once one call got through, the same 4xx on many
-        # rows is those rows' own (a run of oversized rows, say): their failure records, not a
-        # stop that every rerun would hit again at the same rows.
-        self.refusals = None
+        if self.refusals is not None:
+            self.refusals.answered()
         self.controller.observe(latency_s)
 
     def failed(self, exc: ApiError, sent: float, charged: int) -> bool:
