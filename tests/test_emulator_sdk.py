@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google import genai
+from google.genai import types
 
 from batchgen.emulator import EmulatorThread
 from tests.helpers.clock import Clock
 from tests.helpers.emulator_calls import StartEmulator
-
-genai = pytest.importorskip("google.genai")
-types = pytest.importorskip("google.genai.types")
 
 FLASH = "gemini-2.5-flash"
 
