@@ -5,58 +5,30 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, run_job
-from batchgen.store.layout import part_files
-from tests.helpers.paths import write_job
+from tests.helpers.jobs import item_job
+from tests.helpers.outputs import read_rows
 
 KEY = "deadline-test-key-0123456789"
-JOB = """
-    [input]
-    path = "rows.csv"
-    id_column = "id"
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "Describe {{ name }} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = { label = { type = "STRING" } }
-
-    [retry]
-    row_deadline_seconds = 10
-"""
-
-
-def read(directory: Path, kind: str) -> list[dict[str, Any]]:
-    parts = part_files(directory, kind)
-    return pa.concat_tables([pq.read_table(p) for p in parts]).to_pylist() if parts else []
 
 
 @pytest.mark.parametrize(("fault", "status"), [("delay_429", 429), ("delay_503", 503)])
 def test_a_server_asking_for_an_hour_fails_the_row_as_a_timeout_at_once(
     tmp_path: Path, fault: str, status: int
 ) -> None:
-    (tmp_path / "rows.csv").write_text("id,name\nr0,item-000\n")
-    path = write_job(tmp_path, JOB)
+    path = item_job(tmp_path, 1, retry={"row_deadline_seconds": 10})
     with EmulatorThread(EmulatorConfig(script={"item-000": [fault]})) as server:
         job = load_job(path, Overrides(base_url=server.base_url))
         began = time.monotonic()
         summary = run_job(job, RunOptions(api_key=KEY))
         took = time.monotonic() - began
     assert summary.exit_code == 1  # rows failed; the run itself went to its end
-    (record,) = read(job.output.directory, "errors")
+    (record,) = read_rows(job.output.directory, "errors")
     assert (record["row_id"], record["category"], record["http_status"]) == (
         "r0",
         "timeout",
@@ -71,12 +43,10 @@ def test_a_server_asking_for_an_hour_fails_the_row_as_a_timeout_at_once(
 
 def test_a_row_waiting_out_an_outage_fails_as_a_timeout_at_its_deadline(tmp_path: Path) -> None:
     rows = 20
-    with (tmp_path / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
-    text = JOB.replace("row_deadline_seconds = 10", "row_deadline_seconds = 3")
-    text += "    backoff_initial_seconds = 0.2\n\n    [limits]\n    concurrency = 20\n"
-    path = write_job(tmp_path, text)
+    path = item_job(
+        tmp_path, rows, retry={"row_deadline_seconds": 3, "backoff_initial_seconds": 0.2},
+        limits={"concurrency": 20},
+    )
     # every call answers 503 (no Retry-After): the breaker opens, its first probe is 5 s away
     config = EmulatorConfig(outage_after_s=0, outage_seconds=600)
     with EmulatorThread(config) as server:
@@ -85,7 +55,7 @@ def test_a_row_waiting_out_an_outage_fails_as_a_timeout_at_its_deadline(tmp_path
         summary = run_job(job, RunOptions(api_key=KEY))
         took = time.monotonic() - began
     assert summary.exit_code == 1 and summary.rows_failed == rows
-    outage = [r for r in read(job.output.directory, "errors") if r["category"] == "timeout"]
+    outage = [r for r in read_rows(job.output.directory, "errors") if r["category"] == "timeout"]
     assert outage, summary.failures
     assert "the API fails every call (an outage" in outage[0]["message"]
     assert "that passes retry.row_deadline_seconds = 3" in outage[0]["message"]

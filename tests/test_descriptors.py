@@ -19,38 +19,12 @@ from batchgen.backends.stopping import StopControl, TransportWatch
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.gemini.transport import Transport
 from batchgen.job.spec import LimitsSpec, ModelSpec
-from tests.helpers.paths import write_job
+from tests.helpers.clock import Clock
+from tests.helpers.jobs import item_job
 
 resource = pytest.importorskip("resource")  # POSIX only
 
 KEY = "descriptor-test-key-0123456789"
-JOB = """
-    [input]
-    path = "rows.csv"
-    id_column = "id"
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "Describe {{ name }} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = { label = { type = "STRING" } }
-
-    [limits]
-    requests_per_minute = 12000
-"""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_auto_concurrency_is_capped_by_the_room_and_says_so_once() -> None:
@@ -114,10 +88,7 @@ async def test_out_of_descriptors_is_its_own_failure_and_not_unreachable(
 
 def test_a_run_under_a_low_open_file_limit_finishes_every_row(tmp_path: Path) -> None:
     rows = 600
-    with (tmp_path / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
-    path = write_job(tmp_path, JOB)
+    path = item_job(tmp_path, rows, limits={"requests_per_minute": 12_000})
 
     def lower() -> None:  # soft and hard: batchgen cannot raise itself past it
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))

@@ -39,7 +39,8 @@ from batchgen.reports.estimate import (
 from batchgen.run.runner import RunOptions, run_job
 from batchgen.store.layout import part_files
 from tests.helpers.emulator_calls import StartEmulator
-from tests.helpers.paths import ROOT, write_job
+from tests.helpers.jobs import item_job
+from tests.helpers.paths import ROOT
 from tests.helpers.strategies import GEMINI_SCHEMAS, JSON_SCHEMAS
 
 KEY = "test-key-123456"
@@ -290,50 +291,25 @@ def test_run_time_under_auto_concurrency_is_the_rate_not_a_placeholder(project: 
     )
 
 
-AUTO_JOB = """
-    [input]
-    path = "rows.csv"
-    id_column = "id"
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "Describe item {{{{ name }}}} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = {{ label = {{ type = "STRING" }} }}
-
-    [limits]
-    requests_per_minute = {rpm}
-    {limits}
-
-    [output]
-    directory = "out"
-    flush_rows = 50
-    flush_seconds = 0.2
-"""
 
 
 @pytest.mark.parametrize(
     ("rows", "rpm", "latency", "limits"),
     [
-        (150, 3_000, 0.4, ""),  # rate-bound: 50 a second; auto keeps ~24 in flight
-        (64, 60_000, 0.25, "max_concurrency = 4"),  # latency-bound: 4 in flight / 0.25 s
+        (150, 3_000, 0.4, {}),  # rate-bound: 50 a second; auto keeps ~24 in flight
+        (64, 60_000, 0.25, {"max_concurrency": 4}),  # latency-bound: 4 in flight / 0.25 s
     ],
     ids=["rate-bound", "latency-bound"],
 )
 def test_estimated_run_time_matches_a_real_run_under_auto_concurrency(
-    tmp_path: Path, rows: int, rpm: int, latency: float, limits: str
+    tmp_path: Path, rows: int, rpm: int, latency: float, limits: dict[str, int]
 ) -> None:
     """A pilot run measures the latency; the estimate of the whole job is then within 2x of
     the wall time of running it."""
-    (tmp_path / "rows.csv").write_text(
-        "id,name\n" + "".join(f"id-{i:04d},thing {i}\n" for i in range(rows))
+    path = item_job(
+        tmp_path, rows, limits={"requests_per_minute": rpm, **limits},
+        output={"flush_rows": 50, "flush_seconds": 0.2},
     )
-    path = write_job(tmp_path, AUTO_JOB.format(rpm=rpm, limits=limits))
     config = EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=latency * 1000, rpm_limit=rpm)
     with EmulatorThread(config) as server:
         job = load_job(path, Overrides(base_url=server.base_url))

@@ -16,7 +16,8 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, run_job
-from tests.helpers.hostile import KEY, assert_every_row_accounted_for, make_job, read
+from tests.helpers.hostile import KEY, assert_every_row_accounted_for, make_job
+from tests.helpers.outputs import read_rows
 
 
 def test_every_call_redirected_stops_the_run_and_says_where(tmp_path: Path) -> None:
@@ -92,5 +93,5 @@ def test_a_server_that_is_not_gemini_gets_one_line_per_failure(tmp_path: Path) -
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("  server:")]
     assert "HTTP 501:" in line and "Unsupported method" in line and "<" not in line
     assert line.endswith("(not a Gemini error: is model.base_url the API?)")
-    messages = [r["message"] for r in read(tmp_path / "out", "errors")]
+    messages = [r["message"] for r in read_rows(tmp_path / "out", "errors")]
     assert len(messages) == 3 and all("\n" not in m and len(m) < 400 for m in messages)

@@ -32,8 +32,8 @@ from tests.helpers.hostile import (
     VICTIM,
     assert_every_row_accounted_for,
     make_job,
-    read,
 )
+from tests.helpers.outputs import read_rows
 
 
 def run(folder: Path, config: EmulatorConfig, **knobs: Any) -> tuple[RunSummary, Job]:
@@ -52,7 +52,7 @@ def assert_key_absent(folder: Path, *texts: str) -> None:
 
 
 def victim_failure(job: Job) -> dict[str, Any]:
-    (record,) = read(job.output.directory, "errors")
+    (record,) = read_rows(job.output.directory, "errors")
     assert record["row_id"] == "r2"
     return record
 
@@ -94,7 +94,7 @@ def test_a_wrong_shaped_200_fails_its_row_and_the_run_goes_on(
 def test_one_malformed_answer_is_retried_and_the_row_succeeds(tmp_path: Path) -> None:
     summary, job = run(tmp_path, EmulatorConfig(script={VICTIM: ["body_null"]}))
     assert (summary.rows_done, summary.exit_code) == (ROWS, 0)
-    attempts = {r["row_id"]: r["attempts"] for r in read(job.output.directory, "results")}
+    attempts = {r["row_id"]: r["attempts"] for r in read_rows(job.output.directory, "results")}
     assert attempts == {"r0": 1, "r1": 1, "r2": 2, "r3": 1}
 
 
@@ -169,7 +169,7 @@ def test_a_slow_body_times_out_and_is_retried(tmp_path: Path) -> None:
         record["message"].startswith("no answer from 127.0.0.1:")
         and "within 0.4 s" in record["message"]
     )
-    attempts = {r["row_id"]: r["attempts"] for r in read(job.output.directory, "results")}
+    attempts = {r["row_id"]: r["attempts"] for r in read_rows(job.output.directory, "results")}
     assert attempts["r1"] == 2  # its one slow answer was retried
     assert_every_row_accounted_for(job)
 
@@ -181,7 +181,7 @@ def test_a_connection_reset_mid_body_is_retried(tmp_path: Path) -> None:
     record = victim_failure(job)
     assert record["attempts"] == 3  # a transport failure uses the row's attempts
     assert "127.0.0.1:" in record["message"] and "payload is not completed" in record["message"]
-    attempts = {r["row_id"]: r["attempts"] for r in read(job.output.directory, "results")}
+    attempts = {r["row_id"]: r["attempts"] for r in read_rows(job.output.directory, "results")}
     assert attempts["r1"] == 2
     assert_every_row_accounted_for(job)
 
@@ -259,7 +259,7 @@ def test_a_503_asking_for_an_hour_waits_only_the_cap(tmp_path: Path) -> None:
     summary, job = run(tmp_path, EmulatorConfig(script=script), max_delay=0.2)
     assert time.monotonic() - started < 60  # not the hour asked; against hanging, not speed
     assert (summary.rows_done, summary.exit_code) == (ROWS, 0)
-    attempts = {r["row_id"]: r["attempts"] for r in read(job.output.directory, "results")}
+    attempts = {r["row_id"]: r["attempts"] for r in read_rows(job.output.directory, "results")}
     assert attempts["r2"] == 2
 
 

@@ -30,50 +30,23 @@ from batchgen.job.spec import Overrides, load_job
 from batchgen.records import Outage
 from batchgen.run.progress import Snapshot
 from batchgen.run.runner import RunOptions, run_job
-from tests.helpers.paths import write_job
+from tests.helpers.jobs import item_job
 
 KEY = "proxy-test-key-0123456789"
 NO_DB = {"error": {"code": 400, "message": "No connected db.", "status": "INVALID_ARGUMENT"}}
-JOB = """
-    [input]
-    path = "rows.csv"
-    id_column = "id"
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "Describe {{{{ name }}}} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = {{ label = {{ type = "STRING" }} }}
-
-    [limits]
-    concurrency = {concurrency}
-    requests_per_minute = 1000000
-    timeout_seconds = 5
-
-    [retry]
-    attempts = 2
-    backoff_initial_seconds = 0.01
-    backoff_max_seconds = 0.05
-    outage_minutes = {outage_minutes}
-
-    [output]
-    directory = "out"
-    flush_seconds = 0.2
-"""
 
 Answer = Callable[[str, bytes], tuple[int, dict[str, Any], dict[str, str]]]
 
 
 def make_job(folder: Path, rows: int, concurrency: int = 2, outage_minutes: float = 10) -> Path:
-    with (folder / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
-    return write_job(folder, JOB.format(concurrency=concurrency, outage_minutes=outage_minutes))
+    return item_job(
+        folder, rows,
+        limits={"concurrency": concurrency, "requests_per_minute": 1_000_000,
+                "timeout_seconds": 5},
+        retry={"attempts": 2, "backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.05,
+               "outage_minutes": outage_minutes},
+        output={"flush_seconds": 0.2},
+    )  # fmt: skip
 
 
 @contextmanager

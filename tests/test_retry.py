@@ -11,6 +11,7 @@ from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadli
 from batchgen.gemini.answers import AnswerError
 from batchgen.gemini.client import ApiError
 from batchgen.job.spec import RetrySpec
+from tests.helpers.clock import Clock
 
 
 class FakeSleep:
@@ -126,21 +127,6 @@ async def test_a_server_delay_is_waited_at_most_the_cap(cap: float | None, waite
     assert sleep.waits == [waited]
 
 
-class Time:
-    """A clock and a sleep that moves it: waits are recorded, none is real."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-
-
 @pytest.mark.parametrize(
     ("failure", "asked"),
     [
@@ -151,13 +137,13 @@ class Time:
 async def test_a_server_wait_past_the_row_deadline_fails_the_row_as_a_timeout(
     failure: ApiError, asked: float
 ) -> None:
-    time_ = Time()
+    time_ = Clock(1000.0)
     policy = RetryPolicy(RetrySpec(row_deadline_seconds=10), time_.sleep, time_)
     with pytest.raises(DeadlineError) as caught:
         async for retrying in policy.for_row(started=time_()):
             with retrying:
                 raise failure
-    assert time_.waits == []  # it did not wait the server's delay, nor any part of it
+    assert time_.slept == []  # it did not wait the server's delay, nor any part of it
     exc = caught.value
     assert (exc.category, exc.status, exc.retryable) == ("timeout", failure.status, False)
     assert exc.message.startswith(failure.message)
@@ -167,34 +153,34 @@ async def test_a_server_wait_past_the_row_deadline_fails_the_row_as_a_timeout(
 
 
 async def test_a_server_wait_within_the_row_deadline_is_waited() -> None:
-    time_ = Time()
+    time_ = Clock(1000.0)
     policy = RetryPolicy(RetrySpec(row_deadline_seconds=10), time_.sleep, time_)
     failures: list[Exception] = [ApiError("rate_limited", "slow down", 429, retry_delay=4)]
     assert await drive(policy, failures) == (2, "ok")
-    assert time_.waits == [4]
+    assert time_.slept == [4]
 
 
 async def test_no_backoff_runs_past_the_row_deadline() -> None:
-    time_ = Time()
+    time_ = Clock(1000.0)
     spec = RetrySpec(attempts=50, row_deadline_seconds=20, backoff_initial_seconds=1)
     policy = RetryPolicy(spec, time_.sleep, time_)
     started = time_()
     failures: list[Exception] = [ApiError("server", "HTTP 500: x", 500) for _ in range(50)]
     # the last error stands (the deadline stopped a backoff, not a wait the server asked for)
     assert (await drive(policy, failures))[1] == "ApiError"
-    assert time_.now - started < 20 and sum(time_.waits) < 20
+    assert time_.now - started < 20 and sum(time_.slept) < 20
 
 
 async def test_a_pause_of_every_call_past_the_row_deadline_fails_the_row_at_once() -> None:
-    time_ = Time()
+    time_ = Clock(1000.0)
     limits = RateLimits(60_000, clock=time_, sleep=time_.sleep)
     limits.rejected(300.0, None, await limits.acquire(1))  # a 429: every call pauses 300 s
-    time_.waits.clear()
+    time_.slept.clear()
     with pytest.raises(DeadlineError) as caught:
         await limits.acquire(1, RowDeadline(time_() + 10, 10))
-    assert time_.waits == []
+    assert time_.slept == []
     assert caught.value.category == "timeout"
     assert "the server asked every call to wait 300 s; that passes " in caught.value.message
     # a row with time enough waits the pause out
     sent = await limits.acquire(1, RowDeadline(time_() + 900, 900))
-    assert sent >= 1300 and time_.waits and sum(time_.waits) >= 300
+    assert sent >= 1300 and time_.slept and sum(time_.slept) >= 300

@@ -1,8 +1,12 @@
-"""Job files for tests."""
+"""Job files for tests: ``item_job`` (the common one, any [section] key set by keyword), the
+resume tests' template, and a minimal one."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.paths import write_job
 
@@ -62,3 +66,42 @@ def make_job(folder: Path, rows: int, *, ids: bool = True, concurrency: int = 8,
     text = JOB.format(id_line='id_column = "id"' if ids else "", concurrency=concurrency,
                       flush_lines=flush)  # fmt: skip
     return write_job(folder, text)
+
+
+ITEM_SCHEMA = """
+[response_schema]
+type = "OBJECT"
+required = ["label"]
+properties = { label = { type = "STRING" } }
+"""
+
+
+def item_job(
+    folder: Path,
+    rows: int,
+    *,
+    prompt: str = "Describe {{ name }} in a few words.",
+    **tables: Mapping[str, Any],
+) -> Path:
+    """``rows`` CSV rows (``r0,item-000`` ...) and a job that labels each one, writing to
+    ``folder/out``; keyword tables add or replace keys of a section:
+    ``item_job(tmp, 4, limits={"concurrency": 2}, retry={"attempts": 2})``."""
+    with (folder / "rows.csv").open("w") as f:
+        f.write("id,name\n")
+        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
+    sections: dict[str, dict[str, Any]] = {
+        "input": {"path": "rows.csv", "id_column": "id"},
+        "model": {"name": "gemini-2.5-flash-lite"},
+        "prompt": {"user": prompt},
+        "output": {"directory": "out"},
+    }
+    for name, keys in tables.items():
+        sections[name] = {**sections.get(name, {}), **keys}
+    text = "".join(
+        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
+        + "\n"
+        for name, keys in sections.items()
+    )  # a JSON string, number or boolean is the same TOML value
+    path = folder / "job.toml"
+    path.write_text(text + ITEM_SCHEMA)
+    return path
