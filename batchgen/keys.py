@@ -44,3 +44,12 @@ def contains(table: Keys, keys: Keys) -> npt.NDArray[np.bool_]:
     at[at == len(table)] = 0
     found: npt.NDArray[np.bool_] = table[at] == keys
     return found
+
+
+def count_contained(table: Keys, keys: Keys, upto: int | None = None) -> int:
+    """How many of the first ``upto`` of ``keys`` are in the sorted ``table``, a block at a
+    time (bisection's temporaries stay a few MB at any size)."""
+    end = len(keys) if upto is None else min(upto, len(keys))
+    step = 1 << 18
+    blocks = (keys[i : min(end, i + step)] for i in range(0, end, step))
+    return sum(int(contains(table, block).sum()) for block in blocks)

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 
 from batchgen.errors import CheckpointError
 from batchgen.input.reader import InputReader, Scan
-from batchgen.keys import contains
+from batchgen.keys import count_contained
 from batchgen.records import DoneState
 from batchgen.store.reading import OutputReader
 
@@ -39,9 +39,7 @@ def check_ids(
     low, high = COMPARABLE
     if done < low * rows or done > high * scan.rows:
         return  # a different amount of work: a new or grown input, not the same rows again
-    step = 1 << 18  # a block at a time: bisection's temporaries stay a few MB at any size
-    matched = sum(int(contains(state.done, scan.id_keys[i : min(rows, i + step)]).sum())
-                  for i in range(0, rows, step))  # fmt: skip
+    matched = count_contained(state.done, scan.id_keys, rows)
     if matched >= MATCHED_BELOW * rows:
         return
     ours, theirs = _examples(reader.ids(min(rows, SAMPLE)), out.sample_ids(SAMPLE))

@@ -38,7 +38,7 @@ from batchgen.backends.stopping import StopControl
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
 from batchgen.input.reader import Scan
 from batchgen.job.spec import Job
-from batchgen.keys import contains
+from batchgen.keys import count_contained
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
 from batchgen.records import Billed, DoneState, Outcome, Work
@@ -131,10 +131,7 @@ def _rows_todo(scan: Scan, state: DoneState, limit: int | None, skip_failed: boo
     skip = np.union1d(state.done, state.failed) if skip_failed else state.done
     if scan.id_keys is None:  # matched by request hash, known only once rendered
         return max(0, rows - len(skip))
-    step = 1 << 18  # a block at a time: bisection's temporaries stay a few MB at any size
-    done = sum(int(contains(skip, scan.id_keys[i : min(rows, i + step)]).sum())
-               for i in range(0, rows, step))  # fmt: skip
-    return rows - done
+    return rows - count_contained(skip, scan.id_keys, rows)
 
 
 def _enter(out: OutputDir, lock: contextlib.AbstractContextManager[None]) -> None:
