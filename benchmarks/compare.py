@@ -25,13 +25,18 @@ from scenarios import CONCURRENCY, Run, insights_job, measure, reviews_input
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _concurrency(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="HEAD~1")
     parser.add_argument("--job", choices=("insights", "bench"), default="insights")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--concurrency", type=_concurrency, default=CONCURRENCY,
+                        help='a number, or "auto": the default a user gets')
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-compare-"))
     base = folder / "baseline"
@@ -51,7 +56,8 @@ def main() -> int:
                     if args.job == "insights":
                         job = insights_job(work, source, args.concurrency)
                     else:
-                        job = write_job(work, source, concurrency=args.concurrency)
+                        pinned = None if args.concurrency == "auto" else int(args.concurrency)
+                        job = write_job(work, source, concurrency=pinned)
                     env = child_env() | {"PYTHONPATH": str(tree)}
                     run = measure(emulator, batchgen_cmd(job, emulator.base_url), work, 900, env)
                     runs[name].append(run)

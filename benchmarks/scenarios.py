@@ -360,7 +360,7 @@ def reviews_input(folder: Path, rows: int) -> Path:
     return path
 
 
-def insights_job(folder: Path, source: Path, concurrency: int = CONCURRENCY) -> Path:
+def insights_job(folder: Path, source: Path, concurrency: int | str = CONCURRENCY) -> Path:
     """jobs/review_insights.toml as shipped, pointed at ``source`` with the quota out of the
     way and concurrency pinned at the peer's."""
     shutil.copy(ROOT / "jobs" / "review_insights.schema.json", folder)
@@ -368,7 +368,7 @@ def insights_job(folder: Path, source: Path, concurrency: int = CONCURRENCY) -> 
     text = text.replace('"../sample_inputs/product_reviews.parquet"', json.dumps(str(source)))
     text = text.replace('"../out/review_insights"', json.dumps(str(folder / "out")))
     text = text.replace("requests_per_minute = 1000", "requests_per_minute = 1000000000")
-    text = text.replace("concurrency = 32", f"concurrency = {concurrency}")
+    text = text.replace("concurrency = 32", f"concurrency = {json.dumps(concurrency)}")
     job = folder / "review_insights.toml"
     job.write_text(text, encoding="utf-8")
     return job
