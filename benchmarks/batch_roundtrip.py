@@ -30,6 +30,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorServer
 from batchgen.gemini.answers import parse_response, structured_value
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
 from batchgen.plan import plan_job
@@ -72,7 +73,7 @@ async def main() -> None:
         started = time.perf_counter()
         results = []
         async with aiohttp.ClientSession() as session:
-            client = BatchClient(session, job.model, "bench-key-0123456789", 600)
+            client = BatchClient(Transport(session, job.model, "bench-key-0123456789", 600))
             for i, group in enumerate(group_works(works, PER_CHUNK)):
                 chunk = write_chunk(store.chunk_path(f"c{i}"), group)
                 record = store.add(f"c{i}", "bench", chunk.rows)
@@ -85,7 +86,7 @@ async def main() -> None:
                 store.mark(record.chunk, done.state)
                 results += done.collected
             batch_s = time.perf_counter() - started
-            online = GeminiClient(session, job.model, "bench-key-0123456789", 60)
+            online = GeminiClient(Transport(session, job.model, "bench-key-0123456789", 60))
             sem = asyncio.Semaphore(64)
 
             async def ask(w: Work) -> Answer:

@@ -15,6 +15,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorServer
 from batchgen.errors import FatalApiError
 from batchgen.gemini.batch_client import BatchClient, BatchInfo, FileInfo
 from batchgen.gemini.client import ApiError
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import ModelSpec
 from tests.helpers.clock import Clock
 
@@ -34,7 +35,9 @@ def lines(keys: list[str]) -> str:
 
 
 def client_for(session: aiohttp.ClientSession, base_url: str, **kwargs: Any) -> BatchClient:
-    return BatchClient(session, ModelSpec(FLASH, base_url=base_url), KEY, 10, **kwargs)
+    chunk = {"chunk_bytes": kwargs.pop("chunk_bytes")} if "chunk_bytes" in kwargs else {}
+    model = ModelSpec(FLASH, base_url=base_url)
+    return BatchClient(Transport(session, model, KEY, 10, **kwargs), **chunk)
 
 
 async def test_upload_create_wait_download(session: aiohttp.ClientSession, tmp_path: Path) -> None:
@@ -141,7 +144,8 @@ async def test_refusals_are_classified_and_never_show_the_key(
             await client_for(session, server.base_url).upload(source, "x")
         assert KEY not in str(refused.value) and "refused the key" in str(refused.value)
     async with EmulatorServer() as server:
-        client = BatchClient(session, ModelSpec("gemini-0-nope", base_url=server.base_url), KEY, 10)
+        nope = ModelSpec("gemini-0-nope", base_url=server.base_url)
+        client = BatchClient(Transport(session, nope, KEY, 10))
         file = await client.upload(source, "x")
         with pytest.raises(FatalApiError, match="404"):
             await client.create(file.name, "x")

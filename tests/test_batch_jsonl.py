@@ -26,6 +26,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorServer
 from batchgen.gemini.answers import parse_response, structured_value
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
 from batchgen.plan import Plan, plan_job
@@ -98,7 +99,7 @@ async def test_batch_results_become_what_online_answers_become(
     plan = make_plan(project, server.base_url)
     works = works_of(plan, 20)
     async with aiohttp.ClientSession() as session:
-        batches = BatchClient(session, plan.job.model, KEY, 30)
+        batches = BatchClient(Transport(session, plan.job.model, KEY, 30))
         chunk = write_chunk(tmp_path / "chunk.jsonl", works)
         file = await batches.upload(chunk.path, "chunk")
         batch = await batches.wait((await batches.create(file.name, "chunk")).name)
@@ -107,7 +108,7 @@ async def test_batch_results_become_what_online_answers_become(
         collected, stats = ResultCollector(plan, "run-1", lambda: AT).collect(
             {w.row.row_id: w for w in works}, tmp_path / "results.jsonl"
         )
-        online = GeminiClient(session, plan.job.model, KEY, 30)
+        online = GeminiClient(Transport(session, plan.job.model, KEY, 30))
         answers = [parse_response((await online.generate(w.body))[0]) for w in works]
     assert [c.row_id for c in collected] != [w.row.row_id for w in works]  # shuffled lines
     assert sorted(c.row_id for c in collected) == sorted(w.row.row_id for w in works)

@@ -14,6 +14,7 @@ from batchgen.backends.batch.jsonl import ResultCollector, write_chunk
 from batchgen.backends.batch.steps import collect_chunk, submit_chunk, upload_chunk
 from batchgen.emulator import Emulator, EmulatorConfig, EmulatorServer
 from batchgen.gemini.batch_client import BatchClient
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import Overrides, load_job
 from batchgen.keys import EMPTY
 from batchgen.plan import Plan, plan_job
@@ -57,7 +58,7 @@ async def setup(project: Path, tmp_path: Path) -> AsyncIterator[Setup]:
         job = load_job(
             project / "jobs" / "review_insights.toml", Overrides(base_url=server.base_url)
         )
-        client = BatchClient(session, job.model, KEY, 30)
+        client = BatchClient(Transport(session, job.model, KEY, 30))
         yield Setup(server.emulator, plan_job(job), client, tmp_path / "out")
 
 
@@ -128,9 +129,8 @@ async def test_a_batch_that_ends_badly_fails_its_rows(
             job = load_job(
                 project / "jobs" / "review_insights.toml", Overrides(base_url=server.base_url)
             )
-            setup = Setup(
-                server.emulator, plan_job(job), BatchClient(session, job.model, KEY, 30), tmp_path
-            )
+            client = BatchClient(Transport(session, job.model, KEY, 30))
+            setup = Setup(server.emulator, plan_job(job), client, tmp_path)
             chunk = await upload_chunk(setup.store, setup.client, setup.written())
             chunk = await submit_chunk(setup.store, setup.client, chunk)
             done = await collect_chunk(

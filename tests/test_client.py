@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from batchgen.errors import FatalApiError, QuotaExhaustedError
 from batchgen.gemini.answers import AnswerError, parse_response
 from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import ModelSpec
 
 KEY = "sk-secret-value-1"
@@ -89,7 +90,7 @@ async def call(
 
     async def call(model: str) -> dict[str, Any]:
         spec = ModelSpec(name=model, base_url=str(server.make_url("")).rstrip("/"))
-        payload, _ = await GeminiClient(session, spec, KEY, timeout=5).generate(b"{}")
+        payload, _ = await GeminiClient(Transport(session, spec, KEY, timeout=5)).generate(b"{}")
         assert seen[-1] == KEY  # the key travels in the header
         return payload
 

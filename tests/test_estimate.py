@@ -22,6 +22,7 @@ from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
 from batchgen.errors import CheckpointError, FatalApiError
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.request import RequestBuilder
+from batchgen.gemini.transport import Transport
 from batchgen.job.response_schema import resolve_schema
 from batchgen.job.schema import AnswerValidator, normalize_schema
 from batchgen.job.spec import Job, LimitsSpec, Overrides, load_job
@@ -90,7 +91,7 @@ async def test_count_tokens_counts_the_system_instruction(project: Path) -> None
     )
     async with EmulatorServer() as server, aiohttp.ClientSession() as session:
         job = load_job(path, Overrides(base_url=server.base_url))
-        client = GeminiClient(session, job.model, KEY, 10)
+        client = GeminiClient(Transport(session, job.model, KEY, 10))
         contents = json.dumps({"contents": json.loads(body)["contents"]}).encode()
         alone = await client.count_tokens(contents)
         whole = await client.count_tokens(count_request(job.model.name, body))

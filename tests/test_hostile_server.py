@@ -23,6 +23,7 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.hostile import HostileConfig
 from batchgen.gemini.client import GeminiClient
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import Job, ModelSpec, Overrides, load_job
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from tests.helpers.emulator_calls import StartEmulator
@@ -280,9 +281,9 @@ async def test_the_client_caps_a_server_delay_and_keeps_what_was_asked(
         async with aiohttp.ClientSession() as session:
             model = ModelSpec("gemini-2.5-flash-lite", server.base_url)
             client = (
-                GeminiClient(session, model, KEY, 10)  # the default cap: 300 s
+                GeminiClient(Transport(session, model, KEY, 10))  # the default cap: 300 s
                 if cap is None
-                else GeminiClient(session, model, KEY, 10, max_server_delay=cap)
+                else GeminiClient(Transport(session, model, KEY, 10, max_server_delay=cap))
             )
             with pytest.raises(Exception) as info:
                 await client.generate(body)

@@ -15,6 +15,7 @@ from aiohttp import web
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.connect import client_for
+from batchgen.gemini.transport import Transport
 from batchgen.job.spec import ModelSpec
 
 KEY = "sk-transport-secret-0123456789"
@@ -109,7 +110,7 @@ async def test_a_batches_answer_over_the_cap_is_an_api_error(
     server["answer"] = lambda: web.json_response({"name": "batches/abc", "pad": "x" * 4096})
     model = ModelSpec(FLASH, base_url=server["base_url"])
     async with aiohttp.ClientSession() as session:
-        batch = BatchClient(session, model, KEY, 10, max_response_bytes=1024)
+        batch = BatchClient(Transport(session, model, KEY, 10, max_response_bytes=1024))
         with pytest.raises(ApiError) as caught:
             await batch.get("batches/abc")
     assert caught.value.category == "response_too_large"

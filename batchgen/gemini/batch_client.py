@@ -33,14 +33,12 @@ import aiohttp
 from batchgen.atomic import atomic_file
 from batchgen.gemini.answers import AnswerError
 from batchgen.gemini.transport import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_MAX_SERVER_DELAY,
     READ_CHUNK,
     ApiError,
     Response,
     Transport,
 )
-from batchgen.job.spec import DEFAULT_BASE_URL, ModelSpec
+from batchgen.job.spec import DEFAULT_BASE_URL
 
 CHUNK_BYTES = 8 * 1024 * 1024  # what python-genai sends per upload request
 MAX_DOWNLOAD_BYTES = 2 * 1000**3  # an output file is at most about the input's 2 GB limit
@@ -135,24 +133,11 @@ NO_ROUTE = frozenset({404, 405, 501})  # the upload start's path is not served t
 class BatchClient:
     """Files and batches of one model's API; the session is the caller's."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        model: ModelSpec,
-        api_key: str,
-        timeout: float,
-        *,
-        chunk_bytes: int = CHUNK_BYTES,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
-    ) -> None:
-        self._http = Transport(
-            session, model, api_key, timeout,
-            max_response_bytes=max_response_bytes, max_server_delay=max_server_delay,
-        )  # fmt: skip
-        self._model = model
+    def __init__(self, http: Transport, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._http = http
+        self._model = http.model
         self.chunk_bytes = chunk_bytes
-        self._api = f"{model.base_url}/{model.api_version}"
+        self._api = f"{self._model.base_url}/{self._model.api_version}"
 
     # --- files ----------------------------------------------------------------------------
 

@@ -13,23 +13,17 @@ answer's ``usageMetadata.serviceTier`` (docs/gemini-api.md §11); a Flex job's r
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from batchgen.gemini.answers import MALFORMED, AnswerError
 from batchgen.gemini.transport import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_MAX_SERVER_DELAY,
     ApiError,
     Transport,
     excerpt_text,
 )
-from batchgen.job.spec import ModelSpec
 
 __all__ = ["ApiError", "GeminiClient", "Reply", "served_tier"]  # ApiError lives in transport
 
@@ -50,23 +44,9 @@ class Reply:
 class GeminiClient:
     """Sends request bodies to one model's generateContent endpoint."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        model: ModelSpec,
-        api_key: str,
-        timeout: float,
-        *,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
-    ) -> None:
-        # the server waits 600 s unless told (a hint, best-effort)
-        hint = {"X-Server-Timeout": str(math.ceil(timeout))} if model.tier == "flex" else {}
-        self._http = Transport(
-            session, model, api_key, timeout, max_response_bytes=max_response_bytes,
-            max_server_delay=max_server_delay, headers=hint,
-        )  # fmt: skip
-        self._model = model
+    def __init__(self, http: Transport) -> None:
+        self._http = http
+        self._model = http.model
 
     async def generate(self, body: bytes) -> tuple[Any, float]:
         """POST one request; return (the 200 body's JSON value, latency in ms) or raise as

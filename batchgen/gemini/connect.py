@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
-from batchgen.gemini.transport import open_session
+from batchgen.gemini.transport import Transport, open_session
 from batchgen.job.spec import Job, LimitsSpec, ModelSpec, RetrySpec
 
 __all__ = ["client_for"]
@@ -42,9 +42,9 @@ async def client_for(
         else (job, LimitsSpec(), RetrySpec())
     )  # fmt: skip
     async with open_session(connections) as session:
-        yield kind(
+        yield kind(Transport(
             session, model, api_key,
             limits.timeout_seconds if timeout is None else timeout,
             max_response_bytes=limits.max_response_bytes,
             max_server_delay=retry.max_server_delay_seconds,
-        )  # fmt: skip
+        ))  # fmt: skip

@@ -34,6 +34,7 @@ import email.utils
 import errno
 import io
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -117,7 +118,6 @@ class Transport:
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
-        headers: Mapping[str, str] | None = None,
     ) -> None:
         # aiohttp would refuse these at the first call, in a worker; the callers check the key
         # earlier (resolve_api_key), this is for a library caller that hands one in directly
@@ -127,18 +127,15 @@ class Transport:
                 f"the API key for ${model.api_key_env} (model.api_key_env) holds {problem}, which "
                 "cannot go in an HTTP header; set it to the key alone"
             )
-        for name, value in (headers or {}).items():
-            if unsendable(value) is not None:
-                raise JobError(f"header {name}: {unsendable(value)} cannot go in an HTTP header")
         self._session = session
-        self._model = model
+        self.model = model
         self._key = api_key
         # A body that repeats the key (an echo server, a debugging proxy) has it replaced before
         # anything reads it. A key too short to be a real one would match ordinary text instead.
         self._key_bytes = api_key.encode() if len(api_key) >= MIN_SCRUBBED_KEY else b""
-        self._headers = {
-            "x-goog-api-key": api_key, "Content-Type": "application/json", **(headers or {})
-        }  # fmt: skip
+        self._headers = {"x-goog-api-key": api_key, "Content-Type": "application/json"}
+        if model.tier == "flex":  # the server waits 600 s unless told (a hint, best-effort)
+            self._headers["X-Server-Timeout"] = str(math.ceil(timeout))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_response_bytes
         self._max_delay = max_server_delay
@@ -231,7 +228,7 @@ class Transport:
     ) -> Exception:
         """The error of an HTTP status that is neither a 200 nor a redirect, from its body."""
         error = _envelope(raw)
-        model = self._model
+        model = self.model
         message = self.scrub(_one_line(error.get("message")) or _not_gemini(raw))
         where = f"{redact_url(model.base_url)} (model {model.name})"
         reasons = {d.get("reason") for d in _details(error)}
