@@ -156,3 +156,26 @@ async def test_no_sliding_minute_holds_more_than_the_limit_with_a_burst_after_a_
         sent.append(await limits.acquire(10))
     busiest = max(bisect.bisect_left(sent, t + 60) - i for i, t in enumerate(sent))
     assert 2950 <= busiest <= 3000 * 0.995  # full, and within the margin
+
+
+def test_a_second_wave_from_a_window_that_counts_refused_calls_does_not_step_down_again() -> None:
+    clock = Clock(1000.0)
+    rate = AdaptiveRate(2400, clock)  # configured twice too high
+    feed(rate, clock, 2400, 30)  # half a minute at 2R fills a window of R
+    assert rate.rejected(delay=30)  # until the first of them leaves
+    settled = rate.rate
+    assert settled == pytest.approx(1200 * 0.97, rel=0.01)
+    clock.now += 30  # the pause: the calls refused during the first wave are still counted
+    assert not rate.rejected(delay=1)  # a second wave: the pause again, but the same limit
+    assert rate.rate == settled
+
+
+def test_a_wave_after_the_last_one_has_left_the_window_steps_down_again() -> None:
+    clock = Clock(1000.0)
+    rate = AdaptiveRate(2400, clock)
+    feed(rate, clock, 2400, 30)
+    rate.rejected(delay=30)
+    clock.now += 30
+    feed(rate, clock, 700, 120)  # the server now takes less (someone shares the quota)
+    assert rate.rejected(delay=1)
+    assert rate.rate == pytest.approx(700 * 0.97, rel=0.02)

@@ -10,6 +10,7 @@ dispatched as the controller allows, as a runner would.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import random
 from dataclasses import dataclass, field
@@ -87,6 +88,58 @@ async def test_at_twice_the_quota_it_settles_just_under_it(latency: float) -> No
     achieved = ok / (seconds - 60) * 60 / quota
     assert limited / (ok + limited) <= 0.03
     assert achieved >= 0.93
+
+
+class EveryCallWindow:
+    """A gateway's strict window: every call enters it, refused ones too; the 429 says only
+    ``Retry-After`` in whole seconds, or nothing, and never which quota."""
+
+    def __init__(self, quota: int, retry_after: bool) -> None:
+        self.quota, self.retry_after = quota, retry_after
+        self.arrivals: collections.deque[float] = collections.deque()
+
+    def refuse(self, now: float) -> float | None:
+        """Seconds the 429 asks to wait, or None if the call is admitted."""
+        while self.arrivals and self.arrivals[0] <= now - 60:
+            self.arrivals.popleft()
+        full = len(self.arrivals) >= self.quota
+        self.arrivals.append(now)
+        if not full:
+            return None
+        return max(1, math.ceil(self.arrivals[0] + 60 - now)) if self.retry_after else 0
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+async def test_a_window_that_counts_refused_calls_settles_as_close_to_its_quota(
+    retry_after: bool,
+) -> None:
+    quota, latency, seconds = 600, 1.0, 240.0
+    time = VirtualTime()
+    server = EveryCallWindow(quota, retry_after)
+    limits = RateLimits(2 * quota, clock=time, sleep=time.sleep)
+    tally = Tally()
+
+    async def worker() -> None:
+        while True:
+            sent = await limits.acquire(100)
+            delay = server.refuse(time.now)
+            if delay is not None:
+                tally.limited.append(time.now)
+                limits.rejected(float(delay) if delay else None, None, sent, 100)
+                await time.sleep(delay or 1.0)  # the retry policy's wait when none is given
+                continue
+            tally.ok.append(time.now)
+            await time.sleep(latency)
+            await limits.settle(100, 100, 100, sent_at=sent)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(int(2 * quota / 60 * latency * 1.3) + 4)]
+    await time.run_until(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ok, limited = tally.after(60, seconds)
+    assert limited / (ok + limited) <= 0.01
+    assert ok / (seconds - 60) * 60 / quota >= 0.95
 
 
 async def test_at_the_quota_it_never_sees_a_429() -> None:

@@ -23,6 +23,12 @@ accepted in the last 60 s, and its 429 says when the oldest leaves):
 - A pause restarts the buckets full, and requests that were waiting take new turns: a bucket
   that filled up during the pause, or turns handed out before it, would send a burst into a
   window that frees only as fast as it filled a minute ago, and earn as many 429s.
+- A step down goes to just under what the server showed it takes, never under our own rate
+  again: a 429 while we already send below that pauses but does not step. And what the server
+  showed stands for a minute after the step (plus its delay): a window that counts the calls
+  it refused too (a gateway's) still holds the wave that earned the step, and answers 429s
+  again when the pause ends (each second, if it sends no delay) until that wave has left it.
+  Stepping on each, the rate fell by 3% a second, to 0.42 of the quota after the first minute.
 
 How many calls may be in flight is :mod:`batchgen.backends.online.concurrency`'s; requests per
 day are counted in :mod:`batchgen.backends.online.daily`.
@@ -62,6 +68,10 @@ class AdaptiveRate:
         self._amounts = [0.0] * slots
         self._last_increase = clock()
         self.quiet_until = 0.0  # 429s before this belong to a burst already answered
+        # what the server took in the minute before the last step down, and until when that
+        # stands: a window that counts refused calls too still holds the wave until it ends
+        self._shown = 0.0
+        self._shown_until = 0.0
 
     def accepted(self, amount: float = 1.0, sent_at: float | None = None) -> None:
         """The server took ``amount`` (a request, or prompt tokens) sent at ``sent_at``.
@@ -95,14 +105,18 @@ class AdaptiveRate:
         if now < self.quiet_until:
             return False
         observed = self.observed()
+        if now < self._shown_until and self._shown > observed:
+            observed = self._shown  # the wave of the last step down is still in the window
+        elif observed >= 0.5 * self.rate:
+            self._shown, self._shown_until = observed, now + 60 + max(delay, 1.0)
         if observed >= 0.5 * self.rate:  # we were near the server's limit: it showed us the limit
-            lower = min(self.rate, observed) * SETTLE
+            lower = min(self.rate, observed * SETTLE)  # already under it: pause, no step down
         else:
             lower = self.rate * DECREASE
-        self.rate = max(self.configured * FLOOR, lower)
+        before, self.rate = self.rate, max(self.configured * FLOOR, lower)
         self.quiet_until = now + max(delay, 1.0)
         self._last_increase = now + delay
-        return True
+        return self.rate < before
 
 
 class Bucket:
