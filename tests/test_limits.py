@@ -6,7 +6,7 @@ import bisect
 
 import pytest
 
-from batchgen.backends.online.rate import AdaptiveRate, Bucket, RateLimits
+from batchgen.backends.online.rate import PACE, AdaptiveRate, Bucket, RateLimits
 from tests.helpers.clock import Clock
 
 
@@ -24,7 +24,23 @@ def test_a_429_while_saturating_settles_just_under_what_the_server_accepted() ->
     rate = AdaptiveRate(2400, clock)  # configured twice too high
     feed(rate, clock, 1200, 60)  # the server took 1,200 in the last minute
     assert rate.rejected(delay=30)
-    assert rate.rate == pytest.approx(1200 * 0.97, rel=0.01)
+    sends = rate.rate * PACE  # what the bucket lets out a minute at that rate
+    assert sends == pytest.approx(1200 * 0.98, rel=0.005)
+
+
+def test_past_where_the_server_last_said_no_the_rate_climbs_a_quarter_as_fast() -> None:
+    clock = Clock(1000.0)
+    rate = AdaptiveRate(2400, clock)  # climbs 24 a minute
+    feed(rate, clock, 1200, 60)
+    rate.rejected(delay=1)
+    low = rate.rate
+    clock.now += 1
+    feed(rate, clock, 1200 * 0.98, 30)  # below the limit shown: the full climb
+    assert rate.rate == pytest.approx(low + 12, abs=0.5)
+    near = 1200 * 0.995 / PACE  # the rate at which the bucket sends 99.5% of that limit
+    feed(rate, clock, 1200, 300)  # past it after 16 s, then a quarter as fast: 6 a minute
+    climbed = (near - low - 12) / 24 * 60  # seconds at the full climb
+    assert rate.rate == pytest.approx(near + (300 - climbed) / 60 * 6, abs=1.5)
 
 
 def test_a_burst_of_429s_steps_down_once() -> None:
@@ -49,10 +65,10 @@ def test_without_a_saturated_window_the_rate_is_cut_by_a_factor() -> None:
 def test_the_rate_climbs_back_one_percent_of_the_configured_rate_a_minute() -> None:
     clock = Clock(1000.0)
     rate = AdaptiveRate(1000, clock)
-    feed(rate, clock, 800, 60)
+    feed(rate, clock, 100, 60)  # a 429 that shows no limit: a step by a factor
     rate.rejected(delay=2)
     low = rate.rate
-    assert low == pytest.approx(776, abs=2)
+    assert low == pytest.approx(700)
     clock.now += 2  # the pause
     feed(rate, clock, low, 300)  # five quiet minutes
     assert rate.rate == pytest.approx(low + 5 * 10, abs=2)
@@ -116,7 +132,7 @@ def test_accepted_requests_count_when_they_were_sent() -> None:
         rate.accepted(1, sent_at=clock.now - 60 + i / 20)
     assert rate.observed() == 1200
     assert rate.rejected(delay=1)
-    assert rate.rate == pytest.approx(1200 * 0.97)
+    assert rate.rate * PACE == pytest.approx(1200 * 0.98)
 
 
 async def test_the_buckets_start_full_at_the_first_request_not_at_construction() -> None:
@@ -164,7 +180,7 @@ def test_a_second_wave_from_a_window_that_counts_refused_calls_does_not_step_dow
     feed(rate, clock, 2400, 30)  # half a minute at 2R fills a window of R
     assert rate.rejected(delay=30)  # until the first of them leaves
     settled = rate.rate
-    assert settled == pytest.approx(1200 * 0.97, rel=0.01)
+    assert settled * PACE == pytest.approx(1200 * 0.98, rel=0.01)
     clock.now += 30  # the pause: the calls refused during the first wave are still counted
     assert not rate.rejected(delay=1)  # a second wave: the pause again, but the same limit
     assert rate.rate == settled
@@ -178,4 +194,4 @@ def test_a_wave_after_the_last_one_has_left_the_window_steps_down_again() -> Non
     clock.now += 30
     feed(rate, clock, 700, 120)  # the server now takes less (someone shares the quota)
     assert rate.rejected(delay=1)
-    assert rate.rate == pytest.approx(700 * 0.97, rel=0.02)
+    assert rate.rate * PACE == pytest.approx(700 * 0.98, rel=0.02)

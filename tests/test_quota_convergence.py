@@ -86,8 +86,8 @@ async def test_at_twice_the_quota_it_settles_just_under_it(latency: float) -> No
     tally = await simulate(quota, 2 * quota, latency, workers, seconds)
     ok, limited = tally.after(60, seconds)
     achieved = ok / (seconds - 60) * 60 / quota
-    assert limited / (ok + limited) <= 0.03
-    assert achieved >= 0.93
+    assert limited / (ok + limited) <= 0.01
+    assert achieved >= 0.97
 
 
 class EveryCallWindow:
@@ -139,7 +139,7 @@ async def test_a_window_that_counts_refused_calls_settles_as_close_to_its_quota(
     await asyncio.gather(*tasks, return_exceptions=True)
     ok, limited = tally.after(60, seconds)
     assert limited / (ok + limited) <= 0.01
-    assert ok / (seconds - 60) * 60 / quota >= 0.95
+    assert ok / (seconds - 60) * 60 / quota >= 0.97
 
 
 async def test_at_the_quota_it_never_sees_a_429() -> None:

@@ -11,9 +11,14 @@ by the ratio of real to estimated tokens seen so far, and any shortfall is paid 
 tells the real count.
 
 When the server still answers 429 (the configured limit is too high, or someone else shares the
-quota), every request pauses for the server's delay and the rate steps down — to just under what
-the server accepted over the last minute when we were near its limit, else by a factor — then
-climbs back by 1% of the configured rate per minute: additive increase, multiplicative decrease.
+quota), every request pauses for the server's delay and the rate steps down — to where the bucket
+sends 98% of what the server accepted over the last minute when we were near its limit, else by
+a factor — then climbs back by 1% of the configured rate per minute, and a quarter as fast once
+it sends more than 99.5% of the limit the server last showed: additive increase, multiplicative
+decrease, and a slow probe past the last known limit (TCP CUBIC's plateau, in a line), so that a
+run configured above its quota spends its minutes just under it rather than climbing into the
+next wave of 429s. (Stepping to 97% of the *rate*, the bucket's own margin came on top: it sent
+96% of the quota and climbed back into a wave every two minutes; 0.95 of the quota, live.)
 Two details make this converge under a strict rolling window (the server counts the requests it
 accepted in the last 60 s, and its 429 says when the oldest leaves):
 
@@ -47,10 +52,14 @@ BURST_SECONDS = 0.5  # how much of a minute's budget may go out at once
 DECREASE = 0.7  # rate factor after a 429, when the accepted rate tells nothing
 INCREASE_PER_MINUTE = 0.01  # share of the configured rate regained per minute without 429s
 FLOOR = 0.02  # never below this share of the configured rate
-SETTLE = 0.97  # after a 429, aim this far below what the server accepted
+SETTLE = 0.98  # after a 429, aim this far below what the server accepted
 SLOT_SECONDS = 0.25  # what the server took is kept per quarter of a second
+NEAR = 0.995  # past this share of the limit the server last showed, probe ...
+PROBE = 0.25  # ... at this share of the climb
 MARGIN = 0.995  # send this share of the rate: at exactly the limit, milliseconds of network
 # jitter put one request of a window into the next and earn a 429
+
+PACE = MARGIN * 60 / (60 + BURST_SECONDS)  # what a bucket sends a minute, per unit of its rate
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -72,6 +81,7 @@ class AdaptiveRate:
         # stands: a window that counts refused calls too still holds the wave until it ends
         self._shown = 0.0
         self._shown_until = 0.0
+        self._ceiling = 0.0  # what the server took when it last said no (requests a minute)
 
     def accepted(self, amount: float = 1.0, sent_at: float | None = None) -> None:
         """The server took ``amount`` (a request, or prompt tokens) sent at ``sent_at``.
@@ -91,6 +101,8 @@ class AdaptiveRate:
         minutes = (now - self._last_increase) / 60
         if minutes >= 1 / 60:  # at most once a second
             step = self.configured * INCREASE_PER_MINUTE * minutes
+            if self._ceiling and self.rate * PACE >= self._ceiling * NEAR:
+                step *= PROBE  # past where the server said no last time: probe slowly
             self.rate = min(self.configured, self.rate + step)
             self._last_increase = now
 
@@ -110,7 +122,8 @@ class AdaptiveRate:
         elif observed >= 0.5 * self.rate:
             self._shown, self._shown_until = observed, now + 60 + max(delay, 1.0)
         if observed >= 0.5 * self.rate:  # we were near the server's limit: it showed us the limit
-            lower = min(self.rate, observed * SETTLE)  # already under it: pause, no step down
+            self._ceiling = observed
+            lower = min(self.rate, observed * SETTLE / PACE)  # already under: pause, no step
         else:
             lower = self.rate * DECREASE
         before, self.rate = self.rate, max(self.configured * FLOOR, lower)
@@ -159,7 +172,7 @@ class Bucket:
 def _pace(per_minute: float) -> float:
     """The drain rate (per second) at which a burst plus a minute at that rate stays within
     ``MARGIN`` of ``per_minute``: any 60 s window then holds at most the limit."""
-    return per_minute * MARGIN / (60 + BURST_SECONDS)
+    return per_minute * PACE / 60
 
 
 class RateLimits:
