@@ -196,6 +196,8 @@ def _describe(s: RunSummary, asked: str | None = None) -> str:
         f"{s.usage['thinking']} thinking, {s.usage['total']} total; cost "
         + ("unpriced" if s.cost is None else f"${s.cost:.4f}"),
     ]
+    if s.rows_reused:
+        lines.append(f"{s.rows_reused} rows answered by an identical request's call (unpaid)")
     if s.moved_aside:
         lines.insert(0, f"the earlier output was moved to {s.moved_aside}")
     if s.folded:

@@ -112,6 +112,7 @@ _LABELS = {
     "requests": "requests",
     "rows_done": "rows done",
     "rows_failed": "rows failed",
+    "rows_reused": "rows reused",
     "prompt_tokens": "prompt",
     "output_tokens": "output",
     "thinking_tokens": "thinking",
