@@ -116,6 +116,20 @@ def test_estimate_and_validate_count_repeated_requests(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "30 of 40 rows repeat another row's request" in result.output
     assert "dedupe = true" in result.output
+    plain = CliRunner().invoke(main, ["estimate", str(path), "--offline", "--format", "json"])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.output)["repeated_rows"] == 30
+    deduped = item_job(tmp_path, 1, output={"dedupe": True})
+    repeated_rows(tmp_path, 40, 10)
+    result = CliRunner().invoke(main, ["estimate", str(deduped), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "output.dedupe is on, so 10 calls are paid" in result.output
+    once = json.loads(
+        CliRunner().invoke(main, ["estimate", str(deduped), "--offline", "--format", "json"]).output
+    )
+    assert once["prompt_tokens"] * 4 == pytest.approx(
+        json.loads(plain.output)["prompt_tokens"], 0.02
+    )
 
 
 # --- candidates ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from batchgen.cli.common import (
     tier_option,
     warn_lifecycle,
 )
+from batchgen.cli.render import repeats_line
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import (
     BatchgenError,
@@ -42,6 +43,7 @@ from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.redact import redact_url
+from batchgen.reports.repeats import count_repeats
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 
 if TYPE_CHECKING:
@@ -281,6 +283,9 @@ def validate(
     click.echo(f"  output  {job.output.directory}")
     for f in plan.layout.schema:
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")
+    repeats = count_repeats(plan)
+    if repeats.repeated:
+        click.echo(f"  repeats {repeats_line(repeats.repeated, repeats.rows, repeats.dedupe)}")
     if show_request:
         click.echo(_first_request(plan))
 

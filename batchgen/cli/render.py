@@ -56,7 +56,20 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
     if est.calls_per_row > 1:
         lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
     lines += [f"  note: {n}" for n in est.notes]
+    if est.repeated_rows:
+        lines.append(f"  repeats  {repeats_line(est.repeated_rows, est.rows, est.dedupe)}")
     return "\n".join(lines)
+
+
+def repeats_line(repeated: int, rows: int, dedupe: bool) -> str:
+    """How many rows repeat another's request, and what ``output.dedupe`` does about it."""
+    said = f"{repeated:,} of {rows:,} rows repeat another row's request"
+    if dedupe:
+        return f"{said}: output.dedupe is on, so {rows - repeated:,} calls are paid (counted so)"
+    return (
+        f"{said}; set [output] dedupe = true to pay once per distinct request "
+        f"({rows - repeated:,} calls), or keep it off to get a fresh answer for each"
+    )
 
 
 def _range(low: float, high: float) -> str:

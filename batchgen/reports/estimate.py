@@ -63,6 +63,7 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
+from batchgen.reports.repeats import count_repeats
 from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
@@ -125,6 +126,8 @@ class Estimate:
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
     tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
+    repeated_rows: int = 0  # rows whose request repeats an earlier row's (output.dedupe)
+    dedupe: bool = False  # the job pays once per distinct request: tokens and costs say so
 
     @property
     def minutes(self) -> float:
@@ -180,6 +183,9 @@ def estimate_job(
             asyncio.run(_probe_files(job, api_key))
         counts = asyncio.run(_count_all(job, api_key, bodies))
     scale = total / len(positions)
+    repeats = count_repeats(plan)
+    paid = repeats.distinct / repeats.rows if job.output.dedupe and repeats.rows else 1.0
+    scale *= paid  # with dedupe, one call per distinct request
     notes: list[str] = []
     guess = _history_guess(job, history, notes) or _schema_guess(job)
     table = prices or load_prices()
@@ -192,7 +198,7 @@ def estimate_job(
         )
     costs = _tier_costs(price, counts, guess, scale)
     notes += _price_notes(table, price, job.model.name, day)
-    answered = total - unrenderable * scale
+    answered = total * paid - unrenderable * scale
     return Estimate(
         job=job.name,
         model=job.model.name,
@@ -209,11 +215,15 @@ def estimate_job(
         cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
-        **asdict(time_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale)),
+        **asdict(
+            time_bounds(job, guess, rows=round(total * paid), prompt_tokens=sum(counts) * scale)
+        ),
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
         tier=job.model.tier,
+        repeated_rows=repeats.repeated,
+        dedupe=job.output.dedupe,
     )
 
 
@@ -345,16 +355,24 @@ def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str
             if row.position not in wanted:
                 continue
             try:
-                user, system = plan.template.render(row.values, row.row_id)
+                body, _ = plan.request(row)
             except TemplateError:
                 failed += 1
                 continue
-            bodies.append(plan.builder.body(user, system))
-            # The emulator reads the system instruction, then the contents, one per line.
-            texts.append(user if system is None else f"{system}\n{user}")
+            bodies.append(body)
+            texts.append(_prompt_text(body))
         if batch and batch[-1].position >= last:
             break
     return bodies, texts, failed
+
+
+def _prompt_text(body: bytes) -> str:
+    """The text a body asks about: the system instruction, then every turn (few-shot examples
+    too), one per line, as the emulator reads it."""
+    request = json.loads(body)
+    turns = [request["systemInstruction"]] if "systemInstruction" in request else []
+    turns += request["contents"]
+    return "\n".join(part["text"] for turn in turns for part in turn["parts"])
 
 
 # --- counting with the API -----------------------------------------------------------------
