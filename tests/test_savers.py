@@ -302,3 +302,19 @@ async def test_emulator_answers_distinct_candidates(make_client: MakeClient) -> 
     assert len(set(texts)) == 3
     _, single = await call(client, ask("hi", {"type": "STRING"}))
     assert single["candidates"][0]["content"] == answer["candidates"][0]["content"]
+
+
+def test_batch_mode_sends_one_line_per_distinct_request(
+    emulator_factory: Any, tmp_path: Path
+) -> None:
+    server = emulator_factory(EmulatorConfig(batch_pending_s=0.05, batch_running_s=0.1))
+    path = item_job(
+        tmp_path, 1, model={"tier": "batch"}, output={"dedupe": True},
+        batch={"rows_per_chunk": 25, "poll_initial_seconds": 0.02, "poll_max_seconds": 0.05},
+    )  # fmt: skip
+    repeated_rows(tmp_path, 60, 20)
+    summary = run(path, server)
+    assert summary.exit_code == 0 and summary.rows_done == 60 and summary.rows_reused == 40
+    usage = read_rows(tmp_path / "out", "usage")
+    assert len([u for u in usage if u["outcome"] == "ok"]) == 20  # 20 lines answered, paid
+    assert len(read_rows(tmp_path / "out", "results")) == 60
