@@ -484,7 +484,10 @@ def _schema_guess(job: Job) -> OutputGuess:
         f"from the schema: a minimal answer ({low} tokens, no thinking) up to {said} per row "
         "(thinking included); a pilot run (limit=20, --limit 20) makes this a measurement"
     )
-    return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
+    n = job.candidates  # each candidate is its own answer, all billed as output
+    if n > 1:
+        source += f"; × {n} candidates"
+    return OutputGuess(low=float(low * n), high=float(max(ceiling, low) * n), source=source)
 
 
 def small_answer(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
