@@ -22,12 +22,14 @@ twin whose answer was dropped is simply sent, and paid, again.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from batchgen.backends.base import Sink
+from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.plan import Plan
 from batchgen.records import REUSED, Answer, Billed, Outcome, Usage, Work
 from batchgen.store.outdir import OutputDir
@@ -47,10 +49,26 @@ class Twins:
         self.waiting: dict[str, list[Work]] = {}  # hash of a leader in flight -> its twins
         self.answered: OrderedDict[str, Outcome] = OrderedDict()  # hash -> the leader's outcome
         self.reused = 0  # rows answered by a twin's call
+        self.out: OutputDir | None = None  # an output whose answers twins may take, not read yet
+        self.done: Keys = EMPTY
 
-    def load(self, out: OutputDir) -> None:
+    def earlier(self, out: OutputDir) -> None:
+        """Note the request hashes an earlier run answered (their answers are read only when a
+        row asks one of them: a rerun with nothing new reads nothing more)."""
+        self.out, self.done = out, out.done_state("request_hash").done
+
+    def needs_earlier(self, work: Work) -> bool:
+        """Whether ``work`` asks what an earlier run answered, and those answers are not read."""
+        if self.out is None or work.hash in self.answered:
+            return False
+        return bool(contains(self.done, keys_of([work.hash]))[0])
+
+    def load(self) -> None:
         """The answers of an earlier run, by request hash (one row id's rows each), so twins of
         rows already done are not paid for again."""
+        out, self.out = self.out, None  # once
+        if out is None:
+            return
         table = out.read("results")
         if table is None:
             return
@@ -163,6 +181,8 @@ async def leaders(works: AsyncIterator[Work], sink: DedupeSink) -> AsyncIterator
     """The rows of ``works`` whose request is not answered or asked already; the others are
     answered from the answers kept, or wait for their leader."""
     async for work in works:
+        if sink.twins.needs_earlier(work):
+            await asyncio.to_thread(sink.twins.load)
         taken = sink.twins.take(work)
         if taken is None:
             yield work

@@ -321,7 +321,7 @@ class _Run:
             return self.backend.run(self._works(), self.books)
         twins = Twins(self.plan, self.run_id)
         if self.job.input.id_column is not None:  # without one, done twins are skipped already
-            await asyncio.to_thread(twins.load, self.out)
+            await asyncio.to_thread(twins.earlier, self.out)
         sink = DedupeSink(self.books, twins)
         return self.backend.run(leaders(self._works(), sink), sink)
 
