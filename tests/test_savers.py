@@ -318,3 +318,19 @@ def test_batch_mode_sends_one_line_per_distinct_request(
     usage = read_rows(tmp_path / "out", "usage")
     assert len([u for u in usage if u["outcome"] == "ok"]) == 20  # 20 lines answered, paid
     assert len(read_rows(tmp_path / "out", "results")) == 60
+
+
+def test_print_schema_knows_the_new_keys(tmp_path: Path) -> None:
+    import tomllib
+
+    import jsonschema
+
+    result = CliRunner().invoke(main, ["validate", "--print-schema"])
+    check = jsonschema.Draft202012Validator(json.loads(result.output))
+    path = item_job(tmp_path, 1, output={"dedupe": True}, generation={"candidateCount": 2})
+    raw = tomllib.loads(path.read_text() + EXAMPLES + SAFETY)
+    assert not list(check.iter_errors(raw))
+    load_job(path)
+    assert not check.is_valid(raw | {"safety_settings": [{"category": "x"}]})
+    assert not check.is_valid(raw | {"prompt": {"user": "u", "examples": [{"user": "u"}]}})
+    assert not check.is_valid(raw | {"output": {"dedupe": "yes"}})

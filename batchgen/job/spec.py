@@ -145,8 +145,18 @@ class SafetySetting(_Table, frozen=True):
     """[[safety_settings]]: how strictly the API blocks one harm category (sent as the request's
     ``safetySettings``)."""
 
-    category: Annotated[str, Meta(extra={"enum": list(HARM_CATEGORIES)})]
-    threshold: Annotated[str, Meta(extra={"enum": list(HARM_THRESHOLDS)})]
+    category: Annotated[
+        str,
+        Meta(
+            description="a harm category, any case, HARM_CATEGORY_ optional",
+            extra_json_schema={"examples": list(HARM_CATEGORIES)},
+        ),
+    ]
+    threshold: Annotated[
+        str,
+        Meta(description="a block threshold, any case",
+             extra_json_schema={"examples": list(HARM_THRESHOLDS)}),
+    ]  # fmt: skip
 
 
 class LimitsSpec(_Table, frozen=True):
@@ -256,7 +266,12 @@ class JobFile(_Table, frozen=True):
     json_schema_file: Annotated[str, Meta(description="a JSON Schema file")] | None = None
     schema: Annotated[str, Meta(description="'module:Model', a pydantic model")] | None = None
     generation: Annotated[
-        dict[str, Any], Meta(description="generationConfig fields, as the API names them")
+        dict[str, Any],
+        Meta(
+            description="generationConfig fields, as the API names them (candidateCount 1-8: "
+            "one result row per candidate; thinkingConfig: thinkingLevel or thinkingBudget, "
+            "includeThoughts)"
+        ),
     ] = msgspec.field(default_factory=dict)
     limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
     retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
