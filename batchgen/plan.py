@@ -117,7 +117,7 @@ class Plan:
         ``candidate_error``."""
         row = work.row
         ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
-        if len(answer.candidates) <= 1 or self.job.candidates == 1:
+        if self.job.candidates == 1 or not answer.candidates:  # blocked: no candidate at all
             value = structured_value(answer, self.validator, self.max_output)
             return self.layout.rows(ids, value, {**meta, "thoughts": answer.thoughts})
         rows: list[dict[str, Any]] = []

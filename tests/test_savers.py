@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -118,7 +120,7 @@ def test_estimate_and_validate_count_repeated_requests(tmp_path: Path) -> None:
     assert "dedupe = true" in result.output
     plain = CliRunner().invoke(main, ["estimate", str(path), "--offline", "--format", "json"])
     assert plain.exit_code == 0, plain.output
-    assert json.loads(plain.output)["repeated_rows"] == 30
+    assert json.loads(plain.output)["repeats"]["repeated"] == 30
     deduped = item_job(tmp_path, 1, output={"dedupe": True})
     repeated_rows(tmp_path, 40, 10)
     result = CliRunner().invoke(main, ["estimate", str(deduped), "--offline"])
@@ -321,10 +323,6 @@ def test_batch_mode_sends_one_line_per_distinct_request(
 
 
 def test_print_schema_knows_the_new_keys(tmp_path: Path) -> None:
-    import tomllib
-
-    import jsonschema
-
     result = CliRunner().invoke(main, ["validate", "--print-schema"])
     check = jsonschema.Draft202012Validator(json.loads(result.output))
     path = item_job(tmp_path, 1, output={"dedupe": True}, generation={"candidateCount": 2})

@@ -285,7 +285,7 @@ def validate(
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")
     repeats = count_repeats(plan)
     if repeats.repeated:
-        click.echo(f"  repeats {repeats_line(repeats.repeated, repeats.rows, repeats.dedupe)}")
+        click.echo(f"  repeats {repeats_line(repeats)}")
     if show_request:
         click.echo(_first_request(plan))
 

@@ -17,6 +17,7 @@ import numpy as np
 from batchgen.errors import JobError
 from batchgen.pricing.table import PriceTable
 from batchgen.reports.estimate import Estimate
+from batchgen.reports.repeats import Repeats
 from batchgen.reports.report import RUN_COLUMNS, Report, group_keys
 
 __all__ = [
@@ -56,19 +57,20 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
     if est.calls_per_row > 1:
         lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
     lines += [f"  note: {n}" for n in est.notes]
-    if est.repeated_rows:
-        lines.append(f"  repeats  {repeats_line(est.repeated_rows, est.rows, est.dedupe)}")
+    if est.repeats is not None and est.repeats.repeated:
+        lines.append(f"  repeats  {repeats_line(est.repeats)}")
     return "\n".join(lines)
 
 
-def repeats_line(repeated: int, rows: int, dedupe: bool) -> str:
+def repeats_line(r: Repeats) -> str:
     """How many rows repeat another's request, and what ``output.dedupe`` does about it."""
-    said = f"{repeated:,} of {rows:,} rows repeat another row's request"
-    if dedupe:
-        return f"{said}: output.dedupe is on, so {rows - repeated:,} calls are paid (counted so)"
+    counted = f"{r.rows:,}" if r.whole else f"the first {r.rows:,}"
+    said = f"{r.repeated:,} of {counted} rows repeat another row's request"
+    if r.dedupe:
+        return f"{said}: output.dedupe is on, so {r.distinct:,} calls are paid (counted so)"
     return (
         f"{said}; set [output] dedupe = true to pay once per distinct request "
-        f"({rows - repeated:,} calls), or keep it off to get a fresh answer for each"
+        f"({r.distinct:,} calls), or keep it off to get a fresh answer for each"
     )
 
 

@@ -63,7 +63,7 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
 from batchgen.redact import redact_url
-from batchgen.reports.repeats import count_repeats
+from batchgen.reports.repeats import Repeats, count_repeats
 from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
@@ -126,8 +126,9 @@ class Estimate:
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
     tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
-    repeated_rows: int = 0  # rows whose request repeats an earlier row's (output.dedupe)
-    dedupe: bool = False  # the job pays once per distinct request: tokens and costs say so
+    # rows whose request repeats an earlier row's; with output.dedupe, tokens, cost and time
+    # count one call per distinct request
+    repeats: Repeats | None = None
 
     @property
     def minutes(self) -> float:
@@ -222,8 +223,7 @@ def estimate_job(
         priced_on=day.isoformat(),
         tier_costs=costs,
         tier=job.model.tier,
-        repeated_rows=repeats.repeated,
-        dedupe=job.output.dedupe,
+        repeats=repeats,
     )
 
 
