@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
+import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
@@ -69,6 +70,17 @@ def test_dedupe_pays_once_per_distinct_request_and_a_rerun_pays_nothing(
     assert len(reused) == summary.rows_reused and all(u["total_tokens"] == 0 for u in reused)
     assert run(path, emulator).requests == 0  # a rerun pays nothing
     assert calls(emulator) <= 105
+
+
+def test_twins_wait_for_the_call_in_flight_instead_of_calling(
+    emulator_factory: Any, tmp_path: Path
+) -> None:
+    server = emulator_factory(EmulatorConfig(latency_ms=200))
+    path = item_job(tmp_path, 1, output={"dedupe": True}, limits={"concurrency": 8})
+    repeated_rows(tmp_path, 20, 1)  # twenty rows, one request, all read while it is in flight
+    summary = run(path, server)
+    assert summary.exit_code == 0 and calls(server) == 1 and summary.rows_reused == 19
+    assert len(read_rows(tmp_path / "out", "results")) == 20
 
 
 def test_dedupe_reuses_answers_an_earlier_run_paid_for(
@@ -332,3 +344,21 @@ def test_print_schema_knows_the_new_keys(tmp_path: Path) -> None:
     assert not check.is_valid(raw | {"safety_settings": [{"category": "x"}]})
     assert not check.is_valid(raw | {"prompt": {"user": "u", "examples": [{"user": "u"}]}})
     assert not check.is_valid(raw | {"output": {"dedupe": "yes"}})
+
+
+def test_generate_takes_the_same_options(emulator: EmulatorThread) -> None:
+    rows = [{"name": f"item-{i % 2}"} for i in range(4)]
+    schema = {"type": "OBJECT", "required": ["label"], "properties": {"label": {"type": "STRING"}}}
+    frame = batchgen.generate(
+        rows, prompt="Describe {{ name }}.", schema=schema, model="gemini-2.5-flash-lite",
+        base_url=emulator.base_url, api_key=KEY, dedupe=True,
+        generation={"candidateCount": 2},
+        examples=[{"user": "Describe a cup.", "model": {"label": "a cup"}}],
+        safety_settings=[{"category": "harassment", "threshold": "off"}],
+    )  # fmt: skip
+    assert list(frame["row_id"]) == ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert list(frame["candidate"]) == [0, 1] * 4
+    assert calls(emulator) == 2  # two distinct requests
+    body = emulator.emulator.received[0]
+    assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+    assert body["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "OFF"}]
