@@ -31,7 +31,7 @@ from typing import Any
 from batchgen.backends.base import Sink
 from batchgen.keys import EMPTY, Keys, contains, keys_of
 from batchgen.plan import Plan
-from batchgen.records import REUSED, Answer, Billed, Outcome, Usage, Work
+from batchgen.records import REUSED, Answer, Billed, InputRow, Outcome, Usage, Work
 from batchgen.store.outdir import OutputDir
 from batchgen.store.output import ERRORS_SCHEMA
 
@@ -46,7 +46,8 @@ class Twins:
     def __init__(self, plan: Plan, run_id: str, clock: Callable[[], datetime] | None = None):
         self.plan, self.job, self.run_id = plan, plan.job, run_id
         self.now = clock or (lambda: datetime.now(UTC))
-        self.waiting: dict[str, list[Work]] = {}  # hash of a leader in flight -> its twins
+        # hash of a leader in flight -> its twins' rows (not their bodies: the leader's is sent)
+        self.waiting: dict[str, list[InputRow]] = {}
         self.answered: OrderedDict[str, Outcome] = OrderedDict()  # hash -> the leader's outcome
         self.reused = 0  # rows answered by a twin's call
         self.out: OutputDir | None = None  # an output whose answers twins may take, not read yet
@@ -88,12 +89,12 @@ class Twins:
         outcome, never reported), or is answered now (its copy of the leader's outcome)."""
         kept = self.answered.get(work.hash)
         if kept is not None:
-            return self.copy(kept, work)
+            return self.copy(kept, work.row)
         twins = self.waiting.get(work.hash)
         if twins is None:
             self.waiting[work.hash] = []
             return None
-        twins.append(work)
+        twins.append(work.row)
         return _WAITS
 
     def settled(self, outcome: Outcome) -> list[Outcome]:
@@ -108,9 +109,8 @@ class Twins:
                 self.answered.popitem(last=False)
         return [self.copy(outcome, twin) for twin in twins]
 
-    def copy(self, outcome: Outcome, twin: Work) -> Outcome:
+    def copy(self, outcome: Outcome, row: InputRow) -> Outcome:
         """The leader's outcome under the twin's row id and carried values."""
-        row = twin.row
         own: dict[str, Any] = {"row_id": row.row_id}
         own.update({c: row.values[c] for c in self.job.input.carry})
         if outcome.failed:
