@@ -44,12 +44,11 @@ class Twins:
     """Which rows share a request, what each leader became, and its twins' copies of it."""
 
     def __init__(self, plan: Plan, run_id: str, clock: Callable[[], datetime] | None = None):
-        self.plan, self.job, self.run_id = plan, plan.job, run_id
+        self.job, self.run_id = plan.job, run_id
         self.now = clock or (lambda: datetime.now(UTC))
         # hash of a leader in flight -> its twins' rows (not their bodies: the leader's is sent)
         self.waiting: dict[str, list[InputRow]] = {}
         self.answered: OrderedDict[str, Outcome] = OrderedDict()  # hash -> the leader's outcome
-        self.reused = 0  # rows answered by a twin's call
         self.out: OutputDir | None = None  # an output whose answers twins may take, not read yet
         self.done: Keys = EMPTY
 
@@ -119,7 +118,6 @@ class Twins:
             record = {**outcome.rows[0], **own, "message": message, "attempts": 0}
             record = {k: record.get(k) for k in ERRORS_SCHEMA.names}
             return Outcome([record], failed=True, category=outcome.category, message=message)
-        self.reused += 1
         at = self.now()
         rows = [{**r, **own, **_ZERO, "completed_at": at} for r in outcome.rows]
         return Outcome(rows, failed=False)
