@@ -16,6 +16,7 @@ import batchgen
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
+from batchgen.gemini.answers import parse_response
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from tests.helpers.emulator_calls import FLASH, KEY, MakeClient, ask, call
@@ -362,3 +363,22 @@ def test_generate_takes_the_same_options(emulator: EmulatorThread) -> None:
     body = emulator.emulator.received[0]
     assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
     assert body["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "OFF"}]
+
+
+def test_every_candidate_is_read_with_its_thoughts_apart() -> None:
+    def part(text: str, thought: bool = False) -> dict[str, Any]:
+        return {"text": text, "thought": True} if thought else {"text": text}
+
+    answer = parse_response({
+        "candidates": [
+            {"content": {"parts": [part("plan A", True), part('"a"')]}, "finishReason": "STOP"},
+            {"content": {"parts": [part('"b"')]}, "finishReason": "MAX_TOKENS", "index": 1},
+        ],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 4},
+    })  # fmt: skip
+    assert (answer.text, answer.thoughts, answer.finish_reason) == ('"a"', "plan A", "STOP")
+    assert [(c.text, c.finish_reason, c.thoughts) for c in answer.candidates] == [
+        ('"a"', "STOP", "plan A"),
+        ('"b"', "MAX_TOKENS", None),
+    ]
+    assert answer.usage.prompt == 5 and answer.usage.output == 4  # once per call
