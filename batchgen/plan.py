@@ -144,7 +144,7 @@ def _shared_examples(job: Job, template: PromptTemplate, validator: AnswerValida
     """The few-shot turns every row shares (none when they use columns); an example whose model
     answer is a table must be an answer the schema allows."""
     for i, example in enumerate(job.prompt.examples):
-        if isinstance(example.model, dict) and (problem := validator.problem(example.model)):
+        if not isinstance(example.model, str) and (problem := validator.problem(example.model)):
             raise JobError(
                 f"{job.path}: prompt.examples[{i}].model breaks the response schema: {problem}"
             )

@@ -125,12 +125,15 @@ class ModelSpec(_Table, frozen=True):
 class ExampleSpec(_Table, frozen=True):
     """[[prompt.examples]]: one worked example, sent as a user turn and a model turn before the
     row's own turn. ``user`` is a template like ``prompt.user``; ``model`` is the answer, as a
-    template or as a table (written as its JSON; checked against the response schema)."""
+    template (sent as written: for a JSON answer, write JSON) or as a table or array (sent as its
+    JSON, checked against the response schema)."""
 
     user: str
     model: Annotated[
-        str | dict[str, Any], Meta(description="the model's answer: text, or a table (its JSON)")
-    ]
+        str | dict[str, Any] | list[Any],
+        Meta(description="the model's answer: text (sent as written), or a table or an array "
+             "(sent as its JSON)"),
+    ]  # fmt: skip
 
 
 class PromptSpec(_Table, frozen=True):
