@@ -91,8 +91,10 @@ def generate(
             (as google-genai reads it), or the variable ``api_key_env=`` names.
         **options: ``output`` (a directory to keep the output in and resume from; a temporary
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
-            (the job file's sections, as dicts), ``explode``, ``carry``, ``api_key_env``,
-            ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
+            (the job file's sections, as dicts), ``explode``, ``dedupe`` (identical requests
+            paid once), ``examples`` (few-shot turns: dicts of ``user`` and ``model``),
+            ``safety_settings`` (dicts of ``category`` and ``threshold``), ``carry``,
+            ``api_key_env``, ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
             ``time_budget``, ``progress`` (``None``, the default: a progress bar only in a
             notebook, that is inside an IPython kernel; ``True``: always; ``False``: never; or a
             :class:`batchgen.run.progress.Progress`).
@@ -281,8 +283,16 @@ def _job(
         },
         "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),
         "response_schema": dict(schema),
-        "output": {"directory": str(out), "explode": bool(options.pop("explode", False))},
+        "output": {
+            "directory": str(out),
+            "explode": bool(options.pop("explode", False)),
+            "dedupe": bool(options.pop("dedupe", False)),
+        },
     }
+    if "examples" in options:  # few-shot turns: [{"user": ..., "model": ...}, ...]
+        raw["prompt"]["examples"] = [dict(e) for e in options.pop("examples")]
+    if "safety_settings" in options:  # [{"category": ..., "threshold": ...}, ...]
+        raw["safety_settings"] = [dict(s) for s in options.pop("safety_settings")]
     if base_url is not None:
         raw["model"]["base_url"] = base_url
     for section in ("generation", "limits", "retry", "batch"):
@@ -321,7 +331,7 @@ def _collect(out: Path) -> pd.DataFrame:
         frames.append(failed.astype(pd.ArrowDtype(pa.string())))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"row_id": []})
     frame[_POSITION] = frame["row_id"].astype("int64")
-    order = [_POSITION, "item_index"] if "item_index" in frame else [_POSITION]
+    order = [_POSITION] + [c for c in ("candidate", "item_index") if c in frame]
     frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
     del frame[_POSITION]
     if "error" not in frame:

@@ -8,21 +8,24 @@ from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import dataclasses
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from batchgen.errors import InputError, TemplateError
+from batchgen.errors import InputError, JobError, TemplateError
+from batchgen.gemini.answers import AnswerError, structured_value
 from batchgen.gemini.request import RequestBuilder, request_hash
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
 from batchgen.job.spec import Job
 from batchgen.keys import Keys, contains, keys_of
-from batchgen.records import DoneState, InputRow, Outcome, Work
+from batchgen.records import Answer, DoneState, InputRow, Outcome, Work
 from batchgen.store.output import OutputLayout, error_row
 
 
@@ -85,20 +88,72 @@ class Plan:
     def first_request(self) -> bytes:
         """The request body for the first input row, or the reason it cannot be rendered."""
         for row in self._rows():
-            user, system = self.template.render(row.values, row.row_id)
-            return self.builder.body(user, system)
+            return self.request(row)[0]
         raise InputError(f"{self.reader.path}: no rows")
+
+    def request(self, row: InputRow) -> tuple[bytes, int]:
+        """One row's request body and its estimated prompt tokens; TemplateError if it cannot
+        be rendered."""
+        user, system = self.template.render(row.values, row.row_id)
+        examples = None
+        if not self.template.shared_examples:
+            examples = self.builder.turns(self.template.render_examples(row.values, row.row_id))
+        chars = len(user) + len(system or "") + len(examples or self.builder.examples)
+        return self.builder.body(user, system, examples), chars // 4 + 1
 
     def _render(self, row: InputRow) -> Work | Outcome:
         try:
-            user, system = self.template.render(row.values, row.row_id)
+            body, tokens = self.request(row)
         except TemplateError as exc:
             message = f"{self.reader.path}: {exc}"
             record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
             return Outcome([record], failed=True, category="template", message=message)
-        body = self.builder.body(user, system)
-        tokens = (len(user) + len(system or "")) // 4 + 1
         return Work(row, body, request_hash(body), tokens)
+
+    def answered(self, work: Work, answer: Answer, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The result rows of one answer (one or more per candidate); ``meta`` is batchgen's own
+        columns (:func:`~batchgen.store.output.result_meta`). Raises AnswerError when no
+        candidate is usable; with several, the unusable ones are rows with a
+        ``candidate_error``."""
+        row = work.row
+        ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
+        if self.job.candidates == 1 or not answer.candidates:  # blocked: no candidate at all
+            value = structured_value(answer, self.validator, self.max_output)
+            return self.layout.rows(ids, value, {**meta, "thoughts": answer.thoughts})
+        rows: list[dict[str, Any]] = []
+        first: AnswerError | None = None
+        for i, candidate in enumerate(answer.candidates):
+            one = dataclasses.replace(
+                answer, text=candidate.text, finish_reason=candidate.finish_reason
+            )
+            extra = {**meta, "candidate": i, "thoughts": candidate.thoughts}
+            try:
+                value = structured_value(one, self.validator, self.max_output)
+            except AnswerError as exc:
+                first = first or exc
+                failed = f"{exc.category}: {exc.message}"
+                rows += self.layout.unusable(ids, {**extra, "candidate_error": failed})
+                continue
+            rows += self.layout.rows(ids, value, extra)
+        if first is not None and all(r.get("candidate_error") for r in rows):
+            raise first  # no candidate usable: the row's answer failed
+        return rows
+
+
+def _shared_examples(job: Job, template: PromptTemplate, validator: AnswerValidator) -> bytes:
+    """The few-shot turns every row shares (none when they use columns); an example whose model
+    answer is a table must be an answer the schema allows."""
+    for i, example in enumerate(job.prompt.examples):
+        if not isinstance(example.model, str) and (problem := validator.problem(example.model)):
+            raise JobError(
+                f"{job.path}: prompt.examples[{i}].model breaks the response schema: {problem}"
+            )
+    if not template.shared_examples or not job.prompt.examples:
+        return b""
+    try:
+        return RequestBuilder.turns(template.render_examples({}, "(examples)"))
+    except TemplateError as exc:
+        raise JobError(f"{job.path}: {exc}") from None
 
 
 def plan_job(job: Job) -> Plan:
@@ -110,6 +165,9 @@ def plan_job(job: Job) -> Plan:
         needs[job.input.id_column] = "input.id_column"
     reader = InputReader(job.input, needs)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
-    layout = OutputLayout(job.schema, job.output.explode, carry, str(job.path))
+    layout = OutputLayout(
+        job.schema, job.output.explode, carry, str(job.path), job.candidates, job.thoughts
+    )
     validator = job.schema.validator()
-    return Plan(job, reader, template, RequestBuilder(job), layout, validator)
+    builder = RequestBuilder(job, _shared_examples(job, template, validator))
+    return Plan(job, reader, template, builder, layout, validator)

@@ -66,8 +66,19 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One candidate of an answer: its text (thought parts left out), finish reason, and its
+    thought summaries (parts marked ``thought``), when the job asked for them."""
+
+    text: str | None
+    finish_reason: str | None
+    thoughts: str | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
-    """What one successful HTTP call returned."""
+    """What one successful HTTP call returned; ``text``, ``finish_reason`` and ``thoughts`` are
+    candidate 0's, ``candidates`` all of them (several with ``candidateCount``)."""
 
     text: str | None
     finish_reason: str | None
@@ -76,6 +87,11 @@ class Answer:
     model_version: str | None
     response_id: str | None
     has_candidate: bool
+    thoughts: str | None = None
+    candidates: tuple[Candidate, ...] = ()
+
+
+REUSED = "reused"  # a ledger outcome: a row answered by its twin's call (output.dedupe), unpaid
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,7 @@ class Billed:
     attempt: int
     model: str
     answer: Answer
-    outcome: str  # "ok", or the answer's failure category
+    outcome: str  # "ok", "reused" (a twin's answer, no call), or the answer's failure category
     at: datetime
     tier: str = "standard"  # the service tier that served the call
 
@@ -106,7 +122,7 @@ class Billed:
             "thinking_tokens": usage.thinking,
             "cached_tokens": usage.cached,
             "total_tokens": usage.total,
-            "http_status": 200,
+            "http_status": None if self.outcome == REUSED else 200,
             "outcome": self.outcome,
             "finish_reason": self.answer.finish_reason,
             "at": self.at,

@@ -620,7 +620,7 @@ async def test_fault_rates_are_seeded_dice(make_client: MakeClient) -> None:
 
 
 def test_config_rejects_unknown_faults_and_rates() -> None:
-    assert "ok" not in FAULTS and len(FAULTS) == 13
+    assert "ok" not in FAULTS and len(FAULTS) == 14
     with pytest.raises(ValueError, match="unknown fault"):
         EmulatorConfig(fault_rates={"timeout": 0.1})
     with pytest.raises(ValueError, match="more than 1"):

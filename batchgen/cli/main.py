@@ -28,6 +28,7 @@ from batchgen.cli.common import (
     tier_option,
     warn_lifecycle,
 )
+from batchgen.cli.render import repeats_line
 from batchgen.cli.report import estimate, prices, report
 from batchgen.errors import (
     BatchgenError,
@@ -42,6 +43,7 @@ from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.redact import redact_url
+from batchgen.reports.repeats import count_repeats
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 
 if TYPE_CHECKING:
@@ -196,6 +198,8 @@ def _describe(s: RunSummary, asked: str | None = None) -> str:
         f"{s.usage['thinking']} thinking, {s.usage['total']} total; cost "
         + ("unpriced" if s.cost is None else f"${s.cost:.4f}"),
     ]
+    if s.rows_reused:
+        lines.append(f"{s.rows_reused} rows answered by an identical request's call (unpaid)")
     if s.moved_aside:
         lines.insert(0, f"the earlier output was moved to {s.moved_aside}")
     if s.folded:
@@ -279,6 +283,9 @@ def validate(
     click.echo(f"  output  {job.output.directory}")
     for f in plan.layout.schema:
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")
+    repeats = count_repeats(plan)
+    if repeats.repeated:
+        click.echo(f"  repeats {repeats_line(repeats)}")
     if show_request:
         click.echo(_first_request(plan))
 

@@ -17,6 +17,7 @@ import numpy as np
 from batchgen.errors import JobError
 from batchgen.pricing.table import PriceTable
 from batchgen.reports.estimate import Estimate
+from batchgen.reports.repeats import Repeats
 from batchgen.reports.report import RUN_COLUMNS, Report, group_keys
 
 __all__ = [
@@ -56,7 +57,21 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
     if est.calls_per_row > 1:
         lines.append(f"  retries  {est.calls_per_row:.2f} billed calls per row in the earlier run")
     lines += [f"  note: {n}" for n in est.notes]
+    if est.repeats is not None and est.repeats.repeated:
+        lines.append(f"  repeats  {repeats_line(est.repeats)}")
     return "\n".join(lines)
+
+
+def repeats_line(r: Repeats) -> str:
+    """How many rows repeat another's request, and what ``output.dedupe`` does about it."""
+    counted = f"{r.rows:,}" if r.whole else f"the first {r.rows:,}"
+    said = f"{r.repeated:,} of {counted} rows repeat another row's request"
+    if r.dedupe:
+        return f"{said}: output.dedupe is on, so {r.distinct:,} calls are paid (counted so)"
+    return (
+        f"{said}; set [output] dedupe = true to pay once per distinct request "
+        f"({r.distinct:,} calls), or keep it off to get a fresh answer for each"
+    )
 
 
 def _range(low: float, high: float) -> str:
@@ -112,6 +127,7 @@ _LABELS = {
     "requests": "requests",
     "rows_done": "rows done",
     "rows_failed": "rows failed",
+    "rows_reused": "rows reused",
     "prompt_tokens": "prompt",
     "output_tokens": "output",
     "thinking_tokens": "thinking",

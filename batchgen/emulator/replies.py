@@ -210,15 +210,40 @@ def answer_body(
 ) -> dict[str, Any]:
     """The GenerateContentResponse for a checked request; ``fault`` shapes a 200 misbehaviour.
 
-    Faults handled here: truncated, empty, safety, recitation, blocked, invalid (and slow,
-    which only delays a normal answer). HTTP-level faults never reach this function.
+    Faults handled here: truncated, empty, safety, recitation, blocked, invalid, invalid_last
+    (the last candidate breaks the schema) and slow (which only delays a normal answer).
+    HTTP-level faults never reach this function. ``candidateCount`` candidates come back, each
+    its own deterministic draw (candidate 0 is the answer a single-candidate request gets); the
+    usage counts the prompt once and every candidate's output.
     """
     config: Mapping[str, Any] = body.get("generationConfig") or {}
-    rng = random.Random(_seed(model, prompt, config))
+    seed = _seed(model, prompt, config)
     prompt_tokens = estimate_tokens(prompt)
     if fault in ("blocked", "safety", "recitation"):
+        rng = random.Random(seed)
         return _envelope(model, _refusal(fault, rng), usage_metadata(prompt_tokens))
-    text = _answer_text(config, rng, invalid=fault == "invalid")
+    count = max(1, _int(config.get("candidateCount", 1)))
+    candidates, output, thinking = [], 0, 0
+    for index in range(count):
+        rng = random.Random(seed + index)  # index 0: the single-candidate answer
+        broken = fault == "invalid" or (fault == "invalid_last" and index == count - 1)
+        one, tokens, thoughts = _candidate(model, config, rng, index, broken, fault)
+        candidates.append(one)
+        output, thinking = output + tokens, thinking + thoughts
+    usage = usage_metadata(prompt_tokens, output, thinking)
+    return _envelope(model, {"candidates": candidates}, usage)
+
+
+def _candidate(
+    model: str,
+    config: Mapping[str, Any],
+    rng: random.Random,
+    index: int,
+    invalid: bool,
+    fault: str | None,
+) -> tuple[dict[str, Any], int, int]:
+    """One candidate, its output tokens and its thinking tokens."""
+    text = _answer_text(config, rng, invalid=invalid)
     thoughts = _thought_tokens(model, config, rng)
     text, thoughts, finish = _fit_output(text, thoughts, _int(config.get("maxOutputTokens")), fault)
     parts = []
@@ -227,9 +252,8 @@ def answer_body(
     if text:
         parts.append({"text": text})
     content: dict[str, Any] = {"parts": parts, "role": "model"} if parts else {"role": "model"}
-    candidate = {"content": content, "finishReason": finish, "index": 0}
-    usage = usage_metadata(prompt_tokens, estimate_tokens(text), thoughts)
-    return _envelope(model, {"candidates": [candidate]}, usage)
+    candidate = {"content": content, "finishReason": finish, "index": index}
+    return candidate, estimate_tokens(text), thoughts
 
 
 def _refusal(fault: str, rng: random.Random) -> dict[str, Any]:

@@ -109,6 +109,7 @@ FAULTS: tuple[str, ...] = (
     "recitation",  # 200, finishReason RECITATION, no content
     "blocked",  # 200, no candidates, promptFeedback.blockReason SAFETY
     "invalid",  # 200, STOP, JSON that breaks the schema
+    "invalid_last",  # 200, STOP, the last candidate's JSON breaks the schema (candidateCount)
     "drop",  # connection closed without an HTTP response
     "slow",  # a normal answer after an extra slow_seconds
     "capacity",  # Flex only: 503 UNAVAILABLE, no capacity (a standard request is answered)

@@ -37,6 +37,7 @@ SCHEMA_TYPES = (
     "NULL",
 )
 JSON_MIME_TYPES = ("application/json", "text/x.enum")
+MAX_CANDIDATES = 8  # candidateCount's range (docs/gemini-api.md §1)
 # GenerateContentRequest.serviceTier (docs/gemini-api.md §11): Google's SDKs send the lowercase
 # names, java-genai the SERVICE_TIER_* ones; both are read here, in any case. The enum's numbers
 # are not published, so a number is refused like any unknown value.
@@ -62,7 +63,7 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "thought": "bool", "thoughtSignature": "string", "videoMetadata": "any",
         "partMetadata": "any", "mediaResolution": "any",
     },
-    "SafetySetting": {"category": "enum", "threshold": "enum"},
+    "SafetySetting": {"category": "HarmCategory", "threshold": "HarmBlockThreshold"},
     "GenerationConfig": {
         "candidateCount": "int32", "stopSequences": "repeated string",
         "maxOutputTokens": "int32", "temperature": "float", "topP": "float", "topK": "int32",
@@ -73,7 +74,7 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "mediaResolution": "enum", "thinkingConfig": "ThinkingConfig",
     },
     "ThinkingConfig": {"includeThoughts": "bool", "thinkingBudget": "int32",
-                       "thinkingLevel": "enum"},
+                       "thinkingLevel": "ThinkingLevel"},
     "Schema": {
         "type": "Type", "format": "string", "title": "string", "description": "string",
         "nullable": "bool", "enum": "repeated string", "items": "Schema", "maxItems": "int64",
@@ -100,6 +101,24 @@ _SCALAR_TYPES = {
     "bool": "TYPE_BOOL",
     "enum": "TYPE_ENUM",
 }
+# Enums the emulator checks by name (any case) or number, as the API does: a name it does not
+# know is a 400 (docs/gemini-api.md §1, §12). Listed in the proto's order, so the index is the
+# number. ThinkingLevel's numbers are not published: only its names are taken.
+ENUMS: dict[str, tuple[str, ...]] = {
+    "HarmCategory": (
+        "HARM_CATEGORY_UNSPECIFIED", "HARM_CATEGORY_DEROGATORY", "HARM_CATEGORY_TOXICITY",
+        "HARM_CATEGORY_VIOLENCE", "HARM_CATEGORY_SEXUAL", "HARM_CATEGORY_MEDICAL",
+        "HARM_CATEGORY_DANGEROUS", "HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH",
+        "HARM_CATEGORY_SEXUALLY_EXPLICIT", "HARM_CATEGORY_DANGEROUS_CONTENT",
+        "HARM_CATEGORY_CIVIC_INTEGRITY",
+    ),
+    "HarmBlockThreshold": (
+        "HARM_BLOCK_THRESHOLD_UNSPECIFIED", "BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE",
+        "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF",
+    ),
+    "ThinkingLevel": ("THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH"),
+}  # fmt: skip
+_NUMBERED_ENUMS = ("HarmCategory", "HarmBlockThreshold")
 _UPPER = re.compile(r"[A-Z]")
 # A batch sends one generationConfig (with its responseSchema) in every call, so reading it and
 # checking its schema are memoized: the emulator then keeps up with a client at thousands of
@@ -237,7 +256,19 @@ class _Reader:
             return self.schema_type(value, here)
         if kind == "ServiceTier":
             return self.service_tier(value, here)
+        if kind in ENUMS:
+            return self.named_enum(value, kind, here)
         return self.scalar(value, kind, here)
+
+    def named_enum(self, value: Any, kind: str, here: str) -> str | None:
+        """One of :data:`ENUMS`: canonical name out; an unknown name or number is a 400."""
+        names = ENUMS[kind]
+        if isinstance(value, str) and value.upper() in names:
+            return value.upper()
+        if kind in _NUMBERED_ENUMS and type(value) is int and 0 <= value < len(names):
+            return names[value]
+        self.invalid(here, _PROTO + kind, value)
+        return None
 
     def service_tier(self, value: Any, here: str) -> str | None:
         """serviceTier, canonical lowercase (``SERVICE_TIER_FLEX`` → ``flex``)."""
@@ -356,6 +387,15 @@ def _request_problems(body: Mapping[str, Any], where: str) -> list[str]:
     if not body.get("contents"):
         return [f"{where}.contents: contents is not specified"]
     config = body.get("generationConfig") or {}
+    thinking = config.get("thinkingConfig") or {}
+    if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+        return [
+            f"{where}.generation_config.thinking_config: thinking_level and thinking_budget "
+            "cannot both be set"
+        ]
+    count = config.get("candidateCount")
+    if count is not None and not 1 <= count <= MAX_CANDIDATES:
+        return [f"{where}.generation_config.candidate_count: must be between 1 and 8"]
     schema = config.get("responseSchema")
     json_schema = config.get("responseJsonSchema")
     mime = str(config.get("responseMimeType", "text/plain")).lower()

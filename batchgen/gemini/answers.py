@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchgen.job.schema import AnswerValidator
-from batchgen.records import Answer, Usage
+from batchgen.records import Answer, Candidate, Usage
 
 MALFORMED = "malformed_response"
 EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
@@ -55,7 +55,7 @@ def read_usage(meta: object) -> Usage:
 
 
 def parse_response(payload: object) -> Answer:
-    """Pick out candidate 0's answer text (thought parts left out), finish reason and usage.
+    """Pick out each candidate's answer text (thought parts apart), finish reason, and usage.
 
     ``payload`` is the decoded JSON of a 200 body, whatever its shape. Raises:
         AnswerError: ``malformed_response``, with the start of the body as its text.
@@ -85,39 +85,55 @@ def _read(payload: object) -> Answer:
             message = " ".join(str(error.get("message")).split())[:200]
             raise _ShapeError(f"an error envelope: {message}")
         raise _ShapeError("it has none of candidates, promptFeedback, usageMetadata")
-    candidates = _list(payload.get("candidates"), "candidates")
-    first = _obj(candidates[0], "candidates[0]", nullable=False) if candidates else {}
+    listed = _list(payload.get("candidates"), "candidates")
+    candidates = tuple(_candidate(c, i) for i, c in enumerate(listed))
+    first = candidates[0] if candidates else Candidate(None, None)
     feedback = _obj(payload.get("promptFeedback"), "promptFeedback")
-    texts = _texts(first)
     return Answer(
-        text="".join(texts) if texts else None,
-        finish_reason=_str(first.get("finishReason"), "candidates[0].finishReason"),
+        text=first.text,
+        finish_reason=first.finish_reason,
         block_reason=_str(feedback.get("blockReason"), "promptFeedback.blockReason"),
         usage=_usage(payload.get("usageMetadata")),
         model_version=_str(payload.get("modelVersion"), "modelVersion"),
         response_id=_str(payload.get("responseId"), "responseId"),
         has_candidate=bool(candidates),
+        thoughts=first.thoughts,
+        candidates=candidates,
     )
 
 
-def _texts(candidate: Mapping[str, Any]) -> list[str]:
-    """The answer's text parts; a part without text (a function call, inline data) is skipped."""
-    content = _obj(candidate.get("content"), "candidates[0].content")
-    parts = _list(content.get("parts"), "candidates[0].content.parts")
-    texts = []
+def _candidate(value: object, index: int) -> Candidate:
+    """One candidate: its answer text, its finish reason, its thought summaries."""
+    where = f"candidates[{index}]"
+    candidate = _obj(value, where, nullable=False)
+    texts, thoughts = _texts(candidate, where)
+    return Candidate(
+        text="".join(texts) if texts else None,
+        finish_reason=_str(candidate.get("finishReason"), f"{where}.finishReason"),
+        thoughts="".join(thoughts) if thoughts else None,
+    )
+
+
+def _texts(candidate: Mapping[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """The answer's text parts and its thought parts (``thought: true``) apart; a part without
+    text (a function call, inline data) is skipped."""
+    content = _obj(candidate.get("content"), f"{where}.content")
+    parts = _list(content.get("parts"), f"{where}.content.parts")
+    texts: list[str] = []
+    thoughts: list[str] = []
     for i, part in enumerate(parts):  # the hot path: a place is worded only when it is wrong
         if not isinstance(part, dict):
-            raise _ShapeError(f"candidates[0].content.parts[{i}] is {_kind(part)}, not an object")
+            raise _ShapeError(f"{where}.content.parts[{i}] is {_kind(part)}, not an object")
         text, thought = part.get("text"), part.get("thought")
         if text is not None and not isinstance(text, str):
-            _str(text, f"candidates[0].content.parts[{i}].text")
+            _str(text, f"{where}.content.parts[{i}].text")
         if thought is not None and not isinstance(thought, bool):
             raise _ShapeError(
-                f"candidates[0].content.parts[{i}].thought is {_kind(thought)}, not true or false"
+                f"{where}.content.parts[{i}].thought is {_kind(thought)}, not true or false"
             )
-        if text is not None and not thought:
-            texts.append(text)
-    return texts
+        if text is not None:
+            (thoughts if thought else texts).append(text)
+    return texts, thoughts
 
 
 def _usage(meta: object) -> Usage:

@@ -8,6 +8,7 @@ renders to no text at all (a quoted empty cell) is a template failure too: it is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +24,29 @@ _ENV = jinja2.Environment(
 
 
 class PromptTemplate:
-    """The user (and optional system) template of a job, compiled once."""
+    """The user (and optional system) template of a job, and its few-shot examples (a user
+    template and a model answer each: a template, or a table written as its JSON), compiled
+    once."""
 
     def __init__(self, spec: PromptSpec, where: str) -> None:
         self._user = _compile(spec.user, f"{where}: prompt.user")
         self._system = _compile(spec.system, f"{where}: prompt.system") if spec.system else None
         names = _variables(spec.user) | (_variables(spec.system) if spec.system else set())
-        self.variables: tuple[str, ...] = tuple(sorted(names))
+        self._examples: list[tuple[jinja2.Template, jinja2.Template | str]] = []
+        example_names: set[str] = set()
+        for i, example in enumerate(spec.examples):
+            at = f"{where}: prompt.examples[{i}]"
+            user = _compile(example.user, f"{at}.user")
+            example_names |= _variables(example.user)
+            if isinstance(example.model, str):
+                model: jinja2.Template | str = _compile(example.model, f"{at}.model")
+                example_names |= _variables(example.model)
+            else:
+                model = json.dumps(example.model, ensure_ascii=False)
+            self._examples.append((user, model))
+        self.variables: tuple[str, ...] = tuple(sorted(names | example_names))
+        # examples that use no column are rendered once for the whole job
+        self.shared_examples = not example_names
 
     def render(self, values: Mapping[str, Any], row: str) -> tuple[str, str | None]:
         """Render (user text, system text) for one row, stripped; ``row`` names it in errors."""
@@ -46,6 +63,19 @@ class PromptTemplate:
         if not user:
             raise TemplateError(f"row {row}: the prompt is empty{_blank(values, self.variables)}")
         return user, system
+
+    def render_examples(self, values: Mapping[str, Any], row: str) -> list[tuple[str, str]]:
+        """The few-shot examples for one row (or, with no column in them, for every row):
+        (user text, model text) each, stripped."""
+        try:
+            return [
+                (u.render(values).strip(), m if isinstance(m, str) else m.render(values).strip())
+                for u, m in self._examples
+            ]
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"row {row}: prompt.examples: {exc.message}") from None
+        except (jinja2.TemplateError, TypeError, ValueError) as exc:
+            raise TemplateError(f"row {row}: a prompt.examples template failed: {exc}") from None
 
 
 def _blank(values: Mapping[str, Any], names: tuple[str, ...]) -> str:

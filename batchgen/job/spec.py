@@ -46,10 +46,11 @@ TIERS: tuple[Tier, ...] = get_args(Tier)
 FLEX_TIMEOUT_SECONDS = 900.0
 
 # generationConfig fields passed through as given (GenerationConfig in generative_service.proto).
-# responseMimeType and responseSchema are batchgen's own; candidateCount is left out because
-# batchgen reads one candidate per row and would pay for the others.
+# responseMimeType and responseSchema are batchgen's own; candidateCount gives one result row per
+# candidate (a ``candidate`` column).
 GENERATION_KEYS = frozenset(
     {
+        "candidateCount",
         "stopSequences",
         "maxOutputTokens",
         "temperature",
@@ -65,6 +66,25 @@ GENERATION_KEYS = frozenset(
         "thinkingConfig",
     }
 )
+
+# The enums of safetySettings and thinkingConfig.thinkingLevel (docs/gemini-api.md §12): the
+# names, as the API spells them; the job may write them in any case, as the API reads them.
+HARM_CATEGORIES = (
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+    "HARM_CATEGORY_CIVIC_INTEGRITY",
+)
+HARM_THRESHOLDS = (
+    "BLOCK_LOW_AND_ABOVE",
+    "BLOCK_MEDIUM_AND_ABOVE",
+    "BLOCK_ONLY_HIGH",
+    "BLOCK_NONE",
+    "OFF",
+)
+THINKING_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH")
+MAX_CANDIDATES = 8  # candidateCount's documented range is 1-8
 
 Positive = Annotated[int, Meta(gt=0)]
 Above0 = Annotated[float, Meta(gt=0)]  # seconds, minutes, megabytes
@@ -102,11 +122,44 @@ class ModelSpec(_Table, frozen=True):
         return f"{self.base_url}/{self.api_version}/models/{self.name}:generateContent"
 
 
+class ExampleSpec(_Table, frozen=True):
+    """[[prompt.examples]]: one worked example, sent as a user turn and a model turn before the
+    row's own turn. ``user`` is a template like ``prompt.user``; ``model`` is the answer, as a
+    template (sent as written: for a JSON answer, write JSON) or as a table or array (sent as its
+    JSON, checked against the response schema)."""
+
+    user: str
+    model: Annotated[
+        str | dict[str, Any] | list[Any],
+        Meta(description="the model's answer: text (sent as written), or a table or an array "
+             "(sent as its JSON)"),
+    ]  # fmt: skip
+
+
 class PromptSpec(_Table, frozen=True):
-    """[prompt]: Jinja templates over the row's columns."""
+    """[prompt]: Jinja templates over the row's columns; ``examples`` go before the row's turn."""
 
     user: str
     system: str | None = None
+    examples: tuple[ExampleSpec, ...] = ()
+
+
+class SafetySetting(_Table, frozen=True):
+    """[[safety_settings]]: how strictly the API blocks one harm category (sent as the request's
+    ``safetySettings``)."""
+
+    category: Annotated[
+        str,
+        Meta(
+            description="a harm category, any case, HARM_CATEGORY_ optional",
+            extra_json_schema={"examples": list(HARM_CATEGORIES)},
+        ),
+    ]
+    threshold: Annotated[
+        str,
+        Meta(description="a block threshold, any case",
+             extra_json_schema={"examples": list(HARM_THRESHOLDS)}),
+    ]  # fmt: skip
 
 
 class LimitsSpec(_Table, frozen=True):
@@ -192,6 +245,9 @@ class OutputSpec(_Table, frozen=True):
         default_factory=Path  # not given: _build puts out/<job file name> here
     )
     explode: bool = False
+    dedupe: Annotated[
+        bool, Meta(description="rows whose request repeats another's get its answer, unpaid")
+    ] = False
     flush_rows: Positive = 1000
     flush_seconds: Above0 = 30.0
     sync_seconds: Above0 = 1.0
@@ -213,12 +269,18 @@ class JobFile(_Table, frozen=True):
     json_schema_file: Annotated[str, Meta(description="a JSON Schema file")] | None = None
     schema: Annotated[str, Meta(description="'module:Model', a pydantic model")] | None = None
     generation: Annotated[
-        dict[str, Any], Meta(description="generationConfig fields, as the API names them")
+        dict[str, Any],
+        Meta(
+            description="generationConfig fields, as the API names them (candidateCount 1-8: "
+            "one result row per candidate; thinkingConfig: thinkingLevel or thinkingBudget, "
+            "includeThoughts)"
+        ),
     ] = msgspec.field(default_factory=dict)
     limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
     retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
     output: OutputSpec = msgspec.field(default_factory=OutputSpec)
     batch: BatchSpec = msgspec.field(default_factory=BatchSpec)
+    safety_settings: tuple[SafetySetting, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,6 +305,19 @@ class Job:
     batch: BatchSpec
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
+    safety_settings: tuple[SafetySetting, ...] = ()
+
+    @property
+    def candidates(self) -> int:
+        """generation.candidateCount (1 when not set): result rows per call."""
+        count = self.generation.get("candidateCount", 1)
+        return count if isinstance(count, int) else 1
+
+    @property
+    def thoughts(self) -> bool:
+        """Whether the job asks for thought summaries (thinkingConfig.includeThoughts)."""
+        thinking = self.generation.get("thinkingConfig")
+        return isinstance(thinking, dict) and thinking.get("includeThoughts") is True
 
     @cached_property
     def schema(self) -> ResponseSchema:
@@ -356,10 +431,34 @@ def _build(
         batch=file.batch,
         schema_dialect=schema.dialect,
         schema_source=schema.source,
+        safety_settings=_safety(file.safety_settings, path),
     )
 
 
 _TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch")
+
+
+def _enum(value: str, names: tuple[str, ...], where: str, prefix: str = "") -> str:
+    """An enum name as the API spells it (any case in the job), or a JobError listing them."""
+    upper = value.upper()
+    for name in names:
+        if upper in (name, name.removeprefix(prefix)):
+            return name
+    raise JobError(f"{where} must be one of {', '.join(names)}, not {value!r}")
+
+
+def _safety(settings: tuple[SafetySetting, ...], path: Path) -> tuple[SafetySetting, ...]:
+    """The safety settings with their names checked; at most one per category, as the API takes."""
+    checked, seen = [], set()
+    for i, s in enumerate(settings):
+        where = f"{path}: safety_settings[{i}]"
+        category = _enum(s.category, HARM_CATEGORIES, f"{where}.category", "HARM_CATEGORY_")
+        if category in seen:
+            raise JobError(f"{where}.category: {category} is set twice; keep one")
+        seen.add(category)
+        threshold = _enum(s.threshold, HARM_THRESHOLDS, f"{where}.threshold")
+        checked.append(SafetySetting(category, threshold))
+    return tuple(checked)
 
 
 def _given(raw: dict[str, Any]) -> dict[str, Any]:
@@ -488,7 +587,42 @@ def _generation(table: dict[str, Any], path: Path) -> dict[str, Any]:
                 f"{path}: generation: unknown key {key!r} "
                 f"(allowed: {', '.join(sorted(GENERATION_KEYS))})"
             )
+    _check_candidates(config.get("candidateCount"), path)
+    if "thinkingConfig" in config:
+        config["thinkingConfig"] = _thinking(config["thinkingConfig"], path)
     return config
+
+
+def _check_candidates(count: Any, path: Path) -> None:
+    if count is None:
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CANDIDATES:
+        raise JobError(
+            f"{path}: generation.candidateCount must be a whole number from 1 to "
+            f"{MAX_CANDIDATES}, not {count!r}"
+        )
+
+
+_THINKING_KEYS = {"thinkingLevel": str, "thinkingBudget": int, "includeThoughts": bool}
+
+
+def _thinking(table: Any, path: Path) -> dict[str, Any]:
+    """generation.thinkingConfig: its three keys, of their types; thinkingLevel a known name
+    (in any case, as the API reads it)."""
+    where = f"{path}: generation.thinkingConfig"
+    if not isinstance(table, dict):
+        raise JobError(f"{where} must be a table (thinkingLevel, thinkingBudget, includeThoughts)")
+    for key, value in table.items():
+        kind = _THINKING_KEYS.get(key)
+        if kind is None:
+            raise JobError(f"{where}: unknown key {key!r} (allowed: {', '.join(_THINKING_KEYS)})")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise JobError(f"{where}.{key} must be {kind.__name__}, not {value!r}")
+    if "thinkingLevel" in table and "thinkingBudget" in table:
+        raise JobError(f"{where}: set thinkingLevel or thinkingBudget, not both (the API refuses)")
+    if "thinkingLevel" in table:  # checked, sent as written: the request hash stays the same
+        _enum(table["thinkingLevel"], THINKING_LEVELS, f"{where}.thinkingLevel")
+    return dict(table)
 
 
 def _apply(job: Job, o: Overrides) -> Job:

@@ -62,7 +62,9 @@ from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
+from batchgen.records import REUSED
 from batchgen.redact import redact_url
+from batchgen.reports.repeats import Repeats, count_repeats
 from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
@@ -125,6 +127,9 @@ class Estimate:
     priced_on: str = ""  # the UTC day whose rates were used (ISO)
     tier_costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # tier → low, high
     tier: str = "standard"  # the tier the job asks for (model.tier, --tier)
+    # rows whose request repeats an earlier row's; with output.dedupe, tokens, cost and time
+    # count one call per distinct request
+    repeats: Repeats | None = None
 
     @property
     def minutes(self) -> float:
@@ -180,6 +185,9 @@ def estimate_job(
             asyncio.run(_probe_files(job, api_key))
         counts = asyncio.run(_count_all(job, api_key, bodies))
     scale = total / len(positions)
+    repeats = count_repeats(plan)
+    paid = repeats.distinct / repeats.rows if job.output.dedupe and repeats.rows else 1.0
+    scale *= paid  # with dedupe, one call per distinct request
     notes: list[str] = []
     guess = _history_guess(job, history, notes) or _schema_guess(job)
     table = prices or load_prices()
@@ -192,7 +200,7 @@ def estimate_job(
         )
     costs = _tier_costs(price, counts, guess, scale)
     notes += _price_notes(table, price, job.model.name, day)
-    answered = total - unrenderable * scale
+    answered = total * paid - unrenderable * scale
     return Estimate(
         job=job.name,
         model=job.model.name,
@@ -209,11 +217,14 @@ def estimate_job(
         cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
-        **asdict(time_bounds(job, guess, rows=total, prompt_tokens=sum(counts) * scale)),
+        **asdict(
+            time_bounds(job, guess, rows=round(total * paid), prompt_tokens=sum(counts) * scale)
+        ),
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
         tier=job.model.tier,
+        repeats=repeats,
     )
 
 
@@ -345,16 +356,24 @@ def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str
             if row.position not in wanted:
                 continue
             try:
-                user, system = plan.template.render(row.values, row.row_id)
+                body, _ = plan.request(row)
             except TemplateError:
                 failed += 1
                 continue
-            bodies.append(plan.builder.body(user, system))
-            # The emulator reads the system instruction, then the contents, one per line.
-            texts.append(user if system is None else f"{system}\n{user}")
+            bodies.append(body)
+            texts.append(_prompt_text(body))
         if batch and batch[-1].position >= last:
             break
     return bodies, texts, failed
+
+
+def _prompt_text(body: bytes) -> str:
+    """The text a body asks about: the system instruction, then every turn (few-shot examples
+    too), one per line, as the emulator reads it."""
+    request = json.loads(body)
+    turns = [request["systemInstruction"]] if "systemInstruction" in request else []
+    turns += request["contents"]
+    return "\n".join(part["text"] for turn in turns for part in turn["parts"])
 
 
 # --- counting with the API -----------------------------------------------------------------
@@ -427,6 +446,7 @@ def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGu
         notes.append(f"{out}: written by a different job ({what} changed); its sizes are not used")
         return None
     calls, _ = load_calls(out)
+    calls = calls[calls["outcome"] != REUSED]  # rows answered by a twin's call: no call
     ok = calls[calls["outcome"] == "ok"]
     if ok.empty:
         return None
@@ -466,7 +486,10 @@ def _schema_guess(job: Job) -> OutputGuess:
         f"from the schema: a minimal answer ({low} tokens, no thinking) up to {said} per row "
         "(thinking included); a pilot run (limit=20, --limit 20) makes this a measurement"
     )
-    return OutputGuess(low=float(low), high=float(max(ceiling, low)), source=source)
+    n = job.candidates  # each candidate is its own answer, all billed as output
+    if n > 1:
+        source += f"; × {n} candidates"
+    return OutputGuess(low=float(low * n), high=float(max(ceiling, low) * n), source=source)
 
 
 def small_answer(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:

@@ -34,6 +34,7 @@ import pyarrow as pa
 from batchgen.errors import CheckpointError, JobError, Option
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
+from batchgen.records import REUSED
 from batchgen.store.jobfile import read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
 from batchgen.store.lock import lock_holder
@@ -45,7 +46,8 @@ __all__ = ["GROUPS", "RUN_COLUMNS", "Report", "group_keys", "load_calls", "repor
 
 GROUPS = ("job", "model", "day", "run", "finish_reason")
 TOKENS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
-COLUMNS = ("requests", "rows_done", "rows_failed", *TOKENS, "cost_usd", "unpriced_requests")
+COLUMNS = ("requests", "rows_done", "rows_failed", "rows_reused", *TOKENS, "cost_usd",
+           "unpriced_requests")  # fmt: skip
 NONE = "(none)"
 
 
@@ -274,15 +276,19 @@ def group_keys(frame: pd.DataFrame, by: str) -> pd.Series:
 
 
 def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame:
+    reused = (calls["outcome"] == REUSED).astype(np.int64)  # answered by a twin: no call
     billed = calls.assign(
         key=group_keys(calls, by),
-        unpriced_requests=calls["cost_usd"].isna().astype(np.int64),
+        unpriced_requests=(calls["cost_usd"].isna() & (reused == 0)).astype(np.int64),
         cost_usd=calls["cost_usd"].fillna(0.0),
+        paid=1 - reused,
+        rows_reused=reused,
     )
     for column in TOKENS:
         billed[column] = billed[column].fillna(0).astype(np.int64)
     per_call = billed.groupby("key").agg(
-        requests=("outcome", "size"),
+        requests=("paid", "sum"),
+        rows_reused=("rows_reused", "sum"),
         **{c: (c, "sum") for c in (*TOKENS, "cost_usd", "unpriced_requests")},
     )
     outcomes = (

@@ -41,7 +41,8 @@ from batchgen.job.spec import Job
 from batchgen.keys import count_contained
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
-from batchgen.records import Billed, DoneState, Outcome, Work
+from batchgen.records import REUSED, Billed, DoneState, Outcome, Work
+from batchgen.run.dedupe import DedupeSink, Twins, leaders
 from batchgen.run.idcheck import check_ids
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 from batchgen.run.summary import RunSummary
@@ -175,6 +176,8 @@ class _Books:
         self.summary.requests += 1
 
     async def billed(self, entry: Billed) -> None:
+        if entry.outcome == REUSED:
+            self.summary.rows_reused += 1
         self.summary.billed(entry.answer.usage, entry.answer.model_version)
         self.summary.cost = self.budget.cost
         await self.outcomes.put(entry)
@@ -294,7 +297,7 @@ class _Run:
         writer = asyncio.create_task(self.books.write(self._show))
         ticker = asyncio.create_task(self._tick())
         reader = asyncio.create_task(self.stop.guard("reader", self._read()))
-        calls = self.backend.run(self._works(), self.books)
+        calls = await self._calls()
         backend = asyncio.create_task(self.stop.guard("backend", calls))
         self.stop.watch_time_budget(self.options.time_budget, self.started)
         with self.stop.signal_handlers(self.options.handle_signals):
@@ -310,6 +313,17 @@ class _Run:
             self.stop.reason.summary = self.summary
             raise self.stop.reason
         return self.summary
+
+    async def _calls(self) -> Coroutine[Any, Any, None]:
+        """The backend's run over the rendered rows; with ``output.dedupe``, over the distinct
+        requests only, the twins answered by the sink (:mod:`batchgen.run.dedupe`)."""
+        if not self.job.output.dedupe:
+            return self.backend.run(self._works(), self.books)
+        twins = Twins(self.plan, self.run_id)
+        if self.job.input.id_column is not None:  # without one, done twins are skipped already
+            await asyncio.to_thread(twins.earlier, self.out)
+        sink = DedupeSink(self.books, twins)
+        return self.backend.run(leaders(self._works(), sink), sink)
 
     async def _finish(self, started_at: datetime) -> None:
         """Count what remains, fold the failure records, append the run's end record."""
@@ -360,6 +374,7 @@ class _Run:
                 "rows_skipped": s.rows_skipped,
                 "rows_remaining": s.rows_remaining,
                 "requests": s.requests,
+                "rows_reused": s.rows_reused,
                 "tokens": dict(s.usage),
                 "failures": dict(s.failures),
                 "answered_by": dict(s.answered_by),

@@ -22,6 +22,7 @@ class RunSummary:
     rows_remaining: int = 0  # to do and not finished: a rerun takes them
     output_rows: int = 0
     requests: int = 0
+    rows_reused: int = 0  # rows answered by a twin's call (output.dedupe): no call of their own
     usage: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     first_errors: dict[str, str] = field(default_factory=dict)  # category → first message

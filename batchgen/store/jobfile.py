@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from batchgen.atomic import write_bytes_atomically
 from batchgen.errors import FRESH, CheckpointError
 from batchgen.job.spec import Job
@@ -29,7 +31,12 @@ def fingerprint_parts(job: Job) -> dict[str, Any]:
         "output.explode": job.output.explode,
         "input.carry": list(job.input.carry),
         "input.id_column": job.input.id_column,
-    }
+        # only when set, so that fingerprints of outputs written before they existed stay
+        **({"prompt.examples": [msgspec.to_builtins(e) for e in job.prompt.examples]}
+           if job.prompt.examples else {}),
+        **({"safety_settings": [msgspec.to_builtins(s) for s in job.safety_settings]}
+           if job.safety_settings else {}),
+    }  # fmt: skip
 
 
 def fingerprint(parts: Mapping[str, Any]) -> str:

@@ -34,6 +34,11 @@ META_FIELDS = [
 ]
 ROW_ID = pa.field("row_id", pa.string(), nullable=False)
 ITEM_INDEX = pa.field("item_index", pa.int32())
+# With generation.candidateCount > 1: which candidate a row is (0..N-1), and why a candidate that
+# was not usable has no answer (the row's other candidates were).
+CANDIDATE = pa.field("candidate", pa.int32())
+CANDIDATE_ERROR = pa.field("candidate_error", pa.string())
+THOUGHTS = pa.field("thoughts", pa.string())  # thought summaries, with includeThoughts
 ERRORS_SCHEMA = pa.schema(
     [
         ROW_ID,
@@ -67,7 +72,10 @@ USAGE_SCHEMA = pa.schema(
         pa.field("tier", pa.string()),  # the service tier that served the call (older: null)
     ]
 )
-RESERVED = frozenset([ROW_ID.name, ITEM_INDEX.name] + [f.name for f in META_FIELDS])
+RESERVED = frozenset(
+    [ROW_ID.name, ITEM_INDEX.name, CANDIDATE.name, CANDIDATE_ERROR.name, THOUGHTS.name]
+    + [f.name for f in META_FIELDS]
+)
 
 
 class OutputLayout:
@@ -77,6 +85,10 @@ class OutputLayout:
     when exploded (with ``item_index``; an object item gives one column per property), else one
     list column ``result``. Any other top-level type gives one column ``result``. Both schema
     dialects go through the answer's Arrow type, so their columns follow the same rule.
+
+    With ``candidates`` > 1 each candidate gives its own rows, told apart by ``candidate``; a
+    candidate that was not usable gives one row with no answer and its ``candidate_error``.
+    With ``thoughts`` the thought summaries go in ``thoughts``.
     """
 
     def __init__(
@@ -85,6 +97,8 @@ class OutputLayout:
         explode: bool,
         carry: pa.Schema,
         where: str,
+        candidates: int = 1,
+        thoughts: bool = False,
     ) -> None:
         answer = resolve_schema(schema).answer_field()
         self.explode = explode and pa.types.is_list(answer.type)
@@ -96,10 +110,12 @@ class OutputLayout:
         if pa.types.is_struct(shaped.type):
             self._properties = [f.name for f in shaped.type]
             # a null answer or an exploded row with no items leaves every column null
-            loose = shaped.nullable or self.explode
+            loose = shaped.nullable or self.explode or candidates > 1
             columns = [f.with_nullable(True) if loose else f for f in shaped.type]
         self.answer_columns = [f.name for f in columns]
         extra = [ITEM_INDEX] if self.explode else []
+        extra += [CANDIDATE, CANDIDATE_ERROR] if candidates > 1 else []
+        extra += [THOUGHTS] if thoughts else []
         fields = [ROW_ID, *carry, *columns, *extra, *META_FIELDS]
         _check_unique(fields, carry, where)
         self.schema = pa.schema(fields)
@@ -116,6 +132,10 @@ class OutputLayout:
             {**ids, **self._columns(item), ITEM_INDEX.name: i, **meta}
             for i, item in enumerate(value)
         ]
+
+    def unusable(self, ids: Mapping[str, Any], meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The one row of a candidate that was not usable: no answer; meta says why."""
+        return [{**ids, **meta}]
 
     def _columns(self, value: Any) -> dict[str, Any]:
         if self._properties is None:

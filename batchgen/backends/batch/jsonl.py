@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.atomic import atomic_file
-from batchgen.gemini.answers import AnswerError, excerpt, parse_response, structured_value
+from batchgen.gemini.answers import AnswerError, excerpt, parse_response
 from batchgen.plan import Plan
 from batchgen.records import Answer, Billed, Outcome, Work
 from batchgen.store.output import error_row, result_meta
@@ -188,14 +188,12 @@ class ResultCollector:
         except AnswerError as exc:
             failure = self._failure(work, exc.category, exc.message, attempt, text=exc.text)
             return Collected(row_id, failure, None)
+        meta = result_meta(answer, attempt, work.hash, self.now())
         try:
-            value = structured_value(answer, self.plan.validator, self.plan.max_output)
+            rows = self.plan.answered(work, answer, meta)
         except AnswerError as exc:
             failure = self._failure(work, exc.category, exc.message, attempt, text=exc.text)
             return Collected(row_id, failure, self._bill(work, answer, exc.category, attempt))
-        carry = {c: work.row.values[c] for c in self.plan.job.input.carry}
-        meta = result_meta(answer, attempt, work.hash, self.now())
-        rows = self.plan.layout.rows({"row_id": row_id, **carry}, value, meta)
         return Collected(
             row_id, Outcome(rows, failed=False), self._bill(work, answer, "ok", attempt)
         )

@@ -45,7 +45,7 @@ from batchgen.errors import (
 )
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
-from batchgen.records import Work
+from batchgen.records import REUSED, Work
 from batchgen.redact import redact_url
 from batchgen.store.outdir import OutputDir
 
@@ -172,12 +172,14 @@ class OnlineBackend:
 def requests_today(out: OutputDir, now: datetime) -> int:
     """Calls in the output's usage ledger since the last midnight Pacific (``now``'s day).
 
-    The ledger holds the calls that returned usage; calls that failed without an answer (a 429,
+    The ledger holds the calls that returned usage (and rows a twin's call answered, which are
+    not calls: left out); calls that failed without an answer (a 429,
     a 5xx, a timeout) are not in it, so the count is a floor of what the API counted.
     """
-    table = out.read("usage", ["at"])
+    table = out.read("usage", ["at", "outcome"])
     if table is None or table.num_rows == 0:
         return 0
+    table = table.filter(pc.invert(pc.fill_null(pc.equal(table["outcome"], REUSED), False)))
     midnight = datetime.combine(now.astimezone(PACIFIC).date(), dt_time(), PACIFIC)
     since = pa.scalar(midnight.astimezone(UTC), pa.timestamp("ms", tz="UTC"))
     at = table.column("at").cast(pa.timestamp("ms", tz="UTC"))

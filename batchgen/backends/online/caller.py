@@ -27,7 +27,7 @@ from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
-from batchgen.gemini.answers import AnswerError, parse_response, structured_value
+from batchgen.gemini.answers import AnswerError, parse_response
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.request import standard_body
 from batchgen.job.spec import RetrySpec
@@ -240,16 +240,14 @@ class RowCaller:
         finally:  # also when the call fails, is cancelled or stops the run
             self.budget.settle(held, answer.usage if answer is not None else None, served)
         await self.limits.settle(work.tokens, charged, answer.usage.prompt, sent_at=sent)
+        meta = result_meta(answer, attempt, work.hash, self.now(), reply.latency_ms)
         try:
-            value = structured_value(answer, self.plan.validator, self.plan.max_output)
+            rows = self.plan.answered(work, answer, meta)
         except AnswerError as exc:
             await self._bill(work, attempt, answer, exc.category, served)
             raise
         await self._bill(work, attempt, answer, "ok", served)
-        row = work.row
-        ids = {"row_id": row.row_id, **{c: row.values[c] for c in self.job.input.carry}}
-        meta = result_meta(answer, attempt, work.hash, self.now(), reply.latency_ms)
-        return Outcome(self.plan.layout.rows(ids, value, meta), failed=False)
+        return Outcome(rows, failed=False)
 
     def _delayed(self, exc: ApiError) -> None:
         if exc.retry_delay is not None:
