@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from batchgen.errors import INPUT, InputError, one_line
 from batchgen.input.csv import CsvSource
+from batchgen.input.jsonl import JsonlSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
 from batchgen.input.source import Opener, Source
@@ -35,6 +36,7 @@ from batchgen.records import InputRow
 FORMATS: dict[str, Opener] = {
     "csv": CsvSource,
     "parquet": ParquetSource,
+    "jsonl": JsonlSource,
 }
 
 
@@ -90,13 +92,20 @@ class InputReader:
         self.path = spec.path
         self.stamp: _Stamp | None = None  # taken by the first pass over the file
         self.source = _open(spec, batch_rows)
-        self.available = self.source.column_names()
+        names = self.source.column_names()
+        self._original = _renamed(spec, names)  # name → name in the file
+        self.available = [spec.rename.get(c, c) for c in names]
+        self.columns: list[str] = []
+        self.need(needs)
+
+    def need(self, needs: Mapping[str, str], every: bool = False) -> None:
+        """Read ``needs`` (column → what needs it), or ``every`` column, from now on."""
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
             raise MissingColumnError(self.path, col, needs[col], self.available, self._near(col))
         self._check_unique(needs)
-        self.columns = [c for c in self.available if c in needs]
+        self.columns = [c for c in self.available if every or c in needs or c in self.columns]
 
     def _near(self, name: str) -> str:
         """A header name that differs only by spaces or case (invisible in the list above)."""
@@ -117,7 +126,8 @@ class InputReader:
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the columns read (CSV: all strings)."""
-        return self.source.schema(self.columns)
+        schema = self.source.schema([self._original[c] for c in self.columns])
+        return pa.schema([f.with_name(c) for f, c in zip(schema, self.columns, strict=True)])
 
     # --- the pre-scan ---------------------------------------------------------------------
 
@@ -252,9 +262,9 @@ class InputReader:
         if self.stamp is None:
             self.stamp = _Stamp.of(self.path)
         try:
-            for position, batch in self.source.batches(columns):
+            for position, batch in self.source.batches([self._original[c] for c in columns]):
                 self._check_unchanged()
-                yield position, batch
+                yield position, batch.rename_columns(columns)
         except InputError:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
@@ -277,6 +287,25 @@ class InputReader:
             f"{self.path}: changed while the run was reading it ({what}); results so far are "
             "saved; rerun to continue"
         )
+
+
+def _renamed(spec: InputSpec, names: list[str]) -> dict[str, str]:
+    """Each column's name for the job (``input.rename`` applied) → its name in the file."""
+    for old in spec.rename:
+        if old not in names:
+            raise InputError(
+                f"{spec.path}: no column {old!r} (input.rename); the file has: {', '.join(names)}"
+            )
+    result: dict[str, str] = {}
+    for name in names:
+        new = spec.rename.get(name, name)
+        if new in result and (name in spec.rename or result[new] in spec.rename):
+            raise InputError(
+                f"{spec.path}: input.rename: two columns would be named {new!r} "
+                f"({result[new]!r} and {name!r}); choose another new name"
+            )
+        result.setdefault(new, name)  # a name twice in the file: refused if the job needs it
+    return result
 
 
 def _open(spec: InputSpec, batch_rows: int) -> Source:

@@ -36,8 +36,16 @@ from batchgen.redact import redact_url
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 # where google-genai reads the key, in its order: the first that is set wins
 SDK_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
-Format = Literal["csv", "parquet", "auto"]  # "auto": by the input file's extension
-INPUT_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+Format = Literal["csv", "parquet", "jsonl", "auto"]  # "auto": by the input file's extension
+INPUT_FORMATS: dict[str, Format] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson.gz": "jsonl",
+}
 # The service tiers a job can ask for (README "Tiers"; docs/gemini-api.md §11). Flex answers in
 # minutes, not seconds (its target is 1-15 min), so a Flex job waits longer for each call unless
 # it sets limits.timeout_seconds itself.
@@ -76,12 +84,14 @@ class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class InputSpec(_Table, frozen=True):
     """[input]: the rows. ``path`` is relative to the job file's folder; ``format`` "auto"
-    follows its extension; ``carry`` columns are copied to the output as they are."""
+    follows its extension; ``carry`` columns are copied to the output as they are; ``rename``
+    gives columns new names (old → new) that the rest of the job uses."""
 
     path: Path
     format: Format = "auto"
     id_column: str | None = None
     carry: Annotated[tuple[str, ...], Meta(extra={"wanted": "a list of column names"})] = ()
+    rename: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ModelSpec(_Table, frozen=True):
@@ -387,11 +397,12 @@ def _resolve(base: Path, relative: Path | str) -> Path:
 def _format(file: Path, given: Format, path: Path) -> Format:
     if given != "auto":
         return given
-    fmt = INPUT_FORMATS.get(file.suffix.lower())
+    name = file.name.lower()
+    fmt = next((f for end, f in INPUT_FORMATS.items() if name.endswith(end)), None)
     if fmt is None:
         raise JobError(
             f"{path}: input.path {str(file)!r}: cannot tell the format from the extension "
-            "(.csv, .parquet); set input.format"
+            f"({', '.join(INPUT_FORMATS)}); set input.format"
         )
     return fmt
 

@@ -1,0 +1,188 @@
+"""JSON Lines input (``.jsonl``, ``.ndjson``, either gzip-compressed): one JSON object a line.
+
+Read line by line with Python's ``json`` (a line that is not JSON, or not an object, is named by
+its row and line, which pyarrow's JSON reader cannot do), in record batches of ``batch_rows``.
+The columns are the keys of the first :data:`HEAD_ROWS` rows, in first-seen order; a key a line
+lacks is null, as an empty CSV cell is. Each column's type comes from the same rows: whole
+numbers → int64; numbers with a fraction among them → float64; true/false → bool; anything else
+(strings, mixed kinds, nested objects and arrays) → string, where a non-string value is its JSON
+text. A later value that does not fit its column's type (a string in a column of numbers) is an
+error naming row, line and column: the pre-scan finds it before the first paid call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from batchgen.errors import InputError
+from batchgen.input.files import open_bytes
+from batchgen.input.source import Batches
+
+HEAD_ROWS = 1000  # the rows that name the columns and fix their types
+_INT64 = (-(2**63), 2**63 - 1)
+
+# Other formats named .jsonl, by their first bytes.
+_NOT_JSONL = {
+    b"PAR1": 'is a Parquet file; name it .parquet or set input.format = "parquet"',
+    b"PK\x03\x04": "is a ZIP archive; unzip it first",
+    b"\xff\xfe": "is UTF-16 text; re-encode the file as UTF-8",
+    b"\xfe\xff": "is UTF-16 text; re-encode the file as UTF-8",
+}
+
+
+@dataclass(frozen=True)
+class _Line:
+    position: int  # 0-based row
+    line: int  # 1-based physical line
+    values: dict[str, Any]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _type_of(kinds: set[str]) -> pa.DataType:
+    if kinds == {"a whole number"}:
+        return pa.int64()
+    if kinds and kinds <= {"a whole number", "a number"}:
+        return pa.float64()
+    if kinds == {"true/false"}:
+        return pa.bool_()
+    return pa.string()
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# A column's type → (does a non-null value fit, what it becomes, what the column holds).
+_FITS: dict[pa.DataType, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    pa.int64(): (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1],
+        lambda v: v,
+        "whole numbers",
+    ),
+    pa.float64(): (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        float,
+        "numbers",
+    ),
+    pa.bool_(): (lambda v: isinstance(v, bool), lambda v: v, "true/false"),
+    pa.string(): (lambda v: True, _text, "text"),
+}
+
+
+class JsonlSource:
+    """A JSON Lines file, plain or gzip-compressed (a :class:`~.source.Source`)."""
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self.path = path
+        self.batch_rows = batch_rows
+        self._types: dict[str, pa.DataType] | None = None
+
+    def check_head(self, head: bytes) -> None:
+        for magic, what in _NOT_JSONL.items():
+            if head.startswith(magic):
+                raise InputError(f"{self.path}: {what}")
+
+    def column_names(self) -> list[str]:
+        return list(self._head())
+
+    def schema(self, columns: list[str]) -> pa.Schema:
+        types = self._head()
+        return pa.schema([pa.field(c, types[c]) for c in columns])
+
+    def batches(self, columns: list[str]) -> Batches:
+        types = self._head()
+        rows: list[_Line] = []
+        for item in self._lines():
+            rows.append(item)
+            if len(rows) == self.batch_rows:
+                yield rows[0].position, self._batch(rows, columns, types)
+                rows = []
+        if rows:
+            yield rows[0].position, self._batch(rows, columns, types)
+
+    def _batch(
+        self, rows: list[_Line], columns: list[str], types: dict[str, pa.DataType]
+    ) -> pa.RecordBatch:
+        arrays = []
+        for name in columns:
+            fits, convert, holds = _FITS[types[name]]
+            values = []
+            for row in rows:
+                value = row.values.get(name)
+                if value is not None and not fits(value):
+                    raise self._error(
+                        row,
+                        f"column {name!r} is {_kind(value)}, where the first rows hold {holds}; "
+                        "give the column one type in every line (quote the values to make it text)",
+                    )
+                values.append(None if value is None else convert(value))
+            arrays.append(pa.array(values, types[name]))
+        return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    def _head(self) -> dict[str, pa.DataType]:
+        """Column → type, from the first :data:`HEAD_ROWS` rows (read once)."""
+        if self._types is None:
+            kinds: dict[str, set[str]] = {}
+            with contextlib.closing(self._lines()) as items:
+                for item in items:
+                    for name, value in item.values.items():
+                        seen = kinds.setdefault(name, set())
+                        if value is not None:
+                            seen.add(_kind(value))
+                    if item.position + 1 >= HEAD_ROWS:
+                        break
+            if not kinds:
+                raise InputError(f"{self.path}: no rows (no JSON object on any line)")
+            self._types = {name: _type_of(k) for name, k in kinds.items()}
+        return self._types
+
+    def _lines(self) -> Generator[_Line, None, None]:
+        """Every row: a JSON object per non-blank line."""
+        position = 0
+        with open_bytes(self.path) as stream:
+            for number, raw in enumerate(stream, start=1):
+                if number == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")
+                if not raw.strip():
+                    continue
+                item = _Line(position, number, {})
+                try:
+                    values = json.loads(raw)
+                except UnicodeDecodeError as exc:
+                    raise self._error(
+                        item,
+                        f"not UTF-8 (byte 0x{exc.object[exc.start]:02x}); re-encode the "
+                        "file as UTF-8",
+                    ) from None
+                except json.JSONDecodeError as exc:
+                    why = f"{exc.msg} at column {exc.colno}"
+                    raise self._error(item, f"not valid JSON ({why}); fix that line") from None
+                if not isinstance(values, dict):
+                    raise self._error(
+                        item,
+                        f"{_kind(values)}, not a JSON object; each line must be one "
+                        'object ({"column": value, ...})',
+                    )
+                yield _Line(position, number, values)
+                position += 1
+
+    def _error(self, item: _Line, what: str) -> InputError:
+        return InputError(f"{self.path}: row {item.position + 1:,} (line {item.line:,}): {what}")
