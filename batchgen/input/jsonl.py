@@ -16,13 +16,12 @@ import contextlib
 import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from batchgen.errors import InputError
-from batchgen.input.files import open_bytes
+from batchgen.input.files import InputFile, open_bytes
 from batchgen.input.source import Batches
 
 HEAD_ROWS = 1000  # the rows that name the columns and fix their types
@@ -90,7 +89,7 @@ _FITS: dict[pa.DataType, tuple[Callable[[Any], bool], Callable[[Any], Any], str]
 class JsonlSource:
     """A JSON Lines file, plain or gzip-compressed (a :class:`~.source.Source`)."""
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(self, path: InputFile, batch_rows: int) -> None:
         self.path = path
         self.batch_rows = batch_rows
         self._types: dict[str, pa.DataType] | None = None

@@ -15,15 +15,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.errors import INPUT, InputError, one_line
+from batchgen.errors import InputError, one_line
 from batchgen.input.csv import CsvSource
+from batchgen.input.files import InputFile, head, input_file, stamp
 from batchgen.input.jsonl import JsonlSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
@@ -43,7 +43,9 @@ FORMATS: dict[str, Opener] = {
 class MissingColumnError(InputError):
     """The input lacks a column the job uses; its parts let a caller word it for its input."""
 
-    def __init__(self, path: Path, column: str, need: str, available: list[str], near: str) -> None:
+    def __init__(
+        self, path: InputFile, column: str, need: str, available: list[str], near: str
+    ) -> None:
         self.path, self.column, self.need, self.available, self.near = (
             path, column, need, available, near
         )  # fmt: skip
@@ -73,9 +75,8 @@ class _Stamp:
     mtime_ns: int
 
     @classmethod
-    def of(cls, path: Path) -> _Stamp:
-        stat = path.stat()
-        return cls(stat.st_size, stat.st_mtime_ns)
+    def of(cls, file: InputFile) -> _Stamp:
+        return cls(*stamp(file))
 
 
 class InputReader:
@@ -89,11 +90,11 @@ class InputReader:
 
     def __init__(self, spec: InputSpec, needs: Mapping[str, str], batch_rows: int = 4096) -> None:
         self.spec = spec
-        self.path = spec.path
+        self.path = input_file(spec.path)
         self.stamp: _Stamp | None = None  # taken by the first pass over the file
-        self.source = _open(spec, batch_rows)
+        self.source = _open(spec.format, self.path, batch_rows)
         names = self.source.column_names()
-        self._original = _renamed(spec, names)  # name → name in the file
+        self._original = _renamed(spec.rename, self.path, names)  # name → name in the file
         self.available = [spec.rename.get(c, c) for c in names]
         self.columns: list[str] = []
         self.need(needs)
@@ -289,45 +290,30 @@ class InputReader:
         )
 
 
-def _renamed(spec: InputSpec, names: list[str]) -> dict[str, str]:
+def _renamed(rename: Mapping[str, str], file: InputFile, names: list[str]) -> dict[str, str]:
     """Each column's name for the job (``input.rename`` applied) → its name in the file."""
-    for old in spec.rename:
+    for old in rename:
         if old not in names:
             raise InputError(
-                f"{spec.path}: no column {old!r} (input.rename); the file has: {', '.join(names)}"
+                f"{file}: no column {old!r} (input.rename); the file has: {', '.join(names)}"
             )
     result: dict[str, str] = {}
     for name in names:
-        new = spec.rename.get(name, name)
-        if new in result and (name in spec.rename or result[new] in spec.rename):
+        new = rename.get(name, name)
+        if new in result and (name in rename or result[new] in rename):
             raise InputError(
-                f"{spec.path}: input.rename: two columns would be named {new!r} "
+                f"{file}: input.rename: two columns would be named {new!r} "
                 f"({result[new]!r} and {name!r}); choose another new name"
             )
         result.setdefault(new, name)  # a name twice in the file: refused if the job needs it
     return result
 
 
-def _open(spec: InputSpec, batch_rows: int) -> Source:
+def _open(fmt: str, file: InputFile, batch_rows: int) -> Source:
     """The file's source, once the file is there, readable, not empty and not another format."""
-    source = FORMATS[spec.format](spec.path, batch_rows)
-    source.check_head(_head(spec.path))
+    source = FORMATS[fmt](file, batch_rows)
+    found = head(file)
+    if not found:
+        raise InputError(f"{file}: empty file (no header row)")
+    source.check_head(found)
     return source
-
-
-def _head(path: Path) -> bytes:
-    """The first bytes of a file that is not missing, a folder, a device, or empty."""
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; set input.path (or ", INPUT, ") to a file")
-    if not path.exists():
-        raise InputError(f"{path}: input file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file (a pipe or device?); give a file")
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    if not head:
-        raise InputError(f"{path}: empty file (no header row)")
-    return head

@@ -23,6 +23,7 @@ from msgspec.structs import replace
 
 from batchgen.errors import JobError
 from batchgen.job.decode import convert, schema_hook
+from batchgen.job.location import StoreError, read_bytes, store_url
 from batchgen.job.response_schema import (
     GEMINI,
     ResponseSchema,
@@ -390,7 +391,10 @@ def job_file_schema() -> dict[str, Any]:
 
 
 def _resolve(base: Path, relative: Path | str) -> Path:
-    """A path from the job file, relative to the job file's folder, without ``..`` noise."""
+    """A path from the job file, relative to the job file's folder, without ``..`` noise; an
+    object-store URL as it is (:func:`~batchgen.job.location.store_url` reads it back)."""
+    if store_url(relative) is not None:
+        return Path(relative)
     return Path(os.path.normpath(base / relative))
 
 
@@ -464,9 +468,12 @@ def _schema(file: JobFile, base: Path, path: Path) -> ResponseSchema:
 def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any, str]:
     schema_path = _resolve(base, file)
     try:
-        return json.loads(schema_path.read_text(encoding="utf-8")), str(schema_path)
+        where = store_url(schema_path) or str(schema_path)
+        return json.loads(read_bytes(schema_path).decode("utf-8")), where
     except OSError as exc:
         raise JobError(f"{path}: {key} {file!r}: cannot read: {exc.strerror}") from None
+    except StoreError as exc:
+        raise JobError(f"{path}: {key} {file!r}: cannot read: {exc}") from None
     except ValueError as exc:
         raise JobError(f"{path}: {key} {file!r}: invalid JSON: {exc}") from None
 

@@ -1,0 +1,165 @@
+"""Object-store inputs and outputs against an S3-compatible server on 127.0.0.1 (moto's, started
+by conftest's ``s3`` fixture) and the built-in emulator: every row answered, resume without
+paying twice, status and report on an ``s3://`` output, one-line errors, no secret shown."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from batchgen.cli import main
+from tests.helpers.paths import write_job
+from tests.helpers.s3 import S3, S3_SECRET
+
+JOB = """
+    [input]
+    path = "{input}"
+    id_column = "id"
+
+    [model]
+    name = "gemini-2.5-flash-lite"
+
+    [prompt]
+    user = "Describe {{{{ name }}}} in a few words."
+
+    [response_schema]
+    type = "OBJECT"
+    required = ["label"]
+    properties = {{ label = {{ type = "STRING" }} }}
+
+    [limits]
+    concurrency = 8
+    requests_per_minute = 1000000
+
+    [output]
+    directory = "{output}"
+    flush_rows = 40
+"""
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHGEN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def csv_rows(n: int) -> bytes:
+    return b"id,name\n" + b"".join(b"r%d,item-%03d\n" % (i, i) for i in range(n))
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def store_rows(s3: S3, prefix: str, kind: str) -> list[dict[str, object]]:
+    keys = [k for k in s3.keys(f"{prefix}/{kind}/") if k.endswith(".parquet")]
+    tables = [pq.read_table(io.BytesIO(s3.get(k))) for k in keys]
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def test_input_and_output_in_s3_every_row_answered(tmp_path: Path, s3: S3) -> None:
+    source = s3.put("in/rows.csv", csv_rows(150))
+    job = write_job(tmp_path, JOB.format(input=source, output=s3.url("out")))
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 0, output
+    results = store_rows(s3, "out", "results")
+    assert sorted(r["row_id"] for r in results) == sorted(f"r{i}" for i in range(150))
+    keys = s3.keys("out/")
+    assert "out/job.json" in keys and "out/runs.jsonl" in keys
+    assert not [k for k in keys if "/journal/" in k or k.endswith(".lock")]  # local only
+    assert S3_SECRET not in output
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl.gz", "rows.parquet"])
+def test_jsonl_and_parquet_stream_from_s3(tmp_path: Path, s3: S3, name: str) -> None:
+    if name.endswith(".parquet"):
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"id": ["a", "b"], "name": ["x", "y"]}), sink)
+        body = sink.getvalue()
+    else:
+        import gzip
+
+        body = gzip.compress(b'{"id": "a", "name": "x"}\n{"id": "b", "name": "y"}\n')
+    job = write_job(tmp_path, JOB.format(input=s3.put(f"in/{name}", body), output="out"))
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 0, output
+    assert "2 rows done" in output
+
+
+def test_resume_on_s3_pays_only_for_the_rest(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(100))
+    code, output = invoke("run", str(job), "--emulator", "--limit", "60")
+    assert code in (0, 4), output
+    first = {r["row_id"] for r in store_rows(s3, "out", "results")}
+    assert len(first) == 60
+    # a new machine: nothing of the first run's mirror is left, only the store
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 0, output
+    assert "60 skipped as done" in output
+    usage = store_rows(s3, "out", "usage")
+    assert sorted(r["row_id"] for r in usage) == sorted(f"r{i}" for i in range(100))  # paid once
+
+
+def test_status_and_report_read_an_s3_output(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(30))
+    assert invoke("run", str(job), "--emulator")[0] == 0
+    code, output = invoke("status", s3.url("out"))
+    assert code == 0, output
+    assert output.startswith(f"{s3.url('out')}\n  done       30 rows (30 result rows)")
+    code, output = invoke("report", s3.url("out"), "--format", "json")
+    assert code == 0, output
+    assert json.loads(output)["total"]["rows_done"] == 30
+
+
+def test_a_held_lock_in_the_store_refuses_a_second_writer(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(3))
+    holder = {"pid": 1, "host": "another-host", "token": "t", "at": "2026-01-01T00:00:00Z"}
+    s3.put("out/.lock", json.dumps(holder).encode())
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 2
+    assert output.count("\n") == 1
+    assert "another run (pid 1 on another-host" in output
+    assert not [k for k in s3.keys("out/") if k.endswith(".parquet")]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("input-bucket", "input file not found in the store"),
+        ("input-key", "input file not found in the store (check bucket and key)"),
+        ("output-bucket", "the bucket 'no-such-bucket' does not exist"),
+    ],
+)
+def test_missing_bucket_or_object_is_one_line(
+    tmp_path: Path, s3: S3, where: str, message: str
+) -> None:
+    (tmp_path / "rows.csv").write_bytes(csv_rows(3))
+    source = {"input-bucket": "s3://no-such-bucket/rows.csv", "input-key": s3.url("nope.csv")}
+    output = "s3://no-such-bucket/out" if where == "output-bucket" else "out"
+    job = write_job(tmp_path, JOB.format(input=source.get(where, "rows.csv"), output=output))
+    code, said = invoke("run", str(job), "--emulator")
+    assert code == 2, said
+    assert said.count("\n") == 1 and said.startswith("error: "), said
+    assert message in said
+    assert S3_SECRET not in said
+
+
+def test_bad_credentials_are_one_line_without_the_secret(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = s3.put("in/rows.csv", csv_rows(3))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    job = write_job(tmp_path, JOB.format(input=source, output="out"))
+    code, said = invoke("run", str(job), "--emulator")
+    assert code == 2, said
+    assert said.count("\n") == 1 and said.startswith(f"error: {source}: "), said
+    assert S3_SECRET not in said
