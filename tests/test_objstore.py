@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,9 +18,12 @@ import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
+from batchgen.emulator import EmulatorConfig
+from tests.helpers.emulator_calls import StartEmulator
 from tests.helpers.paths import write_job
 from tests.helpers.s3 import S3, S3_SECRET
 
+KEY = "objstore-key-19"
 JOB = """
     [input]
     path = "{input}"
@@ -92,14 +99,17 @@ def test_jsonl_and_parquet_stream_from_s3(tmp_path: Path, s3: S3, name: str) -> 
     assert "2 rows done" in output
 
 
-def test_resume_on_s3_pays_only_for_the_rest(tmp_path: Path, s3: S3) -> None:
+def test_resume_on_s3_pays_only_for_the_rest(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
     (tmp_path / "rows.csv").write_bytes(csv_rows(100))
     code, output = invoke("run", str(job), "--emulator", "--limit", "60")
     assert code in (0, 4), output
     first = {r["row_id"] for r in store_rows(s3, "out", "results")}
     assert len(first) == 60
-    # a new machine: nothing of the first run's mirror is left, only the store
+    # another machine: none of the first run's local mirror, only the store
+    monkeypatch.setenv("BATCHGEN_CACHE_DIR", str(tmp_path / "another-machine"))
     code, output = invoke("run", str(job), "--emulator")
     assert code == 0, output
     assert "60 skipped as done" in output
@@ -163,3 +173,30 @@ def test_bad_credentials_are_one_line_without_the_secret(
     assert code == 2, said
     assert said.count("\n") == 1 and said.startswith(f"error: {source}: "), said
     assert S3_SECRET not in said
+
+
+def test_a_killed_run_on_s3_resumes_without_paying_twice(
+    tmp_path: Path, s3: S3, emulator_factory: StartEmulator
+) -> None:
+    rows, concurrency = 600, 8
+    emulator = emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=15))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(rows))
+    text = JOB.format(input="rows.csv", output=s3.url("out")).replace("concurrency = 8", "")
+    job = write_job(tmp_path, text.replace("[limits]", f"[limits]\nconcurrency = {concurrency}"))
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url]
+    killed = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while emulator.emulator.counts["generateContent"] < 200 and time.monotonic() < deadline:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.005)
+    killed.kill()
+    killed.wait()
+    assert s3.keys("out/.lock")  # left behind by the killed run: taken over, its pid is gone
+    rerun = subprocess.run(args, env=env, capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    ids = [r["row_id"] for r in store_rows(s3, "out", "results")]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(rows))  # each row once
+    redone = emulator.emulator.counts["generateContent"] - rows
+    assert 0 <= redone <= concurrency + 60, redone  # the calls in flight, one frame window
+    assert not s3.keys("out/.lock")
