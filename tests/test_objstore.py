@@ -21,7 +21,7 @@ from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig
 from tests.helpers.emulator_calls import StartEmulator
 from tests.helpers.paths import write_job
-from tests.helpers.s3 import S3, S3_SECRET
+from tests.helpers.s3 import S3, S3_SECRET, credentials_checked
 
 KEY = "objstore-key-19"
 JOB = """
@@ -81,6 +81,7 @@ def test_input_and_output_in_s3_every_row_answered(tmp_path: Path, s3: S3) -> No
     assert "out/job.json" in keys and "out/runs.jsonl" in keys
     assert not [k for k in keys if "/journal/" in k or k.endswith(".lock")]  # local only
     assert S3_SECRET not in output
+    assert not [k for k in keys if S3_SECRET.encode() in s3.get(k)]
 
 
 @pytest.mark.parametrize("name", ["rows.jsonl.gz", "rows.parquet"])
@@ -163,7 +164,24 @@ def test_missing_bucket_or_object_is_one_line(
     assert S3_SECRET not in said
 
 
-def test_bad_credentials_are_one_line_without_the_secret(
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_refused_credentials_are_one_line_without_the_secret(
+    tmp_path: Path, s3: S3, side: str
+) -> None:
+    (tmp_path / "rows.csv").write_bytes(csv_rows(3))
+    source = s3.put("in/rows.csv", csv_rows(3)) if side == "input" else "rows.csv"
+    output = s3.url("out") if side == "output" else "out"
+    job = write_job(tmp_path, JOB.format(input=source, output=output))
+    with credentials_checked():
+        code, said = invoke("run", str(job), "--emulator")
+    assert code == 2, said
+    assert said.count("\n") == 1, said
+    assert said.startswith(f"error: {source if side == 'input' else output}: "), said
+    assert "ACCESS_DENIED" in said
+    assert S3_SECRET not in said
+
+
+def test_an_unreachable_store_is_one_line(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = s3.put("in/rows.csv", csv_rows(3))
@@ -171,7 +189,7 @@ def test_bad_credentials_are_one_line_without_the_secret(
     job = write_job(tmp_path, JOB.format(input=source, output="out"))
     code, said = invoke("run", str(job), "--emulator")
     assert code == 2, said
-    assert said.count("\n") == 1 and said.startswith(f"error: {source}: "), said
+    assert said.count("\n") == 1 and said.startswith(f"error: {source}: cannot read: "), said
     assert S3_SECRET not in said
 
 
