@@ -94,8 +94,8 @@ def test_jsonl_and_parquet_stream_from_s3(tmp_path: Path, s3: S3, name: str) -> 
         import gzip
 
         body = gzip.compress(b'{"id": "a", "name": "x"}\n{"id": "b", "name": "y"}\n')
-    job = write_job(tmp_path, JOB.format(input=s3.put(f"in/{name}", body), output="out"))
-    code, output = invoke("run", str(job), "--emulator")
+    job = write_job(tmp_path, JOB.format(input="elsewhere.csv", output="out"))
+    code, output = invoke("run", str(job), "--emulator", "--input", s3.put(f"in/{name}", body))
     assert code == 0, output
     assert "2 rows done" in output
 

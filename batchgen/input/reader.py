@@ -28,6 +28,7 @@ from batchgen.input.jsonl import JsonlSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
 from batchgen.input.source import Opener, Source
+from batchgen.job.location import said
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
@@ -270,7 +271,7 @@ class InputReader:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
             raise InputError(
-                f"{self.path}: cannot read {self.spec.format}: {one_line(exc)}"
+                f"{self.path}: cannot read {self.spec.format}: {said(exc)}"
             ) from None
         self._check_unchanged()
 
