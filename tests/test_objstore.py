@@ -142,6 +142,32 @@ def test_a_held_lock_in_the_store_refuses_a_second_writer(tmp_path: Path, s3: S3
     assert not [k for k in s3.keys("out/") if k.endswith(".parquet")]
 
 
+def test_fresh_on_s3_moves_the_earlier_output_aside_in_the_store(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(20))
+    assert invoke("run", str(job), "--emulator")[0] == 0
+    before = [k for k in s3.keys("out/results/") if k.endswith(".parquet")]
+    code, output = invoke("run", str(job), "--emulator", "--fresh")
+    assert code == 0, output
+    assert "20 rows done" in output  # bought again, as --fresh asks
+    aside = [k for k in s3.keys("out/previous-") if "/results/" in k]
+    assert [k.split("/results/")[1] for k in aside] == [k.split("/")[-1] for k in before]
+    assert len(store_rows(s3, "out", "results")) == 20
+
+
+def test_without_boto3_the_lock_is_best_effort_and_says_so(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # the s3 extra not installed
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(5))
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 0, output
+    assert "its lock is best effort: two runs started at the same moment could both write" in output
+    assert len(store_rows(s3, "out", "results")) == 5
+    assert not s3.keys("out/.lock")
+
+
 @pytest.mark.parametrize(
     ("where", "message"),
     [

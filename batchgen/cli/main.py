@@ -184,7 +184,8 @@ def run(
     if no_wait and job.model.tier != "batch":
         raise JobError("--no-wait: only a batch run can be left running; add --tier batch")
     with api_target(job, emulator, "use --emulator to run offline") as (target, key):
-        summary = run_job(target, replace(options, api_key=key))
+        with notes_as_lines():  # e.g. a store output's best-effort lock
+            summary = run_job(target, replace(options, api_key=key))
     click.echo(_describe(summary, job.model.name))
     sys.exit(summary.exit_code)
 

@@ -230,7 +230,8 @@ def local_view(directory: Path) -> Path:
 
 
 def store_lock_holder(directory: Path) -> dict[str, Any] | None:
-    """The lock record of a store's output (its writer's pid, host, start), or None."""
+    """The lock record of a store's output (its writer's pid, host, start), or None when there
+    is none or it is a killed run's on this host (another host's is taken as live)."""
     url = store_url(directory)
     if url is None:
         return None
@@ -239,7 +240,12 @@ def store_lock_holder(directory: Path) -> dict[str, Any] | None:
         holder = json.loads(text) if text else None
     except ValueError:
         return None
-    return holder if isinstance(holder, dict) else None
+    if not isinstance(holder, dict):
+        return None
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return None
+    return holder
 
 
 class StoreLock:
