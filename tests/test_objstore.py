@@ -155,6 +155,19 @@ def test_fresh_on_s3_moves_the_earlier_output_aside_in_the_store(tmp_path: Path,
     assert len(store_rows(s3, "out", "results")) == 20
 
 
+def test_a_changed_job_is_refused_naming_the_store_output(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(5))
+    assert invoke("run", str(job), "--emulator")[0] == 0
+    job.write_text(job.read_text().replace("in a few words", "in one word"))
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 2
+    assert output == (
+        f"error: {s3.url('out')}: written by a different job (prompt.user changed); rerun with "
+        "--fresh to start over, or choose another output\n"
+    )
+
+
 def test_without_boto3_the_lock_is_best_effort_and_says_so(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

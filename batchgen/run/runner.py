@@ -107,8 +107,11 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     lock = out.lock()
     await asyncio.to_thread(_enter, out, lock)
     try:
-        moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
-        await asyncio.to_thread(check_ids, plan.reader, scan, out, state, options.limit)
+        try:
+            moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
+            await asyncio.to_thread(check_ids, plan.reader, scan, out, state, options.limit)
+        except CheckpointError as exc:
+            raise out.named(exc) from None
         run = _Run(plan, options, out, state, budget, started, scan)
         run.summary.moved_aside, run.summary.folded = moved, folded
         return await run.main()

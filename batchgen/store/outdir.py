@@ -64,6 +64,10 @@ class OutputDir(OutputReader):
     def publish(self) -> None:
         """Make what was written in :attr:`path` visible where the output lives (here: it is)."""
 
+    def named(self, exc: CheckpointError) -> CheckpointError:
+        """``exc`` naming the output as the user gave it (here: :attr:`path` is that)."""
+        return exc
+
     # --- writing (with the lock held) ---------------------------------------------------
 
     def prepare(self) -> None:

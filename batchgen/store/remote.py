@@ -182,6 +182,11 @@ class MirroredOutput(OutputDir):
             if relative not in local and top not in _LOCAL_ONLY and not top.startswith("."):
                 self.store.delete(relative)
 
+    def named(self, exc: CheckpointError) -> CheckpointError:
+        local = str(self.path)
+        parts = [p.replace(local, self.url) if isinstance(p, str) else p for p in exc.parts]
+        return CheckpointError(*parts)
+
     def compact(self, segment: Path) -> dict[str, int]:
         counts = super().compact(segment)
         self.publish()
