@@ -76,7 +76,7 @@ def test_jsonl_rows_are_all_answered_with_their_types(tmp_path: Path, name: str)
     ("bad_line", "message"),
     [
         (b'{"id": "x", "Product Name": "a" "n": 1}\n',
-         "not valid JSON (Expecting ',' delimiter at column 33); fix that line"),
+         "not valid JSON (expected ',' or '}' (byte 32)); fix that line"),
         (b'["x", "a"]\n', "an array, not a JSON object; each line must be one"),
         (b'{"id": "x", "Product Name": "a", "n": "five"}\n',
          "column 'n' is a string, where the first rows hold whole numbers"),

@@ -1,13 +1,14 @@
 """JSON Lines input (``.jsonl``, ``.ndjson``, either gzip-compressed): one JSON object a line.
 
-Read line by line with Python's ``json`` (a line that is not JSON, or not an object, is named by
-its row and line, which pyarrow's JSON reader cannot do), in record batches of ``batch_rows``.
-The columns are the keys of the first :data:`HEAD_ROWS` rows, in first-seen order; a key a line
-lacks is null, as an empty CSV cell is. Each column's type comes from the same rows: whole
-numbers → int64; numbers with a fraction among them → float64; true/false → bool; anything else
-(strings, mixed kinds, nested objects and arrays) → string, where a non-string value is its JSON
-text. A later value that does not fit its column's type (a string in a column of numbers) is an
-error naming row, line and column: the pre-scan finds it before the first paid call.
+Read line by line with msgspec's JSON decoder (a line that is not JSON, or not an object, is
+named by its row and line, which pyarrow's JSON reader cannot do), in record batches of
+``batch_rows``. The columns are the keys of the first :data:`HEAD_ROWS` rows, in first-seen
+order; a key a line lacks is null, as an empty CSV cell is. Each column's type comes from the
+same rows: whole numbers → int64; numbers with a fraction among them → float64; true/false →
+bool; anything else (strings, mixed kinds, nested objects and arrays) → string, where a
+non-string value is its JSON text. A later value that does not fit its column's type (a string
+in a column of numbers) is an error naming row, line and column: the pre-scan finds it before
+the first paid call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 
 from batchgen.errors import InputError
@@ -86,6 +88,15 @@ _FITS: dict[pa.DataType, tuple[Callable[[Any], bool], Callable[[Any], Any], str]
 }
 
 
+# A column's type → the Python types pyarrow takes into it as they are (no conversion).
+_PLAIN: dict[pa.DataType, tuple[type, ...]] = {
+    pa.int64(): (int,),
+    pa.float64(): (float, int),
+    pa.bool_(): (bool,),
+    pa.string(): (str,),
+}
+
+
 class JsonlSource:
     """A JSON Lines file, plain or gzip-compressed (a :class:`~.source.Source`)."""
 
@@ -122,19 +133,31 @@ class JsonlSource:
     ) -> pa.RecordBatch:
         arrays = []
         for name in columns:
-            fits, convert, holds = _FITS[types[name]]
-            values = []
-            for row in rows:
-                value = row.values.get(name)
-                if value is not None and not fits(value):
-                    raise self._error(
-                        row,
-                        f"column {name!r} is {_kind(value)}, where the first rows hold {holds}; "
-                        "give the column one type in every line (quote the values to make it text)",
-                    )
-                values.append(None if value is None else convert(value))
-            arrays.append(pa.array(values, types[name]))
+            column = [row.values.get(name) for row in rows]
+            plain = _PLAIN[types[name]]
+            if all(v is None or type(v) in plain for v in column):  # the common case, fast
+                try:
+                    arrays.append(pa.array(column, types[name]))
+                    continue
+                except (pa.ArrowException, OverflowError):
+                    pass  # an int beyond int64, say: found and named below
+            arrays.append(self._checked(rows, name, types[name]))
         return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    def _checked(self, rows: list[_Line], name: str, kind: pa.DataType) -> pa.Array:
+        """One column value by value: converted where it fits, else the row that does not."""
+        fits, convert, holds = _FITS[kind]
+        values = []
+        for row in rows:
+            value = row.values.get(name)
+            if value is not None and not fits(value):
+                raise self._error(
+                    row,
+                    f"column {name!r} is {_kind(value)}, where the first rows hold {holds}; "
+                    "give the column one type in every line (quote the values to make it text)",
+                )
+            values.append(None if value is None else convert(value))
+        return pa.array(values, kind)
 
     def _head(self) -> dict[str, pa.DataType]:
         """Column → type, from the first :data:`HEAD_ROWS` rows (read once)."""
@@ -156,32 +179,34 @@ class JsonlSource:
     def _lines(self) -> Generator[_Line, None, None]:
         """Every row: a JSON object per non-blank line."""
         position = 0
+        decode = msgspec.json.decode
         with open_bytes(self.path) as stream:
             for number, raw in enumerate(stream, start=1):
                 if number == 1:
                     raw = raw.removeprefix(b"\xef\xbb\xbf")
-                if not raw.strip():
-                    continue
-                item = _Line(position, number, {})
                 try:
-                    values = json.loads(raw)
-                except UnicodeDecodeError as exc:
+                    values = decode(raw)
+                except msgspec.DecodeError as exc:
+                    if not raw.strip():
+                        continue  # a blank line: skipped, as pyarrow skips one in a CSV
+                    raise self._bad(_Line(position, number, {}), raw, exc) from None
+                if type(values) is not dict:
                     raise self._error(
-                        item,
-                        f"not UTF-8 (byte 0x{exc.object[exc.start]:02x}); re-encode the "
-                        "file as UTF-8",
-                    ) from None
-                except json.JSONDecodeError as exc:
-                    why = f"{exc.msg} at column {exc.colno}"
-                    raise self._error(item, f"not valid JSON ({why}); fix that line") from None
-                if not isinstance(values, dict):
-                    raise self._error(
-                        item,
+                        _Line(position, number, {}),
                         f"{_kind(values)}, not a JSON object; each line must be one "
                         'object ({"column": value, ...})',
                     )
                 yield _Line(position, number, values)
                 position += 1
+
+    def _bad(self, item: _Line, raw: bytes, exc: msgspec.DecodeError) -> InputError:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            byte = raw[bad.start]
+            return self._error(item, f"not UTF-8 (byte 0x{byte:02x}); re-encode the file as UTF-8")
+        why = str(exc).removeprefix("JSON is malformed: ")
+        return self._error(item, f"not valid JSON ({why}); fix that line")
 
     def _error(self, item: _Line, what: str) -> InputError:
         return InputError(f"{self.path}: row {item.position + 1:,} (line {item.line:,}): {what}")

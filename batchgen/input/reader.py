@@ -270,9 +270,7 @@ class InputReader:
         except InputError:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
-            raise InputError(
-                f"{self.path}: cannot read {self.spec.format}: {said(exc)}"
-            ) from None
+            raise InputError(f"{self.path}: cannot read {self.spec.format}: {said(exc)}") from None
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
