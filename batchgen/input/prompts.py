@@ -35,7 +35,8 @@ class PromptTemplate:
         self._system = _compile(spec.system, f"{where}: prompt.system") if spec.system else None
         sources = [spec.user] + ([spec.system] if spec.system else [])
         names = set().union(*(_variables(s) for s in sources))
-        self.variables: tuple[str, ...] = tuple(sorted(names))
+        self._names: tuple[str, ...] = tuple(sorted(names))
+        self.variables = self._names  # the columns the template reads (after bind)
         subscripts, whole = set(), False
         for source in sources:
             for column in _row_uses(_ENV.parse(source)):
@@ -50,11 +51,11 @@ class PromptTemplate:
 
     def bind(self, available: Sequence[str]) -> dict[str, str]:
         """The columns the template reads (name → why) from an input with ``available``."""
-        self._row = ROW in self.variables and ROW not in available
+        self._row = ROW in self._names and ROW not in available
         if not self._row:
-            self.whole_row = False
+            self.variables, self.whole_row = self._names, False
             return dict.fromkeys(self.variables, "used in the prompt")
-        self.variables = tuple(v for v in self.variables if v != ROW) + self._subscripts
+        self.variables = tuple(v for v in self._names if v != ROW) + self._subscripts
         self.whole_row = self._whole
         needs = dict.fromkeys(self.variables, "used in the prompt")
         needs.update(dict.fromkeys(self._subscripts, f"used in the prompt as {ROW}[...]"))
