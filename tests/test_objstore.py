@@ -168,6 +168,19 @@ def test_a_changed_job_is_refused_naming_the_store_output(tmp_path: Path, s3: S3
     )
 
 
+def test_an_output_removed_from_the_store_is_not_brought_back(tmp_path: Path, s3: S3) -> None:
+    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    (tmp_path / "rows.csv").write_bytes(csv_rows(10))
+    assert invoke("run", str(job), "--emulator")[0] == 0
+    for key in s3.keys("out/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    (tmp_path / "rows.csv").write_bytes(csv_rows(4))
+    code, output = invoke("run", str(job), "--emulator")
+    assert code == 0, output
+    assert "4 rows done, 0 failed, 0 skipped" in output  # the mirror's old parts are not used
+    assert sorted(r["row_id"] for r in store_rows(s3, "out", "results")) == ["r0", "r1", "r2", "r3"]
+
+
 def test_without_boto3_the_lock_is_best_effort_and_says_so(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,7 +201,10 @@ class MirroredOutput(OutputDir):
 
 
 def _clear(folder: Path) -> None:
+    """Empty the mirror, but for its lock (held by this run, or by a run here now)."""
     for path in sorted(folder.rglob("*"), reverse=True):
+        if path.parent == folder and path.name.startswith(LOCK_FILE):
+            continue
         if path.is_dir() and not path.is_symlink():
             path.rmdir()
         else:
