@@ -7,10 +7,13 @@ import gzip
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
+from batchgen.input.reader import InputReader
+from batchgen.job.spec import InputSpec
 from tests.helpers.outputs import read_rows
 from tests.helpers.paths import write_job
 
@@ -137,3 +140,23 @@ def test_the_whole_row_reads_every_column(tmp_path: Path) -> None:
     code, output = run("validate", str(path))
     assert code == 0, output
     assert "reads id, a b, c" in output
+
+
+def test_jsonl_types_come_from_the_first_rows(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    items = [
+        {"id": "a", "whole": 1, "number": 1, "flag": True, "mixed": 1, "nested": {"k": [1]}},
+        {"id": "b", "whole": 2, "number": 2.5, "flag": False, "mixed": "two"},
+    ]
+    path.write_bytes(lines(items) + b'{"id": "c", "whole": null}\n')
+    needs = dict.fromkeys(["id", "whole", "number", "flag", "mixed", "nested"], "test")
+    reader = InputReader(InputSpec(path, "jsonl", "id"), needs)
+    assert reader.arrow_schema() == pa.schema(
+        [("id", pa.string()), ("whole", pa.int64()), ("number", pa.float64()),
+         ("flag", pa.bool_()), ("mixed", pa.string()), ("nested", pa.string())]
+    )  # fmt: skip
+    values = [r.values for batch in reader.batches() for r in batch]
+    assert values[0] == {"id": "a", "whole": 1, "number": 1.0, "flag": True, "mixed": "1",
+                         "nested": '{"k": [1]}'}  # fmt: skip
+    assert values[2] == {"id": "c", "whole": None, "number": None, "flag": None, "mixed": None,
+                         "nested": None}  # fmt: skip
