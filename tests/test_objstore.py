@@ -181,6 +181,30 @@ def test_an_output_removed_from_the_store_is_not_brought_back(tmp_path: Path, s3
     assert sorted(r["row_id"] for r in store_rows(s3, "out", "results")) == ["r0", "r1", "r2", "r3"]
 
 
+def test_a_batch_mode_run_on_s3_keeps_its_batch_records_in_the_store(
+    tmp_path: Path, s3: S3, emulator_factory: StartEmulator
+) -> None:
+    emulator = emulator_factory(
+        EmulatorConfig(api_keys=frozenset({KEY}), batch_pending_s=0.05, batch_running_s=0.1)
+    )
+    text = JOB.format(input="rows.csv", output=s3.url("out")).replace(
+        "[limits]", "[batch]\nrows_per_chunk = 10\npoll_initial_seconds = 0.02\n"
+        "poll_max_seconds = 0.05\n\n[limits]"
+    )  # fmt: skip
+    job = write_job(tmp_path, text)
+    (tmp_path / "rows.csv").write_bytes(csv_rows(25))
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url,
+            "--tier", "batch"]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(r["row_id"] for r in store_rows(s3, "out", "results")) == sorted(
+        f"r{i}" for i in range(25)
+    )
+    records = s3.get("out/batches/batches.jsonl").decode().splitlines()
+    assert len({json.loads(line)["chunk"] for line in records}) == 3  # 25 rows, 10 a chunk
+
+
 def test_without_boto3_the_lock_is_best_effort_and_says_so(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
