@@ -134,6 +134,19 @@ def test_a_real_column_named_row_keeps_its_meaning(tmp_path: Path) -> None:
     assert [r["row_id"] for r in read_rows(tmp_path / "out", "results")] == ["r1"]
 
 
+def test_row_subscripts_with_a_real_row_column_say_to_rename_it(tmp_path: Path) -> None:
+    path = job(tmp_path, "rows.csv", b"id,row,a b\nr1,x,y\n", prompt="Say {{ row['a b'] }}")
+    code, output = run("validate", str(path))
+    assert code == 2
+    assert output.endswith(
+        "job.toml: prompt: row['a b'] cannot name a column: the input has a column named 'row', "
+        'which {{ row }} is; rename it (input.rename = { row = "row_value" })\n'
+    )
+    path = job(tmp_path, "rows.csv", b"id,row,a b\nr1,x,y\n", prompt="Say {{ row['a b'] }} {{ row_value }}",
+               extra='rename = { row = "row_value" }')  # fmt: skip
+    assert run("validate", str(path))[0] == 0
+
+
 def test_the_whole_row_reads_every_column(tmp_path: Path) -> None:
     prompt = "{% for k, v in row.items() %}{{ k }}={{ v }} {% endfor %}"
     path = job(tmp_path, "rows.csv", b"id,a b,c\nr1,x,y\n", prompt=prompt)

@@ -31,6 +31,7 @@ class PromptTemplate:
     """The user (and optional system) template of a job, compiled once."""
 
     def __init__(self, spec: PromptSpec, where: str) -> None:
+        self._where = where
         self._user = _compile(spec.user, f"{where}: prompt.user")
         self._system = _compile(spec.system, f"{where}: prompt.system") if spec.system else None
         sources = [spec.user] + ([spec.system] if spec.system else [])
@@ -52,6 +53,12 @@ class PromptTemplate:
     def bind(self, available: Sequence[str]) -> dict[str, str]:
         """The columns the template reads (name → why) from an input with ``available``."""
         self._row = ROW in self._names and ROW not in available
+        if ROW in available and self._subscripts:
+            raise TemplateError(
+                f"{self._where}: prompt: {ROW}[{self._subscripts[0]!r}] cannot name a column: the "
+                f"input has a column named {ROW!r}, which {{{{ {ROW} }}}} is; rename it "
+                f'(input.rename = {{ {ROW} = "{ROW}_value" }})'
+            )
         if not self._row:
             self.variables, self.whole_row = self._names, False
             return dict.fromkeys(self.variables, "used in the prompt")
