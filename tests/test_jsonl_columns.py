@@ -142,7 +142,8 @@ def test_row_subscripts_with_a_real_row_column_say_to_rename_it(tmp_path: Path) 
         "job.toml: prompt: row['a b'] cannot name a column: the input has a column named 'row', "
         'which {{ row }} is; rename it (input.rename = { row = "row_value" })\n'
     )
-    path = job(tmp_path, "rows.csv", b"id,row,a b\nr1,x,y\n", prompt="Say {{ row['a b'] }} {{ row_value }}",
+    both = "Say {{ row['a b'] }} {{ row_value }}"
+    path = job(tmp_path, "rows.csv", b"id,row,a b\nr1,x,y\n", prompt=both,
                extra='rename = { row = "row_value" }')  # fmt: skip
     assert run("validate", str(path))[0] == 0
 
