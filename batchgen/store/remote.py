@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -151,6 +152,7 @@ class MirroredOutput(OutputDir):
     def __init__(self, url: str) -> None:
         self.store = Store(url)
         self.url = self.store.url
+        self._publishing = threading.Lock()  # the writer's thread and the batch steps both publish
         super().__init__(staging_dir(self.url))
 
     def __str__(self) -> str:
@@ -172,6 +174,10 @@ class MirroredOutput(OutputDir):
 
     def publish(self) -> None:
         """Make the store mirror the local copy: upload new or changed files, delete gone ones."""
+        with self._publishing:
+            self._publish()
+
+    def _publish(self) -> None:
         remote = self.store.listing()
         local = _local_files(self.path)
         for relative, size in sorted(local.items()):
