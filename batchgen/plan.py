@@ -159,11 +159,12 @@ def _shared_examples(job: Job, template: PromptTemplate, validator: AnswerValida
 def plan_job(job: Job) -> Plan:
     """Check the job against its input and compile everything; no network, no writes."""
     template = PromptTemplate(job.prompt, str(job.path))
-    needs = dict.fromkeys(template.variables, "used in the prompt")
+    reader = InputReader(job.input, {})
+    needs = template.bind(reader.available)
     needs.update(dict.fromkeys(job.input.carry, "input.carry"))
     if job.input.id_column:
         needs[job.input.id_column] = "input.id_column"
-    reader = InputReader(job.input, needs)
+    reader.need(needs, every=template.whole_row)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
     layout = OutputLayout(
         job.schema, job.output.explode, carry, str(job.path), job.candidates, job.thoughts

@@ -16,6 +16,9 @@ from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.emulator.server import APP_KEY, Emulator, RedactingAccessLogger, create_app
 from tests.helpers.emulator_calls import Client, StartEmulator
 from tests.helpers.paths import ROOT, SEED_COPY
+from tests.helpers.s3 import AWS_VARIABLES, S3, S3_SECRET
+
+_BUCKETS = iter(range(10**9))
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +29,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # google-genai's name, read first
+    for name in AWS_VARIABLES:  # no real store is reached: only the loopback one (s3 below)
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture
@@ -85,3 +93,31 @@ def make_client(
         return await aiohttp_client(server), app[APP_KEY]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto's) on 127.0.0.1, one for the session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A fresh bucket on the loopback S3 server, and the AWS_* variables that reach it, set as
+    a user sets them."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test-access-key",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    store = S3(s3_endpoint, f"bucket-{next(_BUCKETS)}")
+    store.client.create_bucket(Bucket=store.bucket)
+    return store

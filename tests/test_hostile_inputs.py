@@ -116,8 +116,8 @@ def parquet_named_csv(path: Path) -> None:
     write_parquet(path, 100)
 
 
-def gzip_named_csv(path: Path) -> None:
-    path.write_bytes(gzip.compress(csv_rows(100)))
+def gzip_latin1(path: Path) -> None:  # gzip is read (by its first bytes); what is in it is checked
+    path.write_bytes(gzip.compress(csv_rows(ROWS, {49_998: b"r49998,caf\xe9 au lait,x\n"})))
 
 
 def a_directory(path: Path) -> None:
@@ -181,7 +181,7 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("rows.csv", empty_id, "rows.csv: row 42: empty id in column 'id'"),
     ("rows.csv", duplicate_header, "rows.csv: columns 2 and 3 are both named 'review'"),
     ("rows.csv", parquet_named_csv, "rows.csv: is a Parquet file; name it .parquet"),
-    ("rows.csv", gzip_named_csv, "rows.csv: is gzip-compressed; decompress it"),
+    ("rows.csv", gzip_latin1, "rows.csv: row 49,999, column 'review': not UTF-8 (byte 0xe9)"),
     ("rows.csv", a_directory, "rows.csv: is a directory; set input.path (or --input)"),
     ("rows.csv", empty_file, "rows.csv: empty file (no header row)"),
     ("rows.csv", header_only, "rows.csv: no rows (the file has only a header)"),

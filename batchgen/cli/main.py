@@ -39,6 +39,7 @@ from batchgen.errors import (
     one_line,
 )
 from batchgen.gemini.proxy import proxy_for
+from batchgen.job.location import store_url
 from batchgen.job.spec import DEFAULT_BASE_URL, Job, Overrides, load_job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
@@ -185,7 +186,8 @@ def run(
     if no_wait and job.model.tier != "batch":
         raise JobError("--no-wait: only a batch run can be left running; add --tier batch")
     with api_target(job, emulator, "use --emulator to run offline") as (target, key):
-        summary = run_job(target, replace(options, api_key=key))
+        with notes_as_lines():  # e.g. a store output's best-effort lock
+            summary = run_job(target, replace(options, api_key=key))
     click.echo(_describe(summary, job.model.name))
     sys.exit(summary.exit_code)
 
@@ -280,7 +282,7 @@ def validate(
     click.echo(f"  schema  {job.schema.describe(len(plan.layout.answer_columns))}")
     for path in job.schema.json_text_fields():
         click.echo(f"    as JSON text: {path}")
-    click.echo(f"  output  {job.output.directory}")
+    click.echo(f"  output  {store_url(job.output.directory) or job.output.directory}")
     for f in plan.layout.schema:
         click.echo(f"    {f.name}: {f.type}{'' if f.nullable else ' not null'}")
     repeats = count_repeats(plan)
@@ -427,7 +429,8 @@ def status(output: Path) -> None:
     remaining = "unknown" if st.remaining is None else f"{st.remaining} of {st.rows_total}"
     failed = ", ".join(f"{n} {c}" for c, n in st.failed.most_common()) or "none"
     tokens = ", ".join(f"{n} {k}" for k, n in st.tokens.items()) or "none"
-    click.echo(f"{output}{' (a run is writing it now)' if st.running else ''}")
+    shown = store_url(output) or output
+    click.echo(f"{shown}{' (a run is writing it now)' if st.running else ''}")
     click.echo(f"  done       {st.rows_done} rows ({st.result_rows} result rows)")
     click.echo(f"  failed     {st.rows_failed} rows ({failed})")
     click.echo(f"  remaining  {remaining}")

@@ -146,7 +146,7 @@ def _count(value: object, key: str) -> int:
     if value is None:
         return 0
     number: object = value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value)
     elif isinstance(value, float) and value.is_integer():
         number = int(value)

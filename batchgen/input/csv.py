@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from batchgen.errors import InputError, one_line
+from batchgen.input.files import InputFile, arrow_input, open_bytes
 from batchgen.input.locate import READ_ERRORS, RowTooLongError, find_csv_row
 from batchgen.input.source import Batches, valid
 
@@ -27,7 +27,6 @@ CSV_MAX_ROW_BYTES = 64 << 20
 # Other formats named .csv, by their first bytes: what the file is and what to do.
 _NOT_CSV = {
     b"PAR1": 'is a Parquet file; name it .parquet or set input.format = "parquet"',
-    b"\x1f\x8b": "is gzip-compressed; decompress it (gunzip) first",
     b"PK\x03\x04": "is a ZIP archive (an Excel workbook?); export the sheet as CSV (UTF-8)",
     b"\xff\xfe": "is UTF-16 text; re-encode the file as UTF-8",
     b"\xfe\xff": "is UTF-16 text; re-encode the file as UTF-8",
@@ -44,7 +43,7 @@ class CsvSource:
     is not used.
     """
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(self, path: InputFile, batch_rows: int) -> None:
         self.path = path
         self.block = CSV_BLOCK_BYTES  # grows when a row is longer (and stays grown)
         self._header: list[str] | None = None
@@ -85,8 +84,14 @@ class CsvSource:
     def _pass(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
         # Read as bytes, then viewed as text only once checked: an undecodable byte is then
         # named by row and column, not reported as "invalid UTF8" for a whole block.
+        with arrow_input(self.path) as source:
+            yield from self._read(source, columns, skip)
+
+    def _read(
+        self, source: str | pa.NativeFile, columns: list[str], skip: int
+    ) -> Iterator[pa.RecordBatch]:
         reader = pacsv.open_csv(
-            self.path,
+            source,
             read_options=pacsv.ReadOptions(block_size=self.block),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
@@ -143,10 +148,10 @@ class CsvSource:
         )
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: InputFile) -> list[str]:
     """The header as Python's csv reads it, in pyarrow's dialect (BOM dropped, blank lines
     skipped, quoted newlines kept)."""
-    with path.open("rb") as raw:
+    with open_bytes(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         header = next((row for row in csv.reader(text) if row), None)
     if not header:

@@ -14,10 +14,11 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from batchgen.input.files import InputFile, open_bytes
 
 READ_ERRORS = (
     OSError,
@@ -117,12 +118,12 @@ class RowTooLongError(Exception):
         self.line = line
 
 
-def csv_rows(path: Path, start: int, limit: int) -> Iterator[CsvRow]:
+def csv_rows(path: InputFile, start: int, limit: int) -> Iterator[CsvRow]:
     """Data rows from 0-based ``start`` on; undecodable bytes kept as surrogates (checked later).
 
     Raises RowTooLongError for a field longer than ``limit`` characters.
     """
-    with path.open("rb") as raw, _field_limit(limit):
+    with open_bytes(path) as raw, _field_limit(limit):
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text)
         position = -1  # the header
@@ -143,7 +144,7 @@ def csv_rows(path: Path, start: int, limit: int) -> Iterator[CsvRow]:
             position += 1
 
 
-def find_csv_row(path: Path, start: int, width: int, limit: int) -> tuple[CsvRow, str] | None:
+def find_csv_row(path: InputFile, start: int, width: int, limit: int) -> tuple[CsvRow, str] | None:
     """The first row from ``start`` with the wrong number of fields, and how many it has."""
     for row in csv_rows(path, start, limit):
         if len(row.fields) != width:

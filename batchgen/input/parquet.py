@@ -3,12 +3,11 @@ is named by its row group, rows and column."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import InputError, one_line
+from batchgen.input.files import InputFile, parquet_input
 from batchgen.input.locate import READ_ERRORS, bad_parquet_column
 from batchgen.input.source import Batches, valid
 
@@ -19,7 +18,7 @@ FIX_TEXT = "the column holds bytes that are not text: write it as UTF-8 (or as b
 class ParquetSource:
     """A Parquet file, read ``batch_rows`` rows at a time (a :class:`~.source.Source`)."""
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(self, path: InputFile, batch_rows: int) -> None:
         self.path = path
         self.batch_rows = batch_rows
 
@@ -61,7 +60,7 @@ class ParquetSource:
         # change).
         try:
             # Pages written with checksums are verified: a flipped bit is an error, not a value.
-            return pq.ParquetFile(self.path, page_checksum_verification=True)
+            return pq.ParquetFile(parquet_input(self.path), page_checksum_verification=True)
         except READ_ERRORS as exc:  # it starts as Parquet does (checked): the end is missing
             raise InputError(
                 f"{self.path}: truncated or damaged Parquet file: its footer cannot be read "

@@ -15,18 +15,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchgen.errors import INPUT, InputError, one_line
+from batchgen.errors import InputError, one_line
 from batchgen.input.csv import CsvSource
+from batchgen.input.files import InputFile, head, input_file, stamp
+from batchgen.input.jsonl import JsonlSource
 from batchgen.input.locate import READ_ERRORS, first_unconvertible
 from batchgen.input.parquet import ParquetSource
 from batchgen.input.source import Opener, Source
+from batchgen.job.location import said
 from batchgen.job.spec import InputSpec
 from batchgen.keys import Keys, contains, keys_of
 from batchgen.records import InputRow
@@ -35,13 +37,16 @@ from batchgen.records import InputRow
 FORMATS: dict[str, Opener] = {
     "csv": CsvSource,
     "parquet": ParquetSource,
+    "jsonl": JsonlSource,
 }
 
 
 class MissingColumnError(InputError):
     """The input lacks a column the job uses; its parts let a caller word it for its input."""
 
-    def __init__(self, path: Path, column: str, need: str, available: list[str], near: str) -> None:
+    def __init__(
+        self, path: InputFile, column: str, need: str, available: list[str], near: str
+    ) -> None:
         self.path, self.column, self.need, self.available, self.near = (
             path, column, need, available, near
         )  # fmt: skip
@@ -71,9 +76,8 @@ class _Stamp:
     mtime_ns: int
 
     @classmethod
-    def of(cls, path: Path) -> _Stamp:
-        stat = path.stat()
-        return cls(stat.st_size, stat.st_mtime_ns)
+    def of(cls, file: InputFile) -> _Stamp:
+        return cls(*stamp(file))
 
 
 class InputReader:
@@ -87,16 +91,23 @@ class InputReader:
 
     def __init__(self, spec: InputSpec, needs: Mapping[str, str], batch_rows: int = 4096) -> None:
         self.spec = spec
-        self.path = spec.path
+        self.path = input_file(spec.path)
         self.stamp: _Stamp | None = None  # taken by the first pass over the file
-        self.source = _open(spec, batch_rows)
-        self.available = self.source.column_names()
+        self.source = _open(spec.format, self.path, batch_rows)
+        names = self.source.column_names()
+        self._original = _renamed(spec.rename, self.path, names)  # name → name in the file
+        self.available = [spec.rename.get(c, c) for c in names]
+        self.columns: list[str] = []
+        self.need(needs)
+
+    def need(self, needs: Mapping[str, str], every: bool = False) -> None:
+        """Read ``needs`` (column → what needs it), or ``every`` column, from now on."""
         missing = [c for c in needs if c not in self.available]
         if missing:
             col = missing[0]
             raise MissingColumnError(self.path, col, needs[col], self.available, self._near(col))
         self._check_unique(needs)
-        self.columns = [c for c in self.available if c in needs]
+        self.columns = [c for c in self.available if every or c in needs or c in self.columns]
 
     def _near(self, name: str) -> str:
         """A header name that differs only by spaces or case (invisible in the list above)."""
@@ -117,7 +128,8 @@ class InputReader:
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the columns read (CSV: all strings)."""
-        return self.source.schema(self.columns)
+        schema = self.source.schema([self._original[c] for c in self.columns])
+        return pa.schema([f.with_name(c) for f, c in zip(schema, self.columns, strict=True)])
 
     # --- the pre-scan ---------------------------------------------------------------------
 
@@ -252,15 +264,13 @@ class InputReader:
         if self.stamp is None:
             self.stamp = _Stamp.of(self.path)
         try:
-            for position, batch in self.source.batches(columns):
+            for position, batch in self.source.batches([self._original[c] for c in columns]):
                 self._check_unchanged()
-                yield position, batch
+                yield position, batch.rename_columns(columns)
         except InputError:
             raise
         except READ_ERRORS as exc:  # the root: no pyarrow or OS error reaches the user raw
-            raise InputError(
-                f"{self.path}: cannot read {self.spec.format}: {one_line(exc)}"
-            ) from None
+            raise InputError(f"{self.path}: cannot read {self.spec.format}: {said(exc)}") from None
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
@@ -279,26 +289,30 @@ class InputReader:
         )
 
 
-def _open(spec: InputSpec, batch_rows: int) -> Source:
+def _renamed(rename: Mapping[str, str], file: InputFile, names: list[str]) -> dict[str, str]:
+    """Each column's name for the job (``input.rename`` applied) → its name in the file."""
+    for old in rename:
+        if old not in names:
+            raise InputError(
+                f"{file}: no column {old!r} (input.rename); the file has: {', '.join(names)}"
+            )
+    result: dict[str, str] = {}
+    for name in names:
+        new = rename.get(name, name)
+        if new in result and (name in rename or result[new] in rename):
+            raise InputError(
+                f"{file}: input.rename: two columns would be named {new!r} "
+                f"({result[new]!r} and {name!r}); choose another new name"
+            )
+        result.setdefault(new, name)  # a name twice in the file: refused if the job needs it
+    return result
+
+
+def _open(fmt: str, file: InputFile, batch_rows: int) -> Source:
     """The file's source, once the file is there, readable, not empty and not another format."""
-    source = FORMATS[spec.format](spec.path, batch_rows)
-    source.check_head(_head(spec.path))
+    source = FORMATS[fmt](file, batch_rows)
+    found = head(file)
+    if not found:
+        raise InputError(f"{file}: empty file (no header row)")
+    source.check_head(found)
     return source
-
-
-def _head(path: Path) -> bytes:
-    """The first bytes of a file that is not missing, a folder, a device, or empty."""
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; set input.path (or ", INPUT, ") to a file")
-    if not path.exists():
-        raise InputError(f"{path}: input file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file (a pipe or device?); give a file")
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    if not head:
-        raise InputError(f"{path}: empty file (no header row)")
-    return head

@@ -12,12 +12,12 @@ batches whose values are valid (:func:`valid`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
 from batchgen.errors import InputError
+from batchgen.input.files import InputFile
 from batchgen.input.locate import describe_invalid, first_invalid
 
 Batches = Iterator[tuple[int, pa.RecordBatch]]  # (0-based position of its first row, batch)
@@ -46,11 +46,11 @@ class Source(Protocol):
 
 
 # How a format's class is built: Source(path, batch_rows).
-Opener = Callable[[Path, int], Source]
+Opener = Callable[[InputFile, int], Source]
 
 
 def valid(
-    batch: pa.RecordBatch, position: int, path: Path, fix: str, where: str = ""
+    batch: pa.RecordBatch, position: int, path: InputFile, fix: str, where: str = ""
 ) -> pa.RecordBatch:
     """The batch, once every value in it is valid (strings UTF-8); else the first bad one.
 

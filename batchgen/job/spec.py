@@ -23,6 +23,7 @@ from msgspec.structs import replace
 
 from batchgen.errors import JobError
 from batchgen.job.decode import convert, schema_hook
+from batchgen.job.location import StoreError, read_bytes, store_url
 from batchgen.job.response_schema import (
     GEMINI,
     ResponseSchema,
@@ -36,8 +37,16 @@ from batchgen.redact import redact_url
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 # where google-genai reads the key, in its order: the first that is set wins
 SDK_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
-Format = Literal["csv", "parquet", "auto"]  # "auto": by the input file's extension
-INPUT_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+Format = Literal["csv", "parquet", "jsonl", "auto"]  # "auto": by the input file's extension
+INPUT_FORMATS: dict[str, Format] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson.gz": "jsonl",
+}
 # The service tiers a job can ask for (README "Tiers"; docs/gemini-api.md §11). Flex answers in
 # minutes, not seconds (its target is 1-15 min), so a Flex job waits longer for each call unless
 # it sets limits.timeout_seconds itself.
@@ -96,12 +105,14 @@ class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class InputSpec(_Table, frozen=True):
     """[input]: the rows. ``path`` is relative to the job file's folder; ``format`` "auto"
-    follows its extension; ``carry`` columns are copied to the output as they are."""
+    follows its extension; ``carry`` columns are copied to the output as they are; ``rename``
+    gives columns new names (old → new) that the rest of the job uses."""
 
     path: Path
     format: Format = "auto"
     id_column: str | None = None
     carry: Annotated[tuple[str, ...], Meta(extra={"wanted": "a list of column names"})] = ()
+    rename: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ModelSpec(_Table, frozen=True):
@@ -479,18 +490,22 @@ def job_file_schema() -> dict[str, Any]:
 
 
 def _resolve(base: Path, relative: Path | str) -> Path:
-    """A path from the job file, relative to the job file's folder, without ``..`` noise."""
+    """A path from the job file, relative to the job file's folder, without ``..`` noise; an
+    object-store URL as it is (:func:`~batchgen.job.location.store_url` reads it back)."""
+    if store_url(relative) is not None:
+        return Path(relative)
     return Path(os.path.normpath(base / relative))
 
 
 def _format(file: Path, given: Format, path: Path) -> Format:
     if given != "auto":
         return given
-    fmt = INPUT_FORMATS.get(file.suffix.lower())
+    name = file.name.lower()
+    fmt = next((f for end, f in INPUT_FORMATS.items() if name.endswith(end)), None)
     if fmt is None:
         raise JobError(
             f"{path}: input.path {str(file)!r}: cannot tell the format from the extension "
-            "(.csv, .parquet); set input.format"
+            f"({', '.join(INPUT_FORMATS)}); set input.format"
         )
     return fmt
 
@@ -552,9 +567,12 @@ def _schema(file: JobFile, base: Path, path: Path) -> ResponseSchema:
 def _read_schema_file(file: str, key: str, base: Path, path: Path) -> tuple[Any, str]:
     schema_path = _resolve(base, file)
     try:
-        return json.loads(schema_path.read_text(encoding="utf-8")), str(schema_path)
+        where = store_url(schema_path) or str(schema_path)
+        return json.loads(read_bytes(schema_path).decode("utf-8")), where
     except OSError as exc:
         raise JobError(f"{path}: {key} {file!r}: cannot read: {exc.strerror}") from None
+    except StoreError as exc:
+        raise JobError(f"{path}: {key} {file!r}: cannot read: {exc}") from None
     except ValueError as exc:
         raise JobError(f"{path}: {key} {file!r}: invalid JSON: {exc}") from None
 

@@ -69,6 +69,7 @@ from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
 from batchgen.store.outdir import OutputDir
+from batchgen.store.remote import local_view
 
 __all__ = [
     "DEFAULT_SAMPLE",
@@ -434,6 +435,12 @@ async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body
 def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGuess | None:
     """Output sizes from an earlier output of the same job, if there is a usable one."""
     out = history or job.output.directory
+    try:
+        out = local_view(out)  # an object store's output: its mirror, pulled
+    except CheckpointError:
+        if history is not None:
+            raise
+        return None
     if not (out / JOB_FILE).is_file():
         if history is not None:
             raise CheckpointError(f"{out}: not a batchgen output (no {JOB_FILE})")

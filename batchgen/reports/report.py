@@ -40,6 +40,7 @@ from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
 from batchgen.store.lock import lock_holder
 from batchgen.store.outdir import OutputDir
 from batchgen.store.output import USAGE_SCHEMA
+from batchgen.store.remote import local_view
 from batchgen.store.runs import read_run_records
 
 __all__ = ["GROUPS", "RUN_COLUMNS", "Report", "group_keys", "load_calls", "report"]
@@ -90,6 +91,7 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
         raise JobError(by_option, f": unknown grouping (one of {', '.join(GROUPS)})")
     if not outputs:
         raise JobError("report: no output directory given")
+    outputs = [local_view(out) for out in outputs]  # an object store's: its pulled mirror
     prices = prices or load_prices()
     warnings: list[str] = []
     calls, rows = [], []

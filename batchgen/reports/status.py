@@ -17,7 +17,7 @@ from batchgen.errors import CheckpointError
 from batchgen.store.jobfile import read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
 from batchgen.store.lock import lock_holder
-from batchgen.store.outdir import OutputDir
+from batchgen.store.remote import open_output, store_lock_holder
 from batchgen.store.runs import read_run_records
 
 TOKEN_COLUMNS = (
@@ -57,11 +57,12 @@ class OutputStatus:
 
 def output_status(directory: Path) -> OutputStatus:
     """Read the status of ``directory``; CheckpointError when it is not a batchgen output."""
-    if not (directory / JOB_FILE).exists():
+    out = open_output(directory)  # an object store's: its mirror, pulled
+    if not (out.path / JOB_FILE).exists():
         raise CheckpointError(f"{directory}: not a batchgen output (no {JOB_FILE})")
-    read_job_record(directory)  # refuses an output of a newer format
-    out = OutputDir(directory)
-    writer = lock_holder(directory)  # a lock whose process is gone is a killed run's
+    read_job_record(out.path)  # refuses an output of a newer format
+    # a lock whose process is gone is a killed run's
+    writer = lock_holder(out.path) if out.path == directory else store_lock_holder(directory)
     status = OutputStatus(directory, running=writer is not None, writer=writer)
     results = out.read(RESULTS_DIR, ["row_id", *TOKEN_COLUMNS])
     if results is not None:
@@ -75,7 +76,7 @@ def output_status(directory: Path) -> OutputStatus:
                          for c in TOKEN_COLUMNS}  # fmt: skip
     latest = out.latest_failures(["row_id", "category", "failed_at"])
     status.failed = Counter(latest.column("category").to_pylist())
-    runs = read_run_records(directory)
+    runs = read_run_records(out.path)
     ends = {r["run_id"]: r for r in runs if r.get("event") == "end"}
     if runs:
         last = runs[-1]

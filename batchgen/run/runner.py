@@ -47,8 +47,8 @@ from batchgen.run.idcheck import check_ids
 from batchgen.run.progress import NoProgress, Progress, Snapshot
 from batchgen.run.summary import RunSummary
 from batchgen.store.jobfile import check_fingerprint
-from batchgen.store.lock import output_lock
 from batchgen.store.outdir import OutputDir
+from batchgen.store.remote import open_output
 from batchgen.store.runs import append_run_record
 from batchgen.store.writer import FRAME_SECONDS, RunWriter
 
@@ -104,12 +104,15 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     plan, scan = await asyncio.to_thread(_scan, job)
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
-    out = OutputDir(job.output.directory)
-    lock = output_lock(out.path)
+    out = await asyncio.to_thread(open_output, job.output.directory, False)
+    lock = out.lock()
     await asyncio.to_thread(_enter, out, lock)
     try:
-        moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
-        await asyncio.to_thread(check_ids, plan.reader, scan, out, state, options.limit)
+        try:
+            moved, folded, state = await asyncio.to_thread(_open_output, job, out, options.fresh)
+            await asyncio.to_thread(check_ids, plan.reader, scan, out, state, options.limit)
+        except CheckpointError as exc:
+            raise out.named(exc) from None
         run = _Run(plan, options, out, state, budget, started, scan)
         run.summary.moved_aside, run.summary.folded = moved, folded
         return await run.main()
@@ -147,10 +150,12 @@ def _enter(out: OutputDir, lock: contextlib.AbstractContextManager[None]) -> Non
 
 def _open_output(job: Job, out: OutputDir, fresh: bool) -> tuple[Any, int, DoneState]:
     """With the lock held: set aside, prepare, check the job, fold a killed run's journal."""
+    out.pull()
     moved = out.start_fresh() if fresh else None
     out.prepare()
     check_fingerprint(job, out.path, __version__)
     folded = out.fold_journal()
+    out.publish()
     return moved, folded, out.done_state("row_id" if job.input.id_column else "request_hash")
 
 
@@ -294,6 +299,7 @@ class _Run:
     async def main(self) -> RunSummary:
         started_at = datetime.now(UTC)
         await asyncio.to_thread(append_run_record, self.out.path, self._record("start", started_at))
+        await asyncio.to_thread(self.out.publish)
         writer = asyncio.create_task(self.books.write(self._show))
         ticker = asyncio.create_task(self._tick())
         reader = asyncio.create_task(self.stop.guard("reader", self._read()))
@@ -348,6 +354,7 @@ class _Run:
             await asyncio.to_thread(
                 append_run_record, self.out.path, self._record("end", started_at)
             )
+            await asyncio.to_thread(self.out.publish)
         except BatchgenError as exc:
             self.stop.halt(exc, "disk")
         s.seconds = time.monotonic() - self.started

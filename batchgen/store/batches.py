@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +74,10 @@ class ChunkRecord:
 class BatchStore:
     """The ``batches/`` folder of one output directory; writing needs the output's lock."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, published: Callable[[], None] | None = None) -> None:
+        """``published`` is called after each record is on disk: an object-store output
+        uploads it then, so that a run resumed elsewhere re-attaches to its batches."""
+        self.published = published
         self.folder = output / BATCHES_DIR
         self.path = self.folder / RECORD_FILE
         self._known: dict[str, ChunkRecord] | None = None  # read once; the lock keeps it true
@@ -184,6 +188,8 @@ class BatchStore:
                 fsync_dir(self.folder)
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot write ({exc.strerror})") from None
+        if self.published is not None:
+            self.published()
 
 
 def _now() -> str:

@@ -9,6 +9,7 @@ already there, so a row is never written twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from batchgen.store.batches import BATCHES_DIR, BatchStore
 from batchgen.store.files import linked
 from batchgen.store.journal import JournalFormatError, read_segment
 from batchgen.store.layout import ERRORS_DIR, JOB_FILE, JOURNAL_DIR, KINDS, RUNS_FILE, part_files
+from batchgen.store.lock import output_lock
 from batchgen.store.output import ERRORS_SCHEMA
 from batchgen.store.reading import OutputReader
 
@@ -49,6 +51,22 @@ def write_part(folder: Path, name: str, table: pa.Table) -> Path:
 class OutputDir(OutputReader):
     """One output directory: what it holds (:class:`OutputReader`) and, with its lock held
     (batchgen.store.lock), the writing: prepare, compaction, starting over."""
+
+    # --- where the output lives (an object store's: batchgen.store.remote) ---------------
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The output's lock (batchgen.store.lock): one writer at a time."""
+        return output_lock(self.path)
+
+    def pull(self) -> None:
+        """Bring what the output holds where it lives into :attr:`path` (here: it is there)."""
+
+    def publish(self) -> None:
+        """Make what was written in :attr:`path` visible where the output lives (here: it is)."""
+
+    def named(self, exc: CheckpointError) -> CheckpointError:
+        """``exc`` naming the output as the user gave it (here: :attr:`path` is that)."""
+        return exc
 
     # --- writing (with the lock held) ---------------------------------------------------
 

@@ -80,7 +80,7 @@ class BatchBackend:
         self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
         self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
         self.wait, self.note, self.clock = wait, note or (lambda _: None), clock
-        self.store = BatchStore(ctx.out.path)
+        self.store = BatchStore(ctx.out.path, ctx.out.publish)
         self.collector = ResultCollector(ctx.plan, ctx.run_id)
         # the rows of the chunks not collected yet, slimmed once their chunk file is written
         # (id, carried values, request hash): a batch run's memory does not hold its bodies
