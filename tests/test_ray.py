@@ -1,0 +1,134 @@
+"""``--engine ray`` for real: a local Ray instance (2 CPUs, one a session) against the emulator.
+
+Every row once and typed; one quota for every worker (the emulator's 429s slow them all); a
+killed worker's rows retried; a SIGKILLed driver resumed without paying twice for more than the
+calls that were in flight. Few and small: CI has two cores.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from click.testing import CliRunner
+
+from batchgen.api import run_file
+from batchgen.cli import main
+from tests.helpers.emulator_calls import StartEmulator
+from tests.helpers.jobs import item_job
+from tests.helpers.outputs import error_ids, read_rows, result_ids
+
+KEY = "ray-key-3"
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+
+
+def test_every_row_once_typed_through_the_cli(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str, key: None
+) -> None:
+    emulator = emulator_factory(latency_ms=20)
+    job = item_job(tmp_path, 40, output={"directory": "out", "flush_rows": 10})
+    args = ["run", str(job), "--base-url", emulator.base_url, "--engine", "ray", "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--ray-address", ray_address])
+    assert result.exit_code == 0, result.output
+    assert "40 rows done, 0 failed" in result.output
+    out = tmp_path / "out"
+    assert sorted(result_ids(out)) == sorted(f"r{i}" for i in range(40))
+    assert error_ids(out) == []
+    rows = read_rows(out, "results")
+    assert all(isinstance(r["label"], str) for r in rows)
+    assert len(read_rows(out, "usage")) == 40  # the ledger: one paid call a row
+    rerun = CliRunner().invoke(main, [*args, "--ray-address", ray_address])
+    assert rerun.exit_code == 0 and "0 rows done" in rerun.output  # the done state is OUTPUT's
+
+
+def test_one_quota_for_every_worker(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    """The job allows twice what the server does: the first 429s step the one shared rate
+    down for every worker (paced apart, two workers would each send at the job's rate)."""
+    emulator = emulator_factory(rpm_limit=300, latency_ms=50)
+    rows = 90
+    job = item_job(tmp_path, rows, limits={"requests_per_minute": 600}, retry={"attempts": 8})
+    summary = run_file(job, api_key=KEY, base_url=emulator.base_url, engine="ray")
+    assert summary.rows_done == rows
+    rejected = emulator.emulator.counts["status:429"]
+    assert rejected <= 0.1 * summary.requests, (rejected, summary.requests)
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
+
+
+def test_a_killed_worker_s_rows_are_retried(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    emulator = emulator_factory(latency_ms=400)
+    rows = 60
+    job = item_job(tmp_path, rows, limits={"concurrency": 8})
+    killed: list[str] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+            workers = sorted(n for n in names if n.startswith("batchgen-") and "-worker-" in n)
+            if workers and emulator.emulator.counts["generateContent"] >= 12:
+                ray.kill(ray.get_actor(workers[0], namespace=_namespace(workers[0])))
+                killed.append(workers[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    summary = run_file(job, api_key=KEY, base_url=emulator.base_url, engine="ray")
+    killer.join()
+    assert killed  # a worker died with calls in flight
+    assert summary.rows_done == rows and summary.rows_failed == 0
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
+
+
+def test_a_sigkilled_driver_resumes_without_paying_twice(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    emulator = emulator_factory(latency_ms=200)
+    rows, in_flight = 120, 6
+    job = item_job(
+        tmp_path, rows, limits={"concurrency": in_flight},
+        output={"directory": "out", "flush_rows": 5, "flush_seconds": 0.2},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url,
+            "--engine", "ray", "--ray-address", ray_address, "--quiet"]  # fmt: skip
+    with (tmp_path / "stderr").open("wb") as log:
+        driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 90
+    while emulator.emulator.counts["generateContent"] < 40 and time.monotonic() < deadline:
+        assert driver.poll() is None, (tmp_path / "stderr").read_text()
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    ids = result_ids(out)
+    assert sorted(ids) == sorted(f"r{i}" for i in range(rows))  # no row twice, none lost
+    paid = collections.Counter(r["row_id"] for r in read_rows(out, "usage"))
+    paid_twice = sum(n - 1 for n in paid.values())
+    calls = emulator.emulator.counts["generateContent"]
+    assert calls - rows <= in_flight  # the calls the kill cut off, at most
+    assert paid_twice <= in_flight
+
+
+def _namespace(name: str) -> str:
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"] == name:
+            return str(actor["namespace"])
+    raise AssertionError(name)
