@@ -16,12 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import ray
 from click.testing import CliRunner
 
 from batchgen.api import run_file
 from batchgen.cli import main
+from batchgen.run.ray_data import generate_batches
 from tests.helpers.emulator_calls import StartEmulator
 from tests.helpers.jobs import item_job
 from tests.helpers.outputs import error_ids, read_rows, result_ids
@@ -125,6 +127,41 @@ def test_a_sigkilled_driver_resumes_without_paying_twice(
     calls = emulator.emulator.counts["generateContent"]
     assert calls - rows <= in_flight  # the calls the kill cut off, at most
     assert paid_twice <= in_flight
+
+
+def test_a_ray_data_step_answers_with_typed_columns_and_usage(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    emulator = emulator_factory()
+    job = item_job(
+        tmp_path, 1, input={"carry": ["name"]}, model={"base_url": emulator.base_url},
+        prompt="Describe {{ name }} in a few words.",
+    )  # fmt: skip
+    items = [{"id": f"r{i}", "name": f"item-{i:03d}"} for i in range(30)]
+    items[7] = {"id": "r7", "name": None}  # no value for the template: a failure row
+    answered = generate_batches(ray.data.from_items(items), job, api_key=KEY, batch_size=8)
+    table = pa.concat_tables(ray.get(answered.to_arrow_refs()))
+    assert sorted(table["row_id"].to_pylist()) == sorted(f"r{i}" for i in range(30))
+    assert table.schema.field("label").type == pa.string()
+    assert table.schema.field("total_tokens").type == pa.int64()
+    assert table["name"].to_pylist().count("item-003") == 1  # carried
+    rows = {r["row_id"]: r for r in table.to_pylist()}
+    assert rows.pop("r7")["error_category"] == "template"
+    assert all(r["total_tokens"] > 0 and r["error_category"] is None for r in rows.values())
+    assert emulator.emulator.counts["generateContent"] == 29
+
+
+def test_without_ray_the_engine_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as without the extra
+    job = item_job(tmp_path, 3)
+    result = CliRunner().invoke(main, ["run", str(job), "--engine", "ray", "--emulator"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --engine ray needs Ray: pip install 'batchgen[ray]'"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def _namespace(name: str) -> str:

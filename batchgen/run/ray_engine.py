@@ -53,13 +53,14 @@ from batchgen.errors import (
 )
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
+from batchgen.job.spec import Job
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
 from batchgen.records import Billed, Outcome, Work
 from batchgen.redact import redact_url
 from batchgen.store.output import error_row
 
-__all__ = ["RayBackend", "RowReport", "require_ray"]
+__all__ = ["CallLog", "RayBackend", "RowReport", "quota_actor", "require_ray", "shared_pacing"]
 
 INSTALL = "pip install 'batchgen[ray]'"
 LOST_MOST = 3  # a row whose worker died this many times becomes a failure record
@@ -110,7 +111,37 @@ class QuotaActor:
         return self.keeper.granted
 
 
-class _Collected:
+def shared_pacing(job: Job, keeper: Any, out: Path) -> tuple[Pacing, StopControl]:
+    """What a worker's calls pass: the quota actor ``keeper``'s limits and day's count, its
+    own breaker and watches (their verdict in the returned StopControl's ``reason``)."""
+
+    async def lease(ask: LeaseAsk) -> Lease:
+        return cast(Lease, await keeper.lease.remote(ask))
+
+    async def reject(delay: float | None, quota: str | None, at: float, charged: int) -> int:
+        return cast(int, await keeper.rejected.remote(delay, quota, at, charged))
+
+    limits = SharedLimits(lease, reject, job.limits.requests_per_minute)
+    stop = StopControl(out, 0.0)
+    where = redact_url(job.model.base_url)
+    watch = TransportWatch(stop, where, 20)
+    refusals = RefusalWatch(stop, job.model.base_url, where, 20)
+    breaker = Breaker(job.retry.outage_minutes, where=where, clock=time.time)
+    controller = ConcurrencyController(limits.per_second, pinned=1)  # the driver's job
+    day = DailyQuota(None)  # the keeper counts the day
+    return Pacing(cast(RateLimits, limits), controller, breaker, day, watch, refusals), stop
+
+
+def quota_actor(ray: ModuleType, job: Job, name: str, used: int = 0, **options: Any) -> Any:
+    """Start the quota actor for ``job``'s limits (``used``: requests already sent today)."""
+    spec = job.limits
+    actor = ray.remote(QuotaActor).options(name=name, num_cpus=0, **options)
+    return actor.remote(
+        spec.requests_per_minute, spec.tokens_per_minute, spec.requests_per_day, used
+    )
+
+
+class CallLog:
     """A row's call events (:class:`~batchgen.backends.online.caller.CallEvents`), kept for its
     report."""
 
@@ -141,23 +172,7 @@ class RowWorker:
 
     async def _start(self) -> tuple[GeminiClient, Pacing]:
         job = self.plan.job
-        keeper = self.keeper
-
-        async def lease(ask: LeaseAsk) -> Lease:
-            return cast(Lease, await keeper.lease.remote(ask))
-
-        async def reject(delay: float | None, quota: str | None, at: float, charged: int) -> int:
-            return cast(int, await keeper.rejected.remote(delay, quota, at, charged))
-
-        limits = SharedLimits(lease, reject, job.limits.requests_per_minute)
-        self.stop = StopControl(self.out, 0.0)
-        where = redact_url(job.model.base_url)
-        watch = TransportWatch(self.stop, where, 20)
-        refusals = RefusalWatch(self.stop, job.model.base_url, where, 20)
-        breaker = Breaker(job.retry.outage_minutes, where=where, clock=time.time)
-        controller = ConcurrencyController(limits.per_second, pinned=1)  # the driver's job
-        pacing = Pacing(cast(RateLimits, limits), controller, breaker, DailyQuota(None), watch)
-        pacing.refusals = refusals
+        pacing, self.stop = shared_pacing(job, self.keeper, self.out)
         connections = job.limits.most_in_flight
         client = await self._stack.enter_async_context(
             client_for(job, self.api_key, GeminiClient, connections=connections)
@@ -169,7 +184,7 @@ class RowWorker:
         if self._ready is None:
             self._ready = asyncio.ensure_future(self._start())
         client, pacing = await self._ready
-        events = _Collected()
+        events = CallLog()
         budget = Budget(None, self.plan.job.model.name)  # the driver keeps the run's budget
         caller = RowCaller(self.plan, client, pacing, budget, self.run_id, events, retry=None)
         outcome: Outcome | None = None
@@ -247,10 +262,7 @@ class RayBackend:
         if spec.requests_per_day is not None:
             used = await asyncio.to_thread(requests_today, self.ctx.out, datetime.now(UTC))
         named = f"batchgen-{self.ctx.run_id}"  # the run's actors, by name (ray list actors)
-        quota = ray.remote(QuotaActor).options(name=f"{named}-quota", num_cpus=0)
-        self.keeper = quota.remote(
-            spec.requests_per_minute, spec.tokens_per_minute, spec.requests_per_day, used
-        )
+        self.keeper = quota_actor(ray, self.job, f"{named}-quota", used)
         plan = _shippable(self.plan)
         actor = ray.remote(RowWorker)
         out = str(self.ctx.out.path)
