@@ -112,7 +112,6 @@ def _one(server: EmulatorThread, job: Path, engine: str, rows: int, rpm: int) ->
 def ceiling(seconds: float = 5.0, callers: int = 8) -> None:
     import ray
 
-    from batchgen.backends.online.shared import LeaseAsk
     from batchgen.run.ray_engine import QuotaActor
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
