@@ -70,6 +70,22 @@ def test_one_quota_for_every_worker(
     assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
 
 
+def test_the_day_s_quota_is_one_count_for_every_worker(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str, key: None
+) -> None:
+    emulator = emulator_factory(latency_ms=20)
+    job = item_job(tmp_path, 30, limits={"requests_per_day": 10, "concurrency": 6})
+    args = ["run", str(job), "--base-url", emulator.base_url, "--engine", "ray", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 5, result.output
+    assert "limits.requests_per_day: 10 of 10 requests sent" in result.output
+    calls = emulator.emulator.counts["generateContent"]  # a turn granted may go unused
+    assert 8 <= calls <= 10  # never past the day's quota, however many workers
+    assert (
+        len(result_ids(tmp_path / "out")) == calls and f"{30 - calls} rows remain" in result.output
+    )
+
+
 def test_a_killed_worker_s_rows_are_retried(
     tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
 ) -> None:

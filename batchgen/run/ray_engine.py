@@ -58,12 +58,11 @@ from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
 from batchgen.records import Billed, Outcome, Work
 from batchgen.redact import redact_url
-from batchgen.store.output import error_row
 
 __all__ = ["CallLog", "RayBackend", "RowReport", "quota_actor", "require_ray", "shared_pacing"]
 
 INSTALL = "pip install 'batchgen[ray]'"
-LOST_MOST = 3  # a row whose worker died this many times becomes a failure record
+LOST_MOST = 3  # a row whose worker died this many times stops the run (the row stays to do)
 WORKER_CALLS = 4096  # calls one worker actor runs at once (async: they wait, not compute)
 
 
@@ -300,26 +299,32 @@ class RayBackend:
                 return
 
     async def _row(self, work: Work, slot: int, sink: Sink) -> None:
-        """One row on a worker; a dead worker's row goes to another (at most LOST_MOST times)."""
-        lost = 0
+        """One row on a worker; a dead worker's row goes to another. Workers that keep dying
+        (LOST_MOST times under one row) stop the run: the row stays to do, never dropped."""
         try:
-            while True:
+            for _ in range(LOST_MOST):
                 worker = self.pool.pick()
                 self.controller.sending(slot)
                 started = time.monotonic()
                 try:
                     report: RowReport = await worker.call.remote(work)
-                    break
-                except self.ray.exceptions.RayActorError:
+                except self.ray.exceptions.RayActorError as exc:
                     self.pool.replace(worker)
-                    lost += 1
-                    if lost >= LOST_MOST:
-                        await sink.outcome(_lost(work, lost))
-                        return
+                    died = exc
+                    continue
+                self.controller.observe(time.monotonic() - started)
+                await self._report(report, sink)
+                return
         finally:
             self.controller.release(slot)
-        self.controller.observe(time.monotonic() - started)
-        await self._report(report, sink)
+        why = str(died).strip().splitlines()[0] if str(died).strip() else type(died).__name__
+        self.stop.halt(
+            RunStoppedError(
+                f"{self.ctx.out.path}: Ray workers keep dying ({LOST_MOST} under row "
+                f"{work.row.row_id}: {why}); results so far are saved; rerun to resume"
+            ),
+            "ray",
+        )
 
     async def _report(self, report: RowReport, sink: Sink) -> None:
         for _ in range(report.requests):
@@ -335,15 +340,6 @@ class RayBackend:
             self.stop.halt(self.budget.reached(), "max_cost")
         if report.outcome is not None:
             await sink.outcome(report.outcome)
-
-
-def _lost(work: Work, times: int) -> Outcome:
-    message = f"the Ray worker making this row's calls died {times} times; rerun to retry it"
-    record = error_row(
-        work.row.row_id, "worker", message, attempts=0, request_hash=work.hash,
-        at=datetime.now(UTC),
-    )  # fmt: skip
-    return Outcome([record], failed=True, category="worker", message=message)
 
 
 def _shippable(plan: Plan) -> Plan:
