@@ -1,13 +1,14 @@
 """``--engine ray`` beside the local engine, and the quota actor's own ceiling.
 
     python benchmarks/ray_engine.py [--rows 3000] [--rpm 600] [--latency-ms 500]
-                                    [--only engines|ceiling]
+                                    [--job-rpm N] [--only engines|ceiling]
 
-engines: one emulator (a 600/min sliding-window quota, 0.5 s latency) in this process; the same
-job (``requests_per_minute`` = the emulator's quota) run by ``python -m batchgen run`` with the
-local engine, then with ``--engine ray`` (a local Ray instance the run starts, 2 CPUs). For each:
-exit code, rows answered (each once), the 429 share, and the fraction of the quota used after
-the ramp (answers from 30 s after the first call to the last answer, per minute, over the quota).
+engines: one emulator (a 600/min sliding-window quota, 0.5 s latency) in this process; the
+same job (``requests_per_minute`` = the emulator's quota, or ``--job-rpm``) run by
+``python -m batchgen run`` with the local engine, then with ``--engine ray`` (a local Ray
+instance the run starts, 2 CPUs). For each: exit code, rows answered (each once), the 429
+share, and the fraction of the quota used after the ramp (answers from 30 s after the first
+call to the last answer, per minute, over the quota).
 
 ceiling: a quota actor (the engine's own class) with a quota out of the way, and 8 concurrent
 callers asking for leases of 1, 16 and 256 turns for 5 s each: lease calls a second and turns
@@ -53,7 +54,7 @@ directory = "out"
 RAMP_S = 30.0
 
 
-def engines(rows: int, rpm: int, latency_ms: float) -> None:
+def engines(rows: int, rpm: int, latency_ms: float, job_rpm: int | None = None) -> None:
     config = EmulatorConfig(latency_ms=latency_ms, rpm_limit=rpm)
     with EmulatorThread(config) as server:
         for engine in ("local", "ray"):
@@ -62,7 +63,7 @@ def engines(rows: int, rpm: int, latency_ms: float) -> None:
                 f.write("id,name\n")
                 f.writelines(f"r{i},item-{i:05d}\n" for i in range(rows))
             job = folder / "job.toml"
-            job.write_text(JOB.format(rpm=rpm))
+            job.write_text(JOB.format(rpm=job_rpm or rpm))
             print(_one(server, job, engine, rows, rpm), flush=True)
 
 
@@ -153,12 +154,13 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--rpm", type=int, default=600)
     parser.add_argument("--latency-ms", type=float, default=500)
+    parser.add_argument("--job-rpm", type=int, help="the job's limit (default: --rpm)")
     parser.add_argument("--only", choices=["engines", "ceiling"])
     args = parser.parse_args()
     if args.only in (None, "ceiling"):
         ceiling()
     if args.only in (None, "engines"):
-        engines(args.rows, args.rpm, args.latency_ms)
+        engines(args.rows, args.rpm, args.latency_ms, args.job_rpm)
     return 0
 
 

@@ -8,6 +8,7 @@ calls that were in flight. Few and small: CI has two cores.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 
 from batchgen.api import run_file
 from batchgen.cli import main
+from batchgen.errors import RunStoppedError
 from batchgen.run.ray_data import generate_batches
 from tests.helpers.emulator_calls import StartEmulator
 from tests.helpers.jobs import item_job
@@ -113,6 +115,35 @@ def test_a_killed_worker_s_rows_are_retried(
     assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
 
 
+def test_workers_that_keep_dying_stop_the_run_with_the_rows_left_to_do(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    emulator = emulator_factory(latency_ms=300)
+    job = item_job(tmp_path, 6, limits={"concurrency": 2})
+    done = threading.Event()
+
+    def kill_every_worker() -> None:
+        while not done.is_set():
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                if actor["name"].startswith("batchgen-") and "-worker-" in actor["name"]:
+                    with contextlib.suppress(Exception):  # gone already
+                        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_every_worker)
+    killer.start()
+    try:
+        with pytest.raises(RunStoppedError, match="Ray workers keep dying") as stopped:
+            run_file(job, api_key=KEY, base_url=emulator.base_url, engine="ray")
+    finally:
+        done.set()
+        killer.join()
+    assert stopped.value.exit_code == 4
+    s = stopped.value.summary
+    assert s.rows_done + s.rows_failed + s.rows_remaining == 6 and s.rows_failed == 0
+    assert len(result_ids(tmp_path / "out")) == s.rows_done
+
+
 def test_a_sigkilled_driver_resumes_without_paying_twice(
     tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
 ) -> None:
@@ -178,6 +209,27 @@ def test_without_ray_the_engine_is_a_one_line_error(
         "error: --engine ray needs Ray: pip install 'batchgen[ray]'"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_stops_a_ray_run_cleanly(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    """Ray's own handlers are set before the run's: SIGTERM is the run's clean stop."""
+    emulator = emulator_factory(latency_ms=300)
+    job = item_job(tmp_path, 200, limits={"concurrency": 4})
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url,
+            "--engine", "ray", "--ray-address", ray_address, "--quiet"]  # fmt: skip
+    driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while emulator.emulator.counts["generateContent"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 4, stderr
+    assert b"Traceback" not in stderr
+    done = len(result_ids(tmp_path / "out"))
+    assert 0 < done < 200 and f"{200 - done} rows remain".encode() in stdout + stderr
 
 
 def _namespace(name: str) -> str:

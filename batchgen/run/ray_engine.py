@@ -246,6 +246,8 @@ class RayBackend:
         self.controller = concurrency_for(spec, self.limits, None, note)
         self._rows: set[asyncio.Task[None]] = set()
         self.keeper: Any = None
+        # joined here, before the run installs its signal handlers: ray.init sets its own
+        self.started = connect(self.ray, address)
 
     def gauges(self) -> Gauges:
         return Gauges(self.controller.target, self.controller.latency())
@@ -255,7 +257,6 @@ class RayBackend:
         from batchgen.backends.online.backend import requests_today
 
         ray = self.ray
-        started = connect(ray, self.address)
         spec = self.job.limits
         used = 0
         if spec.requests_per_day is not None:
@@ -282,7 +283,7 @@ class RayBackend:
             for worker in self.pool.workers:
                 ray.kill(worker)
             ray.kill(self.keeper)
-            if started:
+            if self.started:
                 ray.shutdown()
 
     async def _dispatch(self, works: AsyncIterator[Work], sink: Sink) -> None:
