@@ -88,6 +88,23 @@ def test_the_day_s_quota_is_one_count_for_every_worker(
     )
 
 
+def test_an_outage_is_waited_out_by_every_worker(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    """Every call fails for 6 s: one worker's breaker opens and probes, the others wait for
+    it; every row is answered once the API is back."""
+    emulator = emulator_factory(latency_ms=20, outage_after_s=0.5, outage_seconds=6)
+    rows = 40
+    job = item_job(tmp_path, rows, limits={"requests_per_minute": 1200, "concurrency": 4})
+    summary = run_file(job, api_key=KEY, base_url=emulator.base_url, engine="ray")
+    assert summary.rows_done == rows and summary.rows_failed == 0
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
+    failed = emulator.emulator.counts["fault:outage"]
+    # one breaker's streak (10), the calls in flight then, its probes; a breaker a worker
+    # (two of them, each opening after its own 10) would spend 20 or more
+    assert failed <= 10 + 4 + 3
+
+
 def test_a_killed_worker_s_rows_are_retried(
     tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from batchgen.backends.online.shared import (
     LEASE_SECONDS,
+    OUTAGE_HOLD,
     Lease,
     LeaseAsk,
     QuotaKeeper,
@@ -97,3 +98,17 @@ async def test_a_worker_told_the_day_is_spent_raises_the_run_s_error() -> None:
     await task
     with pytest.raises(QuotaExhaustedError, match="requests_per_day"):
         await worker.acquire(10)
+
+
+def test_while_one_worker_s_breaker_is_open_only_its_probes_get_turns() -> None:
+    clock = Clock(1000.0)
+    keeper = QuotaKeeper(600, clock=clock)
+    keeper.outage("a", opened=True)
+    held = keeper.lease(LeaseAsk(turns=3, tokens=10, worker="b"))
+    assert held.times == () and held.wait > 0  # b waits, and asks again
+    assert len(keeper.lease(LeaseAsk(turns=1, tokens=10, worker="a")).times) == 1  # a probes
+    keeper.outage("a", opened=False)  # the probe succeeded
+    assert len(keeper.lease(LeaseAsk(turns=3, tokens=10, worker="b")).times) == 3
+    keeper.outage("a", opened=True)
+    clock.now += OUTAGE_HOLD  # a said nothing since: its process is gone
+    assert len(keeper.lease(LeaseAsk(turns=3, tokens=10, worker="b")).times) == 3

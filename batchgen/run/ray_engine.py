@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,12 +38,17 @@ from types import ModuleType
 from typing import Any, cast
 
 from batchgen.backends.base import Gauges, RunContext, Sink
-from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.caller import Pacing, RowCaller
 from batchgen.backends.online.concurrency import ConcurrencyController, concurrency_for
 from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
-from batchgen.backends.online.shared import Lease, LeaseAsk, QuotaKeeper, SharedLimits
+from batchgen.backends.online.shared import (
+    Lease,
+    LeaseAsk,
+    QuotaKeeper,
+    SharedLimits,
+    TellingBreaker,
+)
 from batchgen.backends.stopping import RefusalWatch, StopControl, TransportWatch
 from batchgen.errors import (
     BatchgenError,
@@ -106,6 +112,9 @@ class QuotaActor:
     def rejected(self, delay: float | None, quota: str | None, sent_at: float, charged: int) -> int:
         return self.keeper.rejected(delay, quota, sent_at, charged)
 
+    def outage(self, worker: str, opened: bool) -> int:
+        return self.keeper.outage(worker, opened)
+
     def granted(self) -> int:
         return self.keeper.granted
 
@@ -120,12 +129,17 @@ def shared_pacing(job: Job, keeper: Any, out: Path) -> tuple[Pacing, StopControl
     async def reject(delay: float | None, quota: str | None, at: float, charged: int) -> int:
         return cast(int, await keeper.rejected.remote(delay, quota, at, charged))
 
-    limits = SharedLimits(lease, reject, job.limits.requests_per_minute)
+    async def outage(worker: str, opened: bool) -> int:
+        return cast(int, await keeper.outage.remote(worker, opened))
+
+    rpm, worker = job.limits.requests_per_minute, uuid.uuid4().hex[:12]
+    limits = SharedLimits(lease, reject, rpm, outage=outage, worker=worker)
     stop = StopControl(out, 0.0)
     where = redact_url(job.model.base_url)
     watch = TransportWatch(stop, where, 20)
     refusals = RefusalWatch(stop, job.model.base_url, where, 20)
-    breaker = Breaker(job.retry.outage_minutes, where=where, clock=time.time)
+    told = limits.breaker_changed
+    breaker = TellingBreaker(told, job.retry.outage_minutes, where=where, clock=time.time)
     controller = ConcurrencyController(limits.per_second, pinned=1)  # the driver's job
     day = DailyQuota(None)  # the keeper counts the day
     return Pacing(cast(RateLimits, limits), controller, breaker, day, watch, refusals), stop
@@ -278,7 +292,10 @@ class RayBackend:
             body = self.stop.guard("dispatcher", self._dispatch(works, sink))
             await asyncio.gather(self.stop.track(asyncio.create_task(body)))
             while self._rows:
-                await asyncio.wait(set(self._rows))
+                if self.stop.by == "outage":  # rows waiting out the outage: the next run's
+                    for task in self._rows:
+                        task.cancel()
+                await asyncio.wait(set(self._rows), timeout=1.0)
         finally:
             for worker in self.pool.workers:
                 ray.kill(worker)
