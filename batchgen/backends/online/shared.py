@@ -15,6 +15,8 @@ second per worker whatever the rate. A 429 is told to the keeper at once: it pau
 the server's delay, steps the rate down and starts a new *epoch*; turns of an older epoch are void,
 and a worker learns of the new one at its next lease (within a lease's span) or when it reports.
 What the answers teach (the real prompt tokens, and any shortfall to pay) rides on the next lease.
+A worker whose breaker opens says so (:class:`TellingBreaker`): until it closes, only that worker
+gets turns, for its probes, and the others wait rather than spend their calls on the outage.
 Times are wall-clock (``time.time``): the keeper and the workers may be on different machines.
 """
 
