@@ -84,7 +84,14 @@ def connect(ray: ModuleType, address: str | None) -> bool:
     """Join the cluster at ``address`` (None: a local instance); return whether we started it."""
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+        )
+    except Exception as exc:  # Ray's own errors: no address, none there, versions that differ
+        where = f"--ray-address {address}" if address else "--engine ray"
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JobError(f"{where}: cannot join or start Ray: {why}") from None
     return True
 
 
