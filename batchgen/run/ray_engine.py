@@ -52,7 +52,6 @@ from batchgen.backends.online.shared import (
 from batchgen.backends.stopping import RefusalWatch, StopControl, TransportWatch
 from batchgen.errors import (
     BatchgenError,
-    BudgetReachedError,
     JobError,
     QuotaExhaustedError,
     RunStoppedError,
@@ -206,14 +205,12 @@ class RowWorker:
         client, pacing = await self._ready
         events = CallLog()
         budget = Budget(None, self.plan.job.model.name)  # the driver keeps the run's budget
-        caller = RowCaller(self.plan, client, pacing, budget, self.run_id, events, retry=None)
+        caller = RowCaller(self.plan, client, pacing, budget, self.run_id, events)
         outcome: Outcome | None = None
         stop: BatchgenError | None = None
         by: str | None = None
         try:
             outcome = await caller.call(work, 0)
-        except BudgetReachedError as exc:
-            stop, by = exc, "max_cost"
         except QuotaExhaustedError as exc:
             stop, by = exc, "api"
         except RunStoppedError as exc:
@@ -224,9 +221,6 @@ class RowWorker:
             self._told = True  # the worker's watches saw every call fail the same way
             stop, by = self.stop.reason, self.stop.by
         return RowReport(outcome, events.entries, events.requests, events.delays, stop, by)
-
-    async def ping(self) -> bool:
-        return True
 
 
 class _Pool:
