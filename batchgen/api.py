@@ -95,7 +95,9 @@ def generate(
             paid once), ``examples`` (few-shot turns: dicts of ``user`` and ``model``),
             ``safety_settings`` (dicts of ``category`` and ``threshold``), ``carry``,
             ``api_key_env``, ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
-            ``time_budget``, ``progress`` (``None``, the default: a progress bar only in a
+            ``time_budget``, ``engine`` (``"ray"``: the calls made across a Ray cluster under
+            one quota; ``ray_address`` which cluster, by default a local instance),
+            ``progress`` (``None``, the default: a progress bar only in a
             notebook, that is inside an IPython kernel; ``True``: always; ``False``: never; or a
             :class:`batchgen.run.progress.Progress`).
 
@@ -146,6 +148,7 @@ async def agenerate(
 def run_file(job_file: str | Path, *, api_key: str | None = None, **options: Any) -> RunSummary:
     """Run a job file (as ``batchgen run``); options are :class:`batchgen.RunOptions`'s, and
     ``input``, ``output``, ``model``, ``base_url`` and ``tier`` override the job file's;
+    ``engine="ray"`` (and ``ray_address``) runs it as ``batchgen run --engine ray``;
     ``progress=`` as for :func:`generate` (by default a bar only in a notebook)."""
     return run_sync(arun_file(job_file, api_key=api_key, **options))
 

@@ -121,3 +121,16 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
     store = S3(s3_endpoint, f"bucket-{next(_BUCKETS)}")
     store.client.create_bucket(Bucket=store.bucket)
     return store
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A local Ray instance (2 CPUs, no dashboard), started once a session by the first test
+    that runs Ray and joined by every run after it; yields its address (for --ray-address)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()

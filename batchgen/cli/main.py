@@ -138,6 +138,14 @@ def _duration(text: str | None) -> float | None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: the calls made across a Ray cluster under one quota (pip install 'batchgen[ray]').",
+)
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (default: local).")
+@click.option(
     "--progress-every",
     default=60.0,
     show_default=True,
@@ -162,6 +170,8 @@ def run(
     no_wait: bool,
     quiet: bool,
     log_format: str,
+    engine: str,
+    ray_address: str | None,
     progress_every: float,
 ) -> None:
     """Run JOB_FILE: call the model for every input row not yet in the output."""
@@ -182,6 +192,8 @@ def run(
         time_budget=_duration(time_budget),
         progress=choose(quiet, log_format, progress_every),
         wait=not no_wait,
+        engine=engine,
+        ray_address=ray_address,
     )
     if no_wait and job.model.tier != "batch":
         raise JobError("--no-wait: only a batch run can be left running; add --tier batch")

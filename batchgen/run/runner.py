@@ -35,7 +35,7 @@ from batchgen.backends.base import Backend, RunContext
 from batchgen.backends.batch.backend import BatchBackend
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.backends.stopping import StopControl
-from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError
+from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError, JobError
 from batchgen.input.reader import Scan
 from batchgen.job.spec import Job
 from batchgen.keys import count_contained
@@ -45,6 +45,7 @@ from batchgen.records import REUSED, Billed, DoneState, Outcome, Work
 from batchgen.run.dedupe import DedupeSink, Twins, leaders
 from batchgen.run.idcheck import check_ids
 from batchgen.run.progress import NoProgress, Progress, Snapshot
+from batchgen.run.ray_engine import RayBackend, require_ray
 from batchgen.run.summary import RunSummary
 from batchgen.store.jobfile import check_fingerprint
 from batchgen.store.outdir import OutputDir
@@ -77,6 +78,8 @@ class RunOptions:
     progress: Progress | None = None  # where progress goes (batchgen.run.progress.choose)
     handle_signals: bool = True  # SIGINT/SIGTERM stop the run cleanly (main thread only)
     wait: bool = True  # tier "batch": wait for the batches (False: submit, exit pending)
+    engine: str = "local"  # "ray": the calls made by Ray actors under one quota (ray_engine)
+    ray_address: str | None = None  # the Ray cluster to join (None: a local instance)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -101,6 +104,7 @@ def run_job(job: Job, options: RunOptions) -> RunSummary:
 async def arun_job(job: Job, options: RunOptions) -> RunSummary:
     """:func:`run_job`, for callers with an event loop of their own."""
     started = time.monotonic()
+    _check_engine(job, options)
     plan, scan = await asyncio.to_thread(_scan, job)
     max_output = job.generation.get("maxOutputTokens")
     budget = Budget(options.prices, job.model.name, options.max_cost, max_output)
@@ -118,6 +122,20 @@ async def arun_job(job: Job, options: RunOptions) -> RunSummary:
         return await run.main()
     finally:
         lock.__exit__(None, None, None)
+
+
+def _check_engine(job: Job, options: RunOptions) -> None:
+    """The engine exists, is installed, and can run the job's tier (before anything is read)."""
+    if options.engine == "local":
+        return
+    if options.engine != "ray":
+        raise JobError(f"--engine: {options.engine!r} is not an engine (local or ray)")
+    require_ray()
+    if job.model.tier == "batch":
+        raise JobError(
+            f'{job.path}: model.tier = "batch" runs on Batch Mode, not on Ray; '
+            "run it without --engine ray"
+        )
 
 
 def _scan(job: Job) -> tuple[Plan, Scan]:
@@ -294,6 +312,8 @@ class _Run:
         ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out)
         if self.job.model.tier == "batch":
             return BatchBackend(ctx, wait=o.wait, note=self.books.show)
+        if o.engine == "ray":
+            return RayBackend(ctx, o.ray_address, note=self.books.tell)
         return OnlineBackend(ctx, o.unreachable_after, note=self.books.tell)
 
     async def main(self) -> RunSummary:

@@ -265,6 +265,35 @@ class RateLimits:
                 await self._sleep(self._token_bucket.take(extra))
         self._apply()
 
+    @property
+    def pauses(self) -> int:
+        """429 pauses so far: a turn handed out before the latest one is void."""
+        return self._pauses
+
+    def turn(self, tokens: int) -> float:
+        """The next turn on the buckets' schedule, without waiting: when it may be sent (the
+        clock's), counted as taken then. For turns handed out to other processes
+        (:mod:`batchgen.backends.online.shared`); :meth:`acquire` is this, waited out."""
+        self._tokens_per_request = 0.95 * self._tokens_per_request + 0.05 * tokens
+        start = max(self._clock(), self._paused_until)  # the buckets restart at its end
+        wait = self._request_bucket.take(1)
+        if self._token_bucket is not None:
+            wait = max(wait, self._token_bucket.take(tokens))
+        at = start + wait
+        self.requests.accepted(1, at)
+        if self.tokens is not None:
+            self.tokens.accepted(tokens, at)
+        return at
+
+    def learnt(self, ratio: float | None, extra_tokens: int) -> None:
+        """What another process's answers taught: the real / estimated prompt tokens, and
+        prompt tokens sent beyond what their turns were charged (paid to the token bucket)."""
+        if ratio is not None:
+            self._ratio = ratio
+        if extra_tokens and self.tokens is not None and self._token_bucket is not None:
+            self.tokens.accepted(extra_tokens)
+            self._token_bucket.take(extra_tokens)
+
     def rejected(
         self,
         delay: float | None,
