@@ -48,6 +48,11 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
     lines = [
         f"estimate for {est.job} ({est.model}): {est.rows:,} input rows",
         f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
+        *(
+            [f"           {modality_line(est.prompt_by_modality)}"]
+            if est.prompt_by_modality
+            else []
+        ),
         f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
         f"{est.output_source}",
         *_cost_lines(est),

@@ -52,7 +52,10 @@ def pdf(pages: int, compressed: bool = False) -> bytes:
             at += len(body) + 1
         index = " ".join(f"{n} {o}" for n, o in zip(numbers, offsets, strict=True)).encode() + b"\n"
         data = zlib.compress(index + b"".join(bodies))
-        head = f"<< /Type /ObjStm /N {len(objects)} /First {len(index)} /Filter /FlateDecode /Length {len(data)} >>"
+        head = (
+            f"<< /Type /ObjStm /N {len(objects)} /First {len(index)} /Filter /FlateDecode "
+            f"/Length {len(data)} >>"
+        )
         stream_obj = head.encode() + b"\nstream\n" + data + b"\nendstream"
         return (
             b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n1000 0 obj\n"
