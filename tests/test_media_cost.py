@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorServer, EmulatorThread
-from batchgen.errors import JobError
+from batchgen.errors import InputError, JobError
 from batchgen.gemini.answers import parse_response
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.request import RequestBuilder
@@ -284,3 +284,26 @@ def test_a_media_estimate_matches_what_the_emulator_bills(
 
     billed = asyncio.run(bill())
     assert est.prompt_tokens == pytest.approx(billed, rel=0.15)
+
+
+def test_a_run_writes_the_split_into_the_ledger(tmp_path: Path, emulator: EmulatorThread) -> None:
+    from batchgen.run.runner import RunOptions, run_job
+
+    job = load_job(item_job(tmp_path, 3), Overrides(base_url=emulator.base_url))
+    run_job(job, RunOptions(api_key=KEY))
+    ledger = pq.read_table(job.output.directory / "usage").to_pandas()
+    assert len(ledger) == 3
+    assert (ledger["prompt_text_tokens"] == ledger["prompt_tokens"]).all()  # text jobs: TEXT
+    assert ledger["prompt_audio_tokens"].eq(0).all() and ledger["cached_text_tokens"].isna().all()
+
+
+def test_unreadable_media_in_an_offline_estimate_name_the_row(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    job = load_job(item_job(tmp_path, 2), Overrides(base_url=emulator.base_url))
+
+    def broken(row: InputRow) -> list[tuple[str, Path | bytes]]:
+        return [("image/png", b"not an image")]
+
+    with pytest.raises(InputError, match=r"^row r0: image: not a PNG, JPEG, GIF or WebP header$"):
+        estimate_job(job, offline=True, media=broken)
