@@ -117,3 +117,33 @@ def test_a_rows_media_add_to_its_text_by_modality(tmp_path: Path) -> None:
     assert count == TokenCount(
         40 + 516 + 320 + 516, Modalities(text=40, image=516, audio=320, document=516)
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("JPEG", {}), ("JPEG", {"progressive": True}), ("WEBP", {"lossless": True}),
+     ("WEBP", {"quality": 50}), ("GIF", {}), ("PNG", {})],
+)  # fmt: skip
+def test_images_written_by_pillow(fmt: str, options: dict[str, object], tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / f"photo.{fmt.lower()}"
+    Image.new("RGB", (1600, 900), (200, 120, 40)).save(path, fmt, **options)
+    assert media_tokens(path, f"image/{fmt.lower()}") == 3 * 2 * 258
+
+
+def test_a_pdf_written_by_matplotlib(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    path = tmp_path / "report.pdf"
+    with PdfPages(path) as pdf:
+        for page in range(4):
+            figure = plt.figure()
+            figure.text(0.5, 0.5, f"page {page}")
+            pdf.savefig(figure)
+            plt.close(figure)
+    assert media_tokens(path, "application/pdf") == 4 * 258
