@@ -198,8 +198,7 @@ def estimate_job(
     else:
         if job.model.tier == "batch":  # before a run relies on it: can Batch Mode upload here?
             asyncio.run(_probe_files(job, api_key))
-        bodies = [with_parts(b, r) for b, r in zip(bodies, refs, strict=True)]
-        counts = asyncio.run(_count_all(job, api_key, bodies))
+        counts = asyncio.run(_count_all(job, api_key, bodies, refs))
     scale = total / len(positions)
     prompt_tokens = sum(c.total for c in counts) * scale
     notes: list[str] = []
@@ -406,17 +405,20 @@ def count_request(model: str, body: bytes) -> bytes:
     return b'{"generateContentRequest":{"model":' + name + b"," + body[1:] + b"}"
 
 
-async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[TokenCount]:
+async def _count_all(
+    job: Job, api_key: str, bodies: Sequence[bytes], refs: Sequence[MediaRefs]
+) -> list[TokenCount]:
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
     gate = asyncio.Semaphore(min(job.limits.pinned or COUNT_CONCURRENCY, COUNT_CONCURRENCY))
     async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
-        async def one(body: bytes) -> TokenCount:
-            async with gate:
-                return await _count_one(client, job, limiter, count_request(job.model.name, body))
+        async def one(body: bytes, media: MediaRefs) -> TokenCount:
+            async with gate:  # a row's media are read here: a few rows' files in memory at once
+                body = count_request(job.model.name, with_parts(body, media))
+                return await _count_one(client, job, limiter, body)
 
-        return list(await asyncio.gather(*(one(b) for b in bodies)))
+        return list(await asyncio.gather(*(one(b, r) for b, r in zip(bodies, refs, strict=True))))
 
 
 async def _probe_files(job: Job, api_key: str) -> None:
