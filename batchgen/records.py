@@ -54,15 +54,64 @@ class Outcome:
     message: str | None = None
 
 
+MODALITIES = ("text", "image", "audio", "video", "document")  # the API's, lower-case
+
+
+@dataclass(frozen=True)
+class Modalities:
+    """Prompt tokens by modality, as ``promptTokensDetails`` or ``cacheTokensDetails`` report
+    them (a modality the API adds later is counted as text: billed at the input rate)."""
+
+    text: int = 0
+    image: int = 0
+    audio: int = 0
+    video: int = 0
+    document: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.text + self.image + self.audio + self.video + self.document
+
+    def __add__(self, other: Modalities) -> Modalities:
+        return Modalities(*(getattr(self, m) + getattr(other, m) for m in MODALITIES))
+
+    def as_dict(self) -> dict[str, int]:
+        return {m: getattr(self, m) for m in MODALITIES}
+
+
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of one call. ``output`` excludes thinking; both are billed as output."""
+    """Token counts of one call. ``output`` excludes thinking; both are billed as output.
+
+    ``prompt_details`` splits ``prompt`` by modality and ``cached_details`` splits ``cached``
+    (None: the answer did not say, so the whole prompt is billed at the input rate)."""
 
     prompt: int = 0
     output: int = 0
     thinking: int = 0
     cached: int = 0
     total: int = 0
+    prompt_details: Modalities | None = None
+    cached_details: Modalities | None = None
+
+    @property
+    def audio(self) -> int:
+        """Prompt tokens of audio (0 when the answer gave no details)."""
+        return self.prompt_details.audio if self.prompt_details else 0
+
+    @property
+    def cached_audio(self) -> int:
+        """Cached prompt tokens of audio (0 when the answer gave no details)."""
+        return self.cached_details.audio if self.cached_details else 0
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """What countTokens (or the offline count) says of one prompt: its total and, when known,
+    its split by modality."""
+
+    total: int
+    details: Modalities | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +176,16 @@ class Billed:
             "finish_reason": self.answer.finish_reason,
             "at": self.at,
             "tier": self.tier,
+            **modality_columns("prompt", usage.prompt_details),
+            **modality_columns("cached", usage.cached_details),
         }
+
+
+def modality_columns(kind: str, details: Modalities | None) -> dict[str, int | None]:
+    """The ledger's ``{kind}_{modality}_tokens`` columns (null: the answer gave no details)."""
+    return {
+        f"{kind}_{m}_tokens": None if details is None else getattr(details, m) for m in MODALITIES
+    }
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from batchgen.gemini.answers import AnswerError, parse_response, read_usage, structured_value
 from batchgen.job.schema import AnswerValidator, normalize_schema
-from batchgen.records import Usage
+from batchgen.records import Modalities, Usage
 from tests.helpers.paths import SEED_COPY
 
 
@@ -26,7 +26,9 @@ SEED_VALIDATOR = validator_for(SEED)
 
 def test_seed_response_usage_and_value(seed: dict[str, Any]) -> None:
     answer = parse_response(seed["response"])
-    assert answer.usage == Usage(prompt=15, output=390, thinking=565, cached=0, total=970)
+    # the seed's promptTokensDetails: all 15 prompt tokens are text
+    text = Modalities(text=15)
+    assert answer.usage == Usage(15, 390, 565, 0, 970, prompt_details=text)
     assert answer.finish_reason == "STOP"
     assert answer.model_version == "gemini-2.5-flash"
     assert answer.response_id == "1OG6aKq3NMKzqtsP5Omk-Q0"
@@ -136,7 +138,10 @@ def _check_total(payload: Any, validator: AnswerValidator) -> None:
         assert exc.category == "malformed_response" and "\n" not in exc.message
         assert exc.text is not None and len(exc.text) <= 500
         return
-    for count in vars(answer.usage).values():
+    usage = answer.usage
+    details = [d for d in (usage.prompt_details, usage.cached_details) if d is not None]
+    for count in [usage.prompt, usage.output, usage.thinking, usage.cached, usage.total,
+                  *(n for d in details for n in d.as_dict().values())]:  # fmt: skip
         assert isinstance(count, int) and 0 <= count < 2**31
     for text in (answer.text, answer.finish_reason, answer.block_reason, answer.model_version,
                  answer.response_id):  # fmt: skip

@@ -123,7 +123,8 @@ class FlatPrice:
     """$1 per 1,000 tokens of any kind: easy sums."""
 
     def cost(self, model: str, *, prompt: int, output: int, thinking: int, cached: int,
-             tier: str = "standard", at: date | None = None) -> float | None:  # fmt: skip
+             tier: str = "standard", at: date | None = None, audio: int = 0,
+             cached_audio: int = 0) -> float | None:  # fmt: skip
         return (prompt + output + thinking) / 1000
 
 

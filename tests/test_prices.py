@@ -179,8 +179,8 @@ def test_prices_command_lists_periods_tiers_and_status() -> None:
     flash = [line.split() for line in lines if line.startswith("gemini-3.8-flash ")]
     assert flash == [
         ["gemini-3.8-flash", "current", "2026-09-02", "2026-12-31", "0.75", "3.75", "0.075",
-         "0.375", "/", "1.875", "0.375", "/", "1.875"],
-        ["gemini-3.8-flash", "current", "2027-01-01", "1.50", "7.50", "0.15",
+         "0.75", "0.375", "/", "1.875", "0.375", "/", "1.875"],
+        ["gemini-3.8-flash", "current", "2027-01-01", "1.50", "7.50", "0.15", "1.50",
          "0.75", "/", "3.75", "0.75", "/", "3.75"],
     ]  # fmt: skip
     retired = next(line for line in lines if line.startswith("gemini-2.5-flash "))

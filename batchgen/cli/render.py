@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,11 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
     lines = [
         f"estimate for {est.job} ({est.model}): {est.rows:,} input rows",
         f"  prompt   {est.prompt_tokens:,} tokens: {how} on {counted}",
+        *(
+            [f"           {modality_line(est.prompt_by_modality)}"]
+            if est.prompt_by_modality
+            else []
+        ),
         f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
         f"{est.output_source}",
         *_cost_lines(est),
@@ -155,6 +160,8 @@ def format_report(rep: Report, fmt: str = "table") -> str:
     ]
     lines.append(["total", *_cells(rep.total, None, digits)[1:], *([""] * len(extra))])
     note = f"prices: {rep.prices.describe()}"
+    if rep.modalities:
+        note = modality_line(rep.modalities) + "\n" + note
     if rep.answered:
         note += "\n" + _answered_line(rep.answered)
     if fmt == "markdown":
@@ -170,6 +177,15 @@ def format_report(rep: Report, fmt: str = "table") -> str:
         for row in (header, *lines)
     ]
     return "\n".join([*text, note])
+
+
+def modality_line(totals: Mapping[str, int]) -> str:
+    """``prompt by modality: text 1,200 · image 5,160 · audio 9,600 (audio at its own rate)``."""
+    shown = [f"{m} {n:,}" for m, n in totals.items() if n and m != "unsplit"]
+    unsplit = totals.get("unsplit", 0)
+    tail = f"; {unsplit:,} not split by the API (priced as text)" if unsplit else ""
+    rate = " (audio at the model's audio input rate)" if totals.get("audio") else ""
+    return f"prompt by modality: {' · '.join(shown) or 'none'}{rate}{tail}"
 
 
 def _answered_line(answered: Sequence[tuple[str, str, int]]) -> str:
@@ -211,6 +227,7 @@ def _as_json(rep: Report) -> dict[str, Any]:
         "unpriced_models": list(rep.unpriced),
         "warnings": list(rep.warnings),
         "answered_by": [{"asked": a, "answered": b, "calls": n} for a, b, n in rep.answered],
+        "prompt_by_modality": rep.modalities,
         "prices": {
             "source": rep.prices.source,
             "source_date": when.isoformat() if when else None,
@@ -262,7 +279,7 @@ def plot_report(rep: Report, path: Path) -> Path:
 
 # --- prices --------------------------------------------------------------------------------
 
-_HEADER = ("model", "status", "from", "to", "input", "output", "cached", "flex in/out",
+_HEADER = ("model", "status", "from", "to", "input", "output", "cached", "audio in", "flex in/out",
            "batch in/out", ">200k in/out")  # fmt: skip
 
 
@@ -293,7 +310,7 @@ def _price_cells(row: dict[str, Any]) -> list[str]:
     dates = [row["from"] or "", row["to"] or ""]
     standard = row["standard"]
     if standard is None:
-        return [row["model"], status, *dates, "-", "-", "-", "-", "-", ""]
+        return [row["model"], status, *dates, "-", "-", "-", "-", "-", "-", ""]
     long = standard["long_context"]
     return [
         row["model"],
@@ -302,6 +319,7 @@ def _price_cells(row: dict[str, Any]) -> list[str]:
         _price(standard["input"]),
         _price(standard["output"]),
         _price(standard["cached"]),
+        _price(standard["audio"]),
         f"{_price(row['flex']['input'])} / {_price(row['flex']['output'])}",
         f"{_price(row['batch']['input'])} / {_price(row['batch']['output'])}",
         f"{_price(long['input'])} / {_price(long['output'])}" if long else "",

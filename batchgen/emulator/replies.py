@@ -8,6 +8,7 @@ thinking tokens that eat into ``maxOutputTokens``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -26,6 +27,7 @@ __all__ = [
     "count_tokens_body",
     "duration",
     "estimate_tokens",
+    "media_tokens",
     "quota_error",
     "usage_metadata",
 ]
@@ -178,8 +180,15 @@ def quota_error(model: str, kind: str, limit: int, delay: float) -> ApiError:
     return ApiError(429, "RESOURCE_EXHAUSTED", message, details)
 
 
-def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[str, Any]:
-    """usageMetadata in the fixture's key order; zero counts left out as proto3 does."""
+def usage_metadata(
+    prompt: int, candidates: int = 0, thoughts: int = 0, media: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """usageMetadata in the fixture's key order; zero counts left out as proto3 does.
+
+    ``prompt`` is the text's tokens; ``media`` adds tokens by modality (``IMAGE``, ``AUDIO``,
+    ...), reported in promptTokensDetails beside TEXT and counted in promptTokenCount."""
+    details = prompt_details(prompt, media)
+    prompt = sum(d["tokenCount"] for d in details)
     usage: dict[str, Any] = {}
     if prompt:
         usage["promptTokenCount"] = prompt
@@ -188,21 +197,86 @@ def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[
     if prompt + candidates + thoughts:
         usage["totalTokenCount"] = prompt + candidates + thoughts
     if prompt:
-        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        usage["promptTokensDetails"] = details
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
 
 
-def count_tokens_body(prompt: str) -> dict[str, Any]:
-    """countTokens' answer; the same count as promptTokenCount for the same text."""
-    tokens = estimate_tokens(prompt)
+def prompt_details(text: int, media: Mapping[str, int] | None) -> list[dict[str, Any]]:
+    """promptTokensDetails: TEXT first, then each media modality with tokens."""
+    counts = {"TEXT": text, **(media or {})}
+    return [{"modality": m, "tokenCount": n} for m, n in counts.items() if n]
+
+
+def count_tokens_body(prompt: str, media: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """countTokens' answer; the same count as promptTokenCount for the same parts."""
+    details = prompt_details(estimate_tokens(prompt), media)
+    tokens = sum(d["tokenCount"] for d in details)
     if not tokens:
         return {}
-    return {
-        "totalTokens": tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}],
-    }
+    return {"totalTokens": tokens, "promptTokensDetails": details}
+
+
+# The published rules (ai.google.dev/gemini-api/docs/tokens): an image 258 tokens when both sides
+# are at most 384 px, else 258 per 768 px tile; a PDF 258 a page; audio 32 a second; video 263.
+_TILE, _SMALL, _TILE_TOKENS, _PAGE_TOKENS = 768, 384, 258, 258
+_PER_SECOND = {"AUDIO": 32, "VIDEO": 263}
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def media_tokens(body: Mapping[str, Any]) -> dict[str, int]:
+    """Tokens by modality of the request's ``inlineData`` parts, by the published rules.
+
+    The emulator's own small reading, apart from batchgen's: a PNG's size from its IHDR (other
+    images: one tile), a PDF's ``/Type /Page`` objects, a WAV's data size / byte rate (other
+    audio and video: 128 kbit/s). ``fileData`` parts are not counted here.
+    """
+    contents = [body["systemInstruction"]] if body.get("systemInstruction") else []
+    contents += list(body.get("contents") or [])
+    counts: dict[str, int] = {}
+    for content in contents:
+        for part in content.get("parts") or []:
+            inline = part.get("inlineData") if isinstance(part, Mapping) else None
+            if not isinstance(inline, Mapping):
+                continue
+            mime = str(inline.get("mimeType", "")).lower()
+            try:
+                data = base64.b64decode(str(inline.get("data", "")))
+            except ValueError:
+                continue
+            modality, tokens = _inline_tokens(mime, data)
+            counts[modality] = counts.get(modality, 0) + tokens
+    return counts
+
+
+def _inline_tokens(mime: str, data: bytes) -> tuple[str, int]:
+    if mime.startswith("image/"):
+        width, height = _TILE, _TILE
+        if data.startswith(b"\x89PNG") and len(data) >= 24:
+            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if width <= _SMALL and height <= _SMALL:
+            return "IMAGE", _TILE_TOKENS
+        return "IMAGE", math.ceil(width / _TILE) * math.ceil(height / _TILE) * _TILE_TOKENS
+    if mime == "application/pdf":
+        return "DOCUMENT", max(1, len(_PDF_PAGE.findall(data))) * _PAGE_TOKENS
+    modality = "VIDEO" if mime.startswith("video/") else "AUDIO"
+    seconds = len(data) * 8 / 128_000
+    if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
+        seconds = _wav_seconds(data)
+    return modality, math.ceil(seconds * _PER_SECOND[modality])
+
+
+def _wav_seconds(data: bytes) -> float:
+    at, rate = 12, 0
+    while at + 8 <= len(data):
+        kind, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if kind == b"fmt ":
+            rate = int.from_bytes(data[at + 16 : at + 20], "little")
+        if kind == b"data" and rate:
+            return min(size, len(data) - at - 8) / rate
+        at += 8 + size + size % 2
+    return 0.0
 
 
 def answer_body(
@@ -219,9 +293,10 @@ def answer_body(
     config: Mapping[str, Any] = body.get("generationConfig") or {}
     seed = _seed(model, prompt, config)
     prompt_tokens = estimate_tokens(prompt)
+    media = media_tokens(body)
     if fault in ("blocked", "safety", "recitation"):
         rng = random.Random(seed)
-        return _envelope(model, _refusal(fault, rng), usage_metadata(prompt_tokens))
+        return _envelope(model, _refusal(fault, rng), usage_metadata(prompt_tokens, media=media))
     count = max(1, _int(config.get("candidateCount", 1)))
     candidates, output, thinking = [], 0, 0
     for index in range(count):
@@ -230,7 +305,7 @@ def answer_body(
         one, tokens, thoughts = _candidate(model, config, rng, index, broken, fault)
         candidates.append(one)
         output, thinking = output + tokens, thinking + thoughts
-    usage = usage_metadata(prompt_tokens, output, thinking)
+    usage = usage_metadata(prompt_tokens, output, thinking, media)
     return _envelope(model, {"candidates": candidates}, usage)
 
 

@@ -49,6 +49,7 @@ from batchgen.emulator.replies import (
     answer_body,
     count_tokens_body,
     estimate_tokens,
+    media_tokens,
     pretty_json,
     quota_error,
 )
@@ -338,7 +339,7 @@ class Emulator:
         body = read_count_request(parse_json(await request.read()))
         self._check_key(request)
         self._check_model(model, "countTokens")
-        return _json_response(count_tokens_body(prompt_text(body)))
+        return _json_response(count_tokens_body(prompt_text(body), media_tokens(body)))
 
     def _check_key(self, request: web.Request) -> None:
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchgen.job.schema import AnswerValidator
-from batchgen.records import Answer, Candidate, Usage
+from batchgen.records import MODALITIES, Answer, Candidate, Modalities, Usage
 
 MALFORMED = "malformed_response"
 EXCERPT_CHARS = 500  # how much of an unreadable body a failure record keeps
@@ -138,7 +138,34 @@ def _texts(candidate: Mapping[str, Any], where: str) -> tuple[list[str], list[st
 
 def _usage(meta: object) -> Usage:
     fields = _obj(meta, "usageMetadata")
-    return Usage(**{name: _count(fields.get(key), key) for name, key in _COUNTS.items()})
+    counts = {name: _count(fields.get(key), key) for name, key in _COUNTS.items()}
+    return Usage(
+        **counts,
+        prompt_details=modality_details(fields.get("promptTokensDetails")),
+        cached_details=modality_details(fields.get("cacheTokensDetails")),
+    )
+
+
+def modality_details(entries: object) -> Modalities | None:
+    """``[{modality, tokenCount}, ...]`` summed by modality; None when absent or unreadable.
+
+    Lenient on purpose: the details only split a prompt already counted, so a list a proxy
+    mangled costs the split (the prompt is then priced at the input rate), never the answer.
+    A modality this version does not know (MODALITY_UNSPECIFIED, a new one) counts as text.
+    """
+    if not isinstance(entries, list) or not entries:
+        return None
+    sums = dict.fromkeys(MODALITIES, 0)
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return None
+        try:
+            count = _count(entry.get("tokenCount"), "tokenCount")
+        except _ShapeError:
+            return None
+        modality = str(entry.get("modality", "")).lower()
+        sums[modality if modality in sums else "text"] += count
+    return Modalities(**sums)
 
 
 def _count(value: object, key: str) -> int:

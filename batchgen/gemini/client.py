@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.gemini.answers import MALFORMED, AnswerError
+from batchgen.gemini.answers import MALFORMED, AnswerError, modality_details
 from batchgen.gemini.transport import (
     ApiError,
     Transport,
     excerpt_text,
 )
+from batchgen.records import TokenCount
 
 __all__ = ["ApiError", "GeminiClient", "Reply", "served_tier"]  # ApiError lives in transport
 
@@ -78,6 +79,11 @@ class GeminiClient:
         alone; ``{"generateContentRequest": {"model": "models/…", ...}}`` counts the request as
         generateContent would bill its prompt, systemInstruction included (docs/gemini-api.md §8).
         """
+        return (await self.count_prompt(contents_body)).total
+
+    async def count_prompt(self, contents_body: bytes) -> TokenCount:
+        """As :meth:`count_tokens`, with the split by modality when the answer gives
+        ``promptTokensDetails`` (media parts: IMAGE, AUDIO, VIDEO, DOCUMENT)."""
         m = self._model
         url = f"{m.base_url}/{m.api_version}/models/{m.name}:countTokens"
         answer = await self._http.request("POST", url, contents_body)
@@ -92,7 +98,8 @@ class GeminiClient:
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             host = self._http.host
             raise ApiError("bad_response", f"countTokens at {host}: HTTP 200 without a count")
-        return count
+        details = payload.get("promptTokensDetails") if isinstance(payload, dict) else None
+        return TokenCount(count, modality_details(details))
 
 
 def served_tier(header: str | None, payload: Any) -> str | None:

@@ -1,8 +1,10 @@
 """Money while a run works: the spend so far, and the ``--max-cost`` guard (per run).
 
 Every call that returned usage is billed (retries and unusable answers too). With a cap, each
-call first reserves its expected cost — its estimated prompt tokens, and the mean output and
-thinking tokens of the calls so far (``maxOutputTokens`` before the first answer) — and a call
+call first reserves its expected cost — its estimated prompt tokens (or, when more, the mean
+prompt cost of the calls so far: media and audio make a prompt dearer than its text), and the
+mean output and thinking tokens of the calls so far (``maxOutputTokens`` before the first
+answer) — and a call
 whose reservation does not fit waits for the calls in flight to settle. With nothing in flight, one
 call may go while the spend is under the cap; once the spend reaches the cap, the run stops. So
 the spend ends within about one call's cost of the cap.
@@ -13,9 +15,10 @@ what it submitted is collected, then the run stops (exit 6). Before any answer t
 output is ``maxOutputTokens``, so a first batch run stays well inside the cap.
 
 Calls are priced at the rate of the UTC day they are made (the price table is dated) and of
-their service tier: a call reserves at the tier it asks for (Flex: half price) and settles at the
-tier that served it (a Flex call served at standard costs the standard rate); a call to a retired
-model that is routed elsewhere costs the routed model's rate.
+their service tier, each prompt modality at its rate (audio input is dearer on several models;
+``usageMetadata.promptTokensDetails``): a call reserves at the tier it asks for (Flex: half
+price) and settles at the tier that served it (a Flex call served at standard costs the standard
+rate); a call to a retired model that is routed elsewhere costs the routed model's rate.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Pricer(Protocol):
         cached: int,
         tier: str = ...,
         at: date | None = ...,
+        audio: int = ...,
+        cached_audio: int = ...,
     ) -> float | None: ...
 
 
@@ -74,6 +79,7 @@ class Budget:
         self._holds = 0  # calls holding a reservation (counted: float sums do not return to 0)
         self._calls = 0
         self._output_sum = 0
+        self._prompt_cost_sum = 0.0  # what the prompts of the calls so far cost, media included
         self._first_guess = max_output_tokens or FIRST_OUTPUT_GUESS
         self._settled = asyncio.Event()  # set whenever a reservation is given back
 
@@ -125,6 +131,9 @@ class Budget:
         self.spent += self._price(usage, tier) or 0.0
         self._calls += 1
         self._output_sum += usage.output + usage.thinking
+        prompt_only = Usage(usage.prompt, cached=usage.cached, prompt_details=usage.prompt_details,
+                            cached_details=usage.cached_details)  # fmt: skip
+        self._prompt_cost_sum += self._price(prompt_only, tier) or 0.0
 
     def settle(self, held: float, usage: Usage | None, tier: str = "standard") -> None:
         """Replace a reservation by the call's real cost at the ``tier`` that served it (None:
@@ -138,10 +147,15 @@ class Budget:
             self._settled.set()
 
     def _expected(self, prompt_tokens: int, tier: str) -> float:
-        """A call's expected cost: its prompt, and the mean output of the calls so far."""
+        """A call's expected cost: its prompt (at least the mean prompt cost so far, which
+        holds what media cost), and the mean output of the calls so far."""
         expected_output = self._output_sum / self._calls if self._calls else self._first_guess
         usage = Usage(prompt=prompt_tokens, output=round(expected_output))
-        return self._price(usage, tier) or 0.0
+        need = self._price(usage, tier) or 0.0
+        if self._calls:  # what the prompts so far cost beyond what their text alone would
+            text = self._price(Usage(prompt=prompt_tokens), tier) or 0.0
+            need += max(0.0, self._prompt_cost_sum / self._calls - text)
+        return need
 
     def _price(self, usage: Usage, tier: str = "standard") -> float | None:
         if self._pricer is None:
@@ -154,4 +168,6 @@ class Budget:
             cached=usage.cached,
             tier=tier if tier in TIERS else "standard",  # e.g. "priority": not cheaper
             at=self._today(),
+            audio=usage.audio,
+            cached_audio=usage.cached_audio,
         )

@@ -64,11 +64,12 @@ class LongContextEntry(_Entry, frozen=True):
 
 class RatesEntry(_Entry, frozen=True):
     """Prices in USD per 1M tokens; ``input`` and ``output`` are needed, ``cached`` defaults to
-    ``input``."""
+    ``input``, ``audio`` (audio prompt tokens) to ``input``."""
 
     input: Price | None = None
     output: Price | None = None
     cached: Price | None = None
+    audio: Price | None = None
     long_context: (
         Annotated[
             LongContextEntry, Meta(extra={"wanted": "a table with threshold, input and output"})
@@ -215,6 +216,7 @@ def _rates(entry: RatesEntry, file: _File, where: str) -> Rates:
         _needed(entry.output, "output", file, where),
         cached,
         _long_context(entry.long_context, file, f"{where}.long_context"),
+        entry.audio,
     )
 
 

@@ -8,11 +8,16 @@ the period covering its UTC day and by the **tier** that served it (``standard``
 ``batch``; the two cheaper tiers are a factor of standard, 0.5 unless a file says otherwise, or
 prices of their own). A call costs::
 
-    (prompt - cached) × input  +  cached × cached_rate  +  (output + thinking) × output
+    (prompt - cached - audio) × input  +  audio × audio_rate  +  cached × cached_rate
+      +  (output + thinking) × output
 
 per million tokens: cached tokens are part of ``promptTokenCount``, and thinking is billed as
-output. Once a prompt passes a model's long-context threshold (200k for the Pro models) the whole
-call is billed at the higher rates. A model the table does not know has no cost (None), never 0.
+output. ``audio`` is the prompt's uncached audio tokens (``promptTokensDetails`` minus
+``cacheTokensDetails``): several models price audio input apart (``audio`` in a period; the input
+rate when absent); images, video and PDF pages are billed at the input rate. Cached audio is
+billed at the cached rate (no model's cached-audio rate is in the table). Once a prompt passes a
+model's long-context threshold (200k for the Pro models) the whole call is billed at the higher
+rates. A model the table does not know has no cost (None), never 0.
 
 Beside the prices each model may carry its **lifecycle** (status, release and retirement dates,
 the model its calls are routed to once retired). A call to a retired model that is routed
@@ -82,12 +87,17 @@ class LongContext:
 
 @dataclass(frozen=True)
 class Rates:
-    """One tier's rates in USD per 1M tokens, with its long-context tier if the model has one."""
+    """One tier's rates in USD per 1M tokens, with its long-context tier if the model has one.
+
+    ``audio`` prices uncached audio prompt tokens (None: at the input rate). It holds past the
+    long-context threshold too: no model in the table has both.
+    """
 
     input: float
     output: float
     cached: float
     long_context: LongContext | None = None
+    audio: float | None = None
 
     def scaled(self, factor: float) -> Rates:
         """These rates times ``factor`` (Flex and Batch are a fraction of standard)."""
@@ -96,7 +106,13 @@ class Rates:
             long = LongContext(
                 long.threshold, long.input * factor, long.output * factor, long.cached * factor
             )
-        return Rates(self.input * factor, self.output * factor, self.cached * factor, long)
+        audio = None if self.audio is None else self.audio * factor
+        return Rates(self.input * factor, self.output * factor, self.cached * factor, long, audio)
+
+    @property
+    def audio_rate(self) -> float:
+        """The rate of an uncached audio prompt token."""
+        return self.input if self.audio is None else self.audio
 
 
 @dataclass(frozen=True)
@@ -146,16 +162,28 @@ class ModelPrice:
         return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
 
     def cost(
-        self, *, prompt: int, output: int, thinking: int, cached: int, tier: str = "standard"
+        self,
+        *,
+        prompt: int,
+        output: int,
+        thinking: int,
+        cached: int,
+        tier: str = "standard",
+        audio: int = 0,
+        cached_audio: int = 0,
     ) -> float:
-        """The USD cost of one call with these token counts (the runner's hot path: no numpy)."""
+        """The USD cost of one call with these token counts (the runner's hot path: no numpy).
+        ``audio`` and ``cached_audio`` are the audio parts of ``prompt`` and ``cached``."""
         rates = self.rates(tier)
         rate_in, rate_out, rate_cached = rates.input, rates.output, rates.cached
         long = rates.long_context
         if long is not None and prompt > long.threshold:
             rate_in, rate_out, rate_cached = long.input, long.output, long.cached
+        uncached = max(prompt - cached, 0)
+        heard = min(max(audio - cached_audio, 0), uncached)
         return (
-            max(prompt - cached, 0) * rate_in
+            (uncached - heard) * rate_in
+            + heard * rates.audio_rate
             + cached * rate_cached
             + (output + thinking) * rate_out
         ) / PER
@@ -168,8 +196,11 @@ class ModelPrice:
         cached: Counts,
         *,
         tier: str = "standard",
+        audio: Counts | None = None,
+        cached_audio: Counts | None = None,
     ) -> npt.NDArray[np.float64]:
-        """The USD cost of each call, for arrays of per-call token counts."""
+        """The USD cost of each call, for arrays of per-call token counts (``audio`` and
+        ``cached_audio``: the audio parts of ``prompt`` and ``cached``; none by default)."""
         rates = self.rates(tier)
         rate_in = np.full(prompt.shape, rates.input)
         rate_out = np.full(prompt.shape, rates.output)
@@ -179,8 +210,15 @@ class ModelPrice:
             over = prompt > long.threshold
             rate_in[over], rate_out[over], rate_cached[over] = long.input, long.output, long.cached
         uncached = np.maximum(prompt - cached, 0)
+        heard = np.zeros(prompt.shape, np.int64) if audio is None else audio
+        if cached_audio is not None:
+            heard = heard - cached_audio
+        heard = np.minimum(np.maximum(heard, 0), uncached)
         usd: npt.NDArray[np.float64] = (
-            uncached * rate_in + cached * rate_cached + (output + thinking) * rate_out
+            (uncached - heard) * rate_in
+            + heard * rates.audio_rate
+            + cached * rate_cached
+            + (output + thinking) * rate_out
         ) / PER
         return usd
 
@@ -295,13 +333,19 @@ class PriceTable:
         cached: int,
         tier: str = "standard",
         at: date | None = None,
+        audio: int = 0,
+        cached_audio: int = 0,
     ) -> float | None:
         """The USD cost of one call on day ``at`` (default: today in UTC) served by ``tier``,
-        or None when the model has no price that day (never a silent 0)."""
+        or None when the model has no price that day (never a silent 0). ``audio`` and
+        ``cached_audio`` are the audio parts of ``prompt`` and ``cached``."""
         price = self.resolve(model, at=at)
         if price is None:
             return None
-        return price.cost(prompt=prompt, output=output, thinking=thinking, cached=cached, tier=tier)
+        return price.cost(
+            prompt=prompt, output=output, thinking=thinking, cached=cached, tier=tier,
+            audio=audio, cached_audio=cached_audio,
+        )  # fmt: skip
 
     def lifecycle(self, model: str) -> Lifecycle | None:
         """What the table knows of ``model``'s lifecycle, or None."""

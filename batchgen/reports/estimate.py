@@ -10,6 +10,12 @@ the input, and scaled to the input's row count. Two ways to count:
   free.
 - **offline** (``offline=True``): about four characters a token, the emulator's rule. Rough:
   real tokenizers differ by language and content, and the schema the API may add is not seen.
+  A row's media (``media=``, see :mod:`batchgen.reports.media_cost`) are counted by the published
+  rules from the files' headers (:mod:`batchgen.input.media_tokens`).
+
+When the counts are split by modality (countTokens' ``promptTokensDetails``, or the offline
+media rules), audio is priced at the model's audio input rate, and ``prompt_by_modality`` says
+what the prompt is made of.
 
 Output tokens (answer + thinking, both billed as output) come from an earlier output of the same
 job when there is one (its usage ledger: the mean per answer, and per row with its retries);
@@ -62,8 +68,16 @@ from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
-from batchgen.records import REUSED
+from batchgen.records import REUSED, TokenCount
 from batchgen.redact import redact_url
+from batchgen.reports.media_cost import (
+    MediaOf,
+    MediaRefs,
+    modality_sums,
+    offline_count,
+    priced,
+    with_parts,
+)
 from batchgen.reports.repeats import Repeats, count_repeats
 from batchgen.reports.report import load_calls
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
@@ -131,6 +145,7 @@ class Estimate:
     # rows whose request repeats an earlier row's; with output.dedupe, tokens, cost and time
     # count one call per distinct request
     repeats: Repeats | None = None
+    prompt_by_modality: dict[str, int] = field(default_factory=dict)  # empty: not split
 
     @property
     def minutes(self) -> float:
@@ -153,6 +168,7 @@ def estimate_job(
     prices: PriceTable | None = None,
     history: Path | None = None,
     at: date | None = None,
+    media: MediaOf | None = None,
 ) -> Estimate:
     """Estimate ``job``'s tokens, cost and run time.
 
@@ -165,6 +181,8 @@ def estimate_job(
         history: an earlier output of the same job to take output sizes from (default: the
             job's output directory, when it holds one).
         at: the UTC day whose prices apply (default: today).
+        media: a row's media parts as (MIME type, path or bytes) pairs: counted with the row,
+            by countTokens or offline by the published rules.
 
     Raises:
         BatchgenError: a bad job or input; FatalApiError when countTokens refuses the key or
@@ -178,17 +196,19 @@ def estimate_job(
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     positions = sample_positions(total, sample)
-    bodies, texts, unrenderable = _render(plan, positions)
+    bodies, texts, refs, ids, unrenderable = _render(plan, positions, media)
     if offline:
-        counts = [rough_tokens(t) for t in texts]
+        rows = zip(texts, refs, ids, strict=True)
+        counts = [offline_count(rough_tokens(t), r, i) for t, r, i in rows]
     else:
         if job.model.tier == "batch":  # before a run relies on it: can Batch Mode upload here?
             asyncio.run(_probe_files(job, api_key))
-        counts = asyncio.run(_count_all(job, api_key, bodies))
+        counts = asyncio.run(_count_all(job, api_key, bodies, refs))
     scale = total / len(positions)
     repeats = count_repeats(plan)
     paid = repeats.distinct / repeats.rows if job.output.dedupe and repeats.rows else 1.0
     scale *= paid  # with dedupe, one call per distinct request
+    prompt_tokens = sum(c.total for c in counts) * scale
     notes: list[str] = []
     guess = _history_guess(job, history, notes) or _schema_guess(job)
     table = prices or load_prices()
@@ -201,6 +221,11 @@ def estimate_job(
         )
     costs = _tier_costs(price, counts, guess, scale)
     notes += _price_notes(table, price, job.model.name, day)
+    if offline and any(refs) and ("mediaResolution" in job.generation or _gemini_3(job)):
+        notes.append(
+            "offline image counts follow the published 258-per-tile rule; generation."
+            "mediaResolution (Gemini 3 models) changes them: estimate with countTokens to measure"
+        )
     answered = total * paid - unrenderable * scale
     return Estimate(
         job=job.name,
@@ -209,7 +234,7 @@ def estimate_job(
         sampled=len(positions),
         unrenderable=unrenderable,
         method="offline" if offline else "countTokens",
-        prompt_tokens=round(sum(counts) * scale),
+        prompt_tokens=round(prompt_tokens),
         output_low=round(guess.low * answered),
         output_high=round(guess.high * answered),
         output_source=guess.source,
@@ -218,19 +243,23 @@ def estimate_job(
         cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
-        **asdict(
-            time_bounds(job, guess, rows=round(total * paid), prompt_tokens=sum(counts) * scale)
-        ),
+        **asdict(time_bounds(job, guess, rows=round(total * paid), prompt_tokens=prompt_tokens)),
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
         tier=job.model.tier,
         repeats=repeats,
+        prompt_by_modality=modality_sums(counts, scale),
     )
 
 
+def _gemini_3(job: Job) -> bool:
+    name = job.model.name.removeprefix("models/")
+    return name.startswith("gemini-") and name[7:8].isdigit() and int(name[7:8]) >= 3
+
+
 def _tier_costs(
-    price: ModelPrice | None, counts: Sequence[int], guess: OutputGuess, scale: float
+    price: ModelPrice | None, counts: Sequence[TokenCount], guess: OutputGuess, scale: float
 ) -> dict[str, tuple[float, float]]:
     """(low, high) cost per service tier; empty when the model has no price."""
     if price is None:
@@ -345,12 +374,17 @@ def rough_tokens(text: str) -> int:
     return max(1, round(len(text) / 4)) if text else 0
 
 
-def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str], int]:
-    """The request bodies and prompt texts of the rows at ``positions``; how many failed."""
+def _render(
+    plan: Plan, positions: Sequence[int], media: MediaOf | None = None
+) -> tuple[list[bytes], list[str], list[MediaRefs], list[str], int]:
+    """The request bodies, prompt texts, media and ids of the rows at ``positions``; how many
+    failed to render."""
     wanted = set(positions)
     last = max(positions)
     bodies: list[bytes] = []
     texts: list[str] = []
+    refs: list[MediaRefs] = []
+    ids: list[str] = []
     failed = 0
     for batch in plan.reader.batches():
         for row in batch:
@@ -363,9 +397,11 @@ def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str
                 continue
             bodies.append(body)
             texts.append(_prompt_text(body))
+            refs.append(media(row) if media is not None else ())
+            ids.append(row.row_id)
         if batch and batch[-1].position >= last:
             break
-    return bodies, texts, failed
+    return bodies, texts, refs, ids, failed
 
 
 def _prompt_text(body: bytes) -> str:
@@ -386,17 +422,20 @@ def count_request(model: str, body: bytes) -> bytes:
     return b'{"generateContentRequest":{"model":' + name + b"," + body[1:] + b"}"
 
 
-async def _count_all(job: Job, api_key: str, bodies: Sequence[bytes]) -> list[int]:
+async def _count_all(
+    job: Job, api_key: str, bodies: Sequence[bytes], refs: Sequence[MediaRefs]
+) -> list[TokenCount]:
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
     gate = asyncio.Semaphore(min(job.limits.pinned or COUNT_CONCURRENCY, COUNT_CONCURRENCY))
     async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
-        async def one(body: bytes) -> int:
-            async with gate:
-                return await _count_one(client, job, limiter, count_request(job.model.name, body))
+        async def one(body: bytes, media: MediaRefs) -> TokenCount:
+            async with gate:  # a row's media are read here: a few rows' files in memory at once
+                body = count_request(job.model.name, with_parts(body, media))
+                return await _count_one(client, job, limiter, body)
 
-        return list(await asyncio.gather(*(one(b) for b in bodies)))
+        return list(await asyncio.gather(*(one(b, r) for b, r in zip(bodies, refs, strict=True))))
 
 
 async def _probe_files(job: Job, api_key: str) -> None:
@@ -414,13 +453,15 @@ async def _probe_files(job: Job, api_key: str) -> None:
             ) from None
 
 
-async def _count_one(client: GeminiClient, job: Job, limiter: AsyncLimiter, body: bytes) -> int:
+async def _count_one(
+    client: GeminiClient, job: Job, limiter: AsyncLimiter, body: bytes
+) -> TokenCount:
     """One countTokens call, retried as a row's call is (429, 5xx, timeouts)."""
     try:
         async for attempt in RetryPolicy(job.retry).for_row():
             with attempt:
                 await limiter.acquire()
-                return await client.count_tokens(body)
+                return await client.count_prompt(body)
     except ApiError as exc:
         raise JobError(
             f"{redact_url(job.model.base_url)} (model {job.model.name}): countTokens failed: "
@@ -603,7 +644,7 @@ def _within(
 
 def _cost(
     price: ModelPrice,
-    counts: Sequence[int],
+    counts: Sequence[TokenCount],
     output: float,
     calls: float,
     scale: float,
@@ -611,8 +652,5 @@ def _cost(
 ) -> float:
     """The cost of every row: each sampled prompt at its own context tier, scaled to the input."""
     per_call = round(output / calls)
-    sampled = sum(
-        price.cost(prompt=n, output=per_call, thinking=0, cached=0, tier=tier) * calls
-        for n in counts
-    )
+    sampled = sum(priced(price, n, per_call, tier) * calls for n in counts)
     return sampled * scale

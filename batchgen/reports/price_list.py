@@ -76,7 +76,7 @@ def _rates(rates: Rates) -> dict[str, Any]:
         over = {"threshold": long.threshold, "input": long.input, "output": long.output,
                 "cached": long.cached}  # fmt: skip
     return {"input": rates.input, "output": rates.output, "cached": rates.cached,
-            "long_context": over}  # fmt: skip
+            "audio": rates.audio_rate, "long_context": over}  # fmt: skip
 
 
 def _iso(day: date | None) -> str | None:

@@ -16,7 +16,10 @@ run that last wrote its failure record.
 A call is priced by its ``model_version`` when the price table knows it, else by the ``model`` asked
 for, at the rates of the call's UTC day and tier (see :mod:`batchgen.pricing.table`); where the
 version names another model than the one asked for, the report says which answered. A model without
-a price is reported as unpriced, never as costing 0.
+a price is reported as unpriced, never as costing 0. Each prompt modality is priced at its rate
+(``prompt_audio_tokens`` at the model's audio rate, where it has one; images, video and PDF pages
+at the input rate); a call whose answer gave no split (or a ledger written before batchgen kept
+one) is priced whole at the input rate. ``Report.modalities`` totals the prompt by modality.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pyarrow as pa
 from batchgen.errors import CheckpointError, JobError, Option
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
-from batchgen.records import REUSED
+from batchgen.records import MODALITIES, REUSED
 from batchgen.store.jobfile import read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
 from batchgen.store.lock import lock_holder
@@ -47,6 +50,7 @@ __all__ = ["GROUPS", "RUN_COLUMNS", "Report", "group_keys", "load_calls", "repor
 
 GROUPS = ("job", "model", "day", "run", "finish_reason")
 TOKENS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
+AUDIO = ("prompt_audio_tokens", "cached_audio_tokens")  # priced at the audio rate
 COLUMNS = ("requests", "rows_done", "rows_failed", "rows_reused", *TOKENS, "cost_usd",
            "unpriced_requests")  # fmt: skip
 NONE = "(none)"
@@ -77,6 +81,20 @@ class Report:
     warnings: tuple[str, ...]
     prices: PriceTable = field(repr=False)
     answered: tuple[tuple[str, str, int], ...] = ()
+    modalities: dict[str, int] = field(default_factory=dict)
+
+
+def modality_totals(calls: pd.DataFrame) -> dict[str, int]:
+    """Prompt tokens by modality over every call (lower-case names, as MODALITIES), and
+    ``unsplit``: the prompt tokens of calls whose answer gave no split. Empty when no call
+    gave one."""
+    columns = [f"prompt_{m}_tokens" for m in MODALITIES]
+    split = calls[columns].notna().any(axis=1)
+    if not split.any():
+        return {}
+    totals = {m: int(calls[c].fillna(0).sum()) for m, c in zip(MODALITIES, columns, strict=True)}
+    totals["unsplit"] = int(calls.loc[~split, "prompt_tokens"].fillna(0).sum())
+    return totals
 
 
 def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | None = None) -> Report:
@@ -107,7 +125,10 @@ def report(outputs: Sequence[Path], *, by: str = "job", prices: PriceTable | Non
     if by == "run":
         groups = _with_run_records(groups, outputs)
     answered = tuple(answered_by(ledger))
-    return Report(by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices, answered)
+    return Report(
+        by, groups, _total(groups), ledger, unpriced, tuple(warnings), prices, answered,
+        modality_totals(ledger),
+    )  # fmt: skip
 
 
 # --- reading an output ---------------------------------------------------------------------
@@ -143,6 +164,9 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
     calls = _read(out, USAGE_DIR, USAGE_SCHEMA.names)
     if calls is not None:
         calls["run"] = calls["run_id"].fillna(calls["run"])
+        # columns an older batchgen did not write (tier, the modality split) are null
+        missing = [n for n in USAGE_SCHEMA.names if n not in calls]
+        calls = calls.assign(**dict.fromkeys(missing, None))
         return calls.drop(columns="run_id"), []
     wanted = ["row_id", *TOKENS, "model_version", "finish_reason", "attempts", "completed_at"]
     results = _read(out, RESULTS_DIR, wanted)
@@ -157,7 +181,7 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
         f"{out}: no usage ledger (written before batchgen kept one): requests, tokens and "
         "cost count only the answers kept, not retries or failed calls"
     )
-    return answers[_empty_calls().columns], [note]
+    return answers.reindex(columns=_empty_calls().columns), [note]
 
 
 def _empty_calls() -> pd.DataFrame:
@@ -223,7 +247,10 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
         notes += _pricing_note(prices, version, asked, price.name)
         part = calls.loc[index]
         counts = [part[c].fillna(0).to_numpy(np.int64) for c in TOKENS[:4]]
-        calls.loc[index, "cost_usd"] = price.costs(*counts, tier=str(tier))
+        audio = [part[c].fillna(0).to_numpy(np.int64) if c in part else None for c in AUDIO]
+        calls.loc[index, "cost_usd"] = price.costs(
+            *counts, tier=str(tier), audio=audio[0], cached_audio=audio[1]
+        )
     return tuple(unpriced), list(dict.fromkeys(notes))
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from batchgen.errors import JobError
 from batchgen.job.response_schema import ResponseSchema, resolve_schema
-from batchgen.records import Answer
+from batchgen.records import MODALITIES, Answer
 
 RAW_TEXT_LIMIT = 2000
 
@@ -70,6 +70,10 @@ USAGE_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("at", pa.timestamp("ms", tz="UTC")),
         pa.field("tier", pa.string()),  # the service tier that served the call (older: null)
+        # promptTokensDetails and cacheTokensDetails by modality (null: not reported, or a
+        # ledger written before batchgen kept them; readers fill the missing columns with null)
+        *(pa.field(f"prompt_{m}_tokens", pa.int64()) for m in MODALITIES),
+        *(pa.field(f"cached_{m}_tokens", pa.int64()) for m in MODALITIES),
     ]
 )
 RESERVED = frozenset(

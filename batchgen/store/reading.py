@@ -56,6 +56,9 @@ class OutputReader:
 
     def _read_part(self, part: Path, columns: list[str] | None) -> pa.Table:
         try:
+            if columns is not None:  # a column an older batchgen did not write: left out here
+                names = set(pq.read_schema(part).names)
+                columns = [c for c in columns if c in names]
             return pq.read_table(part, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise _unreadable_part(part, exc) from None
