@@ -1,6 +1,6 @@
 """Media tokens counted offline, by the published rules, from the files' headers.
 
-The rules (ai.google.dev/gemini-api/docs/tokens, checked 2026-12-04; docs/NOTES-mcost.md):
+The rules (ai.google.dev/gemini-api/docs/tokens, checked 2026-12-04; README "What media costs"):
 
 - an image is 258 tokens when both sides are at most 384 px, else it is cut into 768×768 tiles
   of 258 tokens each (``ceil(w/768) × ceil(h/768)``); Gemini 3 models take
