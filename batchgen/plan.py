@@ -8,22 +8,27 @@ from it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from batchgen.errors import InputError, TemplateError
+from batchgen.errors import InputError, JobError, TemplateError
 from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.input.media import BadMediaError, scan_path, scan_value
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
 from batchgen.job.spec import Job
 from batchgen.keys import Keys, contains, keys_of
-from batchgen.records import DoneState, InputRow, Outcome, Work
+from batchgen.records import DoneState, InputRow, MediaRef, Outcome, Work
 from batchgen.store.output import OutputLayout, error_row
+
+MEDIA_TOKENS = 258  # a media part's prompt tokens for the rate limits: one image tile, one page
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Plan:
     builder: RequestBuilder
     layout: OutputLayout
     validator: AnswerValidator
+    context: tuple[MediaRef, ...] = ()  # prompt.context, pre-scanned
 
     @property
     def max_output(self) -> int | None:
@@ -98,7 +104,35 @@ class Plan:
             return Outcome([record], failed=True, category="template", message=message)
         body = self.builder.body(user, system)
         tokens = (len(user) + len(system or "")) // 4 + 1
-        return Work(row, body, request_hash(body), tokens)
+        if not self.job.prompt.media and not self.context:
+            return Work(row, body, request_hash(body), tokens)
+        try:
+            refs = self.context + self._media(row)
+        except BadMediaError as exc:
+            column, reason = exc.args
+            message = (
+                f"{self.reader.path}: row {row.row_id}: column {column!r}: {reason}; "
+                "nothing was sent for the row"
+            )
+            record = error_row(row.row_id, "input", message, attempts=0, at=datetime.now(UTC))
+            return Outcome([record], failed=True, category="input", message=message)
+        tokens += MEDIA_TOKENS * len(refs)
+        return Work(row, body, media_hash(body, refs), tokens, refs, (user, system))
+
+    def _media(self, row: InputRow) -> tuple[MediaRef, ...]:
+        """The pre-scanned media of a row (BadMediaError(column, reason) for a bad one)."""
+        refs = []
+        base = self.reader.path.parent
+        types = self.job.prompt.media_types
+        for column in self.job.prompt.media:
+            value = row.values.get(column)
+            if value is None:
+                continue
+            try:
+                refs.append(scan_value(value, column, base, types.get(column)))
+            except BadMediaError as exc:
+                raise BadMediaError(column, str(exc)) from None
+        return tuple(refs)
 
 
 def plan_job(job: Job) -> Plan:
@@ -106,10 +140,41 @@ def plan_job(job: Job) -> Plan:
     template = PromptTemplate(job.prompt, str(job.path))
     needs = dict.fromkeys(template.variables, "used in the prompt")
     needs.update(dict.fromkeys(job.input.carry, "input.carry"))
+    needs.update(dict.fromkeys(job.prompt.media, "prompt.media"))
     if job.input.id_column:
         needs[job.input.id_column] = "input.id_column"
     reader = InputReader(job.input, needs)
     carry = pa.schema([reader.arrow_schema().field(c) for c in job.input.carry])
     layout = OutputLayout(job.schema, job.output.explode, carry, str(job.path))
     validator = job.schema.validator()
-    return Plan(job, reader, template, RequestBuilder(job), layout, validator)
+    context = tuple(_context(job))
+    return Plan(job, reader, template, RequestBuilder(job), layout, validator, context)
+
+
+def _context(job: Job) -> Iterator[MediaRef]:
+    for file in job.prompt.context:
+        try:
+            yield scan_path(Path(file), "context")
+        except BadMediaError as exc:
+            raise JobError(f"{job.path}: prompt.context: {exc}") from None
+
+
+def _identity(ref: MediaRef) -> str:
+    if ref.data is not None:
+        return hashlib.sha256(ref.data).hexdigest()
+    return f"{ref.path or ref.uri}:{ref.size}"
+
+
+def media_hash(body: bytes, refs: tuple[MediaRef, ...]) -> str:
+    """The request hash of a media row: its text request and what its media are (a path and its
+    size, a URI, or the hash of raw bytes), so a row's request is known without reading files."""
+    said = [
+        f"{r.column}:{r.kind}:{r.mime}:"
+        + (
+            hashlib.sha256(r.data).hexdigest()
+            if r.data is not None
+            else f"{r.path or r.uri}:{r.size}"
+        )
+        for r in refs
+    ]
+    return request_hash(body + "\n".join(said).encode())

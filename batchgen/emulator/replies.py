@@ -14,10 +14,11 @@ import math
 import random
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchgen.emulator.fakedata import fake_invalid_value, fake_prose, fake_value
+from batchgen.emulator.media import Media, by_modality
 from batchgen.emulator.wire import ApiError
 
 __all__ = [
@@ -178,8 +179,14 @@ def quota_error(model: str, kind: str, limit: int, delay: float) -> ApiError:
     return ApiError(429, "RESOURCE_EXHAUSTED", message, details)
 
 
-def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[str, Any]:
-    """usageMetadata in the fixture's key order; zero counts left out as proto3 does."""
+def usage_metadata(
+    prompt: int,
+    candidates: int = 0,
+    thoughts: int = 0,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """usageMetadata in the fixture's key order; zero counts left out as proto3 does.
+    ``details``: promptTokensDetails by modality (all TEXT when not given)."""
     usage: dict[str, Any] = {}
     if prompt:
         usage["promptTokenCount"] = prompt
@@ -188,36 +195,44 @@ def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[
     if prompt + candidates + thoughts:
         usage["totalTokenCount"] = prompt + candidates + thoughts
     if prompt:
-        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        usage["promptTokensDetails"] = details or [{"modality": "TEXT", "tokenCount": prompt}]
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
 
 
-def count_tokens_body(prompt: str) -> dict[str, Any]:
-    """countTokens' answer; the same count as promptTokenCount for the same text."""
-    tokens = estimate_tokens(prompt)
+def count_tokens_body(prompt: str, media: Sequence[Media] = ()) -> dict[str, Any]:
+    """countTokens' answer; the same count as promptTokenCount for the same parts."""
+    text = estimate_tokens(prompt)
+    tokens = text + sum(m.tokens for m in media)
     if not tokens:
         return {}
-    return {
-        "totalTokens": tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}],
-    }
+    return {"totalTokens": tokens, "promptTokensDetails": by_modality(text, list(media))}
 
 
 def answer_body(
-    body: Mapping[str, Any], model: str, prompt: str, fault: str | None
+    body: Mapping[str, Any],
+    model: str,
+    prompt: str,
+    fault: str | None,
+    media: Sequence[Media] = (),
 ) -> dict[str, Any]:
     """The GenerateContentResponse for a checked request; ``fault`` shapes a 200 misbehaviour.
+    ``media`` are the request's media parts, read: counted in the prompt by modality, and part
+    of what the answer is drawn from (the same text with other bytes answers otherwise).
 
     Faults handled here: truncated, empty, safety, recitation, blocked, invalid (and slow,
     which only delays a normal answer). HTTP-level faults never reach this function.
     """
     config: Mapping[str, Any] = body.get("generationConfig") or {}
-    rng = random.Random(_seed(model, prompt, config))
-    prompt_tokens = estimate_tokens(prompt)
+    seen = prompt + "".join(f"\n[{m.digest}]" for m in media)
+    rng = random.Random(_seed(model, seen, config))
+    text_tokens = estimate_tokens(prompt)
+    prompt_tokens = text_tokens + sum(m.tokens for m in media)
+    details = by_modality(text_tokens, list(media))
     if fault in ("blocked", "safety", "recitation"):
-        return _envelope(model, _refusal(fault, rng), usage_metadata(prompt_tokens))
+        usage = usage_metadata(prompt_tokens, details=details)
+        return _envelope(model, _refusal(fault, rng), usage)
     text = _answer_text(config, rng, invalid=fault == "invalid")
     thoughts = _thought_tokens(model, config, rng)
     text, thoughts, finish = _fit_output(text, thoughts, _int(config.get("maxOutputTokens")), fault)
@@ -228,7 +243,7 @@ def answer_body(
         parts.append({"text": text})
     content: dict[str, Any] = {"parts": parts, "role": "model"} if parts else {"role": "model"}
     candidate = {"content": content, "finishReason": finish, "index": 0}
-    usage = usage_metadata(prompt_tokens, estimate_tokens(text), thoughts)
+    usage = usage_metadata(prompt_tokens, estimate_tokens(text), thoughts, details)
     return _envelope(model, {"candidates": [candidate]}, usage)
 
 

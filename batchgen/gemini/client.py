@@ -48,6 +48,11 @@ class GeminiClient:
         self._http = http
         self._model = http.model
 
+    @property
+    def transport(self) -> Transport:
+        """The transport this client calls on (a Files client shares it)."""
+        return self._http
+
     async def generate(self, body: bytes) -> tuple[Any, float]:
         """POST one request; return (the 200 body's JSON value, latency in ms) or raise as
         :meth:`reply` does."""

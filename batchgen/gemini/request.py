@@ -3,6 +3,11 @@
 The parts every row shares (generationConfig with the responseSchema, or the responseJsonSchema
 of a JSON Schema job) are serialized once; each row adds only its own text.
 
+With media, the user turn's parts are, in order: the job's context parts (the same in every
+request: the prefix an explicit cache can hold), the row's media parts, then the row's text
+(Google's guidance puts media before the text that asks about it). :func:`inline_part` and
+:func:`file_part` make the parts.
+
 A Flex job adds ``"serviceTier": "flex"``, a top-level field of the request (docs/gemini-api.md
 §11), as the body's last field; a standard job sends no tier, as the API's default. The tier says
 how a request is served, not what it asks, so :func:`request_hash` leaves it out: a row answered
@@ -12,8 +17,10 @@ request at the standard tier.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from batchgen.job.spec import Job
@@ -34,12 +41,37 @@ class RequestBuilder:
         if job.model.tier == "flex":
             self._tail = self._tail[:-1] + FLEX_FIELD
 
-    def body(self, user: str, system: str | None = None) -> bytes:
-        """The JSON body for one row."""
-        head = b'{"contents":[{"role":"user","parts":[{"text":' + _dumps(user) + b"}]}]"
+    def body(
+        self,
+        user: str,
+        system: str | None = None,
+        context: Sequence[bytes] = (),
+        media: Sequence[bytes] = (),
+    ) -> bytes:
+        """The JSON body for one row: ``context`` parts, then ``media`` parts, then the text."""
+        prefix = b"".join(part + b"," for part in (*context, *media))
+        text = b'{"text":' + _dumps(user) + b"}"
+        head = b'{"contents":[{"role":"user","parts":[' + prefix + text + b"]}]"
         if system is not None:
             head += b',"systemInstruction":{"parts":[{"text":' + _dumps(system) + b"}]}"
         return head + self._tail
+
+
+def inline_part(mime: str, data: bytes) -> bytes:
+    """An ``inlineData`` part: the bytes, base64."""
+    encoded = base64.b64encode(data)
+    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"' + encoded + b'"}}'
+
+
+def inline_size(size: int) -> int:
+    """The bytes an ``inlineData`` part of ``size`` raw bytes takes in a request."""
+    return 4 * ((size + 2) // 3) + 64
+
+
+def file_part(mime: str, uri: str) -> bytes:
+    """A ``fileData`` part naming an uploaded file or a URI the API fetches."""
+    kind = b'{"fileData":{"mimeType":' + _dumps(mime) + b"," if mime else b'{"fileData":{'
+    return kind + b'"fileUri":' + _dumps(uri) + b"}}"
 
 
 def request_hash(body: bytes) -> str:

@@ -103,10 +103,39 @@ class ModelSpec(_Table, frozen=True):
 
 
 class PromptSpec(_Table, frozen=True):
-    """[prompt]: Jinja templates over the row's columns."""
+    """[prompt]: Jinja templates over the row's columns, the row's media columns and the
+    context files every request carries.
+
+    ``media`` names input columns whose values are media: a file path (relative to the input
+    file's folder), bytes, an ``https://`` or ``gs://`` URI, or a Files API name
+    (``files/...``); each becomes a part before the row's text. ``context`` names files
+    (relative to the job file) sent first in every request. ``media_types`` fixes the MIME type
+    of a media column (``scan = "application/pdf"``) instead of sniffing it.
+    """
 
     user: str
     system: str | None = None
+    media: Annotated[
+        tuple[str, ...], Meta(description="input columns holding media (paths, bytes, URIs)")
+    ] = ()
+    context: Annotated[
+        tuple[str, ...], Meta(description="files sent before every row's parts")
+    ] = ()
+    media_types: Annotated[
+        dict[str, str], Meta(description="a MIME type per media column, instead of sniffing")
+    ] = msgspec.field(default_factory=dict)
+
+
+class MediaSpec(_Table, frozen=True):
+    """[media]: what goes inline and what through the Files API.
+
+    A media file up to ``inline_max_mb`` (MB of 10^6 bytes) goes inline as base64, unless the
+    request would pass the API's size limit (then its largest parts are uploaded) or another row
+    already sent the same content (then it is uploaded once and named by every later row).
+    Bigger files are uploaded (once per content, kept 48 h, recorded in OUTPUT/uploads.jsonl).
+    """
+
+    inline_max_mb: Above0 = 20.0
 
 
 class LimitsSpec(_Table, frozen=True):
@@ -219,6 +248,7 @@ class JobFile(_Table, frozen=True):
     retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
     output: OutputSpec = msgspec.field(default_factory=OutputSpec)
     batch: BatchSpec = msgspec.field(default_factory=BatchSpec)
+    media: MediaSpec = msgspec.field(default_factory=MediaSpec)
 
 
 @dataclass(frozen=True)
@@ -241,6 +271,7 @@ class Job:
     generation: dict[str, Any]
     retry: RetrySpec
     batch: BatchSpec
+    media: MediaSpec = MediaSpec()
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
 
@@ -347,19 +378,32 @@ def _build(
             file.input, path=input_path, format=_format(input_path, file.input.format, path)
         ),
         model=model,
-        prompt=file.prompt,
+        prompt=_prompt(file, base, path),
         response_schema=schema.wire,
         limits=limits,
         output=msgspec.structs.replace(file.output, directory=_resolve(base, directory)),
         generation=_generation(file.generation, path),
         retry=file.retry,
         batch=file.batch,
+        media=file.media,
         schema_dialect=schema.dialect,
         schema_source=schema.source,
     )
 
 
-_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch")
+_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch", "media")
+
+
+def _prompt(file: JobFile, base: Path, path: Path) -> PromptSpec:
+    """The prompt with its context files resolved against the job file's folder."""
+    spec = file.prompt
+    for column in spec.media_types:
+        if column not in spec.media:
+            raise JobError(
+                f"{path}: prompt.media_types.{column}: {column!r} is not in prompt.media"
+            )
+    context = tuple(str(_resolve(base, c)) for c in spec.context)
+    return msgspec.structs.replace(spec, context=context)
 
 
 def _given(raw: dict[str, Any]) -> dict[str, Any]:

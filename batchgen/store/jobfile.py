@@ -29,6 +29,9 @@ def fingerprint_parts(job: Job) -> dict[str, Any]:
         "output.explode": job.output.explode,
         "input.carry": list(job.input.carry),
         "input.id_column": job.input.id_column,
+        # only when the job has media, so that fingerprints of existing outputs stay as they were
+        **({"prompt.media": list(job.prompt.media)} if job.prompt.media else {}),
+        **({"prompt.context": list(job.prompt.context)} if job.prompt.context else {}),
     }
 
 

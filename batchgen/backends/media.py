@@ -1,0 +1,240 @@
+"""Media rows at send time: read each file when its row is sent, and decide per content what goes
+inline and what through the Files API.
+
+A content (by sha256) goes through the Files API, once, when it is over ``[media]
+inline_max_mb``, when another row already sent it (it is shared), when the row's inline parts
+would pass the API's request limit (the largest are uploaded until the rest fit), or always on
+the batch tier (``force_upload``: JSONL lines name files). Each upload is recorded in
+``OUTPUT/uploads.jsonl`` before a request names it, and reused by later rows and later runs
+while it lives. A 403/404 naming one of those files means it is gone: :meth:`MediaSender.lost`
+forgets it so the next build uploads it again, without spending the row's attempt.
+
+Memory stays bounded: a request's media bytes are held only while it is built and sent, and at
+most ``INFLIGHT_BYTES`` of them at once (a row bigger than that waits to be alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient
+from batchgen.gemini.request import RequestBuilder, file_part, inline_part, inline_size
+from batchgen.gemini.transport import ApiError
+from batchgen.input.media import BadMediaError, content_hash, read_media
+from batchgen.job.spec import Job
+from batchgen.plan import Plan
+from batchgen.records import MediaRef, Work
+from batchgen.store.uploads import LIFETIME, Uploaded, UploadRegistry
+
+MAX_REQUEST_BYTES = 100 * 1000**2  # the API's limit on a whole request (docs/media.md)
+REQUEST_HEADROOM = 1000**2  # left for the text, the schema and JSON around the parts
+INFLIGHT_BYTES = 96 * 1000**2  # media bytes held by requests being built or sent, at most
+
+
+__all__ = ["MediaCounts", "MediaFailedError", "MediaSender", "media_sender"]
+
+
+class MediaFailedError(Exception):
+    """A row's media cannot be sent (changed since the pre-scan, unreadable): the row fails as
+    input; ``str()`` is its one line."""
+
+
+@dataclass
+class MediaCounts:
+    """What the media of a run did: uploads made and reused, parts sent inline."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    reused: int = 0
+    inline: int = 0
+    reuploaded: int = 0
+
+
+class _Room:
+    """A byte budget for media held in memory (a request over the budget waits to be alone)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.total)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
+
+
+class MediaSender:
+    """Builds the request of a media row when it is sent (see the module)."""
+
+    def __init__(
+        self,
+        job: Job,
+        builder: RequestBuilder,
+        files: BatchClient,
+        registry: UploadRegistry,
+        *,
+        force_upload: bool = False,
+        inflight_bytes: int = INFLIGHT_BYTES,
+    ) -> None:
+        self.job, self.builder, self.files, self.registry = job, builder, files, registry
+        self.inline_max = int(job.media.inline_max_mb * 1000**2)
+        self.force_upload = force_upload
+        self.api = f"{job.model.base_url}/{job.model.api_version}"
+        self.counts = MediaCounts()
+        self._room = _Room(inflight_bytes)
+        self._seen: set[str] = set()  # contents sent inline once this run: shared from now on
+        self._uploading: dict[str, asyncio.Future[Uploaded]] = {}
+        self._files_relayed = True
+
+    @asynccontextmanager
+    async def request(self, work: Work) -> AsyncIterator[tuple[bytes, frozenset[str]]]:
+        """The row's body and the Files API names it uses, held while the caller sends it."""
+        assert work.text is not None
+        upload = self._to_upload(work.media)
+        held = sum(r.size for r in work.media if r not in upload and r.kind in ("path", "bytes"))
+        async with self._room.hold(held):
+            try:
+                context, media, names = await self._parts(work.media, upload)
+            except BadMediaError as exc:
+                raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
+            user, system = work.text
+            yield self.builder.body(user, system, context, media), frozenset(names)
+
+    async def built(self, work: Work) -> Work:
+        """The work with its whole request as its body (for a batch chunk file)."""
+        async with self.request(work) as (body, _):
+            return dataclasses.replace(work, body=body, media=(), text=None)
+
+    def lost(self, exc: ApiError, names: frozenset[str]) -> bool:
+        """Whether ``exc`` (a 403/404) says one of ``names`` is gone; if so it is forgotten."""
+        if exc.status not in (403, 404) or not names:
+            return False
+        gone = [n for n in names if n in exc.message] or list(names)
+        for name in gone:
+            self.registry.gone(name)
+        self.counts.reuploaded += len(gone)
+        return True
+
+    def _to_upload(self, refs: tuple[MediaRef, ...]) -> set[MediaRef]:
+        """The references to send by fileData whatever their content: over the inline limit,
+        forced, or the largest of a row whose inline parts would pass the request limit."""
+        local = [r for r in refs if r.kind in ("path", "bytes")]
+        if self.force_upload:
+            return set(local)
+        upload = {r for r in local if r.size > self.inline_max}
+        room = MAX_REQUEST_BYTES - REQUEST_HEADROOM
+        left = sorted((r for r in local if r not in upload), key=lambda r: r.size, reverse=True)
+        total = sum(inline_size(r.size) for r in left)
+        for ref in left:
+            if total <= room:
+                break
+            upload.add(ref)
+            total -= inline_size(ref.size)
+        return upload
+
+    async def _parts(
+        self, refs: tuple[MediaRef, ...], upload: set[MediaRef]
+    ) -> tuple[list[bytes], list[bytes], list[str]]:
+        context: list[bytes] = []
+        media: list[bytes] = []
+        names: list[str] = []
+        for ref in refs:
+            part, name = await self._part(ref, ref in upload)
+            (context if ref.column == "context" else media).append(part)
+            if name:
+                names.append(name)
+        return context, media, names
+
+    async def _part(self, ref: MediaRef, upload: bool) -> tuple[bytes, str | None]:
+        if ref.kind == "uri":
+            assert ref.uri is not None
+            return file_part(ref.mime, ref.uri), None
+        if ref.kind == "file":
+            assert ref.uri is not None
+            return file_part(ref.mime, f"{self.api}/{ref.uri}"), ref.uri
+        if upload and self._files_relayed:
+            sha = await asyncio.to_thread(content_hash, ref)
+            done = await self._uploaded(sha, ref, None)
+            if done is not None:
+                return file_part(done.mime, done.uri), done.name
+        data = await asyncio.to_thread(read_media, ref)
+        sha = content_hash(ref, data)
+        if sha in self._seen or self.registry.live(sha) is not None:
+            done = await self._uploaded(sha, ref, data)
+            if done is not None:
+                return file_part(done.mime, done.uri), done.name
+        self._seen.add(sha)
+        self.counts.inline += 1
+        return inline_part(ref.mime, data), None
+
+    async def _uploaded(self, sha: str, ref: MediaRef, data: bytes | None) -> Uploaded | None:
+        """The content's live upload, uploading it once (concurrent rows share the one upload);
+        None when the Files API is not relayed (the part goes inline)."""
+        found = self.registry.live(sha)
+        if found is not None:
+            self.counts.reused += 1
+            return found
+        pending = self._uploading.get(sha)
+        if pending is not None:
+            self.counts.reused += 1
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Uploaded] = asyncio.get_running_loop().create_future()
+        self._uploading[sha] = future
+        try:
+            entry = await self._upload(sha, ref, data)
+        except ApiError as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a row waiting on it sees it, none is left unread
+            if exc.category == NOT_RELAYED and ref.size <= self.inline_max:
+                self._files_relayed = False
+                return None
+            raise
+        finally:
+            del self._uploading[sha]
+        future.set_result(entry)
+        return entry
+
+    async def _upload(self, sha: str, ref: MediaRef, data: bytes | None) -> Uploaded:
+        source: Path | bytes = data if data is not None else ref.data or Path(str(ref.path))
+        shown = Path(ref.path).name if ref.path else f"{ref.column}-bytes"
+        info = await self.files.upload(source, f"{sha[:12]}-{shown}"[:500], ref.mime)
+        expires = _when(info.expiration_time) or datetime.now(UTC) + LIFETIME
+        uri = info.uri or f"{self.api}/{info.name}"
+        entry = Uploaded(sha, info.name, uri, ref.mime, ref.size, expires)
+        await asyncio.to_thread(self.registry.add, entry)
+        self.counts.uploaded += 1
+        self.counts.uploaded_bytes += ref.size
+        return entry
+
+
+def media_sender(
+    plan: Plan, output: Path, files: BatchClient, force_upload: bool = False
+) -> MediaSender | None:
+    """The run's media sender, when its job has media or context files."""
+    if not plan.job.prompt.media and not plan.context:
+        return None
+    registry = UploadRegistry(output)
+    return MediaSender(plan.job, plan.builder, files, registry, force_upload=force_upload)
+
+
+def _when(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
