@@ -126,8 +126,8 @@ class Plan:
         types = self.job.prompt.media_types
         for column in self.job.prompt.media:
             value = row.values.get(column)
-            if value is None:
-                continue
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue  # a null (or, in CSV, empty) cell sends no part
             try:
                 refs.append(scan_value(value, column, base, types.get(column)))
             except BadMediaError as exc:

@@ -119,10 +119,10 @@ class MediaSender:
             return dataclasses.replace(work, body=body, media=(), text=None)
 
     def lost(self, exc: ApiError, names: frozenset[str]) -> bool:
-        """Whether ``exc`` (a 403/404) says one of ``names`` is gone; if so it is forgotten."""
-        if exc.status not in (403, 404) or not names:
+        """Whether ``exc`` (a 403/404 naming a File) says one of ``names`` is gone; if so it is forgotten."""
+        if exc.category != "file_gone" or not names:
             return False
-        gone = [n for n in names if n in exc.message] or list(names)
+        gone = [n for n in names if n.removeprefix("files/") in exc.message] or list(names)
         for name in gone:
             self.registry.gone(name)
         self.counts.reuploaded += len(gone)
@@ -169,13 +169,13 @@ class MediaSender:
             sha = await asyncio.to_thread(content_hash, ref)
             done = await self._uploaded(sha, ref, None)
             if done is not None:
-                return file_part(done.mime, done.uri), done.name
+                return file_part(done.mime, f"{self.api}/{done.name}"), done.name
         data = await asyncio.to_thread(read_media, ref)
         sha = content_hash(ref, data)
         if sha in self._seen or self.registry.live(sha) is not None:
             done = await self._uploaded(sha, ref, data)
             if done is not None:
-                return file_part(done.mime, done.uri), done.name
+                return file_part(done.mime, f"{self.api}/{done.name}"), done.name
         self._seen.add(sha)
         self.counts.inline += 1
         return inline_part(ref.mime, data), None

@@ -232,6 +232,10 @@ class Transport:
         message = self.scrub(_one_line(error.get("message")) or _not_gemini(raw))
         where = f"{redact_url(model.base_url)} (model {model.name})"
         reasons = {d.get("reason") for d in _details(error)}
+        if status in (403, 404) and _FILE_GONE.search(message):
+            # a file a request names is gone (expired after 48 h, deleted): not the key's fault;
+            # the sender uploads it again (batchgen.backends.media)
+            return ApiError("file_gone", f"HTTP {status}: {message}", status)
         if status in (401, 403) or "API_KEY_INVALID" in reasons:
             return FatalApiError(
                 f"{where}: the API refused the key in ${model.api_key_env} "
@@ -323,6 +327,9 @@ def excerpt_text(raw: bytes | bytearray) -> str:
 
 _TAG = re.compile(r"<[^>]*>")
 MESSAGE_CHARS = 160
+
+
+_FILE_GONE = re.compile(r"\bFile (files/)?[a-z0-9][a-z0-9-]*\b")
 
 
 def _one_line(text: object) -> str:
