@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from batchgen.errors import InputError, JobError, TemplateError
-from batchgen.gemini.request import RequestBuilder, request_hash
-from batchgen.input.media import BadMediaError, scan_path, scan_value
+from batchgen.gemini.request import RequestBuilder, file_part, inline_part, request_hash
+from batchgen.input.media import BadMediaError, read_media, scan_path, scan_value
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
@@ -119,10 +119,30 @@ class Plan:
         tokens += MEDIA_TOKENS * len(refs)
         return Work(row, body, media_hash(body, refs), tokens, refs, (user, system))
 
+    def sample_body(self, row: InputRow, user: str, system: str | None) -> bytes | None:
+        """The row's whole request with its media inline (URIs and Files API names by
+        fileData), for countTokens on a sample: nothing is uploaded. None for bad media."""
+        if not self.job.prompt.media and not self.context:
+            return self.builder.body(user, system)
+        try:
+            refs = self.context + self._media(row)
+            parts = [
+                file_part(r.mime, f"{self.job.model.base_url}/{self.job.model.api_version}/{r.uri}")
+                if r.kind == "file"
+                else file_part(r.mime, r.uri or "")
+                if r.kind == "uri"
+                else inline_part(r.mime, read_media(r))
+                for r in refs
+            ]
+        except BadMediaError:
+            return None
+        context = parts[: len(self.context)]
+        return self.builder.body(user, system, context, parts[len(self.context) :])
+
     def _media(self, row: InputRow) -> tuple[MediaRef, ...]:
         """The pre-scanned media of a row (BadMediaError(column, reason) for a bad one)."""
         refs = []
-        base = self.reader.path.parent
+        base = self.job.media.directory or self.reader.path.parent
         types = self.job.prompt.media_types
         for column in self.job.prompt.media:
             value = row.values.get(column)

@@ -14,9 +14,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from batchgen.api import estimate_file, generate
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.input.media import BadMediaError, read_media, scan_path
@@ -254,3 +256,32 @@ async def test_the_emulator_counts_media_by_modality(make_client: MakeClient) ->
     body = {"contents": [{"role": "user", "parts": [gone, {"text": "hi"}]}]}
     status, answer = await call(client, body)
     assert status == 403 and "nope" in answer["error"]["message"]
+
+
+def test_estimate_counts_media_as_the_run_is_billed(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    path = media_job(tmp_path, media_folder(tmp_path, 10))
+    estimate = estimate_file(path, api_key=KEY, base_url=emulator.base_url, sample=10)
+    assert run(path, emulator).exit_code == 0
+    billed = sum(row["prompt_tokens"] for row in read_rows(tmp_path / "out", "usage"))
+    assert estimate.prompt_tokens == billed
+    assert billed > 10 * 258  # every row has at least an image and a page
+
+
+def test_the_library_takes_media_columns_of_bytes_and_paths(
+    tmp_path: Path, emulator: EmulatorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scan.pdf").write_bytes(pdf(2, "lib"))
+    frame = pd.DataFrame({
+        "name": ["a", "b", "c"],
+        "photo": [png(16, 16, 1), png(16, 16, 2), None],  # raw bytes; None: no part
+        "scan": ["scan.pdf", "scan.pdf", "scan.pdf"],  # relative to the working directory
+    })  # fmt: skip
+    answers = generate(
+        frame, prompt="Label {{ name }}.", schema={"type": "STRING"},
+        model="gemini-2.5-flash-lite", base_url=emulator.base_url, api_key=KEY,
+        media=["photo", "scan"], media_types={"scan": "application/pdf"},
+    )  # fmt: skip
+    assert list(answers["status"]) == ["ok", "ok", "ok"]

@@ -119,7 +119,8 @@ class MediaSender:
             return dataclasses.replace(work, body=body, media=(), text=None)
 
     def lost(self, exc: ApiError, names: frozenset[str]) -> bool:
-        """Whether ``exc`` (a 403/404 naming a File) says one of ``names`` is gone; if so it is forgotten."""
+        """Whether ``exc`` (a 403/404 naming a File) says one of ``names`` is gone; if so, it
+        is forgotten (and uploaded again by the next build)."""
         if exc.category != "file_gone" or not names:
             return False
         gone = [n for n in names if n.removeprefix("files/") in exc.message] or list(names)

@@ -133,9 +133,15 @@ class MediaSpec(_Table, frozen=True):
     request would pass the API's size limit (then its largest parts are uploaded) or another row
     already sent the same content (then it is uploaded once and named by every later row).
     Bigger files are uploaded (once per content, kept 48 h, recorded in OUTPUT/uploads.jsonl).
+    A relative path in a media column is read from ``directory`` (relative to the job file;
+    by default the input file's folder).
     """
 
     inline_max_mb: Above0 = 20.0
+    directory: Annotated[
+        Path | None,
+        Meta(description="where relative media paths are read from; default: the input's folder"),
+    ] = None
 
 
 class LimitsSpec(_Table, frozen=True):
@@ -385,7 +391,12 @@ def _build(
         generation=_generation(file.generation, path),
         retry=file.retry,
         batch=file.batch,
-        media=file.media,
+        media=msgspec.structs.replace(
+            file.media,
+            directory=input_path.parent
+            if file.media.directory is None
+            else _resolve(base, file.media.directory),
+        ),
         schema_dialect=schema.dialect,
         schema_source=schema.source,
     )

@@ -349,7 +349,11 @@ def _render(plan: Plan, positions: Sequence[int]) -> tuple[list[bytes], list[str
             except TemplateError:
                 failed += 1
                 continue
-            bodies.append(plan.builder.body(user, system))
+            body = plan.sample_body(row, user, system)  # media inline, so they are counted
+            if body is None:
+                failed += 1
+                continue
+            bodies.append(body)
             # The emulator reads the system instruction, then the contents, one per line.
             texts.append(user if system is None else f"{system}\n{user}")
         if batch and batch[-1].position >= last:
