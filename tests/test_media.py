@@ -9,6 +9,8 @@ import base64
 import hashlib
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -285,3 +287,18 @@ def test_the_library_takes_media_columns_of_bytes_and_paths(
         media=["photo", "scan"], media_types={"scan": "application/pdf"},
     )  # fmt: skip
     assert list(answers["status"]) == ["ok", "ok", "ok"]
+
+
+def test_the_example_job_runs_on_the_media_it_ships(project: Path) -> None:
+    shipped = {p.name: p.read_bytes() for p in (project / "sample_inputs" / "media").iterdir()}
+    made = subprocess.run([sys.executable, str(project / "sample_inputs" / "make_media.py")],
+                          capture_output=True, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    now = {p.name: p.read_bytes() for p in (project / "sample_inputs" / "media").iterdir()}
+    assert now == shipped  # the committed files are what the script makes
+    job = project / "jobs" / "invoice_fields.toml"
+    result = CliRunner().invoke(main, ["run", str(job), "--emulator"])
+    assert result.exit_code == 0, result.output
+    assert sorted(result_ids(project / "out" / "invoice_fields")) == [
+        f"inv-{i}" for i in range(1, 6)
+    ]
