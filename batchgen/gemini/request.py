@@ -25,6 +25,7 @@ from typing import Any
 
 from batchgen.job.spec import Job
 
+Part = bytes | tuple[bytes, ...]  # a part's JSON, whole or in pieces
 FLEX_FIELD = b',"serviceTier":"flex"}'  # what closes a Flex body instead of "}"
 
 
@@ -45,22 +46,26 @@ class RequestBuilder:
         self,
         user: str,
         system: str | None = None,
-        context: Sequence[bytes] = (),
-        media: Sequence[bytes] = (),
+        context: Sequence[Part] = (),
+        media: Sequence[Part] = (),
     ) -> bytes:
-        """The JSON body for one row: ``context`` parts, then ``media`` parts, then the text."""
-        prefix = b"".join(part + b"," for part in (*context, *media))
-        text = b'{"text":' + _dumps(user) + b"}"
-        head = b'{"contents":[{"role":"user","parts":[' + prefix + text + b"]}]"
+        """The JSON body for one row: ``context`` parts, then ``media`` parts, then the text.
+        The body is joined once (a media part's base64 is copied only into the body)."""
+        pieces = [b'{"contents":[{"role":"user","parts":[']
+        for part in (*context, *media):
+            pieces.extend((part,) if isinstance(part, bytes) else part)
+            pieces.append(b",")
+        pieces += [b'{"text":', _dumps(user), b"}]}]"]
         if system is not None:
-            head += b',"systemInstruction":{"parts":[{"text":' + _dumps(system) + b"}]}"
-        return head + self._tail
+            pieces += [b',"systemInstruction":{"parts":[{"text":', _dumps(system), b"}]}"]
+        pieces.append(self._tail)
+        return b"".join(pieces)
 
 
-def inline_part(mime: str, data: bytes) -> bytes:
-    """An ``inlineData`` part: the bytes, base64."""
+def inline_part(mime: str, data: bytes) -> tuple[bytes, ...]:
+    """An ``inlineData`` part: the bytes, base64 (in pieces, joined once into the body)."""
     encoded = base64.b64encode(data)
-    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"' + encoded + b'"}}'
+    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"', encoded, b'"}}'
 
 
 def inline_size(size: int) -> int:
