@@ -119,6 +119,18 @@ class Plan:
         tokens += MEDIA_TOKENS * len(refs)
         return Work(row, body, media_hash(body, refs), tokens, refs, (user, system))
 
+    def media_scan(self) -> tuple[int, list[str]]:
+        """Pre-scan every media cell of the input (existence, type, size; a few bytes read of
+        each file): how many there are, and one line for each bad one."""
+        count, bad = 0, []
+        for row in self._rows():
+            try:
+                count += len(self._media(row))
+            except BadMediaError as exc:
+                column, reason = exc.args
+                bad.append(f"{self.reader.path}: row {row.row_id}: column {column!r}: {reason}")
+        return count, bad
+
     def sample_body(self, row: InputRow, user: str, system: str | None) -> bytes | None:
         """The row's whole request with its media inline (URIs and Files API names by
         fileData), for countTokens on a sample: nothing is uploaded. None for bad media."""

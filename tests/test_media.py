@@ -302,3 +302,16 @@ def test_the_example_job_runs_on_the_media_it_ships(project: Path) -> None:
     assert sorted(result_ids(project / "out" / "invoice_fields")) == [
         f"inv-{i}" for i in range(1, 6)
     ]
+
+
+def test_validate_prescans_every_media_value(tmp_path: Path) -> None:
+    rows = media_folder(tmp_path, 4)
+    rows += [("gone", "media/nowhere.png", "media/doc-0.pdf"), ("dir", "media", "media/doc-1.pdf")]
+    path = media_job(tmp_path, rows)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert any("row gone: column 'image'" in line and "no such file" in line for line in lines)
+    assert any("row dir: column 'image'" in line and "is a directory" in line for line in lines)
+    assert "2 media values cannot be sent" in lines[-1]
+    assert "8 sendable values in image, scan" in result.stdout
