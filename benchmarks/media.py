@@ -63,8 +63,11 @@ def write_rows(folder: Path, rows: int, with_images: bool) -> Path:
     return folder / "rows.csv"
 
 
-def write_job(folder: Path, with_images: bool, inline_max_mb: float | None) -> Path:
+def write_job(
+    folder: Path, with_images: bool, inline_max_mb: float | None, concurrency: int | None = None
+) -> Path:
     media = 'media = ["image"]\n' if with_images else ""
+    pinned = f"concurrency = {concurrency}\n" if concurrency else ""
     limit = f"[media]\ninline_max_mb = {inline_max_mb}\n" if inline_max_mb else ""
     text = f"""name = "media-bench"
 [input]
@@ -76,7 +79,7 @@ name = "{MODEL}"
 user = "Describe {{{{ name }}}} in a few words."
 {media}[limits]
 requests_per_minute = 1000000000
-{limit}[response_schema]
+{pinned}{limit}[response_schema]
 type = "OBJECT"
 required = ["label"]
 properties = {{ label = {{ type = "STRING" }} }}

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from batchgen.api import estimate_file, generate
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.input.media import BadMediaError, read_media, scan_path
+from batchgen.input.media import BadMediaError, media_blocks, read_media, scan_path
 from batchgen.job.spec import Overrides, load_job
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.batches import BatchStore
@@ -212,6 +212,8 @@ def test_a_file_changed_since_the_prescan_is_refused(tmp_path: Path) -> None:
     file.write_bytes(png(8, 8, 1) + b"more")
     with pytest.raises(BadMediaError, match="changed since the pre-scan"):
         read_media(ref)
+    with pytest.raises(BadMediaError, match="changed since the pre-scan"):
+        list(media_blocks(ref, 3))  # as a request streams it
 
 
 def test_a_file_gone_at_the_server_is_uploaded_again(

@@ -10,7 +10,8 @@ while it lives. A 403/404 naming one of those files means it is gone: :meth:`Med
 forgets it so the next build uploads it again, without spending the row's attempt.
 
 Memory stays bounded: a request's media bytes are held only while it is built and sent, and at
-most ``INFLIGHT_BYTES`` of them at once (a row bigger than that waits to be alone).
+most ``[media] memory_mb`` of them at once, counted as the request carries them (base64); a row
+bigger than that waits to be alone, and what goes by fileData holds nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,9 +30,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient
-from batchgen.gemini.request import Part, RequestBuilder, file_part, inline_part, inline_size
+from batchgen.gemini.request import (
+    STREAM_BLOCK,
+    Body,
+    Encoded,
+    Part,
+    RequestBuilder,
+    file_part,
+    inline_part,
+    inline_size,
+    streamed_part,
+)
 from batchgen.gemini.transport import ApiError
-from batchgen.input.media import BadMediaError, content_hash, read_media
+from batchgen.input.media import BadMediaError, content_hash, media_blocks
 from batchgen.job.spec import Job
 from batchgen.plan import Plan
 from batchgen.records import MediaRef, Work
@@ -38,9 +50,7 @@ from batchgen.store.uploads import LIFETIME, Uploaded, UploadRegistry
 
 MAX_REQUEST_BYTES = 100 * 1000**2  # the API's limit on a whole request (docs/media.md)
 REQUEST_HEADROOM = 1000**2  # left for the text, the schema and JSON around the parts
-# request bytes of inline media held at once (built or being sent): with 2 MB images, a dozen
-# requests; what goes by fileData holds nothing. Past this, rows wait for room to be built.
-INFLIGHT_BYTES = 48 * 1000**2
+STREAM_HELD = 4 * STREAM_BLOCK  # what a file part streamed into a request holds at a time
 
 
 __all__ = ["MediaCounts", "MediaFailedError", "MediaSender", "media_sender"]
@@ -93,43 +103,48 @@ class MediaSender:
         registry: UploadRegistry,
         *,
         force_upload: bool = False,
-        inflight_bytes: int = INFLIGHT_BYTES,
     ) -> None:
         self.job, self.builder, self.files, self.registry = job, builder, files, registry
         self.inline_max = int(job.media.inline_max_mb * 1000**2)
         self.force_upload = force_upload
         self.api = f"{job.model.base_url}/{job.model.api_version}"
         self.counts = MediaCounts()
-        self._room = _Room(inflight_bytes)
-        self._upload_room = _Room(inflight_bytes // 2)  # chunks of uploads in flight
+        inflight = int(job.media.memory_mb * 1000**2)
+        self._room = _Room(inflight)
+        self._upload_room = _Room(inflight // 2)  # chunks of uploads in flight
         self._seen: set[str] = set()  # contents sent inline once this run: shared from now on
         self._uploading: dict[str, asyncio.Future[Uploaded]] = {}
         self._files_relayed = True
 
     @asynccontextmanager
-    async def request(self, work: Work) -> AsyncIterator[tuple[bytes, frozenset[str]]]:
+    async def request(self, work: Work) -> AsyncIterator[tuple[Body, frozenset[str]]]:
         """The row's body and the Files API names it uses, held while the caller sends it
-        (within the byte budget: about twice its inline size while it is built)."""
+        (within the byte budget: raw bytes as the request carries them, a file's part as the
+        blocks it is read in while the request is sent)."""
         upload = self._to_upload(work.media)
         inline = [r for r in work.media if r not in upload and r.kind in ("path", "bytes")]
-        held = sum(2 * inline_size(r.size) for r in inline)
+        held = sum(
+            inline_size(r.size) if r.kind == "bytes" else min(inline_size(r.size), STREAM_HELD)
+            for r in inline
+        )
         async with self._room.hold(held):
             body, names = await self._build(work, upload)
             yield body, names
 
-    async def _build(self, work: Work, upload: set[MediaRef]) -> tuple[bytes, frozenset[str]]:
+    async def _build(self, work: Work, upload: set[MediaRef]) -> tuple[Body, frozenset[str]]:
         assert work.text is not None
         try:
             context, media, names = await self._parts(work.media, upload)
         except BadMediaError as exc:
             raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
         user, system = work.text
-        return self.builder.body(user, system, context, media), frozenset(names)
+        return self.builder.request(user, system, context, media), frozenset(names)
 
     async def built(self, work: Work) -> Work:
         """The work with its whole request as its body (for a batch chunk file)."""
         async with self.request(work) as (body, _):
-            return dataclasses.replace(work, body=body, media=(), text=None)
+            whole = body if isinstance(body, bytes) else b"".join(body.chunks())
+            return dataclasses.replace(work, body=whole, media=(), text=None)
 
     def lost(self, exc: ApiError, names: frozenset[str]) -> bool:
         """Whether ``exc`` (a 403/404 naming a File) says one of ``names`` is gone; if so, it
@@ -184,15 +199,20 @@ class MediaSender:
             done = await self._uploaded(sha, ref, None)
             if done is not None:
                 return file_part(done.mime, f"{self.api}/{done.name}"), done.name
-        data = await asyncio.to_thread(read_media, ref)
-        sha = content_hash(ref, data)
+        # a file is hashed (read in blocks) and, inline, read again as the request is sent:
+        # its bytes are never held whole; raw bytes from the input already are
+        data = ref.data
+        sha = await asyncio.to_thread(content_hash, ref)
         if sha in self._seen or self.registry.live(sha) is not None:
             done = await self._uploaded(sha, ref, data)
             if done is not None:
                 return file_part(done.mime, f"{self.api}/{done.name}"), done.name
         self._seen.add(sha)
         self.counts.inline += 1
-        return inline_part(ref.mime, data), None
+        if data is not None:
+            return inline_part(ref.mime, data), None
+        blocks = Encoded(ref.size, functools.partial(media_blocks, ref, STREAM_BLOCK))
+        return streamed_part(ref.mime, blocks), None
 
     async def _uploaded(self, sha: str, ref: MediaRef, data: bytes | None) -> Uploaded | None:
         """The content's live upload, uploading it once (concurrent rows share the one upload);
@@ -235,18 +255,21 @@ class MediaSender:
         return entry
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+_M_ARENA_MAX = -8
 
 
 def _big_buffers_mmapped() -> None:
     """Ask glibc to keep allocations of 1 MB and more in their own mappings, returned to the
-    system when freed. By default glibc raises that threshold to the largest block freed so far
-    (up to 32 MB), after which every file read and base64 body of a media run comes from the
-    heap and its arenas and stays in the RSS once freed: measured, 1.44× the RSS of a text run
-    instead of 1.25× (benchmarks/media.py). Elsewhere (musl, macOS) it does nothing."""
+    system when freed, and to use at most 2 heaps. By default glibc raises that threshold to the
+    largest block freed so far (up to 32 MB), after which every file read and base64 body of a
+    media run comes from the heaps (one per thread reading files) and stays in the RSS once
+    freed: measured, 1.44× the RSS of a text run instead of 1.25× at 200 rows
+    (benchmarks/media.py). Elsewhere (musl, macOS) it does nothing."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_ARENA_MAX, 2)
 
 
 def media_sender(

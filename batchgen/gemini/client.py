@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.gemini.answers import MALFORMED, AnswerError
+from batchgen.gemini.request import StreamedBody
 from batchgen.gemini.transport import (
     ApiError,
     Transport,
@@ -59,7 +60,7 @@ class GeminiClient:
         reply = await self.reply(body)
         return reply.payload, reply.latency_ms
 
-    async def reply(self, body: bytes) -> Reply:
+    async def reply(self, body: bytes | StreamedBody) -> Reply:
         """POST one request; return its :class:`Reply` or raise.
 
         The value may have any shape: :func:`batchgen.gemini.answers.parse_response` reads it.

@@ -20,12 +20,53 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 from batchgen.job.spec import Job
 
-Part = bytes | tuple[bytes, ...]  # a part's JSON, whole or in pieces
+STREAM_BLOCK = 3 * 64 * 1024  # raw bytes a streamed part reads at a time (whole base64 quanta)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The base64 of ``size`` bytes that ``blocks()`` yields when the request is sent (a file
+    read a block at a time: nothing of it is held before, or longer than a block)."""
+
+    size: int
+    blocks: Callable[[], Iterator[bytes]]  # raw blocks, each a multiple of 3 bytes but the last
+
+    @property
+    def encoded_size(self) -> int:
+        return 4 * ((self.size + 2) // 3)
+
+
+Piece = bytes | Encoded
+Part = bytes | tuple[Piece, ...]  # a part's JSON, whole or in pieces
+
+
+@dataclass(frozen=True)
+class StreamedBody:
+    """A request body with file parts read while it is sent; ``size`` is exact (the request's
+    Content-Length)."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p.encoded_size for p in self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                yield piece
+            else:
+                for block in piece.blocks():
+                    yield base64.b64encode(block)
+
+
+Body = bytes | StreamedBody
 FLEX_FIELD = b',"serviceTier":"flex"}'  # what closes a Flex body instead of "}"
 
 
@@ -49,9 +90,23 @@ class RequestBuilder:
         context: Sequence[Part] = (),
         media: Sequence[Part] = (),
     ) -> bytes:
+        """The JSON body for one row, whole (no streamed part): see :meth:`request`."""
+        body = self.request(user, system, context, media)
+        if not isinstance(body, bytes):
+            raise TypeError("a streamed part: use RequestBuilder.request")
+        return body
+
+    def request(
+        self,
+        user: str,
+        system: str | None = None,
+        context: Sequence[Part] = (),
+        media: Sequence[Part] = (),
+    ) -> Body:
         """The JSON body for one row: ``context`` parts, then ``media`` parts, then the text.
-        The body is joined once (a media part's base64 is copied only into the body)."""
-        pieces = [b'{"contents":[{"role":"user","parts":[']
+        The body is joined once (a media part's base64 is copied only into the body); with a
+        streamed part (:class:`Encoded`) it is a :class:`StreamedBody`, read as it is sent."""
+        pieces: list[Piece] = [b'{"contents":[{"role":"user","parts":[']
         for part in (*context, *media):
             pieces.extend((part,) if isinstance(part, bytes) else part)
             pieces.append(b",")
@@ -59,7 +114,20 @@ class RequestBuilder:
         if system is not None:
             pieces += [b',"systemInstruction":{"parts":[{"text":', _dumps(system), b"}]}"]
         pieces.append(self._tail)
-        return b"".join(pieces)
+        if any(isinstance(p, Encoded) for p in pieces):
+            return StreamedBody(_merged(pieces))
+        return b"".join(p for p in pieces if isinstance(p, bytes))
+
+
+def _merged(pieces: list[Piece]) -> tuple[Piece, ...]:
+    """The pieces with neighbouring bytes joined."""
+    out: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] = out[-1] + piece
+        else:
+            out.append(piece)
+    return tuple(out)
 
 
 def inline_part(mime: str, data: bytes) -> tuple[bytes, ...]:
@@ -71,6 +139,11 @@ def inline_part(mime: str, data: bytes) -> tuple[bytes, ...]:
 def inline_size(size: int) -> int:
     """The bytes an ``inlineData`` part of ``size`` raw bytes takes in a request."""
     return 4 * ((size + 2) // 3) + 64
+
+
+def streamed_part(mime: str, data: Encoded) -> tuple[Piece, ...]:
+    """An ``inlineData`` part whose base64 is read from a file as the request is sent."""
+    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"', data, b'"}}'
 
 
 def file_part(mime: str, uri: str) -> bytes:
@@ -85,8 +158,16 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(standard_body(body)).hexdigest()[:16]
 
 
-def standard_body(body: bytes) -> bytes:
+@overload
+def standard_body(body: bytes) -> bytes: ...
+@overload
+def standard_body(body: StreamedBody) -> StreamedBody: ...
+def standard_body(body: Body) -> Body:
     """The same request at the standard tier (a standard body as it is)."""
+    if isinstance(body, StreamedBody):
+        last = body.pieces[-1]
+        assert isinstance(last, bytes)  # the tail is always bytes
+        return StreamedBody((*body.pieces[:-1], standard_body(last)))
     if body.endswith(FLEX_FIELD):
         return body[: -len(FLEX_FIELD)] + b"}"
     return body

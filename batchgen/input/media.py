@@ -17,6 +17,7 @@ import mimetypes
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "SUPPORTED",
     "BadMediaError",
     "content_hash",
+    "media_blocks",
     "read_media",
     "scan_path",
     "scan_value",
@@ -174,6 +176,25 @@ def read_media(ref: MediaRef) -> bytes:
     if len(data) != ref.size:
         raise BadMediaError(f"{ref.path}: changed while being read")
     return data
+
+
+def media_blocks(ref: MediaRef, block: int) -> Iterator[bytes]:
+    """A file's bytes ``block`` at a time, as a request is sent; BadMediaError when the file
+    moved since the pre-scan."""
+    assert ref.path is not None
+    total = 0
+    try:
+        with open(ref.path, "rb") as source:
+            _unchanged(ref, os.fstat(source.fileno()))
+            while chunk := source.read(block):
+                total += len(chunk)
+                if total > ref.size:
+                    break
+                yield chunk
+    except OSError as exc:
+        raise BadMediaError(f"{ref.path}: cannot read: {exc.strerror}") from None
+    if total != ref.size:
+        raise BadMediaError(f"{ref.path}: changed while being sent")
 
 
 def _unchanged(ref: MediaRef, info: os.stat_result) -> None:

@@ -133,11 +133,18 @@ class MediaSpec(_Table, frozen=True):
     request would pass the API's size limit (then its largest parts are uploaded) or another row
     already sent the same content (then it is uploaded once and named by every later row).
     Bigger files are uploaded (once per content, kept 48 h, recorded in OUTPUT/uploads.jsonl).
+    ``memory_mb`` bounds the inline media held in memory by the requests being built and sent
+    (a 2 MB image takes ~2.7 MB as base64): the rows past it wait, so it also bounds how many
+    inline-media calls are in flight; raise it when the API's latency, not memory, limits a run.
     A relative path in a media column is read from ``directory`` (relative to the job file;
     by default the input file's folder).
     """
 
     inline_max_mb: Above0 = 20.0
+    memory_mb: Annotated[
+        float,
+        Meta(gt=0, description="inline media held in memory at once (requests being sent)"),
+    ] = 32.0
     directory: Annotated[
         Path | None,
         Meta(description="where relative media paths are read from; default: the input's folder"),

@@ -31,6 +31,7 @@ from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.gemini.answers import AnswerError, parse_response, structured_value
 from batchgen.gemini.client import ApiError, GeminiClient, Reply
 from batchgen.gemini.request import standard_body
+from batchgen.input.media import BadMediaError
 from batchgen.job.spec import RetrySpec
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
@@ -266,17 +267,18 @@ class RowCaller:
         """Post the row's request; a media row's is built now, and built again (uploading the
         file anew) once if the server says a file it names is gone."""
         if not work.media or self.media is None:
-            body = work.body if tier == self.job.model.tier else standard_body(work.body)
-            return await self.client.reply(body)
+            whole = work.body if tier == self.job.model.tier else standard_body(work.body)
+            return await self.client.reply(whole)
         for again in (True, False):
-            async with self.media.request(work) as (body, names):
-                if tier != self.job.model.tier:
-                    body = standard_body(body)
+            async with self.media.request(work) as (built, names):
+                body = built if tier == self.job.model.tier else standard_body(built)
                 try:
                     return await self.client.reply(body)
                 except ApiError as exc:
                     if not (again and self.media.lost(exc, names)):
                         raise
+                except BadMediaError as exc:  # a file changed while its request was sent
+                    raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delayed(self, exc: ApiError) -> None:
