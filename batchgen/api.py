@@ -96,7 +96,11 @@ def generate(
             ``safety_settings`` (dicts of ``category`` and ``threshold``), ``carry``,
             ``api_key_env``, ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
             ``time_budget``, ``engine`` (``"ray"``: the calls made across a Ray cluster under
-            one quota; ``ray_address`` which cluster, by default a local instance),
+            one quota; ``ray_address`` which cluster, by default a local instance), ``media``
+            (columns holding media: file paths, relative to the working directory; bytes;
+            ``https://``/``gs://`` URIs; ``files/...`` names), ``context`` (files sent before
+            every row's parts), ``media_types`` (a MIME type per media column),
+            ``inline_max_mb``,
             ``progress`` (``None``, the default: a progress bar only in a
             notebook, that is inside an IPython kernel; ``True``: always; ``False``: never; or a
             :class:`batchgen.run.progress.Progress`).
@@ -284,7 +288,9 @@ def _job(
             "api_key_env": options.pop("api_key_env", None),  # None: as google-genai reads
             "tier": options.pop("tier", "standard"),
         },
-        "prompt": {"user": prompt} | ({"system": system} if system is not None else {}),
+        "prompt": {"user": prompt}
+        | ({"system": system} if system is not None else {})
+        | _media_keys(options),
         "response_schema": dict(schema),
         "output": {
             "directory": str(out),
@@ -298,10 +304,28 @@ def _job(
         raw["safety_settings"] = [dict(s) for s in options.pop("safety_settings")]
     if base_url is not None:
         raw["model"]["base_url"] = base_url
+    # relative media paths in the data are the caller's: from the working directory
+    raw["media"] = {"directory": str(Path.cwd())}
+    if "inline_max_mb" in options:
+        raw["media"]["inline_max_mb"] = options.pop("inline_max_mb")
     for section in ("generation", "limits", "retry", "batch"):
         if section in options:
             raw[section] = dict(options.pop(section))
     return job_from_mapping(raw, "generate()", source.parent)
+
+
+def _media_keys(options: dict[str, Any]) -> dict[str, Any]:
+    """[prompt]'s media keys from ``media=``, ``context=`` and ``media_types=``."""
+    keys: dict[str, Any] = {}
+    for name in ("media", "context"):
+        if name in options:
+            value = options.pop(name)
+            keys[name] = [value] if isinstance(value, str | Path) else list(value)
+    if "context" in keys:  # the caller's files: from the working directory
+        keys["context"] = [str(Path(c).resolve()) for c in keys["context"]]
+    if "media_types" in options:
+        keys["media_types"] = dict(options.pop("media_types"))
+    return keys
 
 
 def _run_options(job: Job, api_key: str | None, options: dict[str, Any]) -> RunOptions:

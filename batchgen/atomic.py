@@ -70,4 +70,3 @@ def create_new(path: Path) -> int:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return os.open(path, _NEW, 0o644)
-

@@ -9,9 +9,11 @@ from it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,14 +21,17 @@ import pyarrow as pa
 
 from batchgen.errors import InputError, JobError, TemplateError
 from batchgen.gemini.answers import AnswerError, structured_value
-from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.gemini.request import RequestBuilder, file_part, inline_part, request_hash
+from batchgen.input.media import BadMediaError, read_media, scan_path, scan_value
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
 from batchgen.job.spec import Job
 from batchgen.keys import Keys, contains, keys_of
-from batchgen.records import Answer, DoneState, InputRow, Outcome, Work
+from batchgen.records import Answer, DoneState, InputRow, MediaRef, Outcome, Work
 from batchgen.store.output import OutputLayout, error_row
+
+MEDIA_TOKENS = 258  # a media part's prompt tokens for the rate limits: one image tile, one page
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Plan:
     builder: RequestBuilder
     layout: OutputLayout
     validator: AnswerValidator
+    context: tuple[MediaRef, ...] = ()  # prompt.context, pre-scanned
 
     @property
     def max_output(self) -> int | None:
@@ -92,23 +98,109 @@ class Plan:
         raise InputError(f"{self.reader.path}: no rows")
 
     def request(self, row: InputRow) -> tuple[bytes, int]:
-        """One row's request body and its estimated prompt tokens; TemplateError if it cannot
-        be rendered."""
+        """One row's request body (its text: media are added when it is sent) and its estimated
+        prompt tokens; TemplateError if it cannot be rendered."""
+        user, system, examples = self._rendered(row)
+        chars = len(user) + len(system or "") + len(examples or self.builder.examples)
+        return self.builder.body(user, system, examples=examples), chars // 4 + 1
+
+    def _rendered(self, row: InputRow) -> tuple[str, str | None, bytes | None]:
+        """The row's user and system text, and its example turns when they differ by row."""
         user, system = self.template.render(row.values, row.row_id)
         examples = None
         if not self.template.shared_examples:
             examples = self.builder.turns(self.template.render_examples(row.values, row.row_id))
-        chars = len(user) + len(system or "") + len(examples or self.builder.examples)
-        return self.builder.body(user, system, examples), chars // 4 + 1
+        return user, system, examples
 
     def _render(self, row: InputRow) -> Work | Outcome:
         try:
-            body, tokens = self.request(row)
+            user, system, examples = self._rendered(row)
         except TemplateError as exc:
             message = f"{self.reader.path}: {exc}"
             record = error_row(row.row_id, "template", message, attempts=0, at=datetime.now(UTC))
             return Outcome([record], failed=True, category="template", message=message)
-        return Work(row, body, request_hash(body), tokens)
+        body = self.builder.body(user, system, examples=examples)
+        chars = len(user) + len(system or "") + len(examples or self.builder.examples)
+        tokens = chars // 4 + 1
+        if not self.job.prompt.media and not self.context:
+            return Work(row, body, request_hash(body), tokens)
+        try:
+            refs = self.context + self._media(row)
+        except BadMediaError as exc:
+            column, reason = exc.args
+            message = (
+                f"{self.reader.path}: row {row.row_id}: column {column!r}: {reason}; "
+                "nothing was sent for the row"
+            )
+            record = error_row(row.row_id, "input", message, attempts=0, at=datetime.now(UTC))
+            return Outcome([record], failed=True, category="input", message=message)
+        tokens += MEDIA_TOKENS * len(refs)
+        return Work(row, body, media_hash(body, refs), tokens, refs, (user, system, examples))
+
+    def media_scan(self) -> tuple[int, list[str]]:
+        """Pre-scan every media cell of the input (existence, type, size; a few bytes read of
+        each file): how many there are, and one line for each bad one."""
+        count, bad = 0, []
+        for row in self._rows():
+            try:
+                count += len(self._media(row))
+            except BadMediaError as exc:
+                column, reason = exc.args
+                bad.append(f"{self.reader.path}: row {row.row_id}: column {column!r}: {reason}")
+        return count, bad
+
+    def sample_body(self, row: InputRow) -> bytes | None:
+        """The row's whole request with its media inline (URIs and Files API names by
+        fileData), for countTokens on a sample: nothing is uploaded. None for bad media;
+        TemplateError if it cannot be rendered."""
+        user, system, examples = self._rendered(row)
+        if not self.job.prompt.media and not self.context:
+            return self.builder.body(user, system, examples=examples)
+        try:
+            refs = self.context + self._media(row)
+            parts = [
+                file_part(r.mime, f"{self.job.model.base_url}/{self.job.model.api_version}/{r.uri}")
+                if r.kind == "file"
+                else file_part(r.mime, r.uri or "")
+                if r.kind == "uri"
+                else inline_part(r.mime, read_media(r))
+                for r in refs
+            ]
+        except BadMediaError:
+            return None
+        context = parts[: len(self.context)]
+        media = parts[len(self.context) :]
+        return self.builder.body(user, system, context, media, examples=examples)
+
+    def media_pairs(self, row: InputRow) -> list[tuple[str, Path | bytes]]:
+        """The row's context and media as (MIME type, path or bytes), for counting them offline;
+        URIs and Files API names are left out (their bytes are not here). BadMediaError for a
+        bad one."""
+        pairs: list[tuple[str, Path | bytes]] = []
+        for ref in self.context + self._media(row):
+            if ref.path is not None:
+                pairs.append((ref.mime, Path(ref.path)))
+            elif ref.data is not None:
+                pairs.append((ref.mime, ref.data))
+        return pairs
+
+    def _media(self, row: InputRow) -> tuple[MediaRef, ...]:
+        """The pre-scanned media of a row (BadMediaError(column, reason) for a bad one)."""
+        refs = []
+        source = self.reader.path  # an input in an object store: relative to the working dir
+        base = self.job.media.directory or (
+            source.parent if isinstance(source, Path) else Path.cwd()
+        )
+        types = self.job.prompt.media_types
+        for column in self.job.prompt.media:
+            value = row.values.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue  # a null (or, in CSV, empty) cell sends no part
+            try:
+                refs.append(scan_value(value, column, base, types.get(column)))
+            except BadMediaError as exc:
+                raise BadMediaError(column, str(exc)) from None
+        return tuple(refs)
 
     def answered(self, work: Work, answer: Answer, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The result rows of one answer (one or more per candidate); ``meta`` is batchgen's own
@@ -162,6 +254,7 @@ def plan_job(job: Job) -> Plan:
     reader = InputReader(job.input, {})
     needs = template.bind(reader.available)
     needs.update(dict.fromkeys(job.input.carry, "input.carry"))
+    needs.update(dict.fromkeys(job.prompt.media, "prompt.media"))
     if job.input.id_column:
         needs[job.input.id_column] = "input.id_column"
     reader.need(needs, every=template.whole_row)
@@ -171,4 +264,34 @@ def plan_job(job: Job) -> Plan:
     )
     validator = job.schema.validator()
     builder = RequestBuilder(job, _shared_examples(job, template, validator))
-    return Plan(job, reader, template, builder, layout, validator)
+    context = tuple(_context(job))
+    return Plan(job, reader, template, builder, layout, validator, context)
+
+
+def _context(job: Job) -> Iterator[MediaRef]:
+    for file in job.prompt.context:
+        try:
+            yield scan_path(Path(file), "context")
+        except BadMediaError as exc:
+            raise JobError(f"{job.path}: prompt.context: {exc}") from None
+
+
+def _identity(ref: MediaRef) -> str:
+    if ref.data is not None:
+        return hashlib.sha256(ref.data).hexdigest()
+    return f"{ref.path or ref.uri}:{ref.size}"
+
+
+def media_hash(body: bytes, refs: tuple[MediaRef, ...]) -> str:
+    """The request hash of a media row: its text request and what its media are (a path and its
+    size, a URI, or the hash of raw bytes), so a row's request is known without reading files."""
+    said = [
+        f"{r.column}:{r.kind}:{r.mime}:"
+        + (
+            hashlib.sha256(r.data).hexdigest()
+            if r.data is not None
+            else f"{r.path or r.uri}:{r.size}"
+        )
+        for r in refs
+    ]
+    return request_hash(body + "\n".join(said).encode())

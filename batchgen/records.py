@@ -25,13 +25,41 @@ class InputRow:
 
 
 @dataclass(frozen=True)
+class MediaRef:
+    """One media value as the pre-scan found it: where its bytes are, not the bytes (a row's
+    raw-bytes cell is the exception: it already is in memory with its row).
+
+    ``kind`` is ``path`` (a local file, checked to be ``size`` bytes at ``mtime_ns``),
+    ``bytes`` (``data``), ``uri`` (an ``https://`` or ``gs://`` URI the API fetches) or
+    ``file`` (a Files API name). ``column`` is the input column, or ``context`` for a shared
+    context file.
+    """
+
+    column: str
+    kind: str
+    mime: str
+    size: int = 0
+    path: str | None = None
+    mtime_ns: int = 0
+    uri: str | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Work:
-    """A rendered request for one row."""
+    """A rendered request for one row.
+
+    With media, ``body`` is the text-only request and ``media`` the references the request is
+    built from when the row is sent (so no row's file bytes are held before then).
+    """
 
     row: InputRow
     body: bytes
     hash: str
-    tokens: int  # estimated prompt tokens (characters / 4)
+    tokens: int  # estimated prompt tokens (characters / 4; media by the published rules)
+    media: tuple[MediaRef, ...] = ()
+    # (user, system, per-row example turns) when media are sent: the request is built then
+    text: tuple[str, str | None, bytes | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -300,8 +300,30 @@ def validate(
     repeats = count_repeats(plan)
     if repeats.repeated:
         click.echo(f"  repeats {repeats_line(repeats)}")
+    if job.prompt.media:
+        _check_media(plan)
     if show_request:
         click.echo(_first_request(plan))
+
+
+def _check_media(plan: Plan) -> None:
+    """The pre-scan of every media cell: each bad one on a line of its own, then exit 2."""
+    count, bad = plan.media_scan()
+    context = f" and {len(plan.context)} context files" if plan.context else ""
+    click.echo(
+        f"  media   {count:,} sendable values in {', '.join(plan.job.prompt.media)}{context}"
+    )
+    if bad:
+        for line in bad[:MAX_SHOWN]:
+            click.echo(f"error: {line}", err=True)
+        more = f" ({len(bad) - MAX_SHOWN:,} more not shown)" if len(bad) > MAX_SHOWN else ""
+        raise InputError(
+            f"{plan.reader.path}: {len(bad):,} media values cannot be sent{more}; a run fails "
+            "those rows as input and sends nothing for them"
+        )
+
+
+MAX_SHOWN = 20  # bad media values listed by validate
 
 
 def _first_request(plan: Plan) -> str:

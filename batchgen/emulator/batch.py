@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from batchgen.emulator.files import FileRecord, FilesApi, field_of, json_response, page, timestamp
+from batchgen.emulator.media import Lookup, read_media
 from batchgen.emulator.replies import answer_body
 from batchgen.emulator.wire import ApiError, parse_json, prompt_text, read_generate_request
 
@@ -250,7 +251,7 @@ class BatchApi:
 
     def _output(self, batch: _Batch) -> dict[str, Any]:
         model = batch.model.removeprefix("models/")
-        answers = [_answer(batch.lines[i], model) for i in batch.order]
+        answers = [_answer(batch.lines[i], model, self._files.media) for i in batch.order]
         if batch.file_name is None:
             return {"inlinedResponses": {"inlinedResponses": answers}}
         text = "".join(_file_result(a) for a in answers)
@@ -345,10 +346,16 @@ def _file_result(item: dict[str, Any]) -> str:
     return json.dumps({**out, "key": item["metadata"]}, ensure_ascii=False) + "\n"
 
 
-def _answer(line: _Line, model: str) -> dict[str, Any]:
-    """An output item: ``response`` or ``error``, with the line's metadata."""
+def _answer(line: _Line, model: str, lookup: Lookup) -> dict[str, Any]:
+    """An output item: ``response`` or ``error``, with the line's metadata (a line naming a
+    file the Files API does not hold fails on its own, with the 403's code and message)."""
     if line.error is not None or line.body is None:
         code, message = line.error or (3, "Invalid request.")
         return {"error": {"code": code, "message": message}, "metadata": line.metadata}
-    response = answer_body(line.body, model, prompt_text(line.body), None)
+    try:
+        media = read_media(line.body, lookup)
+    except ApiError as exc:
+        code = 7 if exc.code == 403 else 3  # PERMISSION_DENIED, INVALID_ARGUMENT
+        return {"error": {"code": code, "message": exc.message}, "metadata": line.metadata}
+    response = answer_body(line.body, model, prompt_text(line.body), None, media)
     return {"response": response, "metadata": line.metadata}

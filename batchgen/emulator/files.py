@@ -138,6 +138,12 @@ class FilesApi:
     def store(self, record: FileRecord) -> None:
         self.files[record.name] = record
 
+    def media(self, name: str) -> tuple[str, bytes, datetime]:
+        """(MIME type, bytes, expiry) of a stored file, for a ``fileData`` part."""
+        record = self.lookup(name)
+        self._counts["files:read"] += 1
+        return record.mime_type, record.data, record.created + FILE_LIFETIME
+
     def lookup(self, name: str) -> FileRecord:
         """The file ``files/<id>`` (or a bare id); 404 when there is none."""
         full = name if name.startswith("files/") else f"files/{name}"

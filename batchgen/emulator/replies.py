@@ -8,17 +8,17 @@ thinking tokens that eat into ``maxOutputTokens``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
 import random
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchgen.emulator.fakedata import fake_invalid_value, fake_prose, fake_value
+from batchgen.emulator.media import Media, by_modality
 from batchgen.emulator.wire import ApiError
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "count_tokens_body",
     "duration",
     "estimate_tokens",
-    "media_tokens",
     "quota_error",
     "usage_metadata",
 ]
@@ -181,14 +180,13 @@ def quota_error(model: str, kind: str, limit: int, delay: float) -> ApiError:
 
 
 def usage_metadata(
-    prompt: int, candidates: int = 0, thoughts: int = 0, media: Mapping[str, int] | None = None
+    prompt: int,
+    candidates: int = 0,
+    thoughts: int = 0,
+    details: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """usageMetadata in the fixture's key order; zero counts left out as proto3 does.
-
-    ``prompt`` is the text's tokens; ``media`` adds tokens by modality (``IMAGE``, ``AUDIO``,
-    ...), reported in promptTokensDetails beside TEXT and counted in promptTokenCount."""
-    details = prompt_details(prompt, media)
-    prompt = sum(d["tokenCount"] for d in details)
+    ``details``: promptTokensDetails by modality (all TEXT when not given)."""
     usage: dict[str, Any] = {}
     if prompt:
         usage["promptTokenCount"] = prompt
@@ -197,92 +195,31 @@ def usage_metadata(
     if prompt + candidates + thoughts:
         usage["totalTokenCount"] = prompt + candidates + thoughts
     if prompt:
-        usage["promptTokensDetails"] = details
+        usage["promptTokensDetails"] = details or [{"modality": "TEXT", "tokenCount": prompt}]
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
 
 
-def prompt_details(text: int, media: Mapping[str, int] | None) -> list[dict[str, Any]]:
-    """promptTokensDetails: TEXT first, then each media modality with tokens."""
-    counts = {"TEXT": text, **(media or {})}
-    return [{"modality": m, "tokenCount": n} for m, n in counts.items() if n]
-
-
-def count_tokens_body(prompt: str, media: Mapping[str, int] | None = None) -> dict[str, Any]:
+def count_tokens_body(prompt: str, media: Sequence[Media] = ()) -> dict[str, Any]:
     """countTokens' answer; the same count as promptTokenCount for the same parts."""
-    details = prompt_details(estimate_tokens(prompt), media)
-    tokens = sum(d["tokenCount"] for d in details)
+    text = estimate_tokens(prompt)
+    tokens = text + sum(m.tokens for m in media)
     if not tokens:
         return {}
-    return {"totalTokens": tokens, "promptTokensDetails": details}
-
-
-# The published rules (ai.google.dev/gemini-api/docs/tokens): an image 258 tokens when both sides
-# are at most 384 px, else 258 per 768 px tile; a PDF 258 a page; audio 32 a second; video 263.
-_TILE, _SMALL, _TILE_TOKENS, _PAGE_TOKENS = 768, 384, 258, 258
-_PER_SECOND = {"AUDIO": 32, "VIDEO": 263}
-_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-
-
-def media_tokens(body: Mapping[str, Any]) -> dict[str, int]:
-    """Tokens by modality of the request's ``inlineData`` parts, by the published rules.
-
-    The emulator's own small reading, apart from batchgen's: a PNG's size from its IHDR (other
-    images: one tile), a PDF's ``/Type /Page`` objects, a WAV's data size / byte rate (other
-    audio and video: 128 kbit/s). ``fileData`` parts are not counted here.
-    """
-    contents = [body["systemInstruction"]] if body.get("systemInstruction") else []
-    contents += list(body.get("contents") or [])
-    counts: dict[str, int] = {}
-    for content in contents:
-        for part in content.get("parts") or []:
-            inline = part.get("inlineData") if isinstance(part, Mapping) else None
-            if not isinstance(inline, Mapping):
-                continue
-            mime = str(inline.get("mimeType", "")).lower()
-            try:
-                data = base64.b64decode(str(inline.get("data", "")))
-            except ValueError:
-                continue
-            modality, tokens = _inline_tokens(mime, data)
-            counts[modality] = counts.get(modality, 0) + tokens
-    return counts
-
-
-def _inline_tokens(mime: str, data: bytes) -> tuple[str, int]:
-    if mime.startswith("image/"):
-        width, height = _TILE, _TILE
-        if data.startswith(b"\x89PNG") and len(data) >= 24:
-            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        if width <= _SMALL and height <= _SMALL:
-            return "IMAGE", _TILE_TOKENS
-        return "IMAGE", math.ceil(width / _TILE) * math.ceil(height / _TILE) * _TILE_TOKENS
-    if mime == "application/pdf":
-        return "DOCUMENT", max(1, len(_PDF_PAGE.findall(data))) * _PAGE_TOKENS
-    modality = "VIDEO" if mime.startswith("video/") else "AUDIO"
-    seconds = len(data) * 8 / 128_000
-    if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
-        seconds = _wav_seconds(data)
-    return modality, math.ceil(seconds * _PER_SECOND[modality])
-
-
-def _wav_seconds(data: bytes) -> float:
-    at, rate = 12, 0
-    while at + 8 <= len(data):
-        kind, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
-        if kind == b"fmt ":
-            rate = int.from_bytes(data[at + 16 : at + 20], "little")
-        if kind == b"data" and rate:
-            return min(size, len(data) - at - 8) / rate
-        at += 8 + size + size % 2
-    return 0.0
+    return {"totalTokens": tokens, "promptTokensDetails": by_modality(text, list(media))}
 
 
 def answer_body(
-    body: Mapping[str, Any], model: str, prompt: str, fault: str | None
+    body: Mapping[str, Any],
+    model: str,
+    prompt: str,
+    fault: str | None,
+    media: Sequence[Media] = (),
 ) -> dict[str, Any]:
     """The GenerateContentResponse for a checked request; ``fault`` shapes a 200 misbehaviour.
+    ``media`` are the request's media parts, read: counted in the prompt by modality, and part
+    of what the answer is drawn from (the same text with other bytes answers otherwise).
 
     Faults handled here: truncated, empty, safety, recitation, blocked, invalid, invalid_last
     (the last candidate breaks the schema) and slow (which only delays a normal answer).
@@ -291,12 +228,15 @@ def answer_body(
     usage counts the prompt once and every candidate's output.
     """
     config: Mapping[str, Any] = body.get("generationConfig") or {}
-    seed = _seed(model, prompt, config)
-    prompt_tokens = estimate_tokens(prompt)
-    media = media_tokens(body)
+    seen = prompt + "".join(f"\n[{m.digest}]" for m in media)
+    seed = _seed(model, seen, config)
+    text_tokens = estimate_tokens(prompt)
+    prompt_tokens = text_tokens + sum(m.tokens for m in media)
+    details = by_modality(text_tokens, list(media))
     if fault in ("blocked", "safety", "recitation"):
         rng = random.Random(seed)
-        return _envelope(model, _refusal(fault, rng), usage_metadata(prompt_tokens, media=media))
+        usage = usage_metadata(prompt_tokens, details=details)
+        return _envelope(model, _refusal(fault, rng), usage)
     count = max(1, _int(config.get("candidateCount", 1)))
     candidates, output, thinking = [], 0, 0
     for index in range(count):
@@ -305,7 +245,7 @@ def answer_body(
         one, tokens, thoughts = _candidate(model, config, rng, index, broken, fault)
         candidates.append(one)
         output, thinking = output + tokens, thinking + thoughts
-    usage = usage_metadata(prompt_tokens, output, thinking, media)
+    usage = usage_metadata(prompt_tokens, output, thinking, details)
     return _envelope(model, {"candidates": candidates}, usage)
 
 

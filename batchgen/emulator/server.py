@@ -44,12 +44,12 @@ from batchgen.emulator.batch import BATCH_OUTCOMES, BatchApi
 from batchgen.emulator.files import FilesApi
 from batchgen.emulator.hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
 from batchgen.emulator.latency import LatencyModel
+from batchgen.emulator.media import read_media
 from batchgen.emulator.quota import QuotaWindows
 from batchgen.emulator.replies import (
     answer_body,
     count_tokens_body,
     estimate_tokens,
-    media_tokens,
     pretty_json,
     quota_error,
 )
@@ -127,8 +127,9 @@ _HTTP_FAULTS = {
 }  # fmt: skip
 TIER_HEADER = "x-gemini-service-tier"
 STATS_PATH = "/_emulator/stats"
-# The API takes request bodies up to 20 MB (inline data included); aiohttp's default is 1 MiB.
-MAX_BODY_BYTES = 20 * 1024 * 1024
+# The API takes request bodies up to 100 MB, inline data included (raised from 20 MB in 2026,
+# docs/media.md); aiohttp's default is 1 MiB.
+MAX_BODY_BYTES = 100 * 1000 * 1000
 INJECTED_429_DELAY = 0.2  # short, so client retry tests stay fast
 _UNREGISTERED = (
     "Method doesn't allow unregistered callers (callers without established identity). "
@@ -301,8 +302,10 @@ class Emulator:
         self._check_key(request)
         self._check_model(model, "generateContent")
         prompt = prompt_text(body)
+        media = read_media(body, self.files.media)
         self._check_outage()
-        self._quota.admit(model, estimate_tokens(prompt), self.clock())
+        tokens = estimate_tokens(prompt) + sum(m.tokens for m in media)
+        self._quota.admit(model, tokens, self.clock())
         tier = body.get("serviceTier") or "standard"
         fault = self._choose_fault(prompt)
         if fault == "capacity" and tier != "flex":
@@ -317,12 +320,12 @@ class Emulator:
         if fault in _HTTP_FAULTS:
             raise ApiError(*_HTTP_FAULTS[fault])
         if fault in HOSTILE_FAULTS:
-            answer = answer_body(body, model, prompt, None)
+            answer = answer_body(body, model, prompt, None, media)
             return await hostile_reply(request, fault, self.config.hostile, model, answer)
         served = self._served(tier)
         self.counts[f"tier:{served}"] += 1
         # the same answer at every tier: only the header says how it was served
-        response = _json_response(answer_body(body, model, prompt, fault))
+        response = _json_response(answer_body(body, model, prompt, fault, media))
         response.headers[TIER_HEADER] = served
         return response
 
@@ -339,7 +342,8 @@ class Emulator:
         body = read_count_request(parse_json(await request.read()))
         self._check_key(request)
         self._check_model(model, "countTokens")
-        return _json_response(count_tokens_body(prompt_text(body), media_tokens(body)))
+        media = read_media(body, self.files.media)
+        return _json_response(count_tokens_body(prompt_text(body), media))
 
     def _check_key(self, request: web.Request) -> None:
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""

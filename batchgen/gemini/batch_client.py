@@ -20,10 +20,11 @@ byte cap; nothing holds a whole result file in memory.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
@@ -59,6 +60,8 @@ class FileInfo:
     size_bytes: int = 0
     state: str = ""
     source: str = ""
+    uri: str = field(default="", compare=False)  # where a fileData part names it
+    expiration_time: str = field(default="", compare=False)  # RFC 3339; uploads live 48 h
 
     @classmethod
     def from_json(cls, value: object) -> FileInfo:
@@ -70,7 +73,8 @@ class FileInfo:
         return cls(
             name, _text(fields.get("displayName")), _text(fields.get("mimeType")),
             _int64(fields.get("sizeBytes"), "File.sizeBytes"), _text(fields.get("state")),
-            _text(fields.get("source")),
+            _text(fields.get("source")), _text(fields.get("uri")),
+            _text(fields.get("expirationTime")),
         )  # fmt: skip
 
 
@@ -142,13 +146,14 @@ class BatchClient:
     # --- files ----------------------------------------------------------------------------
 
     async def upload(
-        self, path: Path, display_name: str, mime_type: str = "application/jsonl"
+        self, path: Path | bytes, display_name: str, mime_type: str = "application/jsonl"
     ) -> FileInfo:
-        """Upload a file with the resumable protocol, ``chunk_bytes`` at a time."""
-        size = path.stat().st_size
+        """Upload a file (or bytes in memory) with the resumable protocol, ``chunk_bytes`` at a
+        time: a file is read a chunk at a time, never whole."""
+        size = len(path) if isinstance(path, bytes) else path.stat().st_size
         session_url = await self._start_upload(size, display_name, mime_type)
         offset = 0
-        with path.open("rb") as source:
+        with io.BytesIO(path) if isinstance(path, bytes) else path.open("rb") as source:
             while True:
                 block = source.read(self.chunk_bytes)
                 last = offset + len(block) >= size

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.gemini.answers import MALFORMED, AnswerError, modality_details
+from batchgen.gemini.request import StreamedBody
 from batchgen.gemini.transport import (
     ApiError,
     Transport,
@@ -49,13 +50,18 @@ class GeminiClient:
         self._http = http
         self._model = http.model
 
+    @property
+    def transport(self) -> Transport:
+        """The transport this client calls on (a Files client shares it)."""
+        return self._http
+
     async def generate(self, body: bytes) -> tuple[Any, float]:
         """POST one request; return (the 200 body's JSON value, latency in ms) or raise as
         :meth:`reply` does."""
         reply = await self.reply(body)
         return reply.payload, reply.latency_ms
 
-    async def reply(self, body: bytes) -> Reply:
+    async def reply(self, body: bytes | StreamedBody) -> Reply:
         """POST one request; return its :class:`Reply` or raise.
 
         The value may have any shape: :func:`batchgen.gemini.answers.parse_response` reads it.

@@ -3,11 +3,16 @@
 The parts every row shares (generationConfig with the responseSchema, or the responseJsonSchema
 of a JSON Schema job) are serialized once; each row adds only its own text.
 
-Few-shot examples (``[[prompt.examples]]``) are their own part of the body: alternating user and
+With media, the user turn's parts are, in order: the job's context parts (the same in every
+request: the prefix an explicit cache can hold), the row's media parts, then the row's text
+(Google's guidance puts media before the text that asks about it). :func:`inline_part` and
+:func:`file_part` make the parts.
+
+Few-shot examples (``[[prompt.examples]]``) are their own piece of the body: alternating user and
 model turns at the start of ``contents``, before the row's turn (:meth:`RequestBuilder.turns`).
-When they use no row values they are serialized once per job, like the config; a later shared
-prefix (a cache) takes them as one piece. ``safetySettings`` is a top-level field, sent before
-``generationConfig``.
+When they use no row values they are serialized once per job, like the config; with the system
+instruction and the context parts they make the prefix a cache can hold. ``safetySettings`` is a
+top-level field, sent before ``generationConfig``.
 
 A Flex job adds ``"serviceTier": "flex"``, a top-level field of the request (docs/gemini-api.md
 §11), as the body's last field; a standard job sends no tier, as the API's default. The tier says
@@ -18,12 +23,56 @@ request at the standard tier.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 from batchgen.job.spec import Job
 
+STREAM_BLOCK = 3 * 64 * 1024  # raw bytes a streamed part reads at a time (whole base64 quanta)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The base64 of ``size`` bytes that ``blocks()`` yields when the request is sent (a file
+    read a block at a time: nothing of it is held before, or longer than a block)."""
+
+    size: int
+    blocks: Callable[[], Iterator[bytes]]  # raw blocks, each a multiple of 3 bytes but the last
+
+    @property
+    def encoded_size(self) -> int:
+        return 4 * ((self.size + 2) // 3)
+
+
+Piece = bytes | Encoded
+Part = bytes | tuple[Piece, ...]  # a part's JSON, whole or in pieces
+
+
+@dataclass(frozen=True)
+class StreamedBody:
+    """A request body with file parts read while it is sent; ``size`` is exact (the request's
+    Content-Length)."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p.encoded_size for p in self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                yield piece
+            else:
+                for block in piece.blocks():
+                    yield base64.b64encode(block)
+
+
+Body = bytes | StreamedBody
 FLEX_FIELD = b',"serviceTier":"flex"}'  # what closes a Flex body instead of "}"
 
 
@@ -55,15 +104,78 @@ class RequestBuilder:
             for user, model in examples
         )
 
-    def body(self, user: str, system: str | None = None, examples: bytes | None = None) -> bytes:
-        """The JSON body for one row; ``examples`` (:meth:`turns`) replace the job's shared ones
-        when they differ by row."""
+    def body(
+        self,
+        user: str,
+        system: str | None = None,
+        context: Sequence[Part] = (),
+        media: Sequence[Part] = (),
+        examples: bytes | None = None,
+    ) -> bytes:
+        """The JSON body for one row, whole (no streamed part): see :meth:`request`."""
+        body = self.request(user, system, context, media, examples)
+        if not isinstance(body, bytes):
+            raise TypeError("a streamed part: use RequestBuilder.request")
+        return body
+
+    def request(
+        self,
+        user: str,
+        system: str | None = None,
+        context: Sequence[Part] = (),
+        media: Sequence[Part] = (),
+        examples: bytes | None = None,
+    ) -> Body:
+        """The JSON body for one row: the example turns, then a user turn of ``context`` parts,
+        ``media`` parts and the text. ``examples`` (:meth:`turns`) replace the job's shared ones
+        when they differ by row. The body is joined once (a media part's base64 is copied only
+        into the body); with a streamed part (:class:`Encoded`) it is a :class:`StreamedBody`,
+        read as it is sent."""
         turns = self.examples if examples is None else examples
-        head = b'{"contents":[' + turns + b'{"role":"user","parts":[{"text":' + _dumps(user)
-        head += b"}]}]"
+        pieces: list[Piece] = [b'{"contents":[' + turns + b'{"role":"user","parts":[']
+        for part in (*context, *media):
+            pieces.extend((part,) if isinstance(part, bytes) else part)
+            pieces.append(b",")
+        pieces += [b'{"text":', _dumps(user), b"}]}]"]
         if system is not None:
-            head += b',"systemInstruction":{"parts":[{"text":' + _dumps(system) + b"}]}"
-        return head + self._tail
+            pieces += [b',"systemInstruction":{"parts":[{"text":', _dumps(system), b"}]}"]
+        pieces.append(self._tail)
+        if any(isinstance(p, Encoded) for p in pieces):
+            return StreamedBody(_merged(pieces))
+        return b"".join(p for p in pieces if isinstance(p, bytes))
+
+
+def _merged(pieces: list[Piece]) -> tuple[Piece, ...]:
+    """The pieces with neighbouring bytes joined."""
+    out: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] = out[-1] + piece
+        else:
+            out.append(piece)
+    return tuple(out)
+
+
+def inline_part(mime: str, data: bytes) -> tuple[bytes, ...]:
+    """An ``inlineData`` part: the bytes, base64 (in pieces, joined once into the body)."""
+    encoded = base64.b64encode(data)
+    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"', encoded, b'"}}'
+
+
+def inline_size(size: int) -> int:
+    """The bytes an ``inlineData`` part of ``size`` raw bytes takes in a request."""
+    return 4 * ((size + 2) // 3) + 64
+
+
+def streamed_part(mime: str, data: Encoded) -> tuple[Piece, ...]:
+    """An ``inlineData`` part whose base64 is read from a file as the request is sent."""
+    return b'{"inlineData":{"mimeType":' + _dumps(mime) + b',"data":"', data, b'"}}'
+
+
+def file_part(mime: str, uri: str) -> bytes:
+    """A ``fileData`` part naming an uploaded file or a URI the API fetches."""
+    kind = b'{"fileData":{"mimeType":' + _dumps(mime) + b"," if mime else b'{"fileData":{'
+    return kind + b'"fileUri":' + _dumps(uri) + b"}}"
 
 
 def request_hash(body: bytes) -> str:
@@ -72,8 +184,16 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(standard_body(body)).hexdigest()[:16]
 
 
-def standard_body(body: bytes) -> bytes:
+@overload
+def standard_body(body: bytes) -> bytes: ...
+@overload
+def standard_body(body: StreamedBody) -> StreamedBody: ...
+def standard_body(body: Body) -> Body:
     """The same request at the standard tier (a standard body as it is)."""
+    if isinstance(body, StreamedBody):
+        last = body.pieces[-1]
+        assert isinstance(last, bytes)  # the tail is always bytes
+        return StreamedBody((*body.pieces[:-1], standard_body(last)))
     if body.endswith(FLEX_FIELD):
         return body[: -len(FLEX_FIELD)] + b"}"
     return body

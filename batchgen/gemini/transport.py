@@ -48,6 +48,7 @@ import aiohttp
 from batchgen.errors import FatalApiError, JobError, QuotaExhaustedError
 from batchgen.gemini.answers import EXCERPT_CHARS, AnswerError
 from batchgen.gemini.proxy import proxy_for
+from batchgen.gemini.request import StreamedBody
 from batchgen.job.spec import LimitsSpec, ModelSpec, RetrySpec
 from batchgen.job.wire import unsendable
 from batchgen.redact import redact_url, url_host
@@ -151,7 +152,7 @@ class Transport:
         self,
         method: str,
         url: str,
-        data: bytes | None = None,
+        data: bytes | StreamedBody | None = None,
         headers: Mapping[str, str] | None = None,
         *,
         named: bool = False,
@@ -161,16 +162,27 @@ class Transport:
         ``named``: the URL names a batch or a file, whose 404 is ``not_found``, not fatal.
         """
         sent = {**self._headers, **(headers or {})}
-        # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
-        payload = io.BytesIO(data) if data is not None and len(data) > READ_CHUNK else data
-        with self.errors():
-            async with self._session.request(
-                method, url, data=payload, headers=sent, timeout=self._timeout,
-                allow_redirects=False, proxy=self._proxy_url, proxy_headers=self._proxy_headers,
-            ) as resp:  # fmt: skip
-                if resp.status != 200:
-                    raise await self.failure(resp, named=named)
-                return Response(self._scrubbed(await self._read(resp)), resp.headers)
+        reading: list[BaseException] = []  # what a streamed body's source raised
+        payload: Any
+        if isinstance(data, StreamedBody):  # read (a file a block at a time) as it is sent
+            sent["Content-Length"] = str(data.size)
+            payload = _stream(data, reading)
+        else:  # aiohttp warns about large raw bytes bodies; a stream sends the same bytes
+            payload = io.BytesIO(data) if data is not None and len(data) > READ_CHUNK else data
+        try:
+            with self.errors():
+                async with self._session.request(
+                    method, url, data=payload, headers=sent, timeout=self._timeout,
+                    allow_redirects=False, proxy=self._proxy_url,
+                    proxy_headers=self._proxy_headers,
+                ) as resp:  # fmt: skip
+                    if resp.status != 200:
+                        raise await self.failure(resp, named=named)
+                    return Response(self._scrubbed(await self._read(resp)), resp.headers)
+        except Exception:
+            if reading:  # the body's source failed (a file changed): that, not the transport
+                raise reading[0] from None
+            raise
 
     @asynccontextmanager
     async def stream(
@@ -232,6 +244,10 @@ class Transport:
         message = self.scrub(_one_line(error.get("message")) or _not_gemini(raw))
         where = f"{redact_url(model.base_url)} (model {model.name})"
         reasons = {d.get("reason") for d in _details(error)}
+        if status in (403, 404) and _FILE_GONE.search(message):
+            # a file a request names is gone (expired after 48 h, deleted): not the key's fault;
+            # the sender uploads it again (batchgen.backends.media)
+            return ApiError("file_gone", f"HTTP {status}: {message}", status)
         if status in (401, 403) or "API_KEY_INVALID" in reasons:
             return FatalApiError(
                 f"{where}: the API refused the key in ${model.api_key_env} "
@@ -323,6 +339,19 @@ def excerpt_text(raw: bytes | bytearray) -> str:
 
 _TAG = re.compile(r"<[^>]*>")
 MESSAGE_CHARS = 160
+
+
+async def _stream(body: StreamedBody, failed: list[BaseException]) -> AsyncIterator[bytes]:
+    """A streamed body's chunks for aiohttp; what its source raises is kept in ``failed``."""
+    try:
+        for chunk in body.chunks():
+            yield chunk
+    except Exception as exc:
+        failed.append(exc)
+        raise
+
+
+_FILE_GONE = re.compile(r"\bFile (files/)?[a-z0-9][a-z0-9-]*\b")
 
 
 def _one_line(text: object) -> str:

@@ -148,11 +148,28 @@ class ExampleSpec(_Table, frozen=True):
 
 
 class PromptSpec(_Table, frozen=True):
-    """[prompt]: Jinja templates over the row's columns; ``examples`` go before the row's turn."""
+    """[prompt]: Jinja templates over the row's columns, the row's media columns and the
+    context files every request carries; ``examples`` go before the row's turn.
+
+    ``media`` names input columns whose values are media: a file path (relative to the input
+    file's folder), bytes, an ``https://`` or ``gs://`` URI, or a Files API name
+    (``files/...``); each becomes a part before the row's text. ``context`` names files
+    (relative to the job file) sent first in every request. ``media_types`` fixes the MIME type
+    of a media column (``scan = "application/pdf"``) instead of sniffing it.
+    """
 
     user: str
     system: str | None = None
     examples: tuple[ExampleSpec, ...] = ()
+    media: Annotated[
+        tuple[str, ...], Meta(description="input columns holding media (paths, bytes, URIs)")
+    ] = ()
+    context: Annotated[
+        tuple[str, ...], Meta(description="files sent before every row's parts")
+    ] = ()
+    media_types: Annotated[
+        dict[str, str], Meta(description="a MIME type per media column, instead of sniffing")
+    ] = msgspec.field(default_factory=dict)
 
 
 class SafetySetting(_Table, frozen=True):
@@ -171,6 +188,31 @@ class SafetySetting(_Table, frozen=True):
         Meta(description="a block threshold, any case",
              extra_json_schema={"examples": list(HARM_THRESHOLDS)}),
     ]  # fmt: skip
+
+
+class MediaSpec(_Table, frozen=True):
+    """[media]: what goes inline and what through the Files API.
+
+    A media file up to ``inline_max_mb`` (MB of 10^6 bytes) goes inline as base64, unless the
+    request would pass the API's size limit (then its largest parts are uploaded) or another row
+    already sent the same content (then it is uploaded once and named by every later row).
+    Bigger files are uploaded (once per content, kept 48 h, recorded in OUTPUT/uploads.jsonl).
+    ``memory_mb`` bounds the inline media held in memory by the requests being built and sent
+    (a 2 MB image takes ~2.7 MB as base64): the rows past it wait, so it also bounds how many
+    inline-media calls are in flight; raise it when the API's latency, not memory, limits a run.
+    A relative path in a media column is read from ``directory`` (relative to the job file;
+    by default the input file's folder).
+    """
+
+    inline_max_mb: Above0 = 20.0
+    memory_mb: Annotated[
+        float,
+        Meta(gt=0, description="inline media held in memory at once (requests being sent)"),
+    ] = 32.0
+    directory: Annotated[
+        Path | None,
+        Meta(description="where relative media paths are read from; default: the input's folder"),
+    ] = None
 
 
 class LimitsSpec(_Table, frozen=True):
@@ -292,6 +334,7 @@ class JobFile(_Table, frozen=True):
     output: OutputSpec = msgspec.field(default_factory=OutputSpec)
     batch: BatchSpec = msgspec.field(default_factory=BatchSpec)
     safety_settings: tuple[SafetySetting, ...] = ()
+    media: MediaSpec = msgspec.field(default_factory=MediaSpec)
 
 
 @dataclass(frozen=True)
@@ -314,6 +357,7 @@ class Job:
     generation: dict[str, Any]
     retry: RetrySpec
     batch: BatchSpec
+    media: MediaSpec = MediaSpec()
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
     safety_settings: tuple[SafetySetting, ...] = ()
@@ -433,20 +477,38 @@ def _build(
             file.input, path=input_path, format=_format(input_path, file.input.format, path)
         ),
         model=model,
-        prompt=file.prompt,
+        prompt=_prompt(file, base, path),
         response_schema=schema.wire,
         limits=limits,
         output=msgspec.structs.replace(file.output, directory=_resolve(base, directory)),
         generation=_generation(file.generation, path),
         retry=file.retry,
         batch=file.batch,
+        media=msgspec.structs.replace(
+            file.media,
+            directory=input_path.parent
+            if file.media.directory is None
+            else _resolve(base, file.media.directory),
+        ),
         schema_dialect=schema.dialect,
         schema_source=schema.source,
         safety_settings=_safety(file.safety_settings, path),
     )
 
 
-_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch")
+_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch", "media")
+
+
+def _prompt(file: JobFile, base: Path, path: Path) -> PromptSpec:
+    """The prompt with its context files resolved against the job file's folder."""
+    spec = file.prompt
+    for column in spec.media_types:
+        if column not in spec.media:
+            raise JobError(
+                f"{path}: prompt.media_types.{column}: {column!r} is not in prompt.media"
+            )
+    context = tuple(str(_resolve(base, c)) for c in spec.context)
+    return msgspec.structs.replace(spec, context=context)
 
 
 def _enum(value: str, names: tuple[str, ...], where: str, prefix: str = "") -> str:

@@ -269,7 +269,6 @@ class PriceTable:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-
     def key(self, name: str | None) -> str | None:
         """The table's name for ``name``: itself, or the model it extends by version parts."""
         if not name:

@@ -45,6 +45,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,12 @@ from batchgen.errors import (
 from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, not_relayed
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.connect import client_for
+from batchgen.input.media import BadMediaError
 from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
-from batchgen.records import REUSED, TokenCount
+from batchgen.records import REUSED, InputRow, TokenCount
 from batchgen.redact import redact_url
 from batchgen.reports.media_cost import (
     MediaOf,
@@ -196,14 +198,15 @@ def estimate_job(
     if total == 0:
         raise InputError(f"{job.input.path}: no rows (the file has only a header)")
     positions = sample_positions(total, sample)
-    bodies, texts, refs, ids, unrenderable = _render(plan, positions, media)
+    bodies, texts, refs, ids, rows, unrenderable = _render(plan, positions, media)
     if offline:
-        rows = zip(texts, refs, ids, strict=True)
-        counts = [offline_count(rough_tokens(t), r, i) for t, r, i in rows]
+        sampled = zip(texts, refs, ids, strict=True)
+        counts = [offline_count(rough_tokens(t), r, i) for t, r, i in sampled]
     else:
         if job.model.tier == "batch":  # before a run relies on it: can Batch Mode upload here?
             asyncio.run(_probe_files(job, api_key))
-        counts = asyncio.run(_count_all(job, api_key, bodies, refs))
+        whole = _whole_bodies(plan, rows, bodies, refs, media is not None)
+        counts = asyncio.run(_count_all(job, api_key, whole))
     scale = total / len(positions)
     repeats = count_repeats(plan)
     paid = repeats.distinct / repeats.rows if job.output.dedupe and repeats.rows else 1.0
@@ -376,15 +379,16 @@ def rough_tokens(text: str) -> int:
 
 def _render(
     plan: Plan, positions: Sequence[int], media: MediaOf | None = None
-) -> tuple[list[bytes], list[str], list[MediaRefs], list[str], int]:
-    """The request bodies, prompt texts, media and ids of the rows at ``positions``; how many
-    failed to render."""
+) -> tuple[list[bytes], list[str], list[MediaRefs], list[str], list[InputRow], int]:
+    """The text request bodies, prompt texts, media and ids of the rows at ``positions``, and
+    the rows; how many failed to render (or have bad media)."""
     wanted = set(positions)
     last = max(positions)
     bodies: list[bytes] = []
     texts: list[str] = []
     refs: list[MediaRefs] = []
     ids: list[str] = []
+    rows: list[InputRow] = []
     failed = 0
     for batch in plan.reader.batches():
         for row in batch:
@@ -395,13 +399,19 @@ def _render(
             except TemplateError:
                 failed += 1
                 continue
+            try:
+                pairs = media(row) if media is not None else plan.media_pairs(row)
+            except BadMediaError:
+                failed += 1  # named by validate's pre-scan; the run fails the row as input
+                continue
             bodies.append(body)
             texts.append(_prompt_text(body))
-            refs.append(media(row) if media is not None else ())
+            refs.append(pairs)
             ids.append(row.row_id)
+            rows.append(row)
         if batch and batch[-1].position >= last:
             break
-    return bodies, texts, refs, ids, failed
+    return bodies, texts, refs, ids, rows, failed
 
 
 def _prompt_text(body: bytes) -> str:
@@ -422,20 +432,43 @@ def count_request(model: str, body: bytes) -> bytes:
     return b'{"generateContentRequest":{"model":' + name + b"," + body[1:] + b"}"
 
 
+def _whole_bodies(
+    plan: Plan,
+    rows: Sequence[InputRow],
+    bodies: Sequence[bytes],
+    refs: Sequence[MediaRefs],
+    given: bool,
+) -> list[Callable[[], bytes]]:
+    """For each sampled row, how to build its whole request (media inline) when its count is
+    asked: built then, a few rows' files in memory at once, never the sample's."""
+    if given:  # media= given by the caller: its pairs go before the row's text
+        return [partial(with_parts, b, r) for b, r in zip(bodies, refs, strict=True)]
+    if not plan.job.prompt.media and not plan.context:
+        return [partial(bytes, b) for b in bodies]
+    return [partial(_sample_body, plan, row) for row in rows]
+
+
+def _sample_body(plan: Plan, row: InputRow) -> bytes:
+    body = plan.sample_body(row)
+    if body is None:  # the file changed since the scan: count its text
+        return plan.request(row)[0]
+    return body
+
+
 async def _count_all(
-    job: Job, api_key: str, bodies: Sequence[bytes], refs: Sequence[MediaRefs]
+    job: Job, api_key: str, bodies: Sequence[Callable[[], bytes]]
 ) -> list[TokenCount]:
     limits = job.limits
     limiter = AsyncLimiter(limits.requests_per_minute, 60)
     gate = asyncio.Semaphore(min(job.limits.pinned or COUNT_CONCURRENCY, COUNT_CONCURRENCY))
     async with client_for(job, api_key, GeminiClient, connections=COUNT_CONCURRENCY) as client:
 
-        async def one(body: bytes, media: MediaRefs) -> TokenCount:
+        async def one(build: Callable[[], bytes]) -> TokenCount:
             async with gate:  # a row's media are read here: a few rows' files in memory at once
-                body = count_request(job.model.name, with_parts(body, media))
+                body = count_request(job.model.name, build())
                 return await _count_one(client, job, limiter, body)
 
-        return list(await asyncio.gather(*(one(b, r) for b, r in zip(bodies, refs, strict=True))))
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
 async def _probe_files(job: Job, api_key: str) -> None:

@@ -29,18 +29,19 @@ MediaOf = Callable[[InputRow], MediaRefs]
 def with_parts(body: bytes, refs: MediaRefs) -> bytes:
     """A generateContent body with the row's media as ``inlineData`` parts before its text.
 
-    Only for the sampled requests estimate counts, until the request builder carries media
-    parts itself; each file is read whole here (a sample of rows, not the run).
+    For the sampled requests estimate counts when its caller names a row's media (``media=``);
+    a job's own media columns are built by :meth:`batchgen.plan.Plan.sample_body`. Each file is
+    read whole here, when its row is counted.
     """
     if not refs:
         return body
     request: dict[str, Any] = json.loads(body)
-    parts = request["contents"][0]["parts"]
+    parts = request["contents"][-1]["parts"]  # the row's turn, after any few-shot turns
     inline = [
         {"inlineData": {"mimeType": mime, "data": base64.b64encode(_bytes(source)).decode()}}
         for mime, source in refs
     ]
-    request["contents"][0]["parts"] = [*inline, *parts]
+    request["contents"][-1]["parts"] = [*inline, *parts]
     return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -10,6 +10,7 @@ from batchgen.pricing.table import ModelPrice, PricedModel, PriceTable, Rates, u
 
 __all__ = ["price_rows"]
 
+
 def price_rows(
     table: PriceTable,
     model: str | None = None,

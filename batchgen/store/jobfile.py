@@ -36,6 +36,8 @@ def fingerprint_parts(job: Job) -> dict[str, Any]:
            if job.prompt.examples else {}),
         **({"safety_settings": [msgspec.to_builtins(s) for s in job.safety_settings]}
            if job.safety_settings else {}),
+        **({"prompt.media": list(job.prompt.media)} if job.prompt.media else {}),
+        **({"prompt.context": list(job.prompt.context)} if job.prompt.context else {}),
     }  # fmt: skip
 
 

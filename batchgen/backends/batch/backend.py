@@ -27,6 +27,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -42,15 +43,17 @@ from batchgen.backends.batch.jsonl import (
     write_chunk,
 )
 from batchgen.backends.batch.steps import Collection, collect_chunk, submit_chunk, upload_chunk
+from batchgen.backends.media import MediaFailedError, MediaSender, media_sender
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
 from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, BatchInfo, not_relayed
 from batchgen.gemini.client import ApiError
 from batchgen.gemini.connect import client_for
 from batchgen.job.spec import ModelSpec
-from batchgen.records import Work
+from batchgen.records import Outcome, Work
 from batchgen.redact import redact_url
 from batchgen.store.batches import BatchStore, ChunkRecord
+from batchgen.store.output import error_row
 
 __all__ = ["BatchBackend", "cancel_output"]
 
@@ -89,6 +92,7 @@ class BatchBackend:
         self.held: dict[str, float] = {}  # row id -> its expected cost, held in the budget
         self.capped = False  # max_cost stopped the submitting
         self._chunks = 0
+        self.media: MediaSender | None = None  # set on the run's client, when the job has media
 
     def gauges(self) -> Gauges:
         return Gauges()  # no calls in flight of its own: the batches run server-side
@@ -96,6 +100,7 @@ class BatchBackend:
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Submit, wait for and collect every row of ``works``; stop waiting when told to."""
         async with client_for(self.job, self.api_key, BatchClient) as client:
+            self.media = media_sender(self.plan, self.out.path, client, force_upload=True)
             try:
                 await self._run(client, works, sink)
             except ApiError as exc:
@@ -140,7 +145,13 @@ class BatchBackend:
         return not self.stop.stopping.is_set()
 
     async def _submit(self, client: BatchClient, works: Sequence[Work], sink: Sink) -> None:
-        """Write, record, upload and submit ``works`` as one or more chunks (a request a row)."""
+        """Write, record, upload and submit ``works`` as one or more chunks (a request a row).
+
+        Media rows are built first: every local file is uploaded (and recorded in
+        OUTPUT/uploads.jsonl) before the chunk that names it is written, so a killed run
+        neither uploads a content again nor submits a row twice."""
+        if self.media is not None:
+            works = await self._built(works, sink)
         for group in group_works(works, self.job.batch.rows_per_chunk):
             self._chunks += 1
             name = f"{self.run_id}-{self._chunks:05d}"
@@ -150,6 +161,23 @@ class BatchBackend:
             await self._advance(client, chunk)
             for _ in written.rows:
                 sink.requested()
+
+    async def _built(self, works: Sequence[Work], sink: Sink) -> list[Work]:
+        assert self.media is not None
+        built = []
+        for work in works:
+            if not work.media:
+                built.append(work)
+                continue
+            try:
+                built.append(await self.media.built(work))
+            except MediaFailedError as exc:
+                message = f"{self.plan.reader.path}: {exc}"
+                record = error_row(work.row.row_id, "input", message, attempts=0,
+                                   at=datetime.now(UTC))  # fmt: skip
+                await sink.outcome(Outcome([record], failed=True, category="input",
+                                           message=message))  # fmt: skip
+        return built
 
     async def _advance(self, client: BatchClient, chunk: ChunkRecord) -> ChunkRecord:
         return await submit_chunk(self.store, client, await upload_chunk(self.store, client, chunk))
@@ -228,7 +256,8 @@ class BatchBackend:
         """What collecting a row needs: its id, carried values and request hash (the body is
         in its chunk file)."""
         carry = {c: work.row.values[c] for c in self.job.input.carry}
-        return dataclasses.replace(work, row=dataclasses.replace(work.row, values=carry), body=b"")
+        row = dataclasses.replace(work.row, values=carry)
+        return dataclasses.replace(work, row=row, body=b"", media=(), text=None)
 
     def _mark(self, done: Collection) -> None:
         error = None

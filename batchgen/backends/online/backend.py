@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchgen.backends.base import Gauges, RunContext, Sink
+from batchgen.backends.media import media_sender
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.caller import Pacing, RowCaller
 from batchgen.backends.online.concurrency import AUTO_START, concurrency_for, connection_limit
@@ -43,6 +44,7 @@ from batchgen.errors import (
     QuotaExhaustedError,
     RunStoppedError,
 )
+from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
 from batchgen.records import REUSED, Work
@@ -80,9 +82,7 @@ class OnlineBackend:
         self._rows: set[asyncio.Task[None]] = set()
 
     def gauges(self) -> Gauges:
-        return Gauges(
-            self.controller.target, self.controller.latency(), self.breaker.showing()
-        )
+        return Gauges(self.controller.target, self.controller.latency(), self.breaker.showing())
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Call for every row of ``works``; return once no call is in flight."""
@@ -98,7 +98,11 @@ class OnlineBackend:
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch, self.refusals)
         limit = connection_limit(self.job.limits, self.room)
         async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
-            caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)
+            files = BatchClient(client.transport)
+            media = media_sender(self.plan, self.out.path, files)
+            caller = RowCaller(
+                self.plan, client, pacing, self.budget, self.run_id, sink, media=media
+            )
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))
             await asyncio.gather(dispatcher, return_exceptions=True)

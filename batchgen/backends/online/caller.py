@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from batchgen.backends.media import MediaFailedError, MediaSender
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.daily import DailyQuota
@@ -28,8 +29,9 @@ from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
 from batchgen.gemini.answers import AnswerError, parse_response
-from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.client import ApiError, GeminiClient, Reply
 from batchgen.gemini.request import standard_body
+from batchgen.input.media import BadMediaError
 from batchgen.job.spec import RetrySpec
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
@@ -155,6 +157,7 @@ class RowCaller:
         events: CallEvents,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry: RetryPolicy | None = None,
+        media: MediaSender | None = None,
     ) -> None:
         self.plan = plan
         self.job = plan.job
@@ -166,8 +169,18 @@ class RowCaller:
         self.events = events
         self.now = clock
         self.retry = retry or RetryPolicy(plan.job.retry, clock=pacing.limits.clock)
+        self.media = media
 
     async def call(self, work: Work, slot: int) -> Outcome:
+        """One row through its retry loop (see :meth:`_call`); a row whose media cannot be sent
+        (changed since the pre-scan) fails as input, with nothing sent."""
+        try:
+            return await self._call(work, slot)
+        except MediaFailedError as exc:
+            message = f"{self.plan.reader.path}: {exc}"
+            return self._failure(work, "input", message, 0)
+
+    async def _call(self, work: Work, slot: int) -> Outcome:
         """One row through its retry loop; what still fails becomes a failure record.
 
         ``slot`` is the row's place in flight
@@ -222,11 +235,10 @@ class RowCaller:
         held = await self.budget.reserve(charged, tier)
         answer: Answer | None = None
         served = tier  # when the server does not say
-        body = work.body if tier == self.job.model.tier else standard_body(work.body)
         try:
             sent = await self.pacing.before(slot, charged, deadline)
             self.events.requested()
-            reply = await self.client.reply(body)
+            reply = await self._send(work, tier)
         except DeadlineError:  # never sent: nothing to tell the pacing
             raise
         except ApiError as exc:
@@ -248,6 +260,24 @@ class RowCaller:
             raise
         await self._bill(work, attempt, answer, "ok", served)
         return Outcome(rows, failed=False)
+
+    async def _send(self, work: Work, tier: str) -> Reply:
+        """Post the row's request; a media row's is built now, and built again (uploading the
+        file anew) once if the server says a file it names is gone."""
+        if not work.media or self.media is None:
+            whole = work.body if tier == self.job.model.tier else standard_body(work.body)
+            return await self.client.reply(whole)
+        for again in (True, False):
+            async with self.media.request(work) as (built, names):
+                body = built if tier == self.job.model.tier else standard_body(built)
+                try:
+                    return await self.client.reply(body)
+                except ApiError as exc:
+                    if not (again and self.media.lost(exc, names)):
+                        raise
+                except BadMediaError as exc:  # a file changed while its request was sent
+                    raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _delayed(self, exc: ApiError) -> None:
         if exc.retry_delay is not None:
