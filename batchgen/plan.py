@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from batchgen.errors import InputError, JobError, TemplateError
 from batchgen.gemini.answers import AnswerError, structured_value
-from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.gemini.request import Prefix, RequestBuilder, request_hash
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
@@ -84,6 +84,14 @@ class Plan:
     def _rows(self) -> Iterator[InputRow]:
         for batch in self.reader.batches():
             yield from batch
+
+    def prefix(self) -> Prefix | None:
+        """The request prefix every row shares (what an explicit cache would hold), or None."""
+        try:
+            system = self.template.system_text()
+        except TemplateError:
+            return None
+        return self.builder.prefix(self.template.shared_system, system)
 
     def first_request(self) -> bytes:
         """The request body for the first input row, or the reason it cannot be rendered."""

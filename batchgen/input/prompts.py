@@ -47,6 +47,17 @@ class PromptTemplate:
         self.variables: tuple[str, ...] = tuple(sorted(names | example_names))
         # examples that use no column are rendered once for the whole job
         self.shared_examples = not example_names
+        # a system instruction that uses no column is the same for every row (a cacheable prefix)
+        self.shared_system = spec.system is None or not _variables(spec.system)
+
+    def system_text(self) -> str | None:
+        """The system instruction every row shares (``shared_system``), rendered; None: none."""
+        if self._system is None or not self.shared_system:
+            return None
+        try:
+            return self._system.render({}).strip()
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"prompt.system: the template failed: {exc}") from None
 
     def render(self, values: Mapping[str, Any], row: str) -> tuple[str, str | None]:
         """Render (user text, system text) for one row, stripped; ``row`` names it in errors."""

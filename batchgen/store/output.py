@@ -70,7 +70,10 @@ USAGE_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("at", pa.timestamp("ms", tz="UTC")),
         pa.field("tier", pa.string()),  # the service tier that served the call (older: null)
-    ]
+        # a cache_storage entry: the cache's tokens × the hours it lived (version 2; older: null)
+        pa.field("cache_token_hours", pa.float64()),
+    ],
+    metadata={"batchgen.usage_version": "2"},  # 1: before the cache entries (no column)
 )
 RESERVED = frozenset(
     [ROW_ID.name, ITEM_INDEX.name, CANDIDATE.name, CANDIDATE_ERROR.name, THOUGHTS.name]

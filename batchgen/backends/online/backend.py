@@ -67,6 +67,7 @@ class OnlineBackend:
         self.ctx = ctx
         self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
         self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
+        self.cache = ctx.cache
         spec = self.job.limits
         self.limits = RateLimits(spec.requests_per_minute, spec.tokens_per_minute)
         self.room = file_room(spec.most_in_flight)  # raises the soft open-file limit if it can
@@ -80,9 +81,7 @@ class OnlineBackend:
         self._rows: set[asyncio.Task[None]] = set()
 
     def gauges(self) -> Gauges:
-        return Gauges(
-            self.controller.target, self.controller.latency(), self.breaker.showing()
-        )
+        return Gauges(self.controller.target, self.controller.latency(), self.breaker.showing())
 
     async def run(self, works: AsyncIterator[Work], sink: Sink) -> None:
         """Call for every row of ``works``; return once no call is in flight."""
@@ -98,7 +97,9 @@ class OnlineBackend:
         pacing = Pacing(self.limits, self.controller, self.breaker, day, self.watch, self.refusals)
         limit = connection_limit(self.job.limits, self.room)
         async with client_for(self.job, self.api_key, GeminiClient, connections=limit) as client:
-            caller = RowCaller(self.plan, client, pacing, self.budget, self.run_id, sink)
+            caller = RowCaller(
+                self.plan, client, pacing, self.budget, self.run_id, sink, cache=self.cache
+            )
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))
             await asyncio.gather(dispatcher, return_exceptions=True)

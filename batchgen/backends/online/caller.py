@@ -27,8 +27,10 @@ from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
+from batchgen.errors import FatalApiError
 from batchgen.gemini.answers import AnswerError, parse_response
-from batchgen.gemini.client import ApiError, GeminiClient
+from batchgen.gemini.caches import CacheUse, cache_refusal
+from batchgen.gemini.client import ApiError, GeminiClient, Reply
 from batchgen.gemini.request import standard_body
 from batchgen.job.spec import RetrySpec
 from batchgen.plan import Plan
@@ -155,8 +157,10 @@ class RowCaller:
         events: CallEvents,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry: RetryPolicy | None = None,
+        cache: CacheUse | None = None,
     ) -> None:
         self.plan = plan
+        self.cache = cache
         self.job = plan.job
         self.client = client
         self.pacing = pacing
@@ -222,11 +226,9 @@ class RowCaller:
         held = await self.budget.reserve(charged, tier)
         answer: Answer | None = None
         served = tier  # when the server does not say
-        body = work.body if tier == self.job.model.tier else standard_body(work.body)
         try:
             sent = await self.pacing.before(slot, charged, deadline)
-            self.events.requested()
-            reply = await self.client.reply(body)
+            reply = await self._send(work.body, tier)
         except DeadlineError:  # never sent: nothing to tell the pacing
             raise
         except ApiError as exc:
@@ -248,6 +250,26 @@ class RowCaller:
             raise
         await self._bill(work, attempt, answer, "ok", served)
         return Outcome(rows, failed=False)
+
+    async def _send(self, body: bytes, tier: str) -> Reply:
+        """Send a row's body, with the run's context cache while it is usable; a call the API
+        refuses because of the cache is sent again at once without it (the cache is then off
+        for the whole run), so the refusal costs the row nothing."""
+        cached = self.cache.wire(body) if self.cache is not None else None
+        if cached is not None:
+            self.events.requested()
+            try:
+                return await self.client.reply(self._at(cached, tier))
+            except (ApiError, FatalApiError) as exc:
+                why = cache_refusal(exc)
+                if why is None or self.cache is None:
+                    raise
+                self.cache.refused(why)
+        self.events.requested()
+        return await self.client.reply(self._at(body, tier))
+
+    def _at(self, body: bytes, tier: str) -> bytes:
+        return body if tier == self.job.model.tier else standard_body(body)
 
     def _delayed(self, exc: ApiError) -> None:
         if exc.retry_delay is not None:
