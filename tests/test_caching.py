@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from batchgen.pricing.caching import break_even_rows
 from batchgen.pricing.file import load_prices, parse_price_file
 from batchgen.reports.estimate import estimate_job
 from batchgen.reports.report import report
+from batchgen.run import caching
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.cache import CACHE_FILE
 from tests.helpers.emulator_calls import KEY, MakeClient, ask, call
@@ -222,3 +224,45 @@ def test_price_files_take_the_cache_keys_and_older_ones_still_load(tmp_path: Pat
     assert break_even_rows(price, hours=1.0) == 3  # (1 + 1) / 0.9 = 2.2 -> 3
     flash = load_prices().price("gemini-3.8-flash")
     assert flash is not None and flash.cache_storage is not None
+
+
+def test_flex_calls_use_the_cache_and_its_ttl_is_kept_ahead_while_the_run_lasts(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(caching, "EXTEND_EVERY_S", 0.05)
+    server: EmulatorThread = emulator_factory(EmulatorConfig(latency_ms=20, record=True))
+    path = cached_job(tmp_path, 120)
+    path.write_text(path.read_text().replace("[model]\n", '[model]\ntier = "flex"\n', 1))
+    summary = run(path, server)
+    counts = server.emulator.counts
+    assert summary.exit_code == 0 and summary.rows_done == 120
+    assert counts["cachedContent:used"] == 120 and counts["cachedContents.patch"] >= 1
+    assert all(b.get("serviceTier") == "flex" for b in server.emulator.received)
+    assert server.emulator.caches_alive() == 0
+
+
+def test_a_fresh_start_deletes_the_cache_the_set_aside_output_recorded(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig())
+    emulator = server.emulator
+    path = cached_job(tmp_path, 5, mode="off")
+    assert run(path, server).rows_done == 5
+    made = {"model": "models/gemini-2.5-flash-lite", "ttl": "600s",
+            "systemInstruction": {"parts": [{"text": SYSTEM}]}}  # fmt: skip
+    request = urllib.request.Request(
+        f"{server.base_url}/v1beta/cachedContents",
+        data=json.dumps(made).encode(),
+        headers={"x-goog-api-key": KEY, "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:  # a cache a killed run left behind
+        name = json.loads(answer.read())["name"]
+    record = {"format": 1, "name": name, "digest": "x", "tokens": 12000,
+              "model": "gemini-2.5-flash-lite", "created_at": "2026-12-04T00:00:00+00:00",
+              "run_id": "killed"}  # fmt: skip
+    (tmp_path / "out" / CACHE_FILE).write_text(json.dumps(record))
+    assert emulator.caches_alive() == 1
+    job = load_job(path, Overrides(base_url=server.base_url))
+    summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False, fresh=True))
+    assert summary.moved_aside is not None and summary.rows_done == 5
+    assert emulator.caches_alive() == 0 and not (summary.moved_aside / CACHE_FILE).exists()

@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
@@ -79,21 +80,26 @@ class RunCache:
         self._expect_s = 0.0
         self._started = time.monotonic()
 
-    async def start(self, rows: int) -> CacheUse | None:
-        """Choose and create the cache for ``rows`` calls; None: the run goes uncached."""
-        if self.job.cache.mode == "off":
-            return None
-        if self.job.model.tier == "batch":
-            self.note("batch: no context cache, the batch discount is relied on")
-            return None
+    async def start(self, rows: int, moved: Path | None = None) -> CacheUse | None:
+        """Choose and create the cache for ``rows`` calls; None: the run goes uncached.
+
+        A cache recorded by a killed run is dealt with first, in any mode; ``moved`` is where
+        ``fresh`` set the previous output aside (a cache recorded there is deleted)."""
         prefix = self.plan.prefix()
+        if self.job.cache.mode == "off" or self.job.model.tier == "batch":
+            prefix = None
         earlier = read_cache_record(self.out.path)
-        if prefix is None and earlier is None:
+        old = read_cache_record(moved) if moved is not None else None
+        if prefix is None and earlier is None and old is None:
+            if self.job.model.tier == "batch" and self.plan.prefix() is not None:
+                self.note("batch: no context cache, the batch discount is relied on")
             return None
         self._client = await self._stack.enter_async_context(
             client_for(self.job, self.api_key, CachesClient)
         )
         try:
+            if old is not None and moved is not None:
+                await self._earlier(old, None, moved)
             if earlier is not None:
                 reused = await self._earlier(earlier, prefix)
                 if reused is not None or prefix is None:
@@ -104,8 +110,11 @@ class RunCache:
             self.note(f"no context cache: the API refused it ({_first_line(exc)}); uncached")
             return None
 
-    async def _earlier(self, record: CacheRecord, prefix: Prefix | None) -> CacheUse | None:
-        """A killed run's cache: ours again if alive and the same prefix, else deleted."""
+    async def _earlier(
+        self, record: CacheRecord, prefix: Prefix | None, where: Path | None = None
+    ) -> CacheUse | None:
+        """A killed run's cache: ours again if alive and the same prefix, else deleted (and
+        its record in ``where``, the output set aside, or this one)."""
         assert self._client is not None
         alive: CacheInfo | None = None
         with contextlib.suppress(ApiError, BatchgenError):
@@ -119,7 +128,7 @@ class RunCache:
             with contextlib.suppress(ApiError, BatchgenError):
                 await self._client.delete(record.name)
         await self._bill_storage(record)
-        drop_cache_record(self.out.path)
+        drop_cache_record(where or self.out.path)
         return None
 
     async def _create(self, prefix: Prefix, rows: int) -> CacheUse | None:

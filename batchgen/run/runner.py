@@ -318,7 +318,7 @@ class _Run:
     async def _run_calls(self, ticker: asyncio.Task[None]) -> None:
         """The context cache (if any), then the reader and the backend until they end."""
         keeper: asyncio.Task[None] | None = None
-        use = await self.cache.start(self.rows_todo)
+        use = await self.cache.start(self.rows_todo, self.summary.moved_aside)
         if use is not None:
             self.backend = self._backend(self.budget, use)
             keeper = asyncio.create_task(self.cache.keep_alive())
