@@ -1,11 +1,10 @@
 """The ``cachedContents`` client, and what a row's call needs of a live cache.
 
 :class:`CachesClient` creates, reads, extends (``ttl``) and deletes explicit context caches
-through the one :class:`~batchgen.gemini.transport.Transport` (docs/NOTES-cache.md; wire shapes
-at https://ai.google.dev/api/caching). :class:`CacheUse` is the cache a run's calls use: it turns
-a row's body into the cached variant (:meth:`~batchgen.gemini.request.RequestBuilder.cached`)
-while the cache is usable, and once the API refuses it (:func:`cache_refusal`) it is off for the
-rest of the run, said once.
+through the one :class:`~batchgen.gemini.transport.Transport` (docs/gemini-api.md §13).
+:class:`CacheUse` is the cache a run's calls use: it turns a row's body into the cached variant
+(:meth:`~batchgen.gemini.request.RequestBuilder.cached`) while the cache is usable, and once the
+API refuses it (:func:`cache_refusal`) it is off for the rest of the run, said once.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class Prefix:
         return hashlib.sha256(text).hexdigest()[:16]
 
     def cache_body(self, ttl_seconds: int) -> bytes:
-        """The cachedContents create body holding this prefix (docs/gemini-api.md, caching)."""
+        """The cachedContents create body holding this prefix (docs/gemini-api.md §13)."""
         body = b'{"model":' + _dumps(f"models/{self.model}") + b',"ttl":'
         body += _dumps(f"{ttl_seconds}s") + b',"displayName":' + _dumps(f"batchgen-{self.digest()}")
         if self.turns:
