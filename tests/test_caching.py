@@ -59,6 +59,7 @@ def test_a_long_shared_prefix_is_cached_once_and_costs_at_most_half(
     assert counts["cachedContent:used"] >= 0.95 * counts["generateContent"]
     assert server.emulator.caches_alive() == 0
     assert not (cached / "out" / CACHE_FILE).exists()
+    assert any("prefix every row shares is cached" in n for n in summary.notes)
     sent = [b for b in server.emulator.received if b.get("cachedContent")]
     assert sent and not any("systemInstruction" in b for b in sent)  # it lives in the cache
     used = counts["cachedContent:used"]
@@ -110,8 +111,9 @@ def test_a_cache_that_vanishes_mid_run_is_dropped_and_its_rows_answered_uncached
     summary = run(cached_job(tmp_path, 200), server)
     killer.join()
     assert summary.exit_code == 0 and summary.rows_done == 200 and summary.rows_failed == 0
-    said = [n for n in summary.notes if "cache" in n]
+    said = [n for n in summary.notes if "refused" in n]
     assert len(said) == 1 and "rest of the run is uncached" in said[0]
+    assert any("prefix every row shares is cached" in n for n in summary.notes)
     assert 30 <= emulator.counts["cachedContent:used"] < 200
     assert not (tmp_path / "out" / CACHE_FILE).exists()
 

@@ -157,6 +157,11 @@ class RunCache:
         usage = Usage(prompt=self.record.tokens, total=self.record.tokens)
         await self.bill(self._entry(CACHE_CREATE, usage))
         self.use = CacheUse(self.plan.builder, prefix, info.name, self.note)
+        c = self.costs
+        self.note(
+            f"context cache: the {self.record.tokens:,}-token prefix every row shares is cached "
+            f"(about USD {c.with_cache:.4f} for it instead of {c.without:.4f})"
+        )
         return self.use
 
     async def _count(self, prefix: Prefix) -> int:
