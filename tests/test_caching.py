@@ -41,9 +41,9 @@ def cached_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM
     return path
 
 
-def run(path: Path, server: EmulatorThread) -> RunSummary:
+def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:
     job = load_job(path, Overrides(base_url=server.base_url))
-    return run_job(job, RunOptions(api_key=KEY, handle_signals=False))
+    return run_job(job, RunOptions(api_key=KEY, handle_signals=False, **options))
 
 
 def test_a_long_shared_prefix_is_cached_once_and_costs_at_most_half(
@@ -52,7 +52,7 @@ def test_a_long_shared_prefix_is_cached_once_and_costs_at_most_half(
     server: EmulatorThread = emulator_factory(EmulatorConfig(record=True))
     cached, plain = tmp_path / "cached", tmp_path / "plain"
     cached.mkdir(), plain.mkdir()
-    summary = run(cached_job(cached, 300), server)
+    summary = run(cached_job(cached, 300), server, prices=load_prices())
     counts = server.emulator.counts
     assert summary.exit_code == 0 and summary.rows_done == 300
     assert counts["cachedContents.create"] == 1 and counts["cachedContents.delete"] == 1
@@ -71,6 +71,9 @@ def test_a_long_shared_prefix_is_cached_once_and_costs_at_most_half(
     with_cache, without = report([cached / "out"]), report([plain / "out"])
     assert with_cache.total["requests"] == without.total["requests"] == 300
     assert with_cache.total["cached_tokens"] > 0.9 * without.total["prompt_tokens"]
+    # the run's own books count the cache's creation and storage too
+    assert summary.cost is not None
+    assert abs(summary.cost - with_cache.total["cost_usd"]) < 1e-9
     ratio = with_cache.total["cost_usd"] / without.total["cost_usd"]
     assert ratio <= 0.5, ratio
     outcomes = [u["outcome"] for u in read_rows(cached / "out", "usage")]

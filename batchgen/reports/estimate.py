@@ -63,7 +63,7 @@ from batchgen.plan import Plan, plan_job
 from batchgen.pricing.caching import CacheCosts, cache_costs
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
-from batchgen.records import REUSED
+from batchgen.records import NOT_CALLS
 from batchgen.redact import redact_url
 from batchgen.reports.repeats import Repeats, count_repeats
 from batchgen.reports.report import load_calls
@@ -500,7 +500,7 @@ def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGu
         notes.append(f"{out}: written by a different job ({what} changed); its sizes are not used")
         return None
     calls, _ = load_calls(out)
-    calls = calls[calls["outcome"] != REUSED]  # rows answered by a twin's call: no call
+    calls = calls[~calls["outcome"].isin(NOT_CALLS)]  # a twin's answer, a cache: no call
     ok = calls[calls["outcome"] == "ok"]
     if ok.empty:
         return None

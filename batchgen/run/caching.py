@@ -31,6 +31,7 @@ from batchgen.gemini.connect import client_for
 from batchgen.gemini.request import Prefix
 from batchgen.gemini.transport import ApiError
 from batchgen.plan import Plan
+from batchgen.pricing.budget import Budget
 from batchgen.pricing.caching import CacheCosts, cache_costs
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import PriceTable
@@ -65,12 +66,14 @@ class RunCache:
         api_key: str,
         out: OutputDir,
         prices: object,
+        budget: Budget,
         run_id: str,
         note: Callable[[str], None],
         bill: Callable[[Billed], Coroutine[Any, Any, None]],
     ) -> None:
         self.plan, self.job, self.api_key, self.out = plan, plan.job, api_key, out
         self.table = prices if isinstance(prices, PriceTable) else None
+        self.budget = budget
         self.run_id, self.note, self.bill = run_id, note, bill
         self.use: CacheUse | None = None
         self.record: CacheRecord | None = None
@@ -155,6 +158,7 @@ class RunCache:
         )  # fmt: skip
         write_cache_record(self.out.path, self.record)  # before any call names it
         usage = Usage(prompt=self.record.tokens, total=self.record.tokens)
+        self.budget.add(self.record.tokens * price.rates(self.job.model.tier).input / 1e6)
         await self.bill(self._entry(CACHE_CREATE, usage))
         self.use = CacheUse(self.plan.builder, prefix, info.name, self.note)
         c = self.costs
@@ -201,6 +205,9 @@ class RunCache:
     async def _bill_storage(self, record: CacheRecord) -> None:
         created = datetime.fromisoformat(record.created_at)
         hours = max(0.0, (datetime.now(UTC) - created).total_seconds() / 3600)
+        price = (self.table or load_prices()).resolve(self.job.model.name)
+        if price is not None:
+            self.budget.add(record.tokens * hours * price.storage_rate / 1e6)
         await self.bill(self._entry(CACHE_STORAGE, Usage(), record.tokens * hours))
 
     def _entry(self, outcome: str, usage: Usage, token_hours: float | None = None) -> Billed:

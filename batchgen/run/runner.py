@@ -282,7 +282,7 @@ class _Run:
         self.books = _Books(plan, out, self.summary, budget, self.stop)
         self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
         self.backend = self._backend(budget)
-        self.cache = RunCache(plan, options.api_key, out, options.prices, self.run_id,
+        self.cache = RunCache(plan, options.api_key, out, options.prices, budget, self.run_id,
                               self.books.tell, self.books.billed)  # fmt: skip
         self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
