@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import batchgen
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.job.spec import Overrides, load_job
@@ -271,3 +272,18 @@ def test_a_fresh_start_deletes_the_cache_the_set_aside_output_recorded(
     summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False, fresh=True))
     assert summary.moved_aside is not None and summary.rows_done == 5
     assert emulator.caches_alive() == 0 and not (summary.moved_aside / CACHE_FILE).exists()
+
+
+def test_the_python_api_caches_by_default_and_takes_cache_off(emulator_factory: Any) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig())
+    rows = [{"name": f"item-{i}"} for i in range(30)]
+    schema = {"type": "OBJECT", "properties": {"label": {"type": "STRING"}}, "required": ["label"]}
+    common: dict[str, Any] = {"prompt": "Describe {{ name }}.", "schema": schema,
+                              "model": "gemini-2.5-flash-lite", "system": SYSTEM,
+                              "base_url": server.base_url, "api_key": KEY,
+                              "limits": FAST}  # fmt: skip
+    assert len(batchgen.generate(rows, **common)) == 30
+    assert server.emulator.counts["cachedContent:used"] == 30
+    assert len(batchgen.generate(rows, cache="off", **common)) == 30
+    assert server.emulator.counts["cachedContent:used"] == 30  # the second made no cache
+    assert server.emulator.caches_alive() == 0
