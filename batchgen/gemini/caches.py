@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.errors import BatchgenError
+from batchgen.errors import FatalApiError
 from batchgen.gemini.request import Prefix, RequestBuilder
 from batchgen.gemini.transport import ApiError, Transport
 
@@ -91,17 +91,23 @@ class CacheUse:
 
 
 def cache_refusal(exc: BaseException) -> str | None:
-    """Why ``exc`` is the API refusing a cache (400/403/404 naming cached content), or None."""
-    status = getattr(exc, "status", None)
-    text = str(exc)
-    if isinstance(exc, ApiError) and status not in REFUSED_STATUS:
+    """Why ``exc``, the failure of a call that named the cache, is the API refusing the cache,
+    or None. A 403 or 404 (the transport's FatalApiError) is taken as one whatever it says (an
+    expired cache is a 403 "CachedContent not found"): the row is sent again uncached, and if
+    the refusal was not the cache's, that call meets it again. A 400 is one only when it names
+    cached content (a 400 about the row's own request must not turn the cache off)."""
+    if isinstance(exc, FatalApiError):
+        return _first_line(str(exc))
+    if not isinstance(exc, ApiError) or exc.status not in REFUSED_STATUS:
         return None
-    if not isinstance(exc, ApiError | BatchgenError):
-        return None
-    lowered = text.lower()
+    lowered = str(exc).lower()
     if "cachedcontent" in lowered or "cached content" in lowered or "cached_content" in lowered:
-        return text.splitlines()[0][:160]
+        return _first_line(str(exc))
     return None
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0][:160]
 
 
 def _info(raw: bytes | bytearray) -> CacheInfo:
