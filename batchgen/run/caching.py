@@ -156,7 +156,14 @@ class RunCache:
             info.name, prefix.digest(), info.tokens or tokens, self.job.model.name,
             datetime.now(UTC).isoformat(), self.run_id,
         )  # fmt: skip
-        write_cache_record(self.out.path, self.record)  # before any call names it
+        try:
+            write_cache_record(self.out.path, self.record)  # before any call names it
+        except OSError as exc:  # unrecorded, a kill would leave it billing: not used at all
+            self.record = None
+            with contextlib.suppress(ApiError, BatchgenError):
+                await self._client.delete(info.name)
+            self.note(f"no context cache: cannot record it in {self.out.path}: {exc.strerror}")
+            return None
         usage = Usage(prompt=self.record.tokens, total=self.record.tokens)
         self.budget.add(self.record.tokens * price.rates(self.job.model.tier).input / 1e6)
         await self.bill(self._entry(CACHE_CREATE, usage))
