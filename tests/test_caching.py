@@ -18,6 +18,7 @@ import batchgen
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.job.spec import Overrides, load_job
+from batchgen.plan import plan_job
 from batchgen.pricing.caching import break_even_rows
 from batchgen.pricing.file import load_prices, parse_price_file
 from batchgen.reports.estimate import estimate_job
@@ -287,3 +288,39 @@ def test_the_python_api_caches_by_default_and_takes_cache_off(emulator_factory: 
     assert len(batchgen.generate(rows, cache="off", **common)) == 30
     assert server.emulator.counts["cachedContent:used"] == 30  # the second made no cache
     assert server.emulator.caches_alive() == 0
+
+
+def test_the_cached_body_is_the_request_without_its_prefix(tmp_path: Path) -> None:
+    path = cached_job(tmp_path, 3, system="Be brief.")
+    extra = """
+[[prompt.examples]]
+user = "Describe item-demo."
+model = { label = "a demo" }
+
+[[safety_settings]]
+category = "HARM_CATEGORY_HARASSMENT"
+threshold = "BLOCK_ONLY_HIGH"
+"""
+    text = path.read_text().replace("[model]\n", '[model]\ntier = "flex"\n', 1)
+    path.write_text(text + extra)
+    plan = plan_job(load_job(path))
+    prefix = plan.prefix()
+    assert prefix is not None and prefix.system == "Be brief." and prefix.turns
+    body = plan.first_request()
+    cached = plan.builder.cached(body, prefix, "cachedContents/c9")
+    assert cached is not None
+    full, short = json.loads(body), json.loads(cached)
+    assert short["cachedContent"] == "cachedContents/c9" and "systemInstruction" not in short
+    assert short["contents"] == full["contents"][-1:]  # the row's own turn only
+    for key in ("generationConfig", "safetySettings", "serviceTier"):
+        assert short[key] == full[key]
+    create = json.loads(prefix.cache_body(600))
+    assert create["contents"] == full["contents"][:-1] and create["ttl"] == "600s"
+    assert create["systemInstruction"] == full["systemInstruction"]
+    other = plan.builder.body("Describe x.", "Another system.")
+    assert plan.builder.cached(other, prefix, "cachedContents/c9") is None  # not this prefix
+
+
+def test_a_system_instruction_that_uses_a_column_is_no_shared_prefix(tmp_path: Path) -> None:
+    plan = plan_job(load_job(cached_job(tmp_path, 3, system="You describe {{ name }}.")))
+    assert plan.prefix() is None
