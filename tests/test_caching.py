@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 import batchgen
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
@@ -26,6 +28,7 @@ from batchgen.reports.report import report
 from batchgen.run import caching
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.cache import CACHE_FILE
+from batchgen.store.layout import part_files
 from tests.helpers.emulator_calls import KEY, MakeClient, ask, call
 from tests.helpers.jobs import item_job
 from tests.helpers.outputs import read_rows
@@ -324,3 +327,20 @@ threshold = "BLOCK_ONLY_HIGH"
 def test_a_system_instruction_that_uses_a_column_is_no_shared_prefix(tmp_path: Path) -> None:
     plan = plan_job(load_job(cached_job(tmp_path, 3, system="You describe {{ name }}.")))
     assert plan.prefix() is None
+
+
+def test_a_ledger_written_before_the_cache_entries_still_reports(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig())
+    path = cached_job(tmp_path, 10, mode="off")
+    assert run(path, server).rows_done == 10
+    before = report([tmp_path / "out"]).total
+    parts = part_files(tmp_path / "out", "usage")
+    assert parts
+    for part in parts:  # as a version 1 ledger: no cache_token_hours column
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["cache_token_hours"]).replace_schema_metadata(), part)
+    after = report([tmp_path / "out"]).total
+    assert after["requests"] == before["requests"] == 10
+    assert after["cost_usd"] == before["cost_usd"]
