@@ -93,7 +93,9 @@ def generate(
             one by default), ``generation`` (generationConfig fields), ``limits``, ``retry``
             (the job file's sections, as dicts), ``explode``, ``dedupe`` (identical requests
             paid once), ``examples`` (few-shot turns: dicts of ``user`` and ``model``),
-            ``safety_settings`` (dicts of ``category`` and ``threshold``), ``carry``,
+            ``safety_settings`` (dicts of ``category`` and ``threshold``), ``cache`` (``"auto"``,
+            the default: the prefix every row shares in a context cache when that is cheaper;
+            ``"off"``), ``carry``,
             ``api_key_env``, ``tier`` (``"flex"``: half price, slower), ``max_cost``, ``prices``,
             ``time_budget``, ``engine`` (``"ray"``: the calls made across a Ray cluster under
             one quota; ``ray_address`` which cluster, by default a local instance), ``media``
@@ -302,6 +304,8 @@ def _job(
         raw["prompt"]["examples"] = [dict(e) for e in options.pop("examples")]
     if "safety_settings" in options:  # [{"category": ..., "threshold": ...}, ...]
         raw["safety_settings"] = [dict(s) for s in options.pop("safety_settings")]
+    if "cache" in options:  # "auto" (the default) or "off": explicit context caching
+        raw["cache"] = {"mode": options.pop("cache")}
     if base_url is not None:
         raw["model"]["base_url"] = base_url
     # relative media paths in the data are the caller's: from the working directory

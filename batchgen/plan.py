@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from batchgen.errors import InputError, JobError, TemplateError
 from batchgen.gemini.answers import AnswerError, structured_value
-from batchgen.gemini.request import RequestBuilder, file_part, inline_part, request_hash
+from batchgen.gemini.request import Prefix, RequestBuilder, file_part, inline_part, request_hash
 from batchgen.input.media import BadMediaError, read_media, scan_path, scan_value
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
@@ -90,6 +90,14 @@ class Plan:
     def _rows(self) -> Iterator[InputRow]:
         for batch in self.reader.batches():
             yield from batch
+
+    def prefix(self) -> Prefix | None:
+        """The request prefix every row shares (what an explicit cache would hold), or None."""
+        try:
+            system = self.template.system_text()
+        except TemplateError:
+            return None
+        return self.builder.prefix(self.template.shared_system, system)
 
     def first_request(self) -> bytes:
         """The request body for the first input row, or the reason it cannot be rendered."""

@@ -169,6 +169,11 @@ class Answer:
 
 
 REUSED = "reused"  # a ledger outcome: a row answered by its twin's call (output.dedupe), unpaid
+# ledger outcomes of an explicit context cache, not calls for a row: its creation (the prefix's
+# tokens, billed as input) and its storage (token-hours, in cache_token_hours)
+CACHE_CREATE = "cache_create"
+CACHE_STORAGE = "cache_storage"
+NOT_CALLS = frozenset({REUSED, CACHE_CREATE, CACHE_STORAGE})  # ledger entries that are no request
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ class Billed:
     outcome: str  # "ok", "reused" (a twin's answer, no call), or the answer's failure category
     at: datetime
     tier: str = "standard"  # the service tier that served the call
+    token_hours: float | None = None  # a cache_storage entry: the cache's tokens × hours alive
 
     def to_row(self) -> dict[str, Any]:
         usage = self.answer.usage
@@ -206,6 +212,7 @@ class Billed:
             "tier": self.tier,
             **modality_columns("prompt", usage.prompt_details),
             **modality_columns("cached", usage.cached_details),
+            "cache_token_hours": self.token_hours,
         }
 
 

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from batchgen.backends.online.caller import CallEvents
 from batchgen.backends.stopping import StopControl
+from batchgen.gemini.caches import CacheUse
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
 from batchgen.records import Outage, Outcome, Work
@@ -44,6 +45,7 @@ class RunContext:
     run_id: str
     stop: StopControl
     out: OutputDir
+    cache: CacheUse | None = None  # the run's context cache, while the API takes it
 
 
 class Sink(CallEvents, Protocol):

@@ -57,6 +57,7 @@ def format_estimate(est: Estimate, fmt: str = "table") -> str:
         f"  output   {_range(est.output_low, est.output_high)} tokens, thinking included: "
         f"{est.output_source}",
         *_cost_lines(est),
+        *_cache_lines(est),
         f"  time     at least {_minutes(est.minutes)}: {_time_bounds(est)}",
     ]
     if est.calls_per_row > 1:
@@ -98,6 +99,25 @@ def _cost_lines(est: Estimate) -> list[str]:
         f"           priced as {est.priced_as} at its rates of {est.priced_on}; {est.prices}"
     )
     return lines
+
+
+def _cache_lines(est: Estimate) -> list[str]:
+    """The shared prefix with and without a context cache, and which the run will use."""
+    c = est.cache
+    if c is None:
+        return [f"  cache    none: {est.cache_why}"] if est.cache_use == "no cache" else []
+    digits = usd_digits(c.without, c.with_cache)
+    chosen = (
+        "the run will use a cache"
+        if est.cache_use == "cache"
+        else f"the run goes uncached: {est.cache_why}"
+    )
+    return [
+        f"  cache    shared prefix {c.prefix_tokens:,} tokens × {c.calls:,} calls: "
+        f"USD {c.without:,.{digits}f} uncached, USD {c.with_cache:,.{digits}f} with a cache "
+        f"(creation {c.creation:,.{digits}f}, storage {c.hours:.2f} h {c.storage:,.{digits}f})",
+        f"           {chosen}" + (" (the cost above counts it)" * (est.cache_use == "cache")),
+    ]
 
 
 def _minutes(minutes: float) -> str:

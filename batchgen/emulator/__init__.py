@@ -7,7 +7,7 @@ copied into the stand-in that checks it.
 Modules: :mod:`.server` (the app, its config and ways to run it), :mod:`.wire` (reading request
 bodies as the API does), :mod:`.replies` (response bodies), :mod:`.fakedata` (values that
 conform to a schema), :mod:`.quota` (rate-limit windows), :mod:`.latency` (latency models),
-:mod:`.hostile` (misbehaving-proxy modes).
+:mod:`.hostile` (misbehaving-proxy modes), :mod:`.caches` (cachedContents).
 """
 
 from batchgen.emulator.server import (

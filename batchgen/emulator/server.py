@@ -41,6 +41,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import NotAppKeyWarning
 
 from batchgen.emulator.batch import BATCH_OUTCOMES, BatchApi
+from batchgen.emulator.caches import CachesApi
 from batchgen.emulator.files import FilesApi
 from batchgen.emulator.hostile import HOSTILE_FAULTS, HostileConfig, hostile_reply
 from batchgen.emulator.latency import LatencyModel
@@ -182,6 +183,10 @@ class EmulatorConfig:
         batch_script: how successive batches end: "ok", "fail" (FAILED) or "expire"
             (EXPIRED); batches after the script's end succeed.
         max_file_bytes: the Files API's size limit per file (2 GB).
+        cache_min_tokens: model -> the least tokens a cachedContents entry may hold (400 below
+            it); models not named: 1024.
+        cache_refuse: every cachedContents create is refused with a 400 (a model without
+            explicit caching).
     """
 
     api_keys: frozenset[str] | None = None
@@ -208,6 +213,8 @@ class EmulatorConfig:
     batch_line_error_rate: float = 0.0
     batch_script: list[str] = field(default_factory=list)
     max_file_bytes: int = 2 * 1000**3
+    cache_min_tokens: dict[str, int] = field(default_factory=dict)
+    cache_refuse: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flex_standard_share <= 1.0:
@@ -273,8 +280,16 @@ class Emulator:
                               self.config.max_file_bytes)  # fmt: skip
         self.batches = BatchApi(self.files, self._check_key, self._check_model,
                                 lambda: self.clock(), self.counts, self.config)  # fmt: skip
+        self.caches = CachesApi(self._check_key, self._check_model, lambda: self.clock(),
+                                self.counts, self.config.cache_min_tokens,
+                                self.config.cache_refuse)  # fmt: skip
         self.files.add_routes(self.app.router)
         self.batches.add_routes(self.app.router)
+        self.caches.add_routes(self.app.router)
+
+    def caches_alive(self) -> int:
+        """cachedContents entries that exist now (not deleted, not expired)."""
+        return self.caches.alive()
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         """The counts so far; not itself counted, so polling does not change them."""
@@ -303,6 +318,9 @@ class Emulator:
         self._check_model(model, "generateContent")
         prompt = prompt_text(body)
         media = read_media(body, self.files.media)
+        cache = self.caches.use(body, model) if body.get("cachedContent") else None
+        if cache is not None:  # the cached prefix comes first, as the system instruction would
+            prompt = f"{cache.text}\n{prompt}"
         self._check_outage()
         tokens = estimate_tokens(prompt) + sum(m.tokens for m in media)
         self._quota.admit(model, tokens, self.clock())
@@ -325,7 +343,10 @@ class Emulator:
         served = self._served(tier)
         self.counts[f"tier:{served}"] += 1
         # the same answer at every tier: only the header says how it was served
-        response = _json_response(answer_body(body, model, prompt, fault, media))
+        answer = answer_body(body, model, prompt, fault, media)
+        if cache is not None:  # promptTokenCount includes the cached part
+            answer["usageMetadata"]["cachedContentTokenCount"] = cache.tokens
+        response = _json_response(answer)
         response.headers[TIER_HEADER] = served
         return response
 

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from batchgen.gemini.batch_client import BatchClient
+from batchgen.gemini.caches import CachesClient
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.transport import Transport, open_session
 from batchgen.job.spec import Job, LimitsSpec, ModelSpec, RetrySpec
 
 __all__ = ["client_for"]
 
-C = TypeVar("C", GeminiClient, BatchClient)
+C = TypeVar("C", GeminiClient, BatchClient, CachesClient)
 
 
 @asynccontextmanager
@@ -32,8 +33,8 @@ async def client_for(
         job: the job; or, for a command that has no job file (``batchgen cancel``), the model
             alone, with the default limits.
         api_key: the key, sent only in the ``x-goog-api-key`` header.
-        kind: :class:`GeminiClient` (generateContent, countTokens) or :class:`BatchClient`
-            (Files, Batches).
+        kind: :class:`GeminiClient` (generateContent, countTokens), :class:`BatchClient`
+            (Files, Batches) or :class:`CachesClient` (cachedContents).
         connections: at most this many connections open at once (None: aiohttp's 100).
         timeout: seconds a call may take, instead of the job's ``limits.timeout_seconds``.
     """

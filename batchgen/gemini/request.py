@@ -14,6 +14,15 @@ When they use no row values they are serialized once per job, like the config; w
 instruction and the context parts they make the prefix a cache can hold. ``safetySettings`` is a
 top-level field, sent before ``generationConfig``.
 
+The prefix every row shares in front of its own turn (the shared system instruction and the
+shared example turns) is one :class:`Prefix`, made by :meth:`RequestBuilder.prefix`: the piece an
+explicit cache (``cachedContents``, :mod:`batchgen.gemini.caches`) holds. With a cache a request
+names it in ``cachedContent`` and carries neither the system instruction nor the example turns
+(the API refuses ``systemInstruction`` beside ``cachedContent``): :meth:`RequestBuilder.cached`
+turns a row's body into that variant at send time. The row's :class:`~batchgen.records.Work`
+keeps the uncached body, so :func:`request_hash` (dedupe, resume) is the hash of the logical
+request: a row answered with the cache is the same request as without it.
+
 A Flex job adds ``"serviceTier": "flex"``, a top-level field of the request (docs/gemini-api.md
 §11), as the body's last field; a standard job sends no tier, as the API's default. The tier says
 how a request is served, not what it asks, so :func:`request_hash` leaves it out: a row answered
@@ -76,6 +85,53 @@ Body = bytes | StreamedBody
 FLEX_FIELD = b',"serviceTier":"flex"}'  # what closes a Flex body instead of "}"
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """What every row's request shares before the row's own turn: the cacheable prefix.
+
+    ``system``: the shared system instruction (None: none); ``turns``: the shared few-shot
+    turns (:meth:`RequestBuilder.turns`, b"" when none). Seam for shared context parts (the
+    media issue's ``[prompt] context``): they would be a third field, ``context`` (parts bytes),
+    sent uncached at the front of the row's user turn and cached as one user turn after
+    ``turns`` in :meth:`cache_body`, stripped from the row's turn in
+    :meth:`RequestBuilder.cached` like ``turns``; :meth:`digest` and :meth:`contents` take it in.
+    """
+
+    model: str
+    system: str | None
+    turns: bytes
+
+    def contents(self) -> bytes:
+        """The cached ``contents`` array's items (JSON, no brackets)."""
+        return self.turns.removesuffix(b",")
+
+    def system_field(self) -> bytes:
+        """The ``systemInstruction`` field as a request carries it, with its leading comma."""
+        if self.system is None:
+            return b""
+        return b',"systemInstruction":{"parts":[{"text":' + _dumps(self.system) + b"}]}"
+
+    def digest(self) -> str:
+        """A fingerprint of the prefix and model: a cache made for another prefix is not ours."""
+        text = _dumps([self.model, self.system]) + self.turns
+        return hashlib.sha256(text).hexdigest()[:16]
+
+    def cache_body(self, ttl_seconds: int) -> bytes:
+        """The cachedContents create body holding this prefix (docs/gemini-api.md §13)."""
+        body = b'{"model":' + _dumps(f"models/{self.model}") + b',"ttl":'
+        body += _dumps(f"{ttl_seconds}s") + b',"displayName":' + _dumps(f"batchgen-{self.digest()}")
+        if self.turns:
+            body += b',"contents":[' + self.contents() + b"]"
+        return body + self.system_field() + b"}"
+
+    def count_body(self) -> bytes:
+        """A countTokens request for the prefix (with a one-character user turn, as contents
+        cannot be empty): its count is the prefix's tokens, give or take one."""
+        turns = self.turns + b'{"role":"user","parts":[{"text":"."}]}'
+        inner = b'{"model":' + _dumps(f"models/{self.model}") + b',"contents":[' + turns + b"]"
+        return b'{"generateContentRequest":' + inner + self.system_field() + b"}}"
+
+
 class RequestBuilder:
     """Turns rendered prompt text into request bodies for one job; ``examples`` are the job's
     few-shot turns when every row shares them (:meth:`turns`)."""
@@ -94,6 +150,26 @@ class RequestBuilder:
         if job.model.tier == "flex":
             self._tail = self._tail[:-1] + FLEX_FIELD
         self.examples = examples
+        self._model = job.model.name
+
+    def prefix(self, shared_system: bool, system: str | None) -> Prefix | None:
+        """The prefix every row shares (:class:`Prefix`), or None when rows share none: no
+        shared system instruction and no shared example turns, or a system instruction that
+        differs by row (``shared_system`` false)."""
+        if not shared_system or (system is None and not self.examples):
+            return None
+        return Prefix(self._model, system, self.examples)
+
+    def cached(self, body: bytes, prefix: Prefix, name: str) -> bytes | None:
+        """``body`` (from :meth:`body`) sent with the cache ``name`` that holds ``prefix``: the
+        prefix left out, ``cachedContent`` named; None when the body does not start with that
+        prefix (its row's examples or system differ), so it goes uncached."""
+        head = b'{"contents":[' + prefix.turns
+        end = prefix.system_field() + self._tail
+        if not (body.startswith(head) and body.endswith(end)) or len(body) < len(head) + len(end):
+            return None
+        row_turn = body[len(head) : len(body) - len(end)]  # the row's turn and "]"
+        return b'{"contents":[' + row_turn + b',"cachedContent":' + _dumps(name) + self._tail
 
     @staticmethod
     def turns(examples: list[tuple[str, str]]) -> bytes:

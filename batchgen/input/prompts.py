@@ -66,6 +66,8 @@ class PromptTemplate:
         self._whole = whole
         self.whole_row = False  # set by bind: the template reads the row beyond row["name"]
         self._row = False  # set by bind: ROW is the whole row, not a column
+        # a system instruction that uses no column is the same for every row (a cacheable prefix)
+        self.shared_system = spec.system is None or not _variables(spec.system)
 
     def bind(self, available: Sequence[str]) -> dict[str, str]:
         """The columns the template reads (name → why) from an input with ``available``."""
@@ -84,6 +86,15 @@ class PromptTemplate:
         needs = dict.fromkeys(self.variables, "used in the prompt")
         needs.update(dict.fromkeys(self._subscripts, f"used in the prompt as {ROW}[...]"))
         return needs
+
+    def system_text(self) -> str | None:
+        """The system instruction every row shares (``shared_system``), rendered; None: none."""
+        if self._system is None or not self.shared_system:
+            return None
+        try:
+            return self._system.render({}).strip()
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"prompt.system: the template failed: {exc}") from None
 
     def render(self, values: Mapping[str, Any], row: str) -> tuple[str, str | None]:
         """Render (user text, system text) for one row, stripped; ``row`` names it in errors."""

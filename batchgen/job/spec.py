@@ -306,6 +306,14 @@ class OutputSpec(_Table, frozen=True):
     sync_seconds: Above0 = 1.0
 
 
+class CacheSpec(_Table, frozen=True):
+    """[cache]: explicit context caching of the prefix every row shares (system instruction,
+    shared few-shot turns). ``"auto"`` caches it when it is at least the model's minimum and
+    caching is cheaper for the run (README, "Context caching"); ``"off"`` never does."""
+
+    mode: Literal["auto", "off"] = "auto"
+
+
 _SCHEMA_HELP = "the answer's schema; give exactly one of the five schema keys"
 
 
@@ -335,6 +343,7 @@ class JobFile(_Table, frozen=True):
     batch: BatchSpec = msgspec.field(default_factory=BatchSpec)
     safety_settings: tuple[SafetySetting, ...] = ()
     media: MediaSpec = msgspec.field(default_factory=MediaSpec)
+    cache: CacheSpec = msgspec.field(default_factory=CacheSpec)
 
 
 @dataclass(frozen=True)
@@ -361,6 +370,7 @@ class Job:
     schema_dialect: str = GEMINI
     schema_source: str = "response_schema"
     safety_settings: tuple[SafetySetting, ...] = ()
+    cache: CacheSpec = CacheSpec()
 
     @property
     def candidates(self) -> int:
@@ -493,10 +503,11 @@ def _build(
         schema_dialect=schema.dialect,
         schema_source=schema.source,
         safety_settings=_safety(file.safety_settings, path),
+        cache=file.cache,
     )
 
 
-_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch", "media")
+_TABLES = ("input", "model", "prompt", "limits", "retry", "output", "batch", "media", "cache")
 
 
 def _prompt(file: JobFile, base: Path, path: Path) -> PromptSpec:

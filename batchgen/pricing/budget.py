@@ -135,6 +135,11 @@ class Budget:
                             cached_details=usage.cached_details)  # fmt: skip
         self._prompt_cost_sum += self._price(prompt_only, tier) or 0.0
 
+    def add(self, usd: float) -> None:
+        """Count a cost that is no call (a context cache's creation or storage)."""
+        if self._pricer is not None:
+            self.spent += usd
+
     def settle(self, held: float, usage: Usage | None, tier: str = "standard") -> None:
         """Replace a reservation by the call's real cost at the ``tier`` that served it (None:
         the call returned no usage, or never finished). Synchronous, so that it can run in a

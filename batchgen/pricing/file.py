@@ -88,6 +88,8 @@ class TieredEntry(RatesEntry, frozen=True):
     batch_discount: Fraction | None = None
     flex: Factor | TierPrices | None = None
     batch: Factor | TierPrices | None = None
+    cache_storage: Price | None = None  # USD per 1M tokens per hour of an explicit cache
+    cache_min_tokens: Tokens | None = None  # the least tokens an explicit cache may hold
 
 
 class PeriodEntry(TieredEntry, frozen=True):
@@ -193,7 +195,10 @@ def _period(name: str, entry: TieredEntry, file: _File, where: str) -> ModelPric
     source = file.source if dated.source is None else dated.source
     flex, batch = (_tier(entry, t, standard, file, where) for t in TIERS[1:])
     when = dated.source_date or file.source_date
-    return ModelPrice(name, standard, flex, batch, dated.start, dated.to, source, when)
+    return ModelPrice(
+        name, standard, flex, batch, dated.start, dated.to, source, when,
+        entry.cache_storage, entry.cache_min_tokens,
+    )  # fmt: skip
 
 
 def _ordered(periods: list[ModelPrice], file: _File, where: str) -> tuple[ModelPrice, ...]:

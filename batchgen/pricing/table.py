@@ -70,6 +70,10 @@ _VERSION_PART = re.compile(r"^(?:-(?:\d+|preview|exp))+$")
 Counts = npt.NDArray[np.int64]
 
 
+DEFAULT_CACHE_STORAGE = 4.50  # no storage price given: the dearest known (Pro)
+DEFAULT_CACHE_MIN_TOKENS = 4096  # no minimum given: the largest the docs list
+
+
 def utc_today() -> date:
     """Today's date in UTC: the day a call made now is billed on."""
     return datetime.now(UTC).date()
@@ -130,6 +134,17 @@ class ModelPrice:
     end: date | None = None
     source: str = ""
     source_date: date | None = None
+    cache_storage: float | None = None  # USD per 1M tokens per hour (None: not in the table)
+    cache_min_tokens: int | None = None  # the least an explicit cache holds (None: not known)
+
+    @property
+    def storage_rate(self) -> float:
+        """Cache storage, USD per 1M tokens per hour; the dearest known when not given."""
+        return DEFAULT_CACHE_STORAGE if self.cache_storage is None else self.cache_storage
+
+    @property
+    def min_cache_tokens(self) -> int:
+        return DEFAULT_CACHE_MIN_TOKENS if self.cache_min_tokens is None else self.cache_min_tokens
 
     @property
     def input(self) -> float:

@@ -68,9 +68,10 @@ from batchgen.gemini.connect import client_for
 from batchgen.input.media import BadMediaError
 from batchgen.job.spec import Job
 from batchgen.plan import Plan, plan_job
+from batchgen.pricing.caching import CacheCosts, cache_costs
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
-from batchgen.records import REUSED, InputRow, TokenCount
+from batchgen.records import NOT_CALLS, InputRow, TokenCount
 from batchgen.redact import redact_url
 from batchgen.reports.media_cost import (
     MediaOf,
@@ -82,6 +83,7 @@ from batchgen.reports.media_cost import (
 )
 from batchgen.reports.repeats import Repeats, count_repeats
 from batchgen.reports.report import load_calls
+from batchgen.run.caching import TTL_MARGIN_S
 from batchgen.store.jobfile import fingerprint_parts, read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR
 from batchgen.store.outdir import OutputDir
@@ -148,6 +150,11 @@ class Estimate:
     # count one call per distinct request
     repeats: Repeats | None = None
     prompt_by_modality: dict[str, int] = field(default_factory=dict)  # empty: not split
+    # the shared prefix with and without an explicit cache (None: no shared prefix, or no
+    # price); cache_use says what the run will do: "cache", "no cache" or "off"
+    cache: CacheCosts | None = None
+    cache_use: str = "off"
+    cache_why: str | None = None  # why not, when the run goes uncached
 
     @property
     def minutes(self) -> float:
@@ -230,6 +237,12 @@ def estimate_job(
             "mediaResolution (Gemini 3 models) changes them: estimate with countTokens to measure"
         )
     answered = total * paid - unrenderable * scale
+    bounds = time_bounds(job, guess, rows=round(total * paid), prompt_tokens=prompt_tokens)
+    cache, use, why = _cache_choice(plan, api_key, offline, price, round(total * paid), bounds)
+    if cache is not None and use == "cache" and costs:  # the run's own tier pays the cache
+        saved = cache.without - cache.with_cache
+        low, high = costs[job.model.tier]
+        costs = {**costs, job.model.tier: (max(low - saved, 0.0), max(high - saved, 0.0))}
     return Estimate(
         job=job.name,
         model=job.model.name,
@@ -246,14 +259,57 @@ def estimate_job(
         cost_high=costs["standard"][1] if costs else None,
         priced_as=price.name if price else None,
         prices=table.describe(),
-        **asdict(time_bounds(job, guess, rows=round(total * paid), prompt_tokens=prompt_tokens)),
+        **asdict(bounds),
         notes=tuple(notes),
         priced_on=day.isoformat(),
         tier_costs=costs,
         tier=job.model.tier,
         repeats=repeats,
         prompt_by_modality=modality_sums(counts, scale),
+        cache=cache,
+        cache_use=use,
+        cache_why=why,
     )
+
+
+def _cache_choice(
+    plan: Plan,
+    api_key: str,
+    offline: bool,
+    price: ModelPrice | None,
+    calls: int,
+    bounds: TimeBounds,
+) -> tuple[CacheCosts | None, str, str | None]:
+    """The shared prefix's cost with and without a cache, and what the run will do (the same
+    rule as :class:`batchgen.run.caching.RunCache`)."""
+    job = plan.job
+    prefix = plan.prefix()
+    if prefix is None:
+        return None, "off", "no prefix every row shares (system instruction, examples)"
+    if job.cache.mode == "off":
+        return None, "off", '[cache] mode = "off"'
+    if job.model.tier == "batch":
+        return None, "no cache", "batch: no context cache, the batch discount is relied on"
+    if price is None:
+        return None, "no cache", f"no price for {job.model.name} to decide by"
+    body = prefix.count_body()
+    if offline or len(body) < price.min_cache_tokens:  # too short to reach it: no call
+        tokens = rough_tokens(body.decode())
+    else:
+        tokens = asyncio.run(_count_all_raw(job, api_key, body))
+    minutes = max(
+        b
+        for b in (bounds.minutes_requests, bounds.minutes_tokens, bounds.minutes_latency)
+        if b is not None
+    )
+    hours = (minutes * 60 + TTL_MARGIN_S) / 3600
+    costs = cache_costs(price, job.model.tier, calls=calls, prefix_tokens=tokens, hours=hours)
+    return costs, "cache" if costs.pays else "no cache", costs.why_not
+
+
+async def _count_all_raw(job: Job, api_key: str, body: bytes) -> int:
+    async with client_for(job, api_key, GeminiClient) as client:
+        return await client.count_tokens(body)
 
 
 def _gemini_3(job: Job) -> bool:
@@ -527,7 +583,7 @@ def _history_guess(job: Job, history: Path | None, notes: list[str]) -> OutputGu
         notes.append(f"{out}: written by a different job ({what} changed); its sizes are not used")
         return None
     calls, _ = load_calls(out)
-    calls = calls[calls["outcome"] != REUSED]  # rows answered by a twin's call: no call
+    calls = calls[~calls["outcome"].isin(NOT_CALLS)]  # a twin's answer, a cache: no call
     ok = calls[calls["outcome"] == "ok"]
     if ok.empty:
         return None

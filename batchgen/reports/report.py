@@ -37,7 +37,7 @@ import pyarrow as pa
 from batchgen.errors import CheckpointError, JobError, Option
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, PriceTable, same_model, utc_today
-from batchgen.records import MODALITIES, REUSED
+from batchgen.records import CACHE_STORAGE, MODALITIES, NOT_CALLS, REUSED
 from batchgen.store.jobfile import read_job_record
 from batchgen.store.layout import JOB_FILE, RESULTS_DIR, USAGE_DIR
 from batchgen.store.lock import lock_holder
@@ -163,6 +163,8 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
     job, model = _job(out)
     calls = _read(out, USAGE_DIR, USAGE_SCHEMA.names)
     if calls is not None:
+        if "cache_token_hours" not in calls:  # a version 1 ledger: no cache entries
+            calls["cache_token_hours"] = np.nan
         calls["run"] = calls["run_id"].fillna(calls["run"])
         # columns an older batchgen did not write (tier, the modality split) are null
         missing = [n for n in USAGE_SCHEMA.names if n not in calls]
@@ -176,7 +178,14 @@ def load_calls(out: Path) -> tuple[pd.DataFrame, list[str]]:
         columns={"completed_at": "at", "attempts": "attempt"}
     )
     # written before batchgen sent a serviceTier: every call was standard
-    answers = answers.assign(job=job, model=model, http_status=200, outcome="ok", tier="standard")
+    answers = answers.assign(
+        job=job,
+        model=model,
+        http_status=200,
+        outcome="ok",
+        tier="standard",
+        cache_token_hours=np.nan,
+    )
     note = (
         f"{out}: no usage ledger (written before batchgen kept one): requests, tokens and "
         "cost count only the answers kept, not retries or failed calls"
@@ -248,9 +257,14 @@ def _price(calls: pd.DataFrame, prices: PriceTable) -> tuple[tuple[str, ...], li
         part = calls.loc[index]
         counts = [part[c].fillna(0).to_numpy(np.int64) for c in TOKENS[:4]]
         audio = [part[c].fillna(0).to_numpy(np.int64) if c in part else None for c in AUDIO]
-        calls.loc[index, "cost_usd"] = price.costs(
-            *counts, tier=str(tier), audio=audio[0], cached_audio=audio[1]
-        )
+        cost = price.costs(*counts, tier=str(tier), audio=audio[0], cached_audio=audio[1])
+        # a cache's storage: token-hours at the storage rate (USD per 1M tokens per hour)
+        if "cache_token_hours" in part and "outcome" in part:
+            stored = part["cache_token_hours"].fillna(0.0).to_numpy(float)
+            stored = np.where(part["outcome"].to_numpy() == CACHE_STORAGE, stored, 0.0)
+        else:  # a version 1 ledger: no cache entries
+            stored = np.zeros(len(part))
+        calls.loc[index, "cost_usd"] = cost + stored * price.storage_rate / 1e6
     return tuple(unpriced), list(dict.fromkeys(notes))
 
 
@@ -306,11 +320,12 @@ def group_keys(frame: pd.DataFrame, by: str) -> pd.Series:
 
 def _aggregate(calls: pd.DataFrame, rows: pd.DataFrame, by: str) -> pd.DataFrame:
     reused = (calls["outcome"] == REUSED).astype(np.int64)  # answered by a twin: no call
+    not_call = calls["outcome"].isin(NOT_CALLS).astype(np.int64)  # reused, or a cache's entry
     billed = calls.assign(
         key=group_keys(calls, by),
-        unpriced_requests=(calls["cost_usd"].isna() & (reused == 0)).astype(np.int64),
+        unpriced_requests=(calls["cost_usd"].isna() & (not_call == 0)).astype(np.int64),
         cost_usd=calls["cost_usd"].fillna(0.0),
-        paid=1 - reused,
+        paid=1 - not_call,
         rows_reused=reused,
     )
     for column in TOKENS:

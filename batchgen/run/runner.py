@@ -36,12 +36,14 @@ from batchgen.backends.batch.backend import BatchBackend
 from batchgen.backends.online.backend import OnlineBackend
 from batchgen.backends.stopping import StopControl
 from batchgen.errors import BatchgenError, CheckpointError, InputError, InternalError, JobError
+from batchgen.gemini.caches import CacheUse
 from batchgen.input.reader import Scan
 from batchgen.job.spec import Job
 from batchgen.keys import count_contained
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
 from batchgen.records import REUSED, Billed, DoneState, Outcome, Work
+from batchgen.run.caching import RunCache
 from batchgen.run.dedupe import DedupeSink, Twins, leaders
 from batchgen.run.idcheck import check_ids
 from batchgen.run.progress import NoProgress, Progress, Snapshot
@@ -303,13 +305,15 @@ class _Run:
         self.books = _Books(plan, out, self.summary, budget, self.stop)
         self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
         self.backend = self._backend(budget)
+        self.cache = RunCache(plan, options.api_key, out, options.prices, budget, self.run_id,
+                              self.books.tell, self.books.billed)  # fmt: skip
         self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
 
-    def _backend(self, budget: Budget) -> Backend:
+    def _backend(self, budget: Budget, cache: CacheUse | None = None) -> Backend:
         """Batch Mode for a ``tier = "batch"`` job; else calls one by one."""
         o = self.options
-        ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out)
+        ctx = RunContext(self.plan, o.api_key, budget, self.run_id, self.stop, self.out, cache)
         if self.job.model.tier == "batch":
             return BatchBackend(ctx, wait=o.wait, note=self.books.show)
         if o.engine == "ray":
@@ -322,23 +326,40 @@ class _Run:
         await asyncio.to_thread(self.out.publish)
         writer = asyncio.create_task(self.books.write(self._show))
         ticker = asyncio.create_task(self._tick())
-        reader = asyncio.create_task(self.stop.guard("reader", self._read()))
-        calls = await self._calls()
-        backend = asyncio.create_task(self.stop.guard("backend", calls))
-        self.stop.watch_time_budget(self.options.time_budget, self.started)
-        with self.stop.signal_handlers(self.options.handle_signals):
-            await asyncio.gather(backend, return_exceptions=True)
-            self.stop.end()
-            for task in (reader, ticker):
-                task.cancel()
-            await asyncio.gather(reader, ticker, return_exceptions=True)
-            await self.books.outcomes.put(None)
-            await writer
-            await self._finish(started_at)
+        try:
+            with self.stop.signal_handlers(self.options.handle_signals):
+                await self._run_calls(ticker)
+                await self.books.outcomes.put(None)
+                await writer
+                await self._finish(started_at)
+        finally:  # also on a failure or an interrupt: no cache left billing storage
+            if not writer.done():
+                writer.cancel()
+            await asyncio.shield(self.cache.finish(journal=False))
         if self.stop.reason is not None:
             self.stop.reason.summary = self.summary
             raise self.stop.reason
         return self.summary
+
+    async def _run_calls(self, ticker: asyncio.Task[None]) -> None:
+        """The context cache (if any), then the reader and the backend until they end."""
+        keeper: asyncio.Task[None] | None = None
+        unable = "--engine ray" if self.options.engine == "ray" else None
+        use = await self.cache.start(self.rows_todo, self.summary.moved_aside, unable)
+        if use is not None:
+            self.backend = self._backend(self.budget, use)
+            keeper = asyncio.create_task(self.cache.keep_alive())
+        reader = asyncio.create_task(self.stop.guard("reader", self._read()))
+        calls = await self._calls()
+        backend = asyncio.create_task(self.stop.guard("backend", calls))
+        self.stop.watch_time_budget(self.options.time_budget, self.started)
+        await asyncio.gather(backend, return_exceptions=True)
+        self.stop.end()
+        tasks = [t for t in (reader, ticker, keeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.cache.finish()  # deleted, its storage in the ledger before the writer ends
 
     async def _calls(self) -> Coroutine[Any, Any, None]:
         """The backend's run over the rendered rows; with ``output.dedupe``, over the distinct

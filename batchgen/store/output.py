@@ -74,7 +74,10 @@ USAGE_SCHEMA = pa.schema(
         # ledger written before batchgen kept them; readers fill the missing columns with null)
         *(pa.field(f"prompt_{m}_tokens", pa.int64()) for m in MODALITIES),
         *(pa.field(f"cached_{m}_tokens", pa.int64()) for m in MODALITIES),
-    ]
+        # a cache_storage entry: the cache's tokens × the hours it lived (version 2; older: null)
+        pa.field("cache_token_hours", pa.float64()),
+    ],
+    metadata={"batchgen.usage_version": "2"},  # 1: before the cache entries (no column)
 )
 RESERVED = frozenset(
     [ROW_ID.name, ITEM_INDEX.name, CANDIDATE.name, CANDIDATE_ERROR.name, THOUGHTS.name]

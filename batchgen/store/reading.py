@@ -56,10 +56,11 @@ class OutputReader:
 
     def _read_part(self, part: Path, columns: list[str] | None) -> pa.Table:
         try:
-            if columns is not None:  # a column an older batchgen did not write: left out here
-                names = set(pq.read_schema(part).names)
-                columns = [c for c in columns if c in names]
-            return pq.read_table(part, columns=columns)
+            if columns is None:
+                return pq.read_table(part)
+            with pq.ParquetFile(part) as file:
+                names = set(file.schema_arrow.names)  # an older part may lack a newer column
+                return file.read(columns=[c for c in columns if c in names])
         except (OSError, pa.ArrowException) as exc:
             raise _unreadable_part(part, exc) from None
 

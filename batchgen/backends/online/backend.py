@@ -69,6 +69,7 @@ class OnlineBackend:
         self.ctx = ctx
         self.plan, self.job, self.api_key = ctx.plan, ctx.plan.job, ctx.api_key
         self.budget, self.run_id, self.stop, self.out = ctx.budget, ctx.run_id, ctx.stop, ctx.out
+        self.cache = ctx.cache
         spec = self.job.limits
         self.limits = RateLimits(spec.requests_per_minute, spec.tokens_per_minute)
         self.room = file_room(spec.most_in_flight)  # raises the soft open-file limit if it can
@@ -101,7 +102,8 @@ class OnlineBackend:
             files = BatchClient(client.transport)
             media = media_sender(self.plan, self.out.path, files)
             caller = RowCaller(
-                self.plan, client, pacing, self.budget, self.run_id, sink, media=media
+                self.plan, client, pacing, self.budget, self.run_id, sink,
+                media=media, cache=self.cache,
             )
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))

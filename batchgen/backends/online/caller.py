@@ -28,9 +28,11 @@ from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
+from batchgen.errors import FatalApiError
 from batchgen.gemini.answers import AnswerError, parse_response
+from batchgen.gemini.caches import CacheUse, cache_refusal
 from batchgen.gemini.client import ApiError, GeminiClient, Reply
-from batchgen.gemini.request import standard_body
+from batchgen.gemini.request import Body, standard_body
 from batchgen.input.media import BadMediaError
 from batchgen.job.spec import RetrySpec
 from batchgen.plan import Plan
@@ -158,8 +160,10 @@ class RowCaller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry: RetryPolicy | None = None,
         media: MediaSender | None = None,
+        cache: CacheUse | None = None,
     ) -> None:
         self.plan = plan
+        self.cache = cache
         self.job = plan.job
         self.client = client
         self.pacing = pacing
@@ -237,7 +241,6 @@ class RowCaller:
         served = tier  # when the server does not say
         try:
             sent = await self.pacing.before(slot, charged, deadline)
-            self.events.requested()
             reply = await self._send(work, tier)
         except DeadlineError:  # never sent: nothing to tell the pacing
             raise
@@ -265,19 +268,42 @@ class RowCaller:
         """Post the row's request; a media row's is built now, and built again (uploading the
         file anew) once if the server says a file it names is gone."""
         if not work.media or self.media is None:
-            whole = work.body if tier == self.job.model.tier else standard_body(work.body)
-            return await self.client.reply(whole)
+            return await self._post(work.body, tier)
         for again in (True, False):
             async with self.media.request(work) as (built, names):
-                body = built if tier == self.job.model.tier else standard_body(built)
                 try:
-                    return await self.client.reply(body)
+                    return await self._post(built, tier)
                 except ApiError as exc:
                     if not (again and self.media.lost(exc, names)):
                         raise
                 except BadMediaError as exc:  # a file changed while its request was sent
                     raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post(self, body: Body, tier: str) -> Reply:
+        """Send a row's body, with the run's context cache while it is usable; a call the API
+        refuses because of the cache is sent again at once without it (the cache is then off
+        for the whole run), so the refusal costs the row nothing. A body with a streamed media
+        part goes uncached."""
+        cached = None
+        if self.cache is not None and isinstance(body, bytes):
+            cached = self.cache.wire(body)
+        if cached is not None:
+            self.events.requested()
+            try:
+                return await self.client.reply(self._at(cached, tier))
+            except (ApiError, FatalApiError) as exc:
+                why = cache_refusal(exc)
+                if why is None or self.cache is None:
+                    raise
+                self.cache.refused(why)
+        self.events.requested()
+        return await self.client.reply(self._at(body, tier))
+
+    def _at(self, body: Body, tier: str) -> Body:
+        if tier == self.job.model.tier:
+            return body
+        return standard_body(body) if isinstance(body, bytes) else standard_body(body)
 
     def _delayed(self, exc: ApiError) -> None:
         if exc.retry_delay is not None:
