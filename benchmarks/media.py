@@ -1,7 +1,7 @@
 """Media rows against the emulator: peak RSS of N rows of 2 MB images vs a text-only run of the
 same N, rows/s, and upload throughput.
 
-    python benchmarks/media.py [--rows N] [--uploads M] [--keep]
+    python benchmarks/media.py [--rows N] [--uploads M] [--image-kb K] [--keep]
 
 1. ``text``: N rows, the prompt only, at the job defaults a user gets (concurrency "auto").
 2. ``images``: the same N rows, each with its own 2 MB PNG (a distinct content a row), at the
@@ -32,7 +32,8 @@ MODEL = "gemini-2.5-flash-lite"
 
 
 def image(i: int, noise: bytes) -> bytes:
-    """A 2 MB PNG (1024×768, a 16-byte tag that makes each one a distinct content)."""
+    """A PNG of ``len(noise) + 100`` bytes (1024×768, a 16-byte tag that makes each one a
+    distinct content)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
@@ -45,12 +46,12 @@ def image(i: int, noise: bytes) -> bytes:
     return head + body
 
 
-def write_rows(folder: Path, rows: int, with_images: bool) -> Path:
+def write_rows(folder: Path, rows: int, with_images: bool, image_bytes: int = IMAGE_BYTES) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     media = folder.parent / "images"
     if with_images:
         media.mkdir(exist_ok=True)
-        noise = hashlib.shake_256(b"noise").digest(IMAGE_BYTES - 100)
+        noise = hashlib.shake_256(b"noise").digest(image_bytes - 100)
         for i in range(rows):
             path = media / f"img-{i:06d}.png"
             if not path.exists():
@@ -92,10 +93,15 @@ directory = "out"
 
 
 def one(
-    work: Path, name: str, rows: int, images: bool, inline_max_mb: float | None = None
+    work: Path,
+    name: str,
+    rows: int,
+    images: bool,
+    inline_max_mb: float | None = None,
+    image_bytes: int = IMAGE_BYTES,
 ) -> dict[str, float]:
     folder = work / name
-    write_rows(folder, rows, images)
+    write_rows(folder, rows, images, image_bytes)
     job = write_job(folder, images, inline_max_mb)
     with EmulatorProcess() as emulator:
         child = run_child(
@@ -112,7 +118,7 @@ def one(
         "peak_rss_mb": child.peak_rss_mb,
         "cpu_s": child.cpu_seconds,
         "uploaded": uploaded,
-        "mb_per_s": (rows * IMAGE_BYTES / 1e6 / child.wall) if images else 0.0,
+        "mb_per_s": (rows * image_bytes / 1e6 / child.wall) if images else 0.0,
     }
     print(f"{name}: " + ", ".join(f"{k} {v:,.2f}" for k, v in result.items()), flush=True)
     shutil.rmtree(folder / "out", ignore_errors=True)
@@ -123,21 +129,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--uploads", type=int, default=300)
+    parser.add_argument("--image-kb", type=int, default=IMAGE_BYTES // 1000)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     work = Path(tempfile.mkdtemp(prefix="batchgen-media-bench-"))
     try:
+        size = args.image_kb * 1000
         text = one(work, "text", args.rows, images=False)
-        images = one(work, "images", args.rows, images=True)
-        uploads = one(work, "uploads", args.uploads, images=True, inline_max_mb=1)
+        images = one(work, "images", args.rows, images=True, image_bytes=size)
+        uploads = (
+            one(work, "uploads", args.uploads, True, inline_max_mb=size / 2e6, image_bytes=size)
+            if args.uploads
+            else None
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     ratio = images["peak_rss_mb"] / text["peak_rss_mb"]
     print(f"peak RSS images ÷ text = {ratio:.2f} (target ≤ 1.3)")
     print(f"inline images: {images['rows_per_s']:.1f} rows/s, {images['mb_per_s']:.1f} MB/s")
-    print(f"uploads: {uploads['uploaded']} files, {uploads['mb_per_s']:.1f} MB/s, "
-          f"{uploads['rows_per_s']:.1f} rows/s")  # fmt: skip
+    if uploads:
+        print(f"uploads: {uploads['uploaded']} files, {uploads['mb_per_s']:.1f} MB/s, "
+              f"{uploads['rows_per_s']:.1f} rows/s")  # fmt: skip
     return 0
 
 
