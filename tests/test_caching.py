@@ -344,3 +344,17 @@ def test_a_ledger_written_before_the_cache_entries_still_reports(
     after = report([tmp_path / "out"]).total
     assert after["requests"] == before["requests"] == 10
     assert after["cost_usd"] == before["cost_usd"]
+
+
+def test_a_changed_context_file_makes_another_prefix_not_a_reuse(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Household things are labelled by room.\n")
+    path = cached_job(tmp_path, 3, system="Be brief.")
+    line = f"context = [{json.dumps(str(notes))}]\n"
+    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
+    first = plan_job(load_job(path)).prefix()
+    notes.write_text("Household things are labelled by room and by colour.\n")
+    second = plan_job(load_job(path)).prefix()
+    assert first is not None and second is not None
+    assert first.digest() != second.digest()
+    assert plan_job(load_job(path)).prefix() == second  # unchanged file: the same cache
