@@ -97,7 +97,20 @@ class Plan:
             system = self.template.system_text()
         except TemplateError:
             return None
-        return self.builder.prefix(self.template.shared_system, system)
+        prefix = self.builder.prefix(self.template.shared_system, system)
+        if prefix is None or not self.context:
+            return prefix
+        return dataclasses.replace(prefix, context_id=self._context_id())
+
+    def _context_id(self) -> str:
+        """The shared context files' content identity: where each is and its size and mtime (a
+        file's bytes are not read here), or a hash of bytes already in memory."""
+        ids = [
+            [ref.kind, ref.mime, ref.size, ref.path, ref.mtime_ns, ref.uri,
+             hashlib.sha256(ref.data).hexdigest() if ref.data is not None else None]
+            for ref in self.context
+        ]  # fmt: skip
+        return hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
 
     def first_request(self) -> bytes:
         """The request body for the first input row, or the reason it cannot be rendered."""

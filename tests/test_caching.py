@@ -4,6 +4,7 @@ run; a refused or vanished cache falls back to uncached calls; a short prefix is
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -344,3 +345,37 @@ def test_a_ledger_written_before_the_cache_entries_still_reports(
     after = report([tmp_path / "out"]).total
     assert after["requests"] == before["requests"] == 10
     assert after["cost_usd"] == before["cost_usd"]
+
+
+def test_a_changed_context_file_makes_another_prefix_not_a_reuse(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Household things are labelled by room.\n")
+    path = cached_job(tmp_path, 3, system="Be brief.")
+    line = f"context = [{json.dumps(str(notes))}]\n"
+    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
+    first = plan_job(load_job(path)).prefix()
+    notes.write_text("Household things are labelled by room and by colour.\n")
+    second = plan_job(load_job(path)).prefix()
+    assert first is not None and second is not None
+    assert first.digest() != second.digest()
+    assert plan_job(load_job(path)).prefix() == second  # unchanged file: the same cache
+
+
+async def test_the_emulator_counts_a_caches_media_parts(make_client: MakeClient) -> None:
+    client, _ = await make_client(cache_min_tokens={"gemini-2.5-flash": 500})
+    pdf = b"%PDF-1.4\n" + b"1 0 obj << /Type /Page >> endobj\n" * 3 + b"%%EOF\n"
+    part = {"inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(pdf).decode()}}
+    body = {
+        "model": "models/gemini-2.5-flash",
+        "systemInstruction": {"parts": [{"text": "hi"}]},
+        "contents": [{"role": "user", "parts": [part]}],
+    }
+    headers = {"x-goog-api-key": KEY}
+    async with client.post("/v1beta/cachedContents", json=body, headers=headers) as r:
+        assert r.status == 200  # 3 pages at 258 tokens each pass the 500-token minimum
+        made = await r.json()
+    assert made["usageMetadata"]["totalTokenCount"] >= 3 * 258
+    status, answer = await call(client, {**ask("go"), "cachedContent": made["name"]})
+    usage = answer["usageMetadata"]
+    assert status == 200
+    assert usage["cachedContentTokenCount"] == made["usageMetadata"]["totalTokenCount"]

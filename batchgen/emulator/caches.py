@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from batchgen.emulator.media import Lookup, read_media
 from batchgen.emulator.replies import estimate_tokens
 from batchgen.emulator.wire import ApiError, parse_json, prompt_text, read_generate_request
 
@@ -60,6 +61,7 @@ class CachesApi:
         counts: collections.Counter[str],
         min_tokens: Mapping[str, int],
         refuse: bool = False,
+        media: Lookup | None = None,
     ) -> None:
         self.entries: dict[str, CacheEntry] = {}
         self.created = 0
@@ -67,6 +69,14 @@ class CachesApi:
         self._check_key, self._check_model = check_key, check_model
         self._clock, self._counts, self._min = clock, counts, min_tokens
         self._ids = itertools.count(1)
+        self._media = media  # a fileData name -> its stored file (None: fileData parts refused)
+
+    def _lookup(self, name: str) -> tuple[str, bytes, datetime]:
+        if self._media is None:
+            raise ApiError(
+                403, "PERMISSION_DENIED", f"You do not have permission to access {name}."
+            )
+        return self._media(name)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1beta/cachedContents", self._create)
@@ -121,7 +131,7 @@ class CachesApi:
         if not raw.get("contents"):
             checked.pop("contents")
         text = prompt_text(checked)
-        tokens = estimate_tokens(text)
+        tokens = estimate_tokens(text) + sum(m.tokens for m in read_media(raw, self._lookup))
         least = self._min.get(model, DEFAULT_MIN_TOKENS)
         if tokens < least:
             raise ApiError(

@@ -282,7 +282,7 @@ class Emulator:
                                 lambda: self.clock(), self.counts, self.config)  # fmt: skip
         self.caches = CachesApi(self._check_key, self._check_model, lambda: self.clock(),
                                 self.counts, self.config.cache_min_tokens,
-                                self.config.cache_refuse)  # fmt: skip
+                                self.config.cache_refuse, self.files.media)  # fmt: skip
         self.files.add_routes(self.app.router)
         self.batches.add_routes(self.app.router)
         self.caches.add_routes(self.app.router)

@@ -100,6 +100,7 @@ class Prefix:
     model: str
     system: str | None
     turns: bytes
+    context_id: str = ""  # the shared context files' content identity (:meth:`digest`)
 
     def contents(self) -> bytes:
         """The cached ``contents`` array's items (JSON, no brackets)."""
@@ -112,8 +113,9 @@ class Prefix:
         return b',"systemInstruction":{"parts":[{"text":' + _dumps(self.system) + b"}]}"
 
     def digest(self) -> str:
-        """A fingerprint of the prefix and model: a cache made for another prefix is not ours."""
-        text = _dumps([self.model, self.system]) + self.turns
+        """A fingerprint of the prefix and model: a cache made for another prefix is not ours.
+        ``context_id`` takes in the shared context files, so a changed file means a new cache."""
+        text = _dumps([self.model, self.system, self.context_id]) + self.turns
         return hashlib.sha256(text).hexdigest()[:16]
 
     def cache_body(self, ttl_seconds: int) -> bytes:
