@@ -1,6 +1,6 @@
 """The same job with local input and output, then with both in an S3 store on loopback.
 
-    python benchmarks/objstore.py [--rows 5000] [--rounds 2] [--concurrency 64]
+    python benchmarks/objstore.py [--rows 5000] [--rounds 2] [--concurrency N]
 
 Starts the emulator (its own process) and moto's S3 server (a thread here, 127.0.0.1), writes
 the bench input, uploads it, and runs ``batchgen run`` in turns: local (``input.csv`` → ``out``)
@@ -30,7 +30,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="pin it (default: the job's \"auto\")"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-objstore-"))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -74,7 +76,7 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     (local, local_wall), (s3, s3_wall) = best["local"], best["s3"]
     print(
-        f"{args.rows:,} rows, concurrency {args.concurrency}, best of {args.rounds}: local "
+        f"{args.rows:,} rows, concurrency {args.concurrency or 'auto'}, best of {args.rounds}: local "
         f"{local:.0f} rows/s, s3:// {s3:.0f} rows/s (ratio {s3 / local:.3f}); whole command "
         f"{local_wall:.0f} vs {s3_wall:.0f} rows/s (ratio {s3_wall / local_wall:.3f})"
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchgen.errors import InputError, TemplateError
-from batchgen.gemini.request import RequestBuilder, request_hash
+from batchgen.gemini.request import Encoded, Prefix, RequestBuilder, request_hash, streamed_part
 from batchgen.input.prompts import PromptTemplate
 from batchgen.job.spec import load_job
 from batchgen.plan import plan_job
@@ -65,6 +65,26 @@ def test_system_instruction_and_passthrough_generation_config() -> None:
     assert config["responseMimeType"] == "application/json"
     assert config["responseSchema"] == job.response_schema
     assert "systemInstruction" not in json.loads(RequestBuilder(job).body("u"))
+
+
+def test_a_streamed_media_body_is_sent_with_the_cache_like_a_whole_one() -> None:
+    """A row whose file part is read as it is sent loses the cached prefix the same way a whole
+    body does: the cached request asks the same, whichever way its media travel."""
+    job = load_job(ROOT / "jobs" / "cookie_recipes.toml")
+    builder = RequestBuilder(job)
+    data = b"\x89PNG" + bytes(range(256)) * 40
+    encoded = Encoded(len(data), lambda: iter([data[:3 * 1000], data[3 * 1000 :]]))
+    part = streamed_part("image/png", encoded)
+    streamed = builder.request("user text", "system text", media=[part])
+    prefix = Prefix(job.model.name, "system text", b"")
+    cached = builder.cached(streamed, prefix, "cachedContents/c1")
+    assert cached is not None and not isinstance(cached, bytes)
+    sent = json.loads(b"".join(cached.chunks()))
+    assert sent["cachedContent"] == "cachedContents/c1" and "systemInstruction" not in sent
+    assert len(b"".join(cached.chunks())) == cached.size  # Content-Length stays exact
+    whole = json.loads(b"".join(streamed.chunks()))
+    assert sent["contents"] == whole["contents"]
+    assert builder.cached(streamed, Prefix(job.model.name, "other", b""), "c") is None
 
 
 def test_body_is_valid_json_for_any_text() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.errors import FatalApiError
-from batchgen.gemini.request import Prefix, RequestBuilder
+from batchgen.gemini.request import Body, Prefix, RequestBuilder
 from batchgen.gemini.transport import ApiError, Transport
 
 __all__ = ["CacheInfo", "CacheUse", "CachesClient", "cache_refusal"]
@@ -75,7 +75,7 @@ class CacheUse:
         self.used = 0  # calls sent with the cache
         self.note = note
 
-    def wire(self, body: bytes) -> bytes | None:
+    def wire(self, body: Body) -> Body | None:
         """The cached variant of ``body``, or None to send it as it is."""
         if not self.active:
             return None

@@ -162,16 +162,26 @@ class RequestBuilder:
             return None
         return Prefix(self._model, system, self.examples)
 
-    def cached(self, body: bytes, prefix: Prefix, name: str) -> bytes | None:
-        """``body`` (from :meth:`body`) sent with the cache ``name`` that holds ``prefix``: the
+    def cached(self, body: Body, prefix: Prefix, name: str) -> Body | None:
+        """``body`` (from :meth:`request`) sent with the cache ``name`` that holds ``prefix``: the
         prefix left out, ``cachedContent`` named; None when the body does not start with that
-        prefix (its row's examples or system differ), so it goes uncached."""
+        prefix (its row's examples or system differ), so it goes uncached. A streamed body's
+        prefix and tail are its first and last pieces, which are always bytes."""
         head = b'{"contents":[' + prefix.turns
         end = prefix.system_field() + self._tail
+        opening = b'{"contents":['
+        closing = b',"cachedContent":' + _dumps(name) + self._tail
+        if isinstance(body, StreamedBody):
+            first, last = body.pieces[0], body.pieces[-1]
+            if len(body.pieces) < 2 or not (isinstance(first, bytes) and isinstance(last, bytes)):
+                return None
+            if not (first.startswith(head) and last.endswith(end)):
+                return None
+            rest = (*body.pieces[1:-1], last[: -len(end)] + closing)
+            return StreamedBody((opening + first[len(head) :], *rest))
         if not (body.startswith(head) and body.endswith(end)) or len(body) < len(head) + len(end):
             return None
-        row_turn = body[len(head) : len(body) - len(end)]  # the row's turn and "]"
-        return b'{"contents":[' + row_turn + b',"cachedContent":' + _dumps(name) + self._tail
+        return opening + body[len(head) : len(body) - len(end)] + closing  # the row's turn
 
     @staticmethod
     def turns(examples: list[tuple[str, str]]) -> bytes:
@@ -266,6 +276,8 @@ def request_hash(body: bytes) -> str:
 def standard_body(body: bytes) -> bytes: ...
 @overload
 def standard_body(body: StreamedBody) -> StreamedBody: ...
+@overload
+def standard_body(body: Body) -> Body: ...
 def standard_body(body: Body) -> Body:
     """The same request at the standard tier (a standard body as it is)."""
     if isinstance(body, StreamedBody):

@@ -283,11 +283,8 @@ class RowCaller:
     async def _post(self, body: Body, tier: str) -> Reply:
         """Send a row's body, with the run's context cache while it is usable; a call the API
         refuses because of the cache is sent again at once without it (the cache is then off
-        for the whole run), so the refusal costs the row nothing. A body with a streamed media
-        part goes uncached."""
-        cached = None
-        if self.cache is not None and isinstance(body, bytes):
-            cached = self.cache.wire(body)
+        for the whole run), so the refusal costs the row nothing."""
+        cached = self.cache.wire(body) if self.cache is not None else None
         if cached is not None:
             self.events.requested()
             try:
@@ -303,7 +300,7 @@ class RowCaller:
     def _at(self, body: Body, tier: str) -> Body:
         if tier == self.job.model.tier:
             return body
-        return standard_body(body) if isinstance(body, bytes) else standard_body(body)
+        return standard_body(body)
 
     def _delayed(self, exc: ApiError) -> None:
         if exc.retry_delay is not None:
