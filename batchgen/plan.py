@@ -22,7 +22,7 @@ import pyarrow as pa
 from batchgen.errors import InputError, JobError, TemplateError
 from batchgen.gemini.answers import AnswerError, structured_value
 from batchgen.gemini.request import Prefix, RequestBuilder, file_part, inline_part, request_hash
-from batchgen.input.media import BadMediaError, read_media, scan_path, scan_value
+from batchgen.input.media import CONTEXT, BadMediaError, read_media, scan_path, scan_value
 from batchgen.input.prompts import PromptTemplate
 from batchgen.input.reader import InputReader
 from batchgen.job.schema import AnswerValidator
@@ -97,10 +97,8 @@ class Plan:
             system = self.template.system_text()
         except TemplateError:
             return None
-        prefix = self.builder.prefix(self.template.shared_system, system)
-        if prefix is None or not self.context:
-            return prefix
-        return dataclasses.replace(prefix, context_id=self._context_id())
+        context_id = self._context_id() if self.context else ""
+        return self.builder.prefix(self.template.shared_system, system, context_id)
 
     def _context_id(self) -> str:
         """The shared context files' content identity: where each is and its size and mtime (a
@@ -197,13 +195,11 @@ class Plan:
         """The row's context and media as (MIME type, path or bytes), for counting them offline;
         URIs and Files API names are left out (their bytes are not here). BadMediaError for a
         bad one."""
-        pairs: list[tuple[str, Path | bytes]] = []
-        for ref in self.context + self._media(row):
-            if ref.path is not None:
-                pairs.append((ref.mime, Path(ref.path)))
-            elif ref.data is not None:
-                pairs.append((ref.mime, ref.data))
-        return pairs
+        return _pairs(self.context + self._media(row))
+
+    def context_pairs(self) -> list[tuple[str, Path | bytes]]:
+        """The job's context files as (MIME type, path or bytes), as :meth:`media_pairs`."""
+        return _pairs(self.context)
 
     def _media(self, row: InputRow) -> tuple[MediaRef, ...]:
         """The pre-scanned media of a row (BadMediaError(column, reason) for a bad one)."""
@@ -290,11 +286,26 @@ def plan_job(job: Job) -> Plan:
 
 
 def _context(job: Job) -> Iterator[MediaRef]:
+    if job.prompt.context and CONTEXT in job.prompt.media:  # the two would not be told apart
+        raise JobError(
+            f"{job.path}: prompt.media: a column named {CONTEXT!r} cannot be used beside "
+            "prompt.context; rename it (input.rename)"
+        )
     for file in job.prompt.context:
         try:
-            yield scan_path(Path(file), "context")
+            yield scan_path(Path(file), CONTEXT)
         except BadMediaError as exc:
             raise JobError(f"{job.path}: prompt.context: {exc}") from None
+
+
+def _pairs(refs: tuple[MediaRef, ...]) -> list[tuple[str, Path | bytes]]:
+    pairs: list[tuple[str, Path | bytes]] = []
+    for ref in refs:
+        if ref.path is not None:
+            pairs.append((ref.mime, Path(ref.path)))
+        elif ref.data is not None:
+            pairs.append((ref.mime, ref.data))
+    return pairs
 
 
 def _identity(ref: MediaRef) -> str:

@@ -5,7 +5,9 @@
 The same job (gemini-3.8-flash, a ~12,000-token system instruction every row shares, 300 rows,
 the limits a user gets by default) runs twice against the emulator (20 ms per answer), with
 ``[cache] mode = "auto"`` (the default) and ``"off"``, each into its own output; the report
-prices both ledgers. Then the break-even call count per model, from the packaged price table:
+prices both ledgers. Then the same pair with the shared prefix a 48-page PDF manual as
+``[prompt] context`` instead of the system instruction (258 tokens a page: ~12,400 tokens).
+Then the break-even call count per model, from the packaged price table:
 the fewest calls sharing a prefix (of at least the model's minimum) for which a cache is
 cheaper, with one hour and with a quarter of an hour of storage.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ id_column = "id"
 [model]
 name = "gemini-3.8-flash"
 [prompt]
-system = {system}
+{shared}
 user = "Describe {{{{ name }}}} in a few words."
 [output]
 directory = "{out}"
@@ -51,13 +54,33 @@ properties = {{ label = {{ type = "STRING" }}, size = {{ type = "INTEGER" }} }}
 """
 
 
-def one(folder: Path, server: EmulatorThread, mode: str) -> dict[str, float]:
+def manual(pages: int) -> bytes:
+    """A text PDF of ``pages`` pages, made as the sample inputs' manual is."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sample_inputs"))
+    from make_media import pdf  # the sample inputs' maker, not a copy of it
+
+    return pdf(
+        [
+            [
+                f"Page {p}",
+                *(f"Section {p}.{n}: how household things are labelled." for n in range(30)),
+            ]
+            for p in range(pages)
+        ]
+    )
+
+
+def one(folder: Path, server: EmulatorThread, mode: str, context: bool = False) -> dict[str, float]:
     folder.mkdir()
     with (folder / "rows.csv").open("w") as f:
         f.write("id,name\n")
         f.writelines(f"r{i},item-{i:03d}\n" for i in range(ROWS))
     out = folder / "out"
-    text = JOB.format(system=json.dumps(SYSTEM), out=out, mode=mode)
+    shared = f"system = {json.dumps(SYSTEM)}"
+    if context:
+        (folder / "manual.pdf").write_bytes(manual(48))
+        shared = 'context = ["manual.pdf"]'
+    text = JOB.format(shared=shared, out=out, mode=mode)
     (folder / "job.toml").write_text(text)
     counts = server.emulator.counts
     before = dict(counts)
@@ -83,19 +106,29 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-caching-"))
     try:
         with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=20)) as server:
-            cached = one(folder / "auto", server, "auto")
-            plain = one(folder / "off", server, "off")
+            pairs = {
+                "system instruction": (
+                    one(folder / "auto", server, "auto"), one(folder / "off", server, "off")
+                ),
+                "context PDF": (
+                    one(folder / "ctx-auto", server, "auto", context=True),
+                    one(folder / "ctx-off", server, "off", context=True),
+                ),
+            }  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print("| metric | mode = auto | mode = off |\n|---|---|---|")
-    for key in ("rows", "calls", "created", "used", "alive", "cost", "seconds"):
-        digits = 4 if key == "cost" else 2
-        a, b = (
-            f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in (cached[key], plain[key])
-        )
-        print(f"| {key} | {a} | {b} |")
-    print(f"| cost ratio auto ÷ off | {cached['cost'] / plain['cost']:.3f} | target ≤ 0.5 |")
-    print()
+    for prefix, (cached, plain) in pairs.items():
+        print(f"Shared prefix: {prefix}.\n")
+        print("| metric | mode = auto | mode = off |\n|---|---|---|")
+        for key in ("rows", "calls", "created", "used", "alive", "cost", "seconds"):
+            digits = 4 if key == "cost" else 2
+            a, b = (
+                f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+                for v in (cached[key], plain[key])
+            )
+            print(f"| {key} | {a} | {b} |")
+        print(f"| cost ratio auto ÷ off | {cached['cost'] / plain['cost']:.3f} | target ≤ 0.5 |")
+        print()
     table = load_prices()
     day = utc_today().isoformat()
     print(f"Rates of {day} (a retired model is priced as the model its calls are routed to).\n")

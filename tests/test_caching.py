@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 import batchgen
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.errors import JobError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
 from batchgen.pricing.caching import break_even_rows
@@ -32,11 +34,13 @@ from batchgen.store.cache import CACHE_FILE
 from batchgen.store.layout import part_files
 from tests.helpers.emulator_calls import KEY, MakeClient, ask, call
 from tests.helpers.jobs import item_job
+from tests.helpers.media import pdf
 from tests.helpers.outputs import read_rows
 
 # ~12k tokens by the emulator's rule (four characters a token), the same for every row
 SYSTEM = "You label household things carefully and briefly, one label each. " * 730
 FAST = {"requests_per_minute": 1_000_000, "concurrency": 16}
+PAGES = 48  # a context PDF of ~12k tokens (258 a page)
 
 
 def cached_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM) -> Path:
@@ -379,3 +383,109 @@ async def test_the_emulator_counts_a_caches_media_parts(make_client: MakeClient)
     usage = answer["usageMetadata"]
     assert status == 200
     assert usage["cachedContentTokenCount"] == made["usageMetadata"]["totalTokenCount"]
+
+
+def context_job(folder: Path, rows: int, pages: int = PAGES, **tables: Any) -> Path:
+    """``rows`` rows that all carry one ``pages``-page PDF as context (no system instruction:
+    the context file alone is the shared prefix)."""
+    (folder / "manual.pdf").write_bytes(pdf(pages))
+    limits = {**FAST, **tables.pop("limits", {})}
+    return item_job(folder, rows, limits=limits, **tables)
+
+
+def with_context(path: Path) -> Path:
+    line = 'context = ["manual.pdf"]\n'
+    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
+    return path
+
+
+def _parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for turn in body.get("contents", []) for p in turn.get("parts", [])]
+
+
+def test_context_files_are_held_in_the_cache_and_left_out_of_every_row(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig(record=True))
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    cached.mkdir(), plain.mkdir()
+    summary = run(with_context(context_job(cached, 50, cache={"mode": "auto"})), server,
+                  prices=load_prices())  # fmt: skip
+    emulator = server.emulator
+    assert summary.exit_code == 0 and summary.rows_done == 50
+    assert emulator.counts["cachedContents.create"] == 1 and emulator.caches_alive() == 0
+    named = [b for b in emulator.received if b.get("cachedContent")]
+    assert len(named) == emulator.counts["generateContent"] == 50
+    # each row sends only its own text: the pages live in the cache
+    assert all([list(p) for p in _parts(b)] == [["text"]] for b in named)
+    created = [u for u in read_rows(cached / "out", "usage") if u["outcome"] == "cache_create"]
+    assert created[0]["prompt_tokens"] >= PAGES * 258
+    answered = [u for u in read_rows(cached / "out", "usage") if u["outcome"] == "ok"]
+    assert all(u["cached_tokens"] >= PAGES * 258 for u in answered)
+
+    run(with_context(context_job(plain, 50, cache={"mode": "off"})), server)
+    sent = emulator.received[50:]
+    assert len(sent) == 50 and not any(b.get("cachedContent") for b in sent)
+    assert all(any("text" not in p for p in _parts(b)) for b in sent)  # the PDF, every time
+    ratio = report([cached / "out"]).total["cost_usd"] / report([plain / "out"]).total["cost_usd"]
+    assert ratio <= 0.5, ratio
+
+
+def test_a_large_context_file_is_cached_by_its_upload(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig(record=True))
+    path = with_context(context_job(tmp_path, 20, media={"inline_max_mb": 0.0001}))
+    summary = run(path, server)
+    emulator = server.emulator
+    assert summary.exit_code == 0 and summary.rows_done == 20
+    assert emulator.counts["cachedContents.create"] == 1 and emulator.caches_alive() == 0
+    assert emulator.counts["cachedContent:used"] == 20
+    uploads = (tmp_path / "out" / "uploads.jsonl").read_text().splitlines()
+    assert len(uploads) == 1  # the manual, uploaded once, named by the cache
+    created = [u for u in read_rows(tmp_path / "out", "usage") if u["outcome"] == "cache_create"]
+    assert created[0]["prompt_tokens"] >= PAGES * 258
+
+
+def test_a_context_cache_that_vanishes_mid_run_sends_the_context_with_each_row_after(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig(latency_ms=20, record=True))
+    emulator = server.emulator
+
+    def expire_after_some_calls() -> None:
+        deadline = time.monotonic() + 60
+        while emulator.counts["generateContent"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        emulator.caches.entries.clear()  # gone, as an expired entry is: 403 on use
+
+    killer = threading.Thread(target=expire_after_some_calls)
+    killer.start()
+    summary = run(with_context(context_job(tmp_path, 100)), server)
+    killer.join()
+    assert summary.exit_code == 0 and summary.rows_done == 100 and summary.rows_failed == 0
+    assert len([n for n in summary.notes if "refused" in n]) == 1
+    answered = [b for b in emulator.received if not b.get("cachedContent")]
+    assert answered and all(len(_parts(b)) == 2 for b in answered)  # the manual, then the text
+    assert 20 <= emulator.counts["cachedContent:used"] < 100
+    assert emulator.caches_alive() == 0
+
+
+def test_estimate_counts_the_context_files_in_the_cached_prefix(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(EmulatorConfig())
+    job = load_job(with_context(context_job(tmp_path, 300)), Overrides(base_url=server.base_url))
+    est = estimate_job(job, api_key=KEY)
+    assert est.cache is not None and est.cache_use == "cache"
+    assert PAGES * 258 <= est.cache.prefix_tokens < PAGES * 258 + 50
+    offline = estimate_job(job, api_key=KEY, offline=True)
+    assert offline.cache is not None and offline.cache.prefix_tokens >= PAGES * 258
+
+
+def test_a_media_column_named_context_beside_context_files_is_refused(tmp_path: Path) -> None:
+    path = with_context(context_job(tmp_path, 2))
+    path.write_text(path.read_text().replace("[prompt]\n", '[prompt]\nmedia = ["context"]\n'))
+    (tmp_path / "rows.csv").write_text("id,name,context\nr0,a,manual.pdf\n")
+    with pytest.raises(JobError, match="prompt.media: a column named 'context'"):
+        plan_job(load_job(path))

@@ -42,7 +42,7 @@ from batchgen.gemini.request import (
     streamed_part,
 )
 from batchgen.gemini.transport import ApiError
-from batchgen.input.media import BadMediaError, content_hash, media_blocks
+from batchgen.input.media import CONTEXT, BadMediaError, content_hash, media_blocks, read_media
 from batchgen.job.spec import Job
 from batchgen.plan import Plan
 from batchgen.records import MediaRef, Work
@@ -120,10 +120,15 @@ class MediaSender:
         self._files_relayed = True
 
     @asynccontextmanager
-    async def request(self, work: Work) -> AsyncIterator[tuple[Body, frozenset[str]]]:
+    async def request(
+        self, work: Work, context: bool = True
+    ) -> AsyncIterator[tuple[Body, frozenset[str]]]:
         """The row's body and the Files API names it uses, held while the caller sends it
         (within the byte budget: raw bytes as the request carries them, a file's part as the
-        blocks it is read in while the request is sent)."""
+        blocks it is read in while the request is sent). ``context`` false: without the job's
+        context parts (a context cache holds them)."""
+        if not context:
+            work = dataclasses.replace(work, media=_own(work.media))
         upload = self._to_upload(work.media)
         inline = [r for r in work.media if r not in upload and r.kind in ("path", "bytes")]
         held = sum(
@@ -144,11 +149,32 @@ class MediaSender:
         body = self.builder.request(user, system, context, media, examples)
         return body, frozenset(names)
 
-    async def built(self, work: Work) -> Work:
-        """The work with its whole request as its body (for a batch chunk file)."""
-        async with self.request(work) as (body, _):
+    async def built(self, work: Work, context: bool = True) -> Work:
+        """The work with its whole request as its body (for a batch chunk file); ``context``
+        as for :meth:`request`."""
+        async with self.request(work, context) as (body, _):
             whole = body if isinstance(body, bytes) else b"".join(body.chunks())
             return dataclasses.replace(work, body=whole, media=(), text=None)
+
+    async def context_parts(self, refs: tuple[MediaRef, ...]) -> list[bytes]:
+        """The parts of the job's context files (``refs``) as a context cache holds them: a
+        file the rows would upload (over ``inline_max_mb``, or to keep the request under the
+        API's limit) by ``fileData``, uploaded once and recorded, so rows sent without the cache
+        name the same upload; the rest inline, read whole (once, for the cache's creation)."""
+        upload = self._to_upload(refs)
+        parts: list[bytes] = []
+        for ref in refs:
+            try:
+                if ref.kind in ("path", "bytes") and ref not in upload:
+                    parts.append(b"".join(inline_part(ref.mime, read_media(ref))))
+                    continue
+                part, _ = await self._part(ref, upload=True)
+            except BadMediaError as exc:
+                raise MediaFailedError(f"prompt.context: {exc}") from None
+            if not isinstance(part, bytes):  # the Files API is not relayed: inline after all
+                part = b"".join(inline_part(ref.mime, read_media(ref)))
+            parts.append(part)
+        return parts
 
     def lost(self, exc: ApiError, names: frozenset[str]) -> bool:
         """Whether ``exc`` (a 403/404 naming a File) says one of ``names`` is gone; if so, it
@@ -186,7 +212,7 @@ class MediaSender:
         names: list[str] = []
         for ref in refs:
             part, name = await self._part(ref, ref in upload)
-            (context if ref.column == "context" else media).append(part)
+            (context if ref.column == CONTEXT else media).append(part)
             if name:
                 names.append(name)
         return context, media, names
@@ -287,6 +313,11 @@ def media_sender(
     if sys.platform == "linux":
         _big_buffers_mmapped()
     return MediaSender(plan.job, plan.builder, files, registry, force_upload=force_upload)
+
+
+def _own(refs: tuple[MediaRef, ...]) -> tuple[MediaRef, ...]:
+    """A row's own media: its references without the job's context files."""
+    return tuple(r for r in refs if r.column != CONTEXT)
 
 
 def _when(text: str) -> datetime | None:

@@ -75,6 +75,12 @@ class CacheUse:
         self.used = 0  # calls sent with the cache
         self.note = note
 
+    @property
+    def holds_context(self) -> bool:
+        """Whether rows are to be sent without the job's context parts (the cache, in use,
+        holds them)."""
+        return self.active and self.prefix.holds_context
+
     def wire(self, body: Body) -> Body | None:
         """The cached variant of ``body``, or None to send it as it is."""
         if not self.active:

@@ -14,11 +14,13 @@ When they use no row values they are serialized once per job, like the config; w
 instruction and the context parts they make the prefix a cache can hold. ``safetySettings`` is a
 top-level field, sent before ``generationConfig``.
 
-The prefix every row shares in front of its own turn (the shared system instruction and the
-shared example turns) is one :class:`Prefix`, made by :meth:`RequestBuilder.prefix`: the piece an
-explicit cache (``cachedContents``, :mod:`batchgen.gemini.caches`) holds. With a cache a request
-names it in ``cachedContent`` and carries neither the system instruction nor the example turns
-(the API refuses ``systemInstruction`` beside ``cachedContent``): :meth:`RequestBuilder.cached`
+The prefix every row shares in front of its own turn (the shared system instruction, the
+shared example turns, the job's context files) is one :class:`Prefix`, made by
+:meth:`RequestBuilder.prefix`: the piece an explicit cache (``cachedContents``,
+:mod:`batchgen.gemini.caches`) holds. With a cache a request names it in ``cachedContent`` and
+carries neither the system instruction nor the example turns (the API refuses
+``systemInstruction`` beside ``cachedContent``) nor, when the cache holds them, the context
+parts (the row's body is then built without them): :meth:`RequestBuilder.cached`
 turns a row's body into that variant at send time. The row's :class:`~batchgen.records.Work`
 keeps the uncached body, so :func:`request_hash` (dedupe, resume) is the hash of the logical
 request: a row answered with the cache is the same request as without it.
@@ -33,6 +35,7 @@ request at the standard tier.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -90,21 +93,38 @@ class Prefix:
     """What every row's request shares before the row's own turn: the cacheable prefix.
 
     ``system``: the shared system instruction (None: none); ``turns``: the shared few-shot
-    turns (:meth:`RequestBuilder.turns`, b"" when none). Seam for shared context parts (the
-    media issue's ``[prompt] context``): they would be a third field, ``context`` (parts bytes),
-    sent uncached at the front of the row's user turn and cached as one user turn after
-    ``turns`` in :meth:`cache_body`, stripped from the row's turn in
-    :meth:`RequestBuilder.cached` like ``turns``; :meth:`digest` and :meth:`contents` take it in.
+    turns (:meth:`RequestBuilder.turns`, b"" when none); ``context_id``: the shared context
+    files' identity (``[prompt] context``; "" when there are none). An uncached request sends
+    the context parts at the front of the row's user turn; a cache holds them as a user turn of
+    their own after ``turns``, and a row sent with that cache is built without them (the
+    caller's choice: :attr:`holds_context`). ``context`` is those parts' JSON, comma-joined, as
+    the cache is made with them (:meth:`with_context`: a large file goes by ``fileData``, so
+    the bytes differ from run to run while ``context_id`` does not).
     """
 
     model: str
     system: str | None
     turns: bytes
     context_id: str = ""  # the shared context files' content identity (:meth:`digest`)
+    context: bytes = b""  # the context parts' JSON as the cache holds them (:meth:`with_context`)
+
+    @property
+    def holds_context(self) -> bool:
+        """Whether the prefix holds context parts (a row sent with its cache leaves them out)."""
+        return bool(self.context_id)
+
+    def with_context(self, parts: Sequence[bytes]) -> Prefix:
+        """The prefix with its context parts' JSON, to make or count the cache with."""
+        return dataclasses.replace(self, context=b",".join(parts))
 
     def contents(self) -> bytes:
-        """The cached ``contents`` array's items (JSON, no brackets)."""
-        return self.turns.removesuffix(b",")
+        """The cached ``contents`` array's items (JSON, no brackets): the example turns, then
+        the context parts as one user turn."""
+        if not self.holds_context:
+            return self.turns.removesuffix(b",")
+        if not self.context:
+            raise ValueError("the prefix's context parts are not built (Prefix.with_context)")
+        return self.turns + b'{"role":"user","parts":[' + self.context + b"]}"
 
     def system_field(self) -> bytes:
         """The ``systemInstruction`` field as a request carries it, with its leading comma."""
@@ -122,14 +142,15 @@ class Prefix:
         """The cachedContents create body holding this prefix (docs/gemini-api.md §13)."""
         body = b'{"model":' + _dumps(f"models/{self.model}") + b',"ttl":'
         body += _dumps(f"{ttl_seconds}s") + b',"displayName":' + _dumps(f"batchgen-{self.digest()}")
-        if self.turns:
-            body += b',"contents":[' + self.contents() + b"]"
+        if contents := self.contents():
+            body += b',"contents":[' + contents + b"]"
         return body + self.system_field() + b"}"
 
     def count_body(self) -> bytes:
         """A countTokens request for the prefix (with a one-character user turn, as contents
         cannot be empty): its count is the prefix's tokens, give or take one."""
-        turns = self.turns + b'{"role":"user","parts":[{"text":"."}]}'
+        contents = self.contents()
+        turns = (contents + b"," if contents else b"") + b'{"role":"user","parts":[{"text":"."}]}'
         inner = b'{"model":' + _dumps(f"models/{self.model}") + b',"contents":[' + turns + b"]"
         return b'{"generateContentRequest":' + inner + self.system_field() + b"}}"
 
@@ -154,17 +175,21 @@ class RequestBuilder:
         self.examples = examples
         self._model = job.model.name
 
-    def prefix(self, shared_system: bool, system: str | None) -> Prefix | None:
+    def prefix(
+        self, shared_system: bool, system: str | None, context_id: str = ""
+    ) -> Prefix | None:
         """The prefix every row shares (:class:`Prefix`), or None when rows share none: no
-        shared system instruction and no shared example turns, or a system instruction that
-        differs by row (``shared_system`` false)."""
-        if not shared_system or (system is None and not self.examples):
+        shared system instruction, example turns or context files (``context_id``), or a system
+        instruction that differs by row (``shared_system`` false: a request naming a cache
+        cannot carry its own)."""
+        if not shared_system or (system is None and not self.examples and not context_id):
             return None
-        return Prefix(self._model, system, self.examples)
+        return Prefix(self._model, system, self.examples, context_id)
 
     def cached(self, body: Body, prefix: Prefix, name: str) -> Body | None:
         """``body`` (from :meth:`request`) sent with the cache ``name`` that holds ``prefix``: the
-        prefix left out, ``cachedContent`` named; None when the body does not start with that
+        prefix left out, ``cachedContent`` named (a prefix that :attr:`~Prefix.holds_context`
+        wants ``body`` built without the context parts); None when the body does not start with that
         prefix (its row's examples or system differ), so it goes uncached. A streamed body's
         prefix and tail are its first and last pieces, which are always bytes."""
         head = b'{"contents":[' + prefix.turns

@@ -24,6 +24,7 @@ from typing import Any
 from batchgen.records import MediaRef
 
 __all__ = [
+    "CONTEXT",
     "MAX_FILE_BYTES",
     "SUPPORTED",
     "BadMediaError",
@@ -35,6 +36,7 @@ __all__ = [
     "sniff",
 ]
 
+CONTEXT = "context"  # the column a context file's reference names (part of its rows' request hash)
 MAX_FILE_BYTES = 2 * 1000**3  # the Files API's limit per file (docs/media.md)
 HEAD_BYTES = 32  # enough for every signature below
 # the MIME types Gemini takes as parts (docs/media.md, "Supported types")

@@ -40,6 +40,7 @@ Batch (both a fraction of standard, see :mod:`batchgen.pricing.table`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -66,8 +67,9 @@ from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, not_relayed
 from batchgen.gemini.client import ApiError, GeminiClient
 from batchgen.gemini.connect import client_for
 from batchgen.input.media import BadMediaError
+from batchgen.input.media_tokens import MediaError, row_count
 from batchgen.job.spec import Job
-from batchgen.plan import Plan, plan_job
+from batchgen.plan import MEDIA_TOKENS, Plan, plan_job
 from batchgen.pricing.caching import CacheCosts, cache_costs
 from batchgen.pricing.file import load_prices
 from batchgen.pricing.table import TIERS, ModelPrice, PriceTable, utc_today
@@ -285,18 +287,19 @@ def _cache_choice(
     job = plan.job
     prefix = plan.prefix()
     if prefix is None:
-        return None, "off", "no prefix every row shares (system instruction, examples)"
+        return None, "off", "no prefix every row shares (system instruction, examples, context)"
     if job.cache.mode == "off":
         return None, "off", '[cache] mode = "off"'
     if job.model.tier == "batch":
         return None, "no cache", "batch: no context cache, the batch discount is relied on"
     if price is None:
         return None, "no cache", f"no price for {job.model.name} to decide by"
-    body = prefix.count_body()
-    if offline or len(body) < price.min_cache_tokens:  # too short to reach it: no call
-        tokens = rough_tokens(body.decode())
+    body = dataclasses.replace(prefix, context_id="").count_body()  # the text: counted
+    context = _context_tokens(plan)  # the context files: by the published rules
+    if offline or len(body) + context < price.min_cache_tokens:  # too short: no call
+        tokens = rough_tokens(body.decode()) + context
     else:
-        tokens = asyncio.run(_count_all_raw(job, api_key, body))
+        tokens = asyncio.run(_count_all_raw(job, api_key, body)) + context
     minutes = max(
         b
         for b in (bounds.minutes_requests, bounds.minutes_tokens, bounds.minutes_latency)
@@ -305,6 +308,17 @@ def _cache_choice(
     hours = (minutes * 60 + TTL_MARGIN_S) / 3600
     costs = cache_costs(price, job.model.tier, calls=calls, prefix_tokens=tokens, hours=hours)
     return costs, "cache" if costs.pays else "no cache", costs.why_not
+
+
+def _context_tokens(plan: Plan) -> int:
+    """The job's context files' prompt tokens by the published rules (a file without an
+    offline rule, or not here, as one page or tile)."""
+    pairs = plan.context_pairs()
+    try:
+        counted = row_count(0, pairs).total
+    except MediaError:
+        counted = MEDIA_TOKENS * len(pairs)
+    return counted + MEDIA_TOKENS * (len(plan.context) - len(pairs))
 
 
 async def _count_all_raw(job: Job, api_key: str, body: bytes) -> int:

@@ -1,7 +1,8 @@
 """A run's explicit context cache: chosen, created, recorded, kept alive, deleted.
 
 With ``[cache] mode = "auto"`` (the default) and a prefix every row shares
-(:meth:`batchgen.plan.Plan.prefix`), :meth:`RunCache.start` counts the prefix (countTokens) and
+(:meth:`batchgen.plan.Plan.prefix`: the system instruction, the example turns, the context
+files), :meth:`RunCache.start` counts the prefix (countTokens) and
 asks :func:`batchgen.pricing.caching.cache_costs` whether a cache pays for the rows left; if so it
 creates one with a TTL a few minutes beyond the run's expected time, writes its name to
 ``OUTPUT/cache.json`` (:mod:`batchgen.store.cache`) before any call names it, and bills its
@@ -24,7 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchgen.backends.media import MediaFailedError, media_sender
 from batchgen.errors import BatchgenError
+from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.caches import CacheInfo, CachesClient, CacheUse
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
@@ -118,6 +121,9 @@ class RunCache:
         except (ApiError, BatchgenError) as exc:  # the calls themselves may still be fine
             self.note(f"no context cache: the API refused it ({_first_line(exc)}); uncached")
             return None
+        except MediaFailedError as exc:  # the rows meet it too, one by one
+            self.note(f"no context cache: {exc}; uncached")
+            return None
 
     async def _earlier(
         self, record: CacheRecord, prefix: Prefix | None, where: Path | None = None
@@ -146,8 +152,10 @@ class RunCache:
         if price is None:
             self.note(f"no context cache: no price for {self.job.model.name} to decide by")
             return None
-        if len(prefix.count_body()) < price.min_cache_tokens:
+        if not prefix.holds_context and len(prefix.count_body()) < price.min_cache_tokens:
             return None  # fewer characters than the minimum's tokens: no need to count
+        if prefix.holds_context:
+            prefix = await self._with_context(prefix)
         tokens = await self._count(prefix)
         self._expect_s = expected_seconds(self.plan, rows)
         hours = (self._expect_s + TTL_MARGIN_S) / 3600
@@ -180,6 +188,14 @@ class RunCache:
             f"(about USD {c.with_cache:.4f} for it instead of {c.without:.4f})"
         )
         return self.use
+
+    async def _with_context(self, prefix: Prefix) -> Prefix:
+        """The prefix with its context files' parts, as the rows would send them: a large file
+        uploaded (and recorded, so rows sent uncached name the same upload), the rest inline."""
+        async with client_for(self.job, self.api_key, GeminiClient) as client:
+            sender = media_sender(self.plan, self.out.path, BatchClient(client.transport))
+            assert sender is not None  # the job has context files
+            return prefix.with_context(await sender.context_parts(self.plan.context))
 
     async def _count(self, prefix: Prefix) -> int:
         async with client_for(self.job, self.api_key, GeminiClient) as counter:

@@ -266,34 +266,47 @@ class RowCaller:
 
     async def _send(self, work: Work, tier: str) -> Reply:
         """Post the row's request; a media row's is built now, and built again (uploading the
-        file anew) once if the server says a file it names is gone."""
+        file anew) once if the server says a file it names is gone. While the run's context
+        cache holds the job's context files, the row's request is built without them; if the
+        cache is then refused, it is built again with them and sent uncached."""
         if not work.media or self.media is None:
             return await self._post(work.body, tier)
-        for again in (True, False):
-            async with self.media.request(work) as (built, names):
+        lost_once = short_failed = False
+        while True:
+            short = not short_failed and self.cache is not None and self.cache.holds_context
+            async with self.media.request(work, context=not short) as (built, names):
                 try:
-                    return await self._post(built, tier)
+                    return await self._post(built, tier, whole=not short)
+                except _IncompleteError:
+                    short_failed = True  # the cache is off (or not this row's): build it whole
                 except ApiError as exc:
-                    if not (again and self.media.lost(exc, names)):
+                    if lost_once or not self.media.lost(exc, names):
                         raise
+                    lost_once = True
                 except BadMediaError as exc:  # a file changed while its request was sent
                     raise MediaFailedError(f"row {work.row.row_id}: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, body: Body, tier: str) -> Reply:
+    async def _post(self, body: Body, tier: str, whole: bool = True) -> Reply:
         """Send a row's body, with the run's context cache while it is usable; a call the API
         refuses because of the cache is sent again at once without it (the cache is then off
-        for the whole run), so the refusal costs the row nothing."""
-        cached = self.cache.wire(body) if self.cache is not None else None
+        for the whole run), so the refusal costs the row nothing. ``whole`` false: ``body``
+        lacks the context parts the cache holds, so it cannot go uncached
+        (:class:`_IncompleteError`: the caller builds it whole)."""
+        cache = self.cache
+        if cache is not None and whole and cache.prefix.holds_context:
+            cache = None  # the body carries the context parts the cache holds: not both
+        cached = cache.wire(body) if cache is not None else None
         if cached is not None:
             self.events.requested()
             try:
                 return await self.client.reply(self._at(cached, tier))
             except (ApiError, FatalApiError) as exc:
                 why = cache_refusal(exc)
-                if why is None or self.cache is None:
+                if why is None or cache is None:
                     raise
-                self.cache.refused(why)
+                cache.refused(why)
+        if not whole:
+            raise _IncompleteError
         self.events.requested()
         return await self.client.reply(self._at(body, tier))
 
@@ -330,3 +343,8 @@ class RowCaller:
             request_hash=work.hash, at=self.now(),
         )  # fmt: skip
         return Outcome([record], failed=True, category=category, message=message)
+
+
+class _IncompleteError(Exception):
+    """A body built without the context parts cannot be sent without the cache that holds
+    them (:meth:`RowCaller._post`)."""
