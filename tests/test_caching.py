@@ -5,6 +5,7 @@ run; a refused or vanished cache falls back to uncached calls; a short prefix is
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 
 import batchgen
 from batchgen.cli.render import format_estimate
-from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.emulator import Emulator, EmulatorConfig, EmulatorThread
 from batchgen.errors import JobError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.plan import plan_job
@@ -54,6 +56,25 @@ def cached_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM
 def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:
     job = load_job(path, Overrides(base_url=server.base_url))
     return run_job(job, RunOptions(api_key=KEY, handle_signals=False, **options))
+
+
+@contextlib.contextmanager
+def caches_vanish_after(emulator: Emulator, calls: int) -> Iterator[None]:
+    """The emulator's caches are gone (as an expired one is: 403 on use) once it has had
+    ``calls`` generateContent calls, while the block runs."""
+
+    def vanish() -> None:
+        deadline = time.monotonic() + 60
+        while emulator.counts["generateContent"] < calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        emulator.caches.entries.clear()
+
+    thread = threading.Thread(target=vanish)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def test_a_long_shared_prefix_is_cached_once_and_costs_at_most_half(
@@ -112,17 +133,8 @@ def test_a_cache_that_vanishes_mid_run_is_dropped_and_its_rows_answered_uncached
 ) -> None:
     server: EmulatorThread = emulator_factory(EmulatorConfig(latency_ms=20))
     emulator = server.emulator
-
-    def expire_after_some_calls() -> None:
-        deadline = time.monotonic() + 60
-        while emulator.counts["generateContent"] < 30 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        emulator.caches.entries.clear()  # gone, as an expired entry is: 403 on use
-
-    killer = threading.Thread(target=expire_after_some_calls)
-    killer.start()
-    summary = run(cached_job(tmp_path, 200), server)
-    killer.join()
+    with caches_vanish_after(emulator, calls=30):
+        summary = run(cached_job(tmp_path, 200), server)
     assert summary.exit_code == 0 and summary.rows_done == 200 and summary.rows_failed == 0
     said = [n for n in summary.notes if "refused" in n]
     assert len(said) == 1 and "rest of the run is uncached" in said[0]
@@ -452,17 +464,8 @@ def test_a_context_cache_that_vanishes_mid_run_sends_the_context_with_each_row_a
 ) -> None:
     server: EmulatorThread = emulator_factory(EmulatorConfig(latency_ms=20, record=True))
     emulator = server.emulator
-
-    def expire_after_some_calls() -> None:
-        deadline = time.monotonic() + 60
-        while emulator.counts["generateContent"] < 20 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        emulator.caches.entries.clear()  # gone, as an expired entry is: 403 on use
-
-    killer = threading.Thread(target=expire_after_some_calls)
-    killer.start()
-    summary = run(with_context(context_job(tmp_path, 100)), server)
-    killer.join()
+    with caches_vanish_after(emulator, calls=20):
+        summary = run(with_context(context_job(tmp_path, 100)), server)
     assert summary.exit_code == 0 and summary.rows_done == 100 and summary.rows_failed == 0
     assert len([n for n in summary.notes if "refused" in n]) == 1
     answered = [b for b in emulator.received if not b.get("cachedContent")]
