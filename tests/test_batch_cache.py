@@ -1,0 +1,166 @@
+"""A context cache in Batch Mode against the emulator: probed with a one-row batch, then named by
+every line of the main batch, deleted once the batches are collected; refused by the probe, the
+run goes uncached; a run that does not wait keeps it for the run that collects; a short prefix is
+not cached; estimate shows both costs at batch rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen.backends.batch.cache import DEFAULT_BATCH_S, MARGIN_S
+from batchgen.cli.render import format_estimate
+from batchgen.emulator import EmulatorConfig, EmulatorThread
+from batchgen.errors import BatchPendingError
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.file import load_prices
+from batchgen.reports.estimate import estimate_job
+from batchgen.reports.report import report
+from batchgen.run.runner import RunOptions, RunSummary, run_job
+from batchgen.store.batches import BatchStore
+from batchgen.store.cache import CACHE_FILE, read_cache_record
+from tests.helpers.emulator_calls import KEY
+from tests.helpers.jobs import item_job
+from tests.helpers.outputs import read_rows, result_ids
+
+# ~12k tokens by the emulator's rule (four characters a token), the same for every row
+SYSTEM = "You label household things carefully and briefly, one label each. " * 730
+FAST = EmulatorConfig(batch_pending_s=0.05, batch_running_s=0.1)
+BATCH = {"rows_per_chunk": 500, "poll_initial_seconds": 0.02, "poll_max_seconds": 0.05}
+
+
+def batch_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM) -> Path:
+    """``rows`` rows at tier "batch" whose requests share ``system`` (the cacheable prefix)."""
+    path = item_job(folder, rows, cache={"mode": mode}, model={"tier": "batch"}, batch=BATCH)
+    line = f"system = {json.dumps(system)}\n"
+    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
+    return path
+
+
+def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:
+    job = load_job(path, Overrides(base_url=server.base_url))
+    return run_job(job, RunOptions(api_key=KEY, handle_signals=False, **options))
+
+
+def cache_notes(summary: RunSummary) -> list[str]:
+    return [n for n in summary.notes if "cache" in n]
+
+
+def test_probe_then_every_line_names_the_cache_and_it_is_deleted_at_the_end(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(FAST)
+    counts = server.emulator.counts
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    cached.mkdir(), plain.mkdir()
+    summary = run(batch_job(cached, 100), server, prices=load_prices())
+    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 100, 0)
+    assert counts["batchGenerateContent"] == 2  # the probe (one row), then the other 99
+    assert counts["batch_rows"] == 100 and counts["batch_rows_repeated"] == 0
+    assert counts["cachedContent:used"] == 100  # every line named the cache, the probe's too
+    assert counts["cachedContents.create"] == counts["cachedContents.delete"] == 1
+    assert server.emulator.caches_alive() == 0
+    assert not (cached / "out" / CACHE_FILE).exists()
+    chunks = list(BatchStore(cached / "out").records().values())
+    assert [len(c.rows) for c in chunks] == [1, 99]
+    assert {c.state for c in chunks} == {"collected"}
+    assert sorted(result_ids(cached / "out")) == sorted(f"r{i}" for i in range(100))
+    said = cache_notes(summary)
+    assert any(n.startswith("batch: context cache, probed first") for n in said), said
+    lines = (cached / "out" / "batches").glob("chunk-*.jsonl")
+    requests = [json.loads(x)["request"] for f in lines for x in f.read_text().splitlines()]
+    assert len(requests) == 100 and all(r.get("cachedContent") for r in requests)
+    assert not any("systemInstruction" in r for r in requests)  # it lives in the cache
+
+    off = run(batch_job(plain, 100, mode="off"), server)
+    assert off.rows_done == 100 and counts["cachedContents.create"] == 1
+    assert any("the batch discount is relied on" in n for n in off.notes)
+    with_cache, without = report([cached / "out"]), report([plain / "out"])
+    assert with_cache.total["requests"] == without.total["requests"] == 100
+    assert with_cache.total["cached_tokens"] > 0.9 * without.total["prompt_tokens"]
+    assert summary.cost == pytest.approx(with_cache.total["cost_usd"])
+    ratio = with_cache.total["cost_usd"] / without.total["cost_usd"]
+    assert ratio < 0.8, ratio  # storage for the expected batch hours included
+    outcomes = [u["outcome"] for u in read_rows(cached / "out", "usage")]
+    assert outcomes.count("cache_create") == outcomes.count("cache_storage") == 1
+
+
+def test_a_refused_probe_sends_the_run_uncached_said_once(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(
+        EmulatorConfig(batch_pending_s=0.05, batch_running_s=0.1, batch_cache_refuse=True)
+    )
+    counts = server.emulator.counts
+    summary = run(batch_job(tmp_path, 100), server)
+    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 100, 0)
+    assert counts["batchGenerateContent"] == 2  # the probe, then all 100 uncached
+    assert counts["batch_cache_refused"] == 1 and counts["cachedContent:used"] == 0
+    assert counts["batch_rows"] == 101  # the probe's row once more, uncached (unpaid at first)
+    assert server.emulator.caches_alive() == 0
+    assert not (tmp_path / "out" / CACHE_FILE).exists()
+    said = [n for n in summary.notes if "relied on" in n]
+    assert len(said) == 1 and "does not support cached content with batch" in said[0], said
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(100))
+    usage = read_rows(tmp_path / "out", "usage")
+    assert sum(u["row_id"] == "r0" for u in usage) == 1  # billed once
+    outcomes = [u["outcome"] for u in usage]
+    assert outcomes.count("cache_create") == outcomes.count("cache_storage") == 1
+
+
+def test_a_run_that_does_not_wait_keeps_the_cache_for_the_run_that_collects(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(
+        EmulatorConfig(batch_pending_s=0.4, batch_running_s=0.1)
+    )
+    path = batch_job(tmp_path, 100)
+    with pytest.raises(BatchPendingError) as pending:
+        run(path, server, wait=False)
+    out = tmp_path / "out"
+    record = read_cache_record(out)
+    assert record is not None and server.emulator.caches_alive() == 1
+    assert record.name in server.emulator.caches.entries
+    notes = pending.value.summary.notes if pending.value.summary else []
+    assert any("kept for the batches still running" in n for n in notes), notes
+    assert len(result_ids(out)) == 1  # the probe's row, answered while submitting
+
+    done = run(path, server)
+    assert done.exit_code == 0 and sorted(result_ids(out)) == sorted(f"r{i}" for i in range(100))
+    assert server.emulator.counts["cachedContent:used"] == 100
+    assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
+    assert server.emulator.counts["cachedContents.create"] == 1
+
+
+def test_a_short_prefix_is_not_cached_in_batch(tmp_path: Path, emulator_factory: Any) -> None:
+    server: EmulatorThread = emulator_factory(FAST)
+    summary = run(batch_job(tmp_path, 20, system="Label things briefly."), server)
+    assert summary.rows_done == 20
+    assert server.emulator.counts["cachedContents.create"] == 0
+    assert server.emulator.counts["batchGenerateContent"] == 1  # no probe
+    said = [n for n in summary.notes if "relied on" in n]
+    assert len(said) == 1 and "below the model minimum" in said[0], said
+
+
+def test_estimate_shows_both_costs_at_batch_rates(tmp_path: Path, emulator_factory: Any) -> None:
+    server: EmulatorThread = emulator_factory(FAST)
+    job = load_job(batch_job(tmp_path, 200), Overrides(base_url=server.base_url))
+    est = estimate_job(job, api_key=KEY, prices=load_prices())
+    assert est.cache is not None and est.cache_use == "cache"
+    assert est.cache.hours == pytest.approx((DEFAULT_BATCH_S + MARGIN_S) / 3600)
+    price = load_prices().resolve(job.model.name)
+    assert price is not None
+    batch = price.rates("batch")
+    assert batch.cached == price.rates("standard").cached  # cache hits at standard rates
+    per_call = est.cache.prefix_tokens * batch.input / 1e6
+    assert est.cache.without == pytest.approx(200 * per_call)
+    text = format_estimate(est)
+    assert "at batch rates" in text and "batch: cache, probed first" in text
+
+    few = load_job(batch_job(tmp_path, 3), Overrides(base_url=server.base_url))
+    est = estimate_job(few, api_key=KEY, prices=load_prices())
+    assert est.cache_use == "no cache"
+    assert "batch: no cache, the batch discount is relied on (" in format_estimate(est)
