@@ -24,6 +24,7 @@ from batchgen.store.batches import BatchStore
 from batchgen.store.cache import CACHE_FILE, read_cache_record
 from tests.helpers.emulator_calls import KEY
 from tests.helpers.jobs import item_job
+from tests.helpers.media import png
 from tests.helpers.outputs import read_rows, result_ids
 
 # ~12k tokens by the emulator's rule (four characters a token), the same for every row
@@ -133,6 +134,32 @@ def test_a_run_that_does_not_wait_keeps_the_cache_for_the_run_that_collects(
     assert server.emulator.counts["cachedContent:used"] == 100
     assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
     assert server.emulator.counts["cachedContents.create"] == 1
+
+
+def test_media_rows_name_their_files_and_the_cache_without_the_prefix(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(FAST)
+    path = batch_job(tmp_path, 0)
+    path.write_text(path.read_text().replace("[prompt]\n", '[prompt]\nmedia = ["image"]\n', 1))
+    (tmp_path / "media").mkdir()
+    for i in range(4):
+        (tmp_path / "media" / f"p{i}.png").write_bytes(png(40 + i, 30))
+    with (tmp_path / "rows.csv").open("w") as f:
+        f.write("id,name,image\n")
+        f.writelines(f"r{i},item-{i},media/p{i % 4}.png\n" for i in range(100))
+    summary = run(path, server)
+    assert (summary.exit_code, summary.rows_done) == (0, 100), summary.notes
+    assert server.emulator.counts["cachedContent:used"] == 100
+    assert server.emulator.caches_alive() == 0
+    lines = (tmp_path / "out" / "batches").glob("chunk-*.jsonl")
+    requests = [json.loads(x)["request"] for f in lines for x in f.read_text().splitlines()]
+    assert len(requests) == 100
+    for request in requests:  # the row's own turn: its image and text, the prefix in the cache
+        assert request["cachedContent"] and "systemInstruction" not in request
+        (turn,) = request["contents"]
+        assert [next(iter(p)) for p in turn["parts"]] == ["fileData", "text"]
+        assert "household" not in json.dumps(request)
 
 
 def test_a_short_prefix_is_not_cached_in_batch(tmp_path: Path, emulator_factory: Any) -> None:

@@ -118,7 +118,7 @@ class RunCache:
             assert prefix is not None
             return await self._create(prefix, rows)
         except (ApiError, BatchgenError) as exc:  # the calls themselves may still be fine
-            self.note(f"no context cache: the API refused it ({_first_line(exc)}); uncached")
+            self._declined(f"the API refused it ({_first_line(exc)})")
             return None
 
     async def _earlier(
@@ -146,7 +146,7 @@ class RunCache:
         assert self._client is not None
         price = (self.table or load_prices()).resolve(self.job.model.name)
         if price is None:
-            self.note(f"no context cache: no price for {self.job.model.name} to decide by")
+            self._declined(f"no price for {self.job.model.name} to decide by")
             return None
         if len(prefix.count_body()) < price.min_cache_tokens:
             self._declined(None)  # fewer characters than the minimum's tokens: no need to count
