@@ -41,11 +41,13 @@ class BatchRunCache(RunCache):
     async def start(
         self, rows: int, moved: Path | None = None, unable: str | None = None
     ) -> CacheUse | None:
+        store = BatchStore(self.out.path)
+        rows = max(0, rows - len(store.rows_in_flight()))  # those are submitted already
         prefix = self.plan.prefix() if self.job.cache.mode != "off" else None
         if self.job.cache.mode == "off" and self.plan.prefix() is not None:
             self.note(f"{UNCACHED} ([cache] mode is off)")
         earlier = read_cache_record(self.out.path)
-        if earlier is not None and self._batches_open():
+        if earlier is not None and store.open_chunks():
             if prefix is None or earlier.digest != prefix.digest():  # not ours to use, or drop
                 self.note(f"batch: the context cache {earlier.name} is kept for the batches "
                           "still running; the run that collects them deletes it")  # fmt: skip
@@ -84,7 +86,7 @@ class BatchRunCache(RunCache):
             await self._bill_storage(self.record)
             drop_cache_record(self.out.path)
             self.record = None
-        self.note(f"{UNCACHED} (the cache probe: {why}; the cache is deleted)")
+        self.note(f"{UNCACHED} ({why.rstrip('.')}; the cache is deleted)")
 
     async def finish(self, journal: bool = True) -> None:
         """Keep the cache while batches that name it still run (TTL set to cover them), else

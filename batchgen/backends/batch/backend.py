@@ -209,7 +209,7 @@ class BatchBackend:
         if said.kind == "ok":
             self.cache.probed = True
         else:
-            await self.cache.give_up(f"{said.kind}: {said.why}")
+            await self.cache.give_up(said.why)
         if said.keep:
             await self._report(done, sink)
             return []

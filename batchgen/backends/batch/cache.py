@@ -90,7 +90,7 @@ def verdict(item: Collected | None, state: str) -> Verdict:
     """The verdict on the probe from its one collected line (None: no line) and the state its
     batch ended in ("collected", "failed", ...)."""
     if item is None or state != "collected":
-        return Verdict("unclear", f"the probe batch ended {state}")
+        return Verdict("unclear", f"the probe batch ended {state}, so support is unknown")
     if item.billed is not None:  # answered (valid or not): the usage says if the cache served
         if item.billed.answer.usage.cached > 0:
             return Verdict("ok", "the probe line was answered from the cache")
@@ -98,12 +98,9 @@ def verdict(item: Collected | None, state: str) -> Verdict:
     message = item.outcome.message or ""
     status = item.outcome.rows[0].get("http_status") if item.outcome.rows else None
     lowered = message.lower()
+    said = message.removeprefix("the batch answered this row with ")[:160]
     if any(w in lowered for w in ("cachedcontent", "cached content", "cached_content")):
-        return Verdict("refused", _short(message))
+        return Verdict("refused", f"the probe line was refused: {said}")
     if status in (403, 404):
-        return Verdict("refused", _short(message))
-    return Verdict("unclear", _short(message))
-
-
-def _short(message: str) -> str:
-    return message.removeprefix("the batch answered this row with ")[:160]
+        return Verdict("refused", f"the probe line was refused: {said}")
+    return Verdict("unclear", f"the probe line failed, so support is unknown: {said}")
