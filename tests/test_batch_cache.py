@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchgen.backends.batch.cache import DEFAULT_BATCH_S, MARGIN_S
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 from batchgen.errors import BatchPendingError
+from batchgen.gemini.request import Prefix, RequestBuilder
 from batchgen.job.spec import Overrides, load_job
 from batchgen.pricing.file import load_prices
 from batchgen.reports.estimate import estimate_job
@@ -26,6 +29,7 @@ from tests.helpers.emulator_calls import KEY
 from tests.helpers.jobs import item_job
 from tests.helpers.media import png
 from tests.helpers.outputs import read_rows, result_ids
+from tests.helpers.paths import ROOT
 
 # ~12k tokens by the emulator's rule (four characters a token), the same for every row
 SYSTEM = "You label household things carefully and briefly, one label each. " * 730
@@ -191,3 +195,39 @@ def test_estimate_shows_both_costs_at_batch_rates(tmp_path: Path, emulator_facto
     est = estimate_job(few, api_key=KEY, prices=load_prices())
     assert est.cache_use == "no cache"
     assert "batch: no cache, the batch discount is relied on (" in format_estimate(est)
+
+
+COOKIES = load_job(ROOT / "jobs" / "cookie_recipes.toml")
+
+
+@given(user=st.text(), system=st.text(), name=st.text(min_size=1))
+def test_a_line_that_named_a_cache_is_restored_whole(user: str, system: str, name: str) -> None:
+    """The online fallback asks a batch line whole: ``uncached`` undoes ``cached`` exactly."""
+    builder = RequestBuilder(COOKIES, RequestBuilder.turns([("q", "a")]))
+    prefix = Prefix(COOKIES.model.name, system, builder.examples)
+    body = builder.body(user, system)
+    cached = builder.cached(body, prefix, f"cachedContents/{name}")
+    assert isinstance(cached, bytes) and cached != body
+    assert builder.uncached(cached, prefix) == body
+    assert builder.uncached(body, prefix) == body  # a line that named no cache stays as it is
+
+
+def test_lines_whose_cache_expired_are_asked_online_whole(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """A --no-wait run's cache expires before its batch runs: every line fails on it, and the
+    collecting run's online fallback asks those rows without the dead cache."""
+    config = EmulatorConfig(batch_pending_s=0.4, batch_running_s=0.1, record=True)
+    server: EmulatorThread = emulator_factory(config)
+    path = batch_job(tmp_path, 100)
+    path.write_text(path.read_text().replace("[batch]\n", '[batch]\nfallback = "online"\n', 1))
+    with pytest.raises(BatchPendingError):
+        run(path, server, wait=False)
+    server.emulator.caches.entries.clear()  # expired while the batch waited its turn
+    summary = run(path, server)
+    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 99, 0)
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(100))
+    asked = server.emulator.received
+    assert len(asked) == 99  # the main batch's lines, all failed on the cache
+    assert all("cachedContent" not in b and "systemInstruction" in b for b in asked)
+    assert server.emulator.caches_alive() == 0 and not (tmp_path / "out" / CACHE_FILE).exists()

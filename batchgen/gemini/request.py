@@ -183,6 +183,24 @@ class RequestBuilder:
             return None
         return opening + body[len(head) : len(body) - len(end)] + closing  # the row's turn
 
+    def uncached(self, body: bytes, prefix: Prefix) -> bytes:
+        """The inverse of :meth:`cached` for a whole body: ``body`` as it was before it named a
+        cache holding ``prefix`` (``body`` itself when it names none). A Batch Mode line asked
+        again online (the fallback) is sent whole, whether or not its cache still lives."""
+        opening, key = b'{"contents":[', b',"cachedContent":'
+        at = body.rfind(key)  # a key: inside a JSON string its quotes would be escaped
+        if at < 0 or not body.startswith(opening):
+            return body
+        try:
+            name, _ = json.JSONDecoder().raw_decode(body[at + len(key) :].decode())
+        except (UnicodeDecodeError, ValueError):
+            return body
+        tail = body[at + len(key) + len(_dumps(name)) :]
+        if not isinstance(name, str) or tail != self._tail:
+            return body
+        middle = body[len(opening) : at]
+        return opening + prefix.turns + middle + prefix.system_field() + tail
+
     @staticmethod
     def turns(examples: list[tuple[str, str]]) -> bytes:
         """Few-shot examples, (user text, model text) each, as the turns that open ``contents``."""

@@ -341,11 +341,14 @@ class BatchBackend:
         for chunk, work in rows:
             wanted.setdefault(chunk, {})[work.row.row_id] = work
         found: list[Work] = []
+        prefix = self.plan.prefix()  # a line that named a context cache is asked whole
         for chunk, works in wanted.items():
             with self.store.chunk_path(chunk).open("rb") as lines:
                 for line in lines:
                     key, body = split_request_line(line)
                     if key in works:
+                        if prefix is not None:
+                            body = self.plan.builder.uncached(body, prefix)
                         found.append(dataclasses.replace(works.pop(key), body=body))
             if works:
                 raise CheckpointError(
