@@ -54,6 +54,11 @@ class BatchRunCache(RunCache):
                 return None
         return await super().start(rows, moved, unable)
 
+    async def _create(self, prefix: Prefix, rows: int) -> CacheUse | None:
+        if rows <= 0:  # every row left is in a running batch: nothing would name a new cache
+            return None
+        return await super()._create(prefix, rows)
+
     def _batches_open(self) -> bool:
         return bool(BatchStore(self.out.path).open_chunks())
 
