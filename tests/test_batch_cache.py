@@ -138,6 +138,7 @@ def test_a_run_that_does_not_wait_keeps_the_cache_for_the_run_that_collects(
     assert server.emulator.counts["cachedContent:used"] == 100
     assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
     assert server.emulator.counts["cachedContents.create"] == 1
+    assert any(f"{record.name} is deleted: no batch names it" in n for n in done.notes)
 
 
 def test_media_rows_name_their_files_and_the_cache_without_the_prefix(

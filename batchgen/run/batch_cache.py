@@ -98,6 +98,9 @@ class BatchRunCache(RunCache):
         delete it as any run's."""
         usable = self.use is not None and self.use.active
         if self.record is None or self._client is None or not usable or not self._batches_open():
+            if self.record is not None and usable:
+                self.note(f"batch: the context cache {self.record.name} is deleted: no batch "
+                          "names it any more")  # fmt: skip
             await super().finish(journal)
             return
         ttl = self._ttl()
