@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from batchgen.backends.batch.cache import DEFAULT_BATCH_S, MARGIN_S
 from batchgen.cli.render import format_estimate
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-from batchgen.errors import BatchPendingError
+from batchgen.errors import BatchPendingError, RunStoppedError
 from batchgen.gemini.request import Prefix, RequestBuilder
 from batchgen.job.spec import Overrides, load_job
 from batchgen.pricing.file import load_prices
@@ -139,6 +139,27 @@ def test_a_run_that_does_not_wait_keeps_the_cache_for_the_run_that_collects(
     assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
     assert server.emulator.counts["cachedContents.create"] == 1
     assert any(f"{record.name} is deleted: no batch names it" in n for n in done.notes)
+
+
+def test_a_run_stopped_while_probing_leaves_the_probe_to_the_next_run(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    server: EmulatorThread = emulator_factory(
+        EmulatorConfig(batch_pending_s=1.0, batch_running_s=0.1)
+    )
+    path = batch_job(tmp_path, 100)
+    with pytest.raises(RunStoppedError):
+        run(path, server, time_budget=0.3)  # stops while the probe batch is pending
+    out = tmp_path / "out"
+    assert read_cache_record(out) is not None and server.emulator.caches_alive() == 1
+    assert [len(c.rows) for c in BatchStore(out).open_chunks()] == [1]
+    done = run(path, server)
+    assert done.exit_code == 0
+    assert sorted(result_ids(out)) == sorted(f"r{i}" for i in range(100))
+    counts = server.emulator.counts
+    assert counts["batch_rows"] == 100 and counts["batch_rows_repeated"] == 0
+    assert counts["cachedContent:used"] == 100 and counts["cachedContents.create"] == 1
+    assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
 
 
 def test_media_rows_name_their_files_and_the_cache_without_the_prefix(
