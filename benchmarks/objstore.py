@@ -76,8 +76,8 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     (local, local_wall), (s3, s3_wall) = best["local"], best["s3"]
     print(
-        f"{args.rows:,} rows, concurrency {args.concurrency or 'auto'}, best of {args.rounds}: local "
-        f"{local:.0f} rows/s, s3:// {s3:.0f} rows/s (ratio {s3 / local:.3f}); whole command "
+        f"{args.rows:,} rows, concurrency {args.concurrency or 'auto'}, best of {args.rounds}: "
+        f"local {local:.0f} rows/s, s3:// {s3:.0f} rows/s (ratio {s3 / local:.3f}); whole command "
         f"{local_wall:.0f} vs {s3_wall:.0f} rows/s (ratio {s3_wall / local_wall:.3f})"
     )
     return 0

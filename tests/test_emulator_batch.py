@@ -273,3 +273,35 @@ async def test_every_submitted_row_is_counted(make_client: MakeClient) -> None:
         await create(client, {"batch": {"inputConfig": {"fileName": file["name"]}}})
     assert emulator.batches.submissions == {"a": 1, "b": 2, "c": 1}
     assert emulator.counts["batch_rows"] == 4 and emulator.counts["batch_rows_repeated"] == 1
+
+
+async def test_a_line_naming_a_cache_is_answered_as_online_or_refused_when_told(
+    make_client: MakeClient,
+) -> None:
+    """A batch line with ``cachedContent`` counts the cache as generateContent does; one naming
+    a cache that is gone fails on its own; ``batch_cache_refuse`` fails every such line."""
+    for refuse in (False, True):
+        client, emulator = await make_client(batch_cache_refuse=refuse)
+        cache = {
+            "model": f"models/{FLASH}",
+            "systemInstruction": {"parts": [{"text": "word " * 1000}]},
+        }
+        status, made = await api(client, "POST", "/v1beta/cachedContents", cache)
+        assert status == 200
+        lines = [json.dumps({"key": k, "request": {**request(f"prompt {k}"), "cachedContent": n}})
+                 for k, n in (("a", made["name"]), ("gone", "cachedContents/nothing"))]  # fmt: skip
+        file = await upload(client, ("\n".join(lines) + "\n").encode())
+        op = await create(client, {"batch": {"inputConfig": {"fileName": file["name"]}}})
+        data = await download(client, op["response"]["responsesFile"])
+        got = {line["key"]: line for line in map(json.loads, data.decode().splitlines())}
+        if refuse:
+            for line in got.values():
+                assert line["error"]["code"] == 400
+                assert "does not support cached content with batch" in line["error"]["message"]
+            continue
+        body = {**request("prompt a"), "cachedContent": made["name"]}
+        status, online = await api(client, "POST", f"/v1beta/models/{FLASH}:generateContent", body)
+        assert status == 200 and online["usageMetadata"]["cachedContentTokenCount"] > 0
+        assert got["a"]["response"]["usageMetadata"] == online["usageMetadata"]
+        assert got["gone"]["error"]["code"] == 7  # PERMISSION_DENIED: CachedContent not found
+        assert emulator.counts["cachedContent:used"] == 2

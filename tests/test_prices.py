@@ -66,14 +66,22 @@ def test_gemini_4_argon_doubles_on_the_first_of_december(tmp_path: Path) -> None
 
 
 def test_the_tier_argument_prices_flex_and_batch_at_half() -> None:
+    """Flex halves every rate; Batch halves all but cache hits, billed "at standard caching
+    rates" in Batch Mode (the Batch API page)."""
     table = load_prices()
     tokens = {"prompt": 300_000, "output": 2_000, "thinking": 1_000, "cached": 100_000}
     for model in CURRENT:
-        standard = table.cost(model, **tokens, at=date(2026, 12, 2))
-        assert standard is not None, model
-        for tier in ("flex", "batch"):
-            cost = table.cost(model, **tokens, tier=tier, at=date(2026, 12, 2))
-            assert cost == pytest.approx(standard / 2), (model, tier)
+        day = date(2026, 12, 2)
+        standard = table.cost(model, **tokens, at=day)
+        prompt = {"prompt": 300_000, "output": 0, "thinking": 0}
+        with_hits = table.cost(model, **prompt, cached=100_000, at=day)
+        uncached = table.cost(model, **prompt, cached=0, at=day)
+        assert standard is not None and with_hits is not None and uncached is not None, model
+        hits = with_hits - uncached * 2 / 3  # the 100k cached tokens' part (long context too)
+        flex = table.cost(model, **tokens, tier="flex", at=day)
+        assert flex == pytest.approx(standard / 2), model
+        batch = table.cost(model, **tokens, tier="batch", at=day)
+        assert batch == pytest.approx((standard - hits) / 2 + hits), model
 
 
 def test_report_names_the_model_that_answered_and_prices_it(tmp_path: Path) -> None:

@@ -107,13 +107,21 @@ def _cache_lines(est: Estimate) -> list[str]:
     if c is None:
         return [f"  cache    none: {est.cache_why}"] if est.cache_use == "no cache" else []
     digits = usd_digits(c.without, c.with_cache)
-    chosen = (
-        "the run will use a cache"
-        if est.cache_use == "cache"
-        else f"the run goes uncached: {est.cache_why}"
-    )
+    if est.tier == "batch":  # the run probes the cache with a one-row batch before using it
+        chosen = (
+            "batch: cache, probed first"
+            if est.cache_use == "cache"
+            else f"batch: no cache, the batch discount is relied on ({est.cache_why})"
+        )
+    else:
+        chosen = (
+            "the run will use a cache"
+            if est.cache_use == "cache"
+            else f"the run goes uncached: {est.cache_why}"
+        )
+    rates = " at batch rates" if est.tier == "batch" else ""
     return [
-        f"  cache    shared prefix {c.prefix_tokens:,} tokens × {c.calls:,} calls: "
+        f"  cache    shared prefix {c.prefix_tokens:,} tokens × {c.calls:,} calls{rates}: "
         f"USD {c.without:,.{digits}f} uncached, USD {c.with_cache:,.{digits}f} with a cache "
         f"(creation {c.creation:,.{digits}f}, storage {c.hours:.2f} h {c.storage:,.{digits}f})",
         f"           {chosen}" + (" (the cost above counts it)" * (est.cache_use == "cache")),

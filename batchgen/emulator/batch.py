@@ -12,8 +12,12 @@ A batch is PENDING for ``batch_pending_s`` of the emulator's clock, then RUNNING
 ``fail``, ``expire``; ``ok`` once the script is used up). A share ``batch_line_error_rate`` of
 the lines fails on its own. Answers come from :func:`~batchgen.emulator.replies.answer_body`, so
 a prompt gets the same answer online and in a batch, and the results are shuffled: clients must
-match them by key. ``submissions`` counts every key ever submitted, so a test can assert that no
-row went in twice.
+match them by key. A line naming ``cachedContent`` is answered as generateContent answers it (the
+cache's text before the prompt, ``cachedContentTokenCount`` in its usage; a cache gone or for
+another model fails that line), checked when the batch ends; with ``batch_cache_refuse`` every
+such line fails with a 400 "does not support cached content with batch prediction", as some
+models answer (forum reports). ``submissions`` counts every key ever submitted, so a test can
+assert that no row went in twice.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from batchgen.emulator.caches import CachesApi
 from batchgen.emulator.files import FileRecord, FilesApi, field_of, json_response, page, timestamp
 from batchgen.emulator.media import Lookup, read_media
 from batchgen.emulator.replies import answer_body
@@ -58,6 +63,7 @@ class BatchSettings(Protocol):
     batch_running_s: float
     batch_line_error_rate: float
     batch_script: list[str]
+    batch_cache_refuse: bool
 
 
 @dataclass
@@ -98,6 +104,7 @@ class BatchApi:
         clock: Callable[[], float],
         counts: collections.Counter[str],
         config: BatchSettings,
+        caches: CachesApi,
     ) -> None:
         self.batches: dict[str, _Batch] = {}
         self.submissions: collections.Counter[str] = collections.Counter()
@@ -107,6 +114,7 @@ class BatchApi:
         self._clock = clock
         self._counts = counts
         self._config = config
+        self._caches = caches
         self._dice = random.Random(f"batch-{config.seed}")
         self._created = 0
 
@@ -251,7 +259,7 @@ class BatchApi:
 
     def _output(self, batch: _Batch) -> dict[str, Any]:
         model = batch.model.removeprefix("models/")
-        answers = [_answer(batch.lines[i], model, self._files.media) for i in batch.order]
+        answers = [self._answer(batch.lines[i], model) for i in batch.order]
         if batch.file_name is None:
             return {"inlinedResponses": {"inlinedResponses": answers}}
         text = "".join(_file_result(a) for a in answers)
@@ -261,6 +269,21 @@ class BatchApi:
         )  # fmt: skip
         self._files.store(record)
         return {"responsesFile": record.name}
+
+    def _answer(self, line: _Line, model: str) -> dict[str, Any]:
+        """An output item, the line's cache (if it names one) looked up as the batch ends."""
+        if line.body is None or line.error is not None or not line.body.get("cachedContent"):
+            return _answer(line, model, self._files.media)
+        if self._config.batch_cache_refuse:
+            self._counts["batch_cache_refused"] += 1
+            message = f"Model {model} does not support cached content with batch prediction."
+            return {"error": {"code": 400, "message": message}, "metadata": line.metadata}
+        try:
+            cache = self._caches.use(line.body, model)
+        except ApiError as exc:
+            code = 7 if exc.code == 403 else 3  # PERMISSION_DENIED, INVALID_ARGUMENT
+            return {"error": {"code": code, "message": exc.message}, "metadata": line.metadata}
+        return _answer(line, model, self._files.media, (cache.text, cache.tokens))
 
     def _stats(self, batch: _Batch) -> dict[str, str]:
         total = len(batch.lines)
@@ -346,9 +369,12 @@ def _file_result(item: dict[str, Any]) -> str:
     return json.dumps({**out, "key": item["metadata"]}, ensure_ascii=False) + "\n"
 
 
-def _answer(line: _Line, model: str, lookup: Lookup) -> dict[str, Any]:
+def _answer(
+    line: _Line, model: str, lookup: Lookup, cached: tuple[str, int] | None = None
+) -> dict[str, Any]:
     """An output item: ``response`` or ``error``, with the line's metadata (a line naming a
-    file the Files API does not hold fails on its own, with the 403's code and message)."""
+    file the Files API does not hold fails on its own, with the 403's code and message);
+    ``cached``: the text and tokens of the cache the line names."""
     if line.error is not None or line.body is None:
         code, message = line.error or (3, "Invalid request.")
         return {"error": {"code": code, "message": message}, "metadata": line.metadata}
@@ -357,5 +383,10 @@ def _answer(line: _Line, model: str, lookup: Lookup) -> dict[str, Any]:
     except ApiError as exc:
         code = 7 if exc.code == 403 else 3  # PERMISSION_DENIED, INVALID_ARGUMENT
         return {"error": {"code": code, "message": exc.message}, "metadata": line.metadata}
-    response = answer_body(line.body, model, prompt_text(line.body), None, media)
+    prompt = prompt_text(line.body)
+    if cached is not None:  # the cached prefix comes first, as generateContent has it
+        prompt = f"{cached[0]}\n{prompt}"
+    response = answer_body(line.body, model, prompt, None, media)
+    if cached is not None:  # promptTokenCount includes the cached part
+        response["usageMetadata"]["cachedContentTokenCount"] = cached[1]
     return {"response": response, "metadata": line.metadata}

@@ -187,6 +187,9 @@ class EmulatorConfig:
             it); models not named: 1024.
         cache_refuse: every cachedContents create is refused with a 400 (a model without
             explicit caching).
+        batch_cache_refuse: every batch line naming a cachedContent fails with a 400 "does
+            not support cached content with batch prediction" (a model without caches in
+            Batch Mode).
     """
 
     api_keys: frozenset[str] | None = None
@@ -215,6 +218,7 @@ class EmulatorConfig:
     max_file_bytes: int = 2 * 1000**3
     cache_min_tokens: dict[str, int] = field(default_factory=dict)
     cache_refuse: bool = False
+    batch_cache_refuse: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flex_standard_share <= 1.0:
@@ -278,11 +282,12 @@ class Emulator:
         # Batch Mode and its files (batch.py, files.py); the lambda reads a replaced clock too.
         self.files = FilesApi(self._check_key, self.counts, self.config.seed,
                               self.config.max_file_bytes)  # fmt: skip
-        self.batches = BatchApi(self.files, self._check_key, self._check_model,
-                                lambda: self.clock(), self.counts, self.config)  # fmt: skip
         self.caches = CachesApi(self._check_key, self._check_model, lambda: self.clock(),
                                 self.counts, self.config.cache_min_tokens,
                                 self.config.cache_refuse, self.files.media)  # fmt: skip
+        self.batches = BatchApi(self.files, self._check_key, self._check_model,
+                                lambda: self.clock(), self.counts, self.config,
+                                self.caches)  # fmt: skip
         self.files.add_routes(self.app.router)
         self.batches.add_routes(self.app.router)
         self.caches.add_routes(self.app.router)

@@ -208,6 +208,31 @@ class RequestBuilder:
             return None
         return opening + body[len(head) : len(body) - len(end)] + closing  # the row's turn
 
+    def uncached(self, body: bytes, prefix: Prefix) -> bytes:
+        """The inverse of :meth:`cached` for a whole body: ``body`` as it was before it named a
+        cache holding ``prefix`` (``body`` itself when it names none, or when ``prefix`` holds
+        context whose parts it lacks: :meth:`Prefix.with_context`). A Batch Mode line asked
+        again online (the fallback) is sent whole, whether or not its cache still lives."""
+        opening, key = b'{"contents":[', b',"cachedContent":'
+        at = body.rfind(key)  # a key: inside a JSON string its quotes would be escaped
+        if at < 0 or not body.startswith(opening):
+            return body
+        try:
+            name, _ = json.JSONDecoder().raw_decode(body[at + len(key) :].decode())
+        except (UnicodeDecodeError, ValueError):
+            return body
+        tail = body[at + len(key) + len(_dumps(name)) :]
+        if not isinstance(name, str) or tail != self._tail:
+            return body
+        middle = body[len(opening) : at]
+        if prefix.holds_context:  # the context parts open the row's own (the last) user turn
+            turn = b'{"role":"user","parts":['
+            start = middle.rfind(turn) + len(turn)
+            if start < len(turn) or not prefix.context:
+                return body
+            middle = middle[:start] + prefix.context + b"," + middle[start:]
+        return opening + prefix.turns + middle + prefix.system_field() + tail
+
     @staticmethod
     def turns(examples: list[tuple[str, str]]) -> bytes:
         """Few-shot examples, (user text, model text) each, as the turns that open ``contents``."""

@@ -5,7 +5,10 @@ For a prefix of ``P`` tokens shared by ``N`` calls, at the rates of the run's ti
     without = N × P × input
     with    = N × P × cached  +  P × input (creation)  +  P × hours × storage
 
-(USD per 1M tokens; the tokens after the prefix cost the same both ways and are left out). A
+(USD per 1M tokens; the tokens after the prefix cost the same both ways and are left out). The
+creation is an online ``cachedContents`` call, billed at the standard input rate whatever the
+run's tier; in Batch Mode the cached rate is the standard one too (the Batch API page bills
+cache hits "at standard caching rates"), against the batch's half-price input. A
 cache is chosen when ``P`` is at least the model's minimum and ``with < without``. The run
 (:mod:`batchgen.run.caching`) and ``estimate`` both ask :func:`cache_costs`.
 """
@@ -63,7 +66,7 @@ def cache_costs(
     price: ModelPrice, tier: str, *, calls: int, prefix_tokens: int, hours: float
 ) -> CacheCosts:
     rates = price.rates(tier)
-    creation = prefix_tokens * rates.input / M
+    creation = prefix_tokens * price.rates("standard").input / M
     storage = prefix_tokens * hours * price.storage_rate / M
     return CacheCosts(
         prefix_tokens=prefix_tokens,
@@ -84,5 +87,6 @@ def break_even_rows(price: ModelPrice, *, hours: float, tier: str = "standard") 
     saving = rates.input - rates.cached
     if saving <= 0:
         return None
-    # N × (input − cached) > input + hours × storage  (per token of prefix)
-    return math.floor((rates.input + hours * price.storage_rate) / saving) + 1
+    # N × (input − cached) > creation + hours × storage  (per token of prefix)
+    creation = price.rates("standard").input
+    return math.floor((creation + hours * price.storage_rate) / saving) + 1

@@ -251,7 +251,20 @@ def _tier(entry: TieredEntry, tier: Tier, standard: Rates, file: _File, where: s
                 f"too, or give {tier} as a factor such as 0.5"
             )
         return rates
-    return standard.scaled(_factor(entry, tier, file.tiers[tier]))
+    rates = standard.scaled(_factor(entry, tier, file.tiers[tier]))
+    if tier == "batch":  # cache hits in a batch are billed at standard caching rates
+        rates = _standard_cache(rates, standard)
+    return rates
+
+
+def _standard_cache(rates: Rates, standard: Rates) -> Rates:
+    """``rates`` with the standard tier's cached rates: the Batch API page (checked
+    2026-12-04, https://ai.google.dev/gemini-api/docs/batch-api) bills context-cache hits in
+    Batch Mode "at standard caching rates", so the batch factor does not halve them."""
+    long, std = rates.long_context, standard.long_context
+    if long is not None and std is not None:
+        long = replace(long, cached=std.cached)
+    return replace(rates, cached=standard.cached, long_context=long)
 
 
 def _factor(entry: TieredEntry | PriceFile, tier: str, default: float) -> float:

@@ -52,6 +52,8 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from batchgen.backends.batch.cache import MARGIN_S as BATCH_MARGIN_S
+from batchgen.backends.batch.cache import expected_seconds as batch_expected_seconds
 from batchgen.backends.online.concurrency import ConcurrencyController
 from batchgen.backends.online.retry import RetryPolicy
 from batchgen.errors import (
@@ -240,7 +242,8 @@ def estimate_job(
         )
     answered = total * paid - unrenderable * scale
     bounds = time_bounds(job, guess, rows=round(total * paid), prompt_tokens=prompt_tokens)
-    cache, use, why = _cache_choice(plan, api_key, offline, price, round(total * paid), bounds)
+    hours = _cache_hours(job, history, bounds)
+    cache, use, why = _cache_choice(plan, api_key, offline, price, round(total * paid), hours)
     if cache is not None and use == "cache" and costs:  # the run's own tier pays the cache
         saved = cache.without - cache.with_cache
         low, high = costs[job.model.tier]
@@ -280,18 +283,17 @@ def _cache_choice(
     offline: bool,
     price: ModelPrice | None,
     calls: int,
-    bounds: TimeBounds,
+    hours: float,
 ) -> tuple[CacheCosts | None, str, str | None]:
-    """The shared prefix's cost with and without a cache, and what the run will do (the same
-    rule as :class:`batchgen.run.caching.RunCache`)."""
+    """The shared prefix's cost with and without a cache for ``hours`` of storage, and what
+    the run will do (the same rule as :class:`batchgen.run.caching.RunCache`; in Batch Mode,
+    at batch rates, the run probing the cache with a one-row batch first)."""
     job = plan.job
     prefix = plan.prefix()
     if prefix is None:
         return None, "off", "no prefix every row shares (system instruction, examples, context)"
     if job.cache.mode == "off":
         return None, "off", '[cache] mode = "off"'
-    if job.model.tier == "batch":
-        return None, "no cache", "batch: no context cache, the batch discount is relied on"
     if price is None:
         return None, "no cache", f"no price for {job.model.name} to decide by"
     body = dataclasses.replace(prefix, context_id="").count_body()  # the text: counted
@@ -300,14 +302,22 @@ def _cache_choice(
         tokens = rough_tokens(body.decode()) + context
     else:
         tokens = asyncio.run(_count_all_raw(job, api_key, body)) + context
+    costs = cache_costs(price, job.model.tier, calls=calls, prefix_tokens=tokens, hours=hours)
+    return costs, "cache" if costs.pays else "no cache", costs.why_not
+
+
+def _cache_hours(job: Job, history: Path | None, bounds: TimeBounds) -> float:
+    """The hours a cache would be stored: the run's expected time (a batch's, in Batch Mode,
+    from the earlier batches of the output when it has some), plus the run's margin."""
+    if job.model.tier == "batch":
+        out = history or job.output.directory
+        return (batch_expected_seconds(Path(out)) + BATCH_MARGIN_S) / 3600
     minutes = max(
         b
         for b in (bounds.minutes_requests, bounds.minutes_tokens, bounds.minutes_latency)
         if b is not None
     )
-    hours = (minutes * 60 + TTL_MARGIN_S) / 3600
-    costs = cache_costs(price, job.model.tier, calls=calls, prefix_tokens=tokens, hours=hours)
-    return costs, "cache" if costs.pays else "no cache", costs.why_not
+    return (minutes * 60 + TTL_MARGIN_S) / 3600
 
 
 def _context_tokens(plan: Plan) -> int:

@@ -12,7 +12,8 @@ from creation to deletion) and removes the record. A cache recorded by a killed 
 when it is alive and holds the same prefix, else deleted (its storage billed then).
 
 Anything the API refuses about the cache (create, a call naming it) leaves the run uncached,
-said once; it never fails a row. Batch Mode runs uncached: the batch discount is relied on.
+said once; it never fails a row. Batch Mode's cache (probed, kept for the batches' hours) is
+:class:`batchgen.run.batch_cache.BatchRunCache`, which fills in this class's hooks.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = ["RunCache", "expected_seconds"]
 TTL_MARGIN_S = 300  # the TTL runs this far beyond the expected remaining time
 EXTEND_EVERY_S = 60.0  # how often the TTL is pushed ahead while the run lasts
 MIN_TTL_S = 600
+CREATION_TIER = "standard"  # creating a cache is an online call, billed (ledger) at standard
 
 
 def expected_seconds(plan: Plan, rows: int) -> float:
@@ -62,6 +64,8 @@ def expected_seconds(plan: Plan, rows: int) -> float:
 
 class RunCache:
     """The context cache of one run (see the module)."""
+
+    margin_s: float = TTL_MARGIN_S  # the TTL runs this far beyond the expected remaining time
 
     def __init__(
         self,
@@ -95,7 +99,7 @@ class RunCache:
         ``fresh`` set the previous output aside (a cache recorded there is deleted); ``unable``
         says why this run cannot use one (its engine's callers do not send it)."""
         prefix = self.plan.prefix()
-        if self.job.cache.mode == "off" or self.job.model.tier == "batch":
+        if self.job.cache.mode == "off":
             prefix = None
         elif unable is not None and prefix is not None:
             self.note(f"{unable}: no context cache, every call sends the whole prefix")
@@ -103,8 +107,6 @@ class RunCache:
         earlier = read_cache_record(self.out.path)
         old = read_cache_record(moved) if moved is not None else None
         if prefix is None and earlier is None and old is None:
-            if self.job.model.tier == "batch" and self.plan.prefix() is not None:
-                self.note("batch: no context cache, the batch discount is relied on")
             return None
         self._client = await self._stack.enter_async_context(
             client_for(self.job, self.api_key, CachesClient)
@@ -119,7 +121,7 @@ class RunCache:
             assert prefix is not None
             return await self._create(prefix, rows)
         except (ApiError, BatchgenError) as exc:  # the calls themselves may still be fine
-            self.note(f"no context cache: the API refused it ({_first_line(exc)}); uncached")
+            self._declined(f"the API refused it ({_first_line(exc)})")
             return None
         except MediaFailedError as exc:  # the rows meet it too, one by one
             self.note(f"no context cache: {exc}; uncached")
@@ -135,8 +137,8 @@ class RunCache:
         with contextlib.suppress(ApiError, BatchgenError):
             alive = await self._client.get(record.name)
         if alive is not None and prefix is not None and record.digest == prefix.digest():
-            self.record, self._expect_s = record, MIN_TTL_S
-            self.use = CacheUse(self.plan.builder, prefix, record.name, self.note)
+            self.record, self._expect_s = record, self._reused_expect(record)
+            self.use = self._use(prefix, record.name)
             self.note(f"reusing the context cache of an earlier run ({record.name})")
             return self.use
         if alive is not None:
@@ -150,20 +152,21 @@ class RunCache:
         assert self._client is not None
         price = (self.table or load_prices()).resolve(self.job.model.name)
         if price is None:
-            self.note(f"no context cache: no price for {self.job.model.name} to decide by")
+            self._declined(f"no price for {self.job.model.name} to decide by")
             return None
         if not prefix.holds_context and len(prefix.count_body()) < price.min_cache_tokens:
-            return None  # fewer characters than the minimum's tokens: no need to count
+            self._declined(None)  # fewer characters than the minimum's tokens: no need to count
+            return None
         if prefix.holds_context:
             prefix = await self._with_context(prefix)
         tokens = await self._count(prefix)
-        self._expect_s = expected_seconds(self.plan, rows)
-        hours = (self._expect_s + TTL_MARGIN_S) / 3600
+        self._expect_s = self._expected(rows)
+        hours = (self._expect_s + self.margin_s) / 3600
         self.costs = cache_costs(
             price, self.job.model.tier, calls=rows, prefix_tokens=tokens, hours=hours
         )
         if not self.costs.pays:
-            self.note(f"no context cache: {self.costs.why_not}")
+            self._declined(self.costs.why_not)
             return None
         info = await self._client.create(prefix, self._ttl())
         self.record = CacheRecord(
@@ -179,15 +182,34 @@ class RunCache:
             self.note(f"no context cache: cannot record it in {self.out.path}: {exc.strerror}")
             return None
         usage = Usage(prompt=self.record.tokens, total=self.record.tokens)
-        self.budget.add(self.record.tokens * price.rates(self.job.model.tier).input / 1e6)
+        self.budget.add(self.record.tokens * price.rates(CREATION_TIER).input / 1e6)
         await self.bill(self._entry(CACHE_CREATE, usage))
-        self.use = CacheUse(self.plan.builder, prefix, info.name, self.note)
-        c = self.costs
+        self.use = self._use(prefix, info.name)
+        self._chosen(self.record.tokens, self.costs)
+        return self.use
+
+    # --- what Batch Mode's cache (batchgen.run.batch_cache) does its own way ---------------
+
+    def _expected(self, rows: int) -> float:
+        """Seconds the cache is expected to be needed for ``rows`` calls."""
+        return expected_seconds(self.plan, rows)
+
+    def _reused_expect(self, record: CacheRecord) -> float:
+        return MIN_TTL_S
+
+    def _use(self, prefix: Prefix, name: str) -> CacheUse:
+        return CacheUse(self.plan.builder, prefix, name, self.note)
+
+    def _declined(self, why: str | None) -> None:
+        """Say why no cache (None: too short to say anything)."""
+        if why is not None:
+            self.note(f"no context cache: {why}")
+
+    def _chosen(self, tokens: int, c: CacheCosts) -> None:
         self.note(
-            f"context cache: the {self.record.tokens:,}-token prefix every row shares is cached "
+            f"context cache: the {tokens:,}-token prefix every row shares is cached "
             f"(about USD {c.with_cache:.4f} for it instead of {c.without:.4f})"
         )
-        return self.use
 
     async def _with_context(self, prefix: Prefix) -> Prefix:
         """The prefix with its context files' parts, as the rows would send them: a large file
@@ -203,7 +225,7 @@ class RunCache:
 
     def _ttl(self) -> int:
         left = self._expect_s - (time.monotonic() - self._started)
-        return int(max(MIN_TTL_S, left + TTL_MARGIN_S))
+        return int(max(MIN_TTL_S, left + self.margin_s))
 
     async def keep_alive(self) -> None:
         """Push the TTL ahead every EXTEND_EVERY_S until cancelled; a refusal ends the cache's

@@ -43,6 +43,7 @@ from batchgen.keys import count_contained
 from batchgen.plan import Plan, plan_job
 from batchgen.pricing.budget import Budget, Pricer
 from batchgen.records import REUSED, Billed, DoneState, Outcome, Work
+from batchgen.run.batch_cache import BatchRunCache
 from batchgen.run.caching import RunCache
 from batchgen.run.dedupe import DedupeSink, Twins, leaders
 from batchgen.run.idcheck import check_ids
@@ -305,8 +306,9 @@ class _Run:
         self.books = _Books(plan, out, self.summary, budget, self.stop)
         self.work: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=QUEUED)
         self.backend = self._backend(budget)
-        self.cache = RunCache(plan, options.api_key, out, options.prices, budget, self.run_id,
-                              self.books.tell, self.books.billed)  # fmt: skip
+        caches = BatchRunCache if self.job.model.tier == "batch" else RunCache
+        self.cache = caches(plan, options.api_key, out, options.prices, budget, self.run_id,
+                            self.books.tell, self.books.billed)  # fmt: skip
         self.emitted = 0  # rows the reader handed on (to the backend, or as template failures)
         self.exhausted = False  # the reader reached the end of the input (or the limit)
 

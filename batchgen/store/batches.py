@@ -150,6 +150,21 @@ class BatchStore:
         """Chunks that have not ended: the next run re-attaches to them."""
         return [r for r in self._records().values() if not r.ended]
 
+    def durations(self) -> list[float]:
+        """Seconds from submitted to collected of every chunk collected so far (how long this
+        output's batches took: what a batch's context cache is kept alive for)."""
+        submitted: dict[str, datetime] = {}
+        took = []
+        for line in self._lines():
+            chunk, state, at = line.get("chunk"), line.get("state"), line.get("at")
+            with contextlib.suppress(TypeError, ValueError):
+                when = datetime.fromisoformat(str(at))
+                if state == "submitted":
+                    submitted[str(chunk)] = when
+                elif state == "collected" and chunk in submitted:
+                    took.append((when - submitted.pop(str(chunk))).total_seconds())
+        return took
+
     def rows_in_flight(self) -> set[str]:
         """Row ids in chunks that have not ended: never to be put in another chunk."""
         return {row for r in self.open_chunks() for row in r.rows}

@@ -33,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from batchgen.backends.base import Gauges, RunContext, Sink
+from batchgen.backends.batch.cache import BatchCacheUse, verdict
 from batchgen.backends.batch.jsonl import (
     BATCH_TIER,
     LINE_ERROR,
@@ -45,10 +46,17 @@ from batchgen.backends.batch.jsonl import (
 from batchgen.backends.batch.steps import Collection, collect_chunk, submit_chunk, upload_chunk
 from batchgen.backends.media import MediaFailedError, MediaSender, media_sender
 from batchgen.backends.online.backend import OnlineBackend
-from batchgen.errors import BatchPendingError, CheckpointError, FatalApiError, RunStoppedError
+from batchgen.errors import (
+    BatchPendingError,
+    CheckpointError,
+    FatalApiError,
+    InternalError,
+    RunStoppedError,
+)
 from batchgen.gemini.batch_client import NOT_RELAYED, BatchClient, BatchInfo, not_relayed
 from batchgen.gemini.client import ApiError
 from batchgen.gemini.connect import client_for
+from batchgen.gemini.request import Prefix
 from batchgen.job.spec import ModelSpec
 from batchgen.records import Outcome, Work
 from batchgen.redact import redact_url
@@ -93,6 +101,8 @@ class BatchBackend:
         self.capped = False  # max_cost stopped the submitting
         self._chunks = 0
         self.media: MediaSender | None = None  # set on the run's client, when the job has media
+        # the run's context cache: probed by the first row submitted, then named by every line
+        self.cache = ctx.cache if isinstance(ctx.cache, BatchCacheUse) else None
 
     def gauges(self) -> Gauges:
         return Gauges()  # no calls in flight of its own: the batches run server-side
@@ -134,7 +144,11 @@ class BatchBackend:
                     self.capped = True  # (the input is read on, for earlier runs' rows)
                 else:
                     self.held[work.row.row_id] = cost
-                    pending.append(work)
+                    if self.cache is not None and self.cache.probing:
+                        back = await self._probe(client, work, sink)
+                        pending.extend(back)
+                    else:
+                        pending.append(work)
             if len(pending) >= size or (self.capped and pending):
                 await self._submit(client, pending, sink)
                 pending = []
@@ -144,25 +158,82 @@ class BatchBackend:
             await self._submit(client, pending, sink)
         return not self.stop.stopping.is_set()
 
-    async def _submit(self, client: BatchClient, works: Sequence[Work], sink: Sink) -> None:
+    async def _submit(
+        self, client: BatchClient, works: Sequence[Work], sink: Sink
+    ) -> list[ChunkRecord]:
         """Write, record, upload and submit ``works`` as one or more chunks (a request a row).
 
         Media rows are built first: every local file is uploaded (and recorded in
         OUTPUT/uploads.jsonl) before the chunk that names it is written, so a killed run
         neither uploads a content again nor submits a row twice."""
-        if self.media is not None:
-            works = await self._built(works, sink)
+        if self.media is not None:  # without the context files while the cache holds them
+            short = self.cache is not None and self.cache.holds_context
+            works = await self._built(works, sink, context=not short)
+        if self.cache is not None and self.cache.active:  # the lines name the cache
+            works = [self._cached(w) for w in works]
+        chunks = []
         for group in group_works(works, self.job.batch.rows_per_chunk):
             self._chunks += 1
             name = f"{self.run_id}-{self._chunks:05d}"
             written = await asyncio.to_thread(write_chunk, self.store.chunk_path(name), group)
             self.works.update((w.row.row_id, self._slim(w)) for w in group)
             chunk = await asyncio.to_thread(self.store.add, name, self.run_id, written.rows)
-            await self._advance(client, chunk)
+            chunks.append(await self._advance(client, chunk))
             for _ in written.rows:
                 sink.requested()
+        return chunks
 
-    async def _built(self, works: Sequence[Work], sink: Sink) -> list[Work]:
+    def _cached(self, work: Work) -> Work:
+        """The row's line naming the cache, without the prefix the cache holds (as it is when
+        the body does not start with that prefix)."""
+        assert self.cache is not None
+        body = self.cache.wire(work.body)
+        if isinstance(body, bytes):
+            return dataclasses.replace(work, body=body)
+        if self.cache.prefix.holds_context and work.text is None:  # built without its context
+            raise InternalError(f"row {work.row.row_id}: its line lacks the context files")
+        return work
+
+    async def _probe(self, client: BatchClient, work: Work, sink: Sink) -> list[Work]:
+        """Submit ``work`` alone, naming the cache, wait for it and judge (see
+        :mod:`batchgen.backends.batch.cache`); the rows still to submit: none when the probe's
+        answer is the row's result (or the run stopped meanwhile: the chunk is collected by
+        the next run), else ``work``, which goes uncached with the rest."""
+        assert self.cache is not None
+        original = work  # built again, whole, if it goes uncached after all
+        if self.media is not None and work.media:
+            built = await self._built([work], sink, context=not self.cache.holds_context)
+            if not built:
+                return []  # its media failed: reported as the row's failure
+            work = built[0]
+        if not isinstance(self.cache.wire(work.body), bytes):
+            return [original]  # this row's body does not start with the prefix: probe the next
+        self.cache.used -= 1  # counted again when the row is submitted
+        self.note("batch: probing the context cache with a one-row batch")
+        chunks = await self._submit(client, [work], sink)
+        chunk = chunks[0]
+        delay = self.job.batch.poll_initial_seconds
+        while (info := await self._state(client, chunk)) is not None and not info.terminal:
+            if not await self._pause(delay):
+                return []
+            delay = min(self.job.batch.poll_max_seconds, delay * POLL_FACTOR)
+        done = await collect_chunk(self.store, client, chunk, self.works, self.collector)
+        said = verdict(done.collected[0] if done.collected else None, done.state)
+        if said.kind == "ok":
+            self.cache.probed = True
+        else:
+            await self.cache.give_up(said.why)
+        if said.keep:
+            await self._report(done, sink)
+            return []
+        await asyncio.to_thread(self.store.mark, chunk.chunk, done.state,
+                                error=f"context cache probe: {said.why}")  # fmt: skip
+        self.works.pop(work.row.row_id, None)
+        return [original]
+
+    async def _built(self, works: Sequence[Work], sink: Sink, context: bool = True) -> list[Work]:
+        """The works with their whole lines built (``context`` false: without the context
+        files, which the run's cache holds); a row whose media fail is reported failed."""
         assert self.media is not None
         built = []
         for work in works:
@@ -170,7 +241,7 @@ class BatchBackend:
                 built.append(work)
                 continue
             try:
-                built.append(await self.media.built(work))
+                built.append(await self.media.built(work, context))
             except MediaFailedError as exc:
                 message = f"{self.plan.reader.path}: {exc}"
                 record = error_row(work.row.row_id, "input", message, attempts=0,
@@ -231,8 +302,11 @@ class BatchBackend:
 
     async def _collect(self, client: BatchClient, chunk: ChunkRecord, sink: Sink) -> None:
         """Report an ended batch's rows, flush the journal, then mark the chunk ended."""
-        done = await collect_chunk(self.store, client, chunk, self.works, self.collector)
-        fallback = self.job.batch.fallback == "online"
+        await self._report(await collect_chunk(self.store, client, chunk, self.works,
+                                               self.collector), sink)  # fmt: skip
+
+    async def _report(self, done: Collection, sink: Sink) -> None:
+        fallback, chunk = self.job.batch.fallback == "online", done.chunk
         for item in done.collected:
             usage = item.billed.answer.usage if item.billed is not None else None
             held = self.held.pop(item.row_id, None)
@@ -271,13 +345,20 @@ class BatchBackend:
         plan = dataclasses.replace(self.plan, job=dataclasses.replace(self.job, model=model))
         online = OnlineBackend(dataclasses.replace(self.ctx, plan=plan))
         self.note(f"asking {len(self.retry)} rows online that the batches did not answer")
-        works = await asyncio.to_thread(self._with_bodies, self.retry)
+        prefix = self.plan.prefix()  # a line that named a context cache is asked whole
+        if prefix is not None and prefix.holds_context:  # the files the batch uploaded
+            async with client_for(self.job, self.api_key, BatchClient) as client:
+                files = media_sender(self.plan, self.out.path, client, force_upload=True)
+                assert files is not None  # the job has context files
+                prefix = prefix.with_context(await files.context_parts(self.plan.context))
+        works = await asyncio.to_thread(self._with_bodies, self.retry, prefix)
         await online.run(_stream(works), sink)
         self.note("")
 
-    def _with_bodies(self, rows: Sequence[tuple[str, Work]]) -> list[Work]:
+    def _with_bodies(self, rows: Sequence[tuple[str, Work]], prefix: Prefix | None) -> list[Work]:
         """The rows with their request bodies, read back from their chunk files (each line is
-        ``{"key":…,"request":<the body>}``, the body verbatim)."""
+        ``{"key":…,"request":<the body>}``, the body verbatim); a line naming a cache that
+        holds ``prefix`` with the prefix put back."""
         wanted: dict[str, dict[str, Work]] = {}
         for chunk, work in rows:
             wanted.setdefault(chunk, {})[work.row.row_id] = work
@@ -287,6 +368,8 @@ class BatchBackend:
                 for line in lines:
                     key, body = split_request_line(line)
                     if key in works:
+                        if prefix is not None:
+                            body = self.plan.builder.uncached(body, prefix)
                         found.append(dataclasses.replace(works.pop(key), body=body))
             if works:
                 raise CheckpointError(
