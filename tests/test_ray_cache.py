@@ -1,0 +1,119 @@
+"""``--engine ray`` with the context cache, on a real local Ray against the emulator: the driver
+creates one cache and deletes it at the end, every worker's calls name it, and a cache the API
+stops taking is dropped by every worker with each row still answered."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from batchgen.cli import main
+from batchgen.emulator import EmulatorConfig
+from batchgen.job.spec import Overrides, load_job
+from batchgen.pricing.file import load_prices
+from batchgen.reports.report import report
+from batchgen.run.runner import RunOptions, RunSummary, run_job
+from batchgen.store.cache import CACHE_FILE
+from tests.helpers.emulator_calls import KEY, StartEmulator
+from tests.helpers.jobs import item_job
+from tests.helpers.outputs import read_rows, result_ids
+
+# ~12k tokens by the emulator's rule (four characters a token), the same for every row
+SYSTEM = "You label household things carefully and briefly, one label each. " * 730
+FAST = {"requests_per_minute": 1_000_000, "concurrency": 16}
+
+
+def cached_job(folder: Path, rows: int, mode: str = "auto") -> Path:
+    """``rows`` rows whose requests share SYSTEM (the cacheable prefix)."""
+    path = item_job(folder, rows, cache={"mode": mode}, limits=FAST)
+    line = f"system = {json.dumps(SYSTEM)}\n"
+    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
+    return path
+
+
+def run_ray(path: Path, base_url: str, address: str, **options: Any) -> RunSummary:
+    job = load_job(path, Overrides(base_url=base_url))
+    opts = RunOptions(api_key=KEY, handle_signals=False, engine="ray", ray_address=address)
+    return run_job(job, replace(opts, **options))
+
+
+def test_ray_workers_send_the_drivers_one_cache_and_it_costs_at_most_half(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    server = emulator_factory(EmulatorConfig(record=True, latency_ms=10))
+    emulator = server.emulator
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    cached.mkdir(), plain.mkdir()
+    summary = run_ray(cached_job(cached, 100), server.base_url, ray_address, prices=load_prices())
+    counts = emulator.counts
+    assert summary.exit_code == 0 and summary.rows_done == 100 and summary.rows_failed == 0
+    assert counts["cachedContents.create"] == 1 and counts["cachedContents.delete"] == 1
+    assert counts["cachedContent:used"] >= 0.95 * counts["generateContent"]
+    assert emulator.caches_alive() == 0 and not (cached / "out" / CACHE_FILE).exists()
+    assert not any("--engine ray" in n for n in summary.notes)
+    assert any("prefix every row shares is cached" in n for n in summary.notes)
+    used = counts["cachedContent:used"]
+
+    plain_run = run_ray(cached_job(plain, 100, mode="off"), server.base_url, ray_address)
+    assert plain_run.rows_done == 100
+    assert emulator.counts["cachedContents.create"] == 1  # mode = "off": none
+    assert emulator.counts["cachedContent:used"] == used
+
+    with_cache, without = report([cached / "out"]), report([plain / "out"])
+    assert with_cache.total["requests"] == without.total["requests"] == 100
+    assert summary.cost is not None and abs(summary.cost - with_cache.total["cost_usd"]) < 1e-9
+    ratio = with_cache.total["cost_usd"] / without.total["cost_usd"]
+    assert ratio <= 0.5, ratio
+    outcomes = [u["outcome"] for u in read_rows(cached / "out", "usage")]
+    assert outcomes.count("cache_create") == 1 and outcomes.count("cache_storage") == 1
+
+
+def test_a_cache_that_vanishes_under_the_workers_is_dropped_by_all_and_every_row_answered(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    server = emulator_factory(EmulatorConfig(record=True, latency_ms=20))
+    emulator = server.emulator
+
+    def expire_after_some_calls() -> None:
+        deadline = time.monotonic() + 120
+        while emulator.counts["generateContent"] < 30 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        emulator.caches.entries.clear()  # gone, as an expired entry is: 403 on use
+
+    killer = threading.Thread(target=expire_after_some_calls)
+    killer.start()
+    rows = 200
+    summary = run_ray(cached_job(tmp_path, rows), server.base_url, ray_address)
+    killer.join()
+    assert summary.exit_code == 0 and summary.rows_done == rows and summary.rows_failed == 0
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(rows))
+    said = [n for n in summary.notes if "refused" in n]
+    assert len(said) == 1 and "rest of the run is uncached" in said[0]
+    used = emulator.counts["cachedContent:used"]
+    assert 30 <= used < rows
+    named = sum(1 for b in emulator.received if b.get("cachedContent"))
+    # refused calls: at most the rows in flight when the cache went (the driver tells the rest)
+    assert named - used <= FAST["concurrency"], (named, used)
+    assert emulator.counts["generateContent"] == rows + named - used  # each refusal resent once
+    assert not (tmp_path / "out" / CACHE_FILE).exists()
+
+
+def test_a_create_the_api_refuses_leaves_a_ray_run_uncached_through_the_cli(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    server = emulator_factory(EmulatorConfig(cache_refuse=True))
+    args = ["run", str(cached_job(tmp_path, 30)), "--base-url", server.base_url]
+    result = CliRunner().invoke(
+        main, [*args, "--engine", "ray", "--ray-address", ray_address, "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "30 rows done, 0 failed" in result.output
+    assert server.emulator.counts["cachedContent:used"] == 0
+    assert server.emulator.caches_alive() == 0
