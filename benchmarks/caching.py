@@ -1,6 +1,8 @@
 """Explicit context caching (issue 21 items 1-2): a ~12k-token shared prefix over 300 rows.
 
-    python benchmarks/caching.py            # ~1 min against the emulator in this process
+    python benchmarks/caching.py               # ~1 min against the emulator in this process
+    python benchmarks/caching.py --engine ray  # the same two runs with --engine ray (a local
+                                               # Ray instance, started once for both)
 
 The same job (gemini-3.8-flash, a ~12,000-token system instruction every row shares, 300 rows,
 the limits a user gets by default) runs twice against the emulator (20 ms per answer), with
@@ -9,11 +11,15 @@ prices both ledgers. Then the break-even call count per model, from the packaged
 the fewest calls sharing a prefix (of at least the model's minimum) for which a cache is
 cheaper, with one hour and with a quarter of an hour of storage.
 
+With ``--engine ray`` the driver creates the one cache and the Ray workers send the calls
+naming it; the break-even table is left out (it does not depend on the engine).
+
 Prints markdown tables (benchmarks/RESULTS.md, "Issue 21: context caching").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import tempfile
@@ -51,7 +57,7 @@ properties = {{ label = {{ type = "STRING" }}, size = {{ type = "INTEGER" }} }}
 """
 
 
-def one(folder: Path, server: EmulatorThread, mode: str) -> dict[str, float]:
+def one(folder: Path, server: EmulatorThread, mode: str, engine: str) -> dict[str, float]:
     folder.mkdir()
     with (folder / "rows.csv").open("w") as f:
         f.write("id,name\n")
@@ -63,7 +69,7 @@ def one(folder: Path, server: EmulatorThread, mode: str) -> dict[str, float]:
     before = dict(counts)
     started = time.monotonic()
     job = load_job(folder / "job.toml", Overrides(base_url=server.base_url))
-    summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False))
+    summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False, engine=engine))
     seconds = time.monotonic() - started
     total = report([out]).total
     calls = counts["generateContent"] - before.get("generateContent", 0)
@@ -80,13 +86,23 @@ def one(folder: Path, server: EmulatorThread, mode: str) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    engine = parser.parse_args().engine
     folder = Path(tempfile.mkdtemp(prefix="bench-caching-"))
+    if engine == "ray":  # one local instance for both runs (each run joins it)
+        import ray
+
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         with EmulatorThread(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=20)) as server:
-            cached = one(folder / "auto", server, "auto")
-            plain = one(folder / "off", server, "off")
+            cached = one(folder / "auto", server, "auto", engine)
+            plain = one(folder / "off", server, "off", engine)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if engine == "ray":
+            ray.shutdown()
+    print(f"engine: {engine}\n")
     print("| metric | mode = auto | mode = off |\n|---|---|---|")
     for key in ("rows", "calls", "created", "used", "alive", "cost", "seconds"):
         digits = 4 if key == "cost" else 2
@@ -95,6 +111,8 @@ def main() -> None:
         )
         print(f"| {key} | {a} | {b} |")
     print(f"| cost ratio auto ÷ off | {cached['cost'] / plain['cost']:.3f} | target ≤ 0.5 |")
+    if engine == "ray":
+        return
     print()
     table = load_prices()
     day = utc_today().isoformat()

@@ -4,7 +4,6 @@ stops taking is dropped by every worker with each row still answered."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import replace
@@ -20,21 +19,9 @@ from batchgen.pricing.file import load_prices
 from batchgen.reports.report import report
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.cache import CACHE_FILE
+from tests.helpers.caching import FAST, cached_job
 from tests.helpers.emulator_calls import KEY, StartEmulator
-from tests.helpers.jobs import item_job
 from tests.helpers.outputs import read_rows, result_ids
-
-# ~12k tokens by the emulator's rule (four characters a token), the same for every row
-SYSTEM = "You label household things carefully and briefly, one label each. " * 730
-FAST = {"requests_per_minute": 1_000_000, "concurrency": 16}
-
-
-def cached_job(folder: Path, rows: int, mode: str = "auto") -> Path:
-    """``rows`` rows whose requests share SYSTEM (the cacheable prefix)."""
-    path = item_job(folder, rows, cache={"mode": mode}, limits=FAST)
-    line = f"system = {json.dumps(SYSTEM)}\n"
-    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
-    return path
 
 
 def run_ray(path: Path, base_url: str, address: str, **options: Any) -> RunSummary:
