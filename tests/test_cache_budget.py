@@ -4,6 +4,7 @@ and its ledger holds the storage once (the report's total is the run's own)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,5 +87,15 @@ def test_a_run_under_the_cap_bills_the_storage_it_accrued_once(
     end = [r for r in read_run_records(out) if r["event"] == "end"][-1]
     reported = report([out], prices=load_prices(prices)).total["cost_usd"]
     assert abs(reported - end["cost_usd"]) < 1e-9, (reported, end["cost_usd"])
-    storage = [u for u in read_rows(out, "usage") if u["outcome"] == "cache_storage"]
+    usage = read_rows(out, "usage")
+    storage = [u for u in usage if u["outcome"] == "cache_storage"]
     assert len(storage) == 1 and storage[0]["cache_token_hours"] > 0
+    # the choice priced at least what the cache cost: creation, storage, the cached tokens
+    note = next(n for n in result.output.splitlines() if "prefix every row shares" in n)
+    said = re.search(r"about USD ([0-9.]+) for it", note)
+    assert said is not None
+    decided = float(said.group(1))
+    created = next(u for u in usage if u["outcome"] == "cache_create")["prompt_tokens"]
+    cached = sum(u["cached_tokens"] or 0 for u in usage)
+    stored = storage[0]["cache_token_hours"]
+    assert decided >= (created * 100.0 + stored * 1000.0 + cached * 0.01) / 1e6
