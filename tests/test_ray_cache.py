@@ -10,13 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig
+from batchgen.errors import BudgetReachedError
 from batchgen.job.spec import Overrides, load_job
 from batchgen.pricing.file import load_prices
 from batchgen.reports.report import report
+from batchgen.run import caching
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.cache import CACHE_FILE
 from tests.helpers.caching import FAST, cached_job
@@ -104,3 +107,31 @@ def test_a_create_the_api_refuses_leaves_a_ray_run_uncached_through_the_cli(
     assert "30 rows done, 0 failed" in result.output
     assert server.emulator.counts["cachedContent:used"] == 0
     assert server.emulator.caches_alive() == 0
+
+
+def test_the_caches_storage_crossing_max_cost_stops_a_ray_run(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str, monkeypatch: Any
+) -> None:
+    """Storage at USD 100,000 per 1M tokens per hour (USD 0.33 a second for this cache): the
+    driver's budget sees it at each tick and the run stops by max-cost (exit 6), rows kept."""
+    monkeypatch.setattr(caching, "EXTEND_EVERY_S", 0.1)
+    server = emulator_factory(EmulatorConfig(latency_ms=30))
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        '[models."gemini-2.5-flash-lite"]\ninput = 100.0\noutput = 0.01\ncached = 0.01\n'
+        "cache_storage = 100000.0\ncache_min_tokens = 1024\n"
+    )
+    table = load_prices(prices)
+    rows = 300
+    job = cached_job(tmp_path, rows, limits={"requests_per_minute": 1_000_000, "concurrency": 2})
+    with pytest.raises(BudgetReachedError) as stopped:
+        run_ray(job, server.base_url, ray_address, prices=table, max_cost=2.5)
+    assert stopped.value.exit_code == 6 and "max_cost $2.5 reached" in str(stopped.value)
+    out = tmp_path / "out"
+    assert 0 < len(result_ids(out)) < rows
+    assert server.emulator.caches_alive() == 0 and not (out / CACHE_FILE).exists()
+    outcomes = [u["outcome"] for u in read_rows(out, "usage")]
+    assert outcomes.count("cache_storage") == 1
+    summary = stopped.value.summary
+    assert summary is not None and summary.cost is not None
+    assert abs(report([out], prices=table).total["cost_usd"] - summary.cost) < 1e-9
