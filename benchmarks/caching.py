@@ -1,7 +1,9 @@
 """Explicit context caching (issue 21 items 1-2): a ~12k-token shared prefix over 300 rows.
 
-    python benchmarks/caching.py            # ~1 min against the emulator in this process
-    python benchmarks/caching.py --batch    # the same job at tier "batch" (a few seconds)
+    python benchmarks/caching.py               # ~1 min against the emulator in this process
+    python benchmarks/caching.py --batch       # the same job at tier "batch" (a few seconds)
+    python benchmarks/caching.py --engine ray  # the same runs with --engine ray (a local
+                                               # Ray instance, started once for all)
 
 The same job (gemini-3.8-flash, a ~12,000-token system instruction every row shares, 300 rows,
 the limits a user gets by default) runs twice against the emulator (20 ms per answer), with
@@ -16,6 +18,9 @@ With ``--batch`` the job runs in Batch Mode (``tier = "batch"``, 300 rows a chun
 cache, a one-row probe batch and then one batch of the other rows, every line naming the cache;
 the break-even table is at batch rates with the storage hours a batch run weighs (the default
 expected batch time plus the margin).
+
+With ``--engine ray`` the driver creates the one cache and the Ray workers send the calls
+naming it; the break-even table is left out (it does not depend on the engine).
 
 Prints markdown tables (benchmarks/RESULTS.md, "Issue 21: context caching").
 """
@@ -85,7 +90,12 @@ def manual(pages: int) -> bytes:
 
 
 def one(
-    folder: Path, server: EmulatorThread, mode: str, tier: str, context: bool = False
+    folder: Path,
+    server: EmulatorThread,
+    mode: str,
+    tier: str,
+    context: bool = False,
+    engine: str = "local",
 ) -> dict[str, Any]:
     folder.mkdir()
     with (folder / "rows.csv").open("w") as f:
@@ -102,7 +112,7 @@ def one(
     before = dict(counts)
     started = time.monotonic()
     job = load_job(folder / "job.toml", Overrides(base_url=server.base_url))
-    summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False))
+    summary = run_job(job, RunOptions(api_key=KEY, handle_signals=False, engine=engine))
     seconds = time.monotonic() - started
     total = report([out]).total
     calls = counts["generateContent"] - before.get("generateContent", 0)
@@ -125,26 +135,34 @@ def one(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", action="store_true", help='the job at tier = "batch"')
-    tier = "batch" if parser.parse_args().batch else "standard"
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    args = parser.parse_args()
+    tier, engine = ("batch" if args.batch else "standard"), args.engine
     folder = Path(tempfile.mkdtemp(prefix="bench-caching-"))
     config = EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=20, batch_pending_s=0.2,
                             batch_running_s=0.3)  # fmt: skip
+    if engine == "ray":  # one local instance for all runs (each run joins it)
+        import ray
+
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         with EmulatorThread(config) as server:
             pairs = {
                 "system instruction": (
-                    one(folder / "auto", server, "auto", tier),
-                    one(folder / "off", server, "off", tier),
+                    one(folder / "auto", server, "auto", tier, engine=engine),
+                    one(folder / "off", server, "off", tier, engine=engine),
                 ),
                 "context PDF": (
-                    one(folder / "ctx-auto", server, "auto", tier, context=True),
-                    one(folder / "ctx-off", server, "off", tier, context=True),
+                    one(folder / "ctx-auto", server, "auto", tier, context=True, engine=engine),
+                    one(folder / "ctx-off", server, "off", tier, context=True, engine=engine),
                 ),
             }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if engine == "ray":
+            ray.shutdown()
     for prefix, (cached, plain) in pairs.items():
-        print(f"tier = {tier!r}, shared prefix: {prefix}.\n")
+        print(f"tier = {tier!r}, engine: {engine}, shared prefix: {prefix}.\n")
         print("| metric | mode = auto | mode = off |\n|---|---|---|")
         for key in ("rows", "calls", "batches", "created", "used", "alive", "cost", "seconds"):
             digits = 4 if key == "cost" else 2
@@ -157,6 +175,8 @@ def main() -> None:
         print()
         for mode, result in (("auto", cached), ("off", plain)):
             print("".join(f"note (mode = {mode}): {n}\n" for n in result["notes"]))
+    if engine == "ray":
+        return
     hours = (DEFAULT_BATCH_S + MARGIN_S) / 3600 if tier == "batch" else 1.0
     table = load_prices()
     day = utc_today().isoformat()

@@ -25,24 +25,20 @@ from batchgen.reports.report import report
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.batches import BatchStore
 from batchgen.store.cache import CACHE_FILE, read_cache_record
+from tests.helpers.caching import SYSTEM, cached_job
 from tests.helpers.emulator_calls import KEY
 from tests.helpers.jobs import item_job
 from tests.helpers.media import pdf, png
 from tests.helpers.outputs import read_rows, result_ids
 from tests.helpers.paths import ROOT
 
-# ~12k tokens by the emulator's rule (four characters a token), the same for every row
-SYSTEM = "You label household things carefully and briefly, one label each. " * 730
 FAST = EmulatorConfig(batch_pending_s=0.05, batch_running_s=0.1)
 BATCH = {"rows_per_chunk": 500, "poll_initial_seconds": 0.02, "poll_max_seconds": 0.05}
 
 
 def batch_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM) -> Path:
     """``rows`` rows at tier "batch" whose requests share ``system`` (the cacheable prefix)."""
-    path = item_job(folder, rows, cache={"mode": mode}, model={"tier": "batch"}, batch=BATCH)
-    line = f"system = {json.dumps(system)}\n"
-    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
-    return path
+    return cached_job(folder, rows, mode, system, model={"tier": "batch"}, batch=BATCH)
 
 
 def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:
@@ -234,27 +230,6 @@ def test_a_line_that_named_a_cache_is_restored_whole(user: str, system: str, nam
     assert builder.uncached(body, prefix) == body  # a line that named no cache stays as it is
 
 
-def test_lines_whose_cache_expired_are_asked_online_whole(
-    tmp_path: Path, emulator_factory: Any
-) -> None:
-    """A --no-wait run's cache expires before its batch runs: every line fails on it, and the
-    collecting run's online fallback asks those rows without the dead cache."""
-    config = EmulatorConfig(batch_pending_s=0.4, batch_running_s=0.1, record=True)
-    server: EmulatorThread = emulator_factory(config)
-    path = batch_job(tmp_path, 100)
-    path.write_text(path.read_text().replace("[batch]\n", '[batch]\nfallback = "online"\n', 1))
-    with pytest.raises(BatchPendingError):
-        run(path, server, wait=False)
-    server.emulator.caches.entries.clear()  # expired while the batch waited its turn
-    summary = run(path, server)
-    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 99, 0)
-    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(100))
-    asked = server.emulator.received
-    assert len(asked) == 99  # the main batch's lines, all failed on the cache
-    assert all("cachedContent" not in b and "systemInstruction" in b for b in asked)
-    assert server.emulator.caches_alive() == 0 and not (tmp_path / "out" / CACHE_FILE).exists()
-
-
 def context_batch_job(folder: Path, rows: int) -> Path:
     """``rows`` rows at tier "batch" sharing a 48-page PDF as context (~12k tokens), no system
     instruction."""
@@ -291,20 +266,29 @@ def test_context_files_go_in_the_cache_not_in_the_lines_unless_it_is_refused(
         assert all(k == ["fileData", "text"] for k in kinds[1:])
 
 
-def test_lines_whose_context_cache_expired_are_asked_online_with_the_context(
-    tmp_path: Path, emulator_factory: Any
+@pytest.mark.parametrize("context", [False, True])
+def test_lines_whose_cache_expired_are_asked_online_whole(
+    tmp_path: Path, emulator_factory: Any, context: bool
 ) -> None:
+    """A --no-wait run's cache expires before its batch runs: every line fails on it, and the
+    collecting run's online fallback asks those rows without the dead cache, with what the cache
+    held put back (the system instruction, or the context file before the row's text)."""
     config = EmulatorConfig(batch_pending_s=0.4, batch_running_s=0.1, record=True)
     server: EmulatorThread = emulator_factory(config)
-    path = context_batch_job(tmp_path, 30)
+    path = context_batch_job(tmp_path, 100) if context else batch_job(tmp_path, 100)
     path.write_text(path.read_text().replace("[batch]\n", '[batch]\nfallback = "online"\n', 1))
     with pytest.raises(BatchPendingError):
         run(path, server, wait=False)
     server.emulator.caches.entries.clear()  # expired while the batch waited its turn
     summary = run(path, server)
-    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 29, 0)
+    assert (summary.exit_code, summary.rows_done, summary.rows_failed) == (0, 99, 0)
+    assert sorted(result_ids(tmp_path / "out")) == sorted(f"r{i}" for i in range(100))
     asked = server.emulator.received
-    assert len(asked) == 29 and not any("cachedContent" in b for b in asked)
+    assert len(asked) == 99  # the main batch's lines, all failed on the cache
+    assert not any("cachedContent" in b for b in asked)
     parts = [[next(iter(p)) for t in b["contents"] for p in t["parts"]] for b in asked]
-    assert all(k == ["fileData", "text"] for k in parts)  # the manual restored before the text
-    assert server.emulator.caches_alive() == 0
+    if context:
+        assert all(k == ["fileData", "text"] for k in parts)
+    else:
+        assert all(k == ["text"] for k in parts) and all("systemInstruction" in b for b in asked)
+    assert server.emulator.caches_alive() == 0 and not (tmp_path / "out" / CACHE_FILE).exists()

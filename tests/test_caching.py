@@ -34,23 +34,13 @@ from batchgen.run import caching
 from batchgen.run.runner import RunOptions, RunSummary, run_job
 from batchgen.store.cache import CACHE_FILE
 from batchgen.store.layout import part_files
+from tests.helpers.caching import FAST, SYSTEM, cached_job
 from tests.helpers.emulator_calls import KEY, MakeClient, ask, call
 from tests.helpers.jobs import item_job
 from tests.helpers.media import pdf
 from tests.helpers.outputs import read_rows
 
-# ~12k tokens by the emulator's rule (four characters a token), the same for every row
-SYSTEM = "You label household things carefully and briefly, one label each. " * 730
-FAST = {"requests_per_minute": 1_000_000, "concurrency": 16}
 PAGES = 48  # a context PDF of ~12k tokens (258 a page)
-
-
-def cached_job(folder: Path, rows: int, mode: str = "auto", system: str = SYSTEM) -> Path:
-    """``rows`` rows whose requests share ``system`` (the cacheable prefix)."""
-    path = item_job(folder, rows, cache={"mode": mode}, limits=FAST)
-    line = f"system = {json.dumps(system)}\n"
-    path.write_text(path.read_text().replace("[prompt]\n", "[prompt]\n" + line, 1))
-    return path
 
 
 def run(path: Path, server: EmulatorThread, **options: Any) -> RunSummary:

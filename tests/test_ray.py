@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pyarrow as pa
 import pytest
@@ -24,7 +26,7 @@ from click.testing import CliRunner
 
 from batchgen.api import run_file
 from batchgen.cli import main
-from batchgen.errors import RunStoppedError
+from batchgen.errors import JobError, RunStoppedError
 from batchgen.run.ray_data import generate_batches
 from tests.helpers.emulator_calls import StartEmulator
 from tests.helpers.jobs import item_job
@@ -213,6 +215,32 @@ def test_a_ray_data_step_answers_with_typed_columns_and_usage(
     assert rows.pop("r7")["error_category"] == "template"
     assert all(r["total_tokens"] > 0 and r["error_category"] is None for r in rows.values())
     assert emulator.emulator.counts["generateContent"] == 29
+
+
+def test_a_ray_data_step_sends_few_shot_turns_and_keeps_every_candidate(
+    tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
+) -> None:
+    emulator = emulator_factory(record=True)
+    job = item_job(tmp_path, 1, model={"base_url": emulator.base_url},
+                   generation={"candidateCount": 2})  # fmt: skip
+    shot = '[[prompt.examples]]\nuser = "Describe {{ name }}-like things."\nmodel = "{}"\n'
+    job.write_text(job.read_text().replace("[output]\n", shot + "\n[output]\n", 1))
+    items = [{"id": f"r{i}", "name": f"item-{i:03d}"} for i in range(6)]
+    answered = generate_batches(ray.data.from_items(items), job, api_key=KEY, batch_size=3)
+    table = pa.concat_tables(ray.get(answered.to_arrow_refs()))
+    assert sorted(table["row_id"].to_pylist()) == sorted(f"r{i}" for i in range(6) for _ in "ab")
+    assert sorted(set(table["candidate"].to_pylist())) == [0, 1]
+    sent = emulator.emulator.received
+    assert len(sent) == 6
+    assert all([t["role"] for t in b["contents"]] == ["user", "model", "user"] for b in sent)
+    assert any("item-003-like" in json.dumps(b) for b in sent)  # the example uses the row
+
+
+def test_a_ray_data_step_refuses_a_job_with_media_files(tmp_path: Path) -> None:
+    job = item_job(tmp_path, 1)
+    job.write_text(job.read_text().replace("[prompt]\n", '[prompt]\nmedia = ["name"]\n', 1))
+    with pytest.raises(JobError, match="prompt.media and prompt.context are not sent"):
+        generate_batches(cast(Any, None), job, api_key=KEY)
 
 
 def test_without_ray_the_engine_is_a_one_line_error(

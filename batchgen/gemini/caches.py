@@ -72,6 +72,7 @@ class CacheUse:
     ) -> None:
         self.builder, self.prefix, self.name = builder, prefix, name
         self.active = True
+        self.why: str | None = None  # why the API refused it (None: it did not)
         self.used = 0  # calls sent with the cache
         self.note = note
 
@@ -93,6 +94,7 @@ class CacheUse:
     def refused(self, why: str) -> None:
         if self.active:
             self.active = False
+            self.why = why
             self.note(f"the API refused the context cache ({why}): the rest of the run is uncached")
 
 

@@ -38,9 +38,7 @@ class BatchRunCache(RunCache):
 
     margin_s = MARGIN_S
 
-    async def start(
-        self, rows: int, moved: Path | None = None, unable: str | None = None
-    ) -> CacheUse | None:
+    async def start(self, rows: int, moved: Path | None = None) -> CacheUse | None:
         store = BatchStore(self.out.path)
         rows = max(0, rows - len(store.rows_in_flight()))  # those are submitted already
         prefix = self.plan.prefix() if self.job.cache.mode != "off" else None
@@ -52,7 +50,7 @@ class BatchRunCache(RunCache):
                 self.note(f"batch: the context cache {earlier.name} is kept for the batches "
                           "still running; the run that collects them deletes it")  # fmt: skip
                 return None
-        return await super().start(rows, moved, unable)
+        return await super().start(rows, moved)
 
     async def _create(self, prefix: Prefix, rows: int) -> CacheUse | None:
         if rows <= 0:  # every row left is in a running batch: nothing would name a new cache

@@ -6,9 +6,11 @@ files), :meth:`RunCache.start` counts the prefix (countTokens) and
 asks :func:`batchgen.pricing.caching.cache_costs` whether a cache pays for the rows left; if so it
 creates one with a TTL a few minutes beyond the run's expected time, writes its name to
 ``OUTPUT/cache.json`` (:mod:`batchgen.store.cache`) before any call names it, and bills its
-creation in the ledger. :meth:`RunCache.keep_alive` extends the TTL while the run lasts;
-:meth:`RunCache.finish` (the runner's ``finally``) deletes it, bills its storage (token-hours
-from creation to deletion) and removes the record. A cache recorded by a killed run is reused
+creation in the ledger. :meth:`RunCache.keep_alive` extends the TTL while the run lasts and adds
+the storage accrued since its last tick to the budget (``--max-cost`` sees it as it accrues);
+:meth:`RunCache.finish` (the runner's ``finally``) deletes it, bills its storage in one ledger
+entry (token-hours from creation to deletion; the budget gets only what it has not seen) and
+removes the record. A cache recorded by a killed run is reused
 when it is alive and holds the same prefix, else deleted (its storage billed then).
 
 Anything the API refuses about the cache (create, a call naming it) leaves the run uncached,
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.backends.media import MediaFailedError, media_sender
-from batchgen.errors import BatchgenError
+from batchgen.errors import BatchgenError, BudgetReachedError
 from batchgen.gemini.batch_client import BatchClient
 from batchgen.gemini.caches import CacheInfo, CachesClient, CacheUse
 from batchgen.gemini.client import GeminiClient
@@ -89,20 +91,15 @@ class RunCache:
         self._client: CachesClient | None = None
         self._expect_s = 0.0
         self._started = time.monotonic()
+        self._accrued: dict[str, float] = {}  # cache name -> storage hours added to the budget
 
-    async def start(
-        self, rows: int, moved: Path | None = None, unable: str | None = None
-    ) -> CacheUse | None:
+    async def start(self, rows: int, moved: Path | None = None) -> CacheUse | None:
         """Choose and create the cache for ``rows`` calls; None: the run goes uncached.
 
         A cache recorded by a killed run is dealt with first, in any mode; ``moved`` is where
-        ``fresh`` set the previous output aside (a cache recorded there is deleted); ``unable``
-        says why this run cannot use one (its engine's callers do not send it)."""
+        ``fresh`` set the previous output aside (a cache recorded there is deleted)."""
         prefix = self.plan.prefix()
         if self.job.cache.mode == "off":
-            prefix = None
-        elif unable is not None and prefix is not None:
-            self.note(f"{unable}: no context cache, every call sends the whole prefix")
             prefix = None
         earlier = read_cache_record(self.out.path)
         old = read_cache_record(moved) if moved is not None else None
@@ -227,11 +224,22 @@ class RunCache:
         left = self._expect_s - (time.monotonic() - self._started)
         return int(max(MIN_TTL_S, left + self.margin_s))
 
-    async def keep_alive(self) -> None:
-        """Push the TTL ahead every EXTEND_EVERY_S until cancelled; a refusal ends the cache's
-        use (the calls then go uncached)."""
-        while self.use is not None and self.use.active and self._client is not None:
+    async def keep_alive(self, over: Callable[[BudgetReachedError], None] | None = None) -> None:
+        """Every EXTEND_EVERY_S until cancelled: push the TTL ahead (a refusal ends the cache's
+        use: the calls then go uncached) and add the storage since the last tick to the budget,
+        so that ``--max-cost`` sees it as it accrues; ``over`` is told once the budget's cap is
+        reached (the run stops by max_cost)."""
+        while self.record is not None and self._client is not None:
             await asyncio.sleep(EXTEND_EVERY_S)
+            if self.record is None:
+                return
+            self._accrue(self.record)
+            cap = self.budget.cap
+            if over is not None and cap is not None and self.budget.spent >= cap:
+                over(self.budget.reached())
+                over = None  # told once
+            if self.use is None or not self.use.active:
+                continue  # refused: no TTL to keep ahead, but its storage accrues till deleted
             try:
                 await self._client.extend(self.use.name, self._ttl())
             except (ApiError, BatchgenError) as exc:
@@ -253,13 +261,23 @@ class RunCache:
         finally:
             await self._stack.aclose()
 
-    async def _bill_storage(self, record: CacheRecord) -> None:
+    def _accrue(self, record: CacheRecord) -> float:
+        """The cache's token-hours from its creation to now; the storage not added to the
+        budget yet is added now (each cache's storage counted once, however often asked)."""
         created = datetime.fromisoformat(record.created_at)
         hours = max(0.0, (datetime.now(UTC) - created).total_seconds() / 3600)
         price = (self.table or load_prices()).resolve(self.job.model.name)
-        if price is not None:
-            self.budget.add(record.tokens * hours * price.storage_rate / 1e6)
-        await self.bill(self._entry(CACHE_STORAGE, Usage(), record.tokens * hours))
+        added = self._accrued.get(record.name, 0.0)
+        if price is not None and hours > added:
+            self.budget.add(record.tokens * (hours - added) * price.storage_rate / 1e6)
+            self._accrued[record.name] = hours
+        return record.tokens * max(hours, added)
+
+    async def _bill_storage(self, record: CacheRecord) -> None:
+        """The cache's one ledger entry for its storage: the total token-hours (what the budget
+        has not seen of it yet added there now)."""
+        token_hours = self._accrue(record)
+        await self.bill(self._entry(CACHE_STORAGE, Usage(), token_hours))
 
     def _entry(self, outcome: str, usage: Usage, token_hours: float | None = None) -> Billed:
         answer = Answer(None, None, None, usage, None, None, has_candidate=False)

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchgen.backends.online.caller import Pacing, RowCaller
-from batchgen.errors import BatchgenError, TemplateError
+from batchgen.errors import BatchgenError, JobError, TemplateError
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
 from batchgen.gemini.request import RequestBuilder, request_hash
@@ -70,9 +70,14 @@ def generate_batches(
     Returns:
         The lazy Dataset of answers (see the module).
     """
+    loaded = job if isinstance(job, Job) else load_job(job)
+    if loaded.prompt.media or loaded.prompt.context:  # never answer a row without its files
+        raise JobError(
+            f"{loaded.path}: prompt.media and prompt.context are not sent by the Ray Data step "
+            "yet; run the job with `batchgen run --engine ray`"
+        )
     ray = require_ray()
     connect(ray, None)
-    loaded = job if isinstance(job, Job) else load_job(job)
     key = resolve_api_key(loaded, api_key)
     keeper = quota_actor(ray, loaded, f"batchgen-quota-{id(ds):x}-{datetime.now(UTC):%H%M%S%f}")
     map_options.setdefault("num_cpus", 0.25)
@@ -106,7 +111,10 @@ class GenerateBatches:
 
     async def _batch(self, batch: pa.Table) -> pa.Table:
         carry = pa.schema([batch.schema.field(c) for c in self.job.input.carry])
-        layout = OutputLayout(self.job.schema, self.job.output.explode, carry, str(self.job.path))
+        job = self.job
+        layout = OutputLayout(
+            job.schema, job.output.explode, carry, str(job.path), job.candidates, job.thoughts
+        )
         plan = Plan(self.job, None, self.template, self.builder, layout, self.validator)  # type: ignore[arg-type]
         pacing, _ = shared_pacing(self.job, self.keeper, Path("."))
         connections = max(1, min(batch.num_rows, self.job.limits.most_in_flight))
@@ -123,10 +131,11 @@ class GenerateBatches:
             where = f"#{position}" if id_column is None else str(values.get(id_column))
             try:
                 user, system = self.template.render(values, where)
+                examples = self.builder.turns(self.template.render_examples(values, where))
             except TemplateError as exc:
                 yield Outcome([{"row_id": where}], True, "template", str(exc))
                 continue
-            body = self.builder.body(user, system)
+            body = self.builder.body(user, system, examples=examples)
             digest = request_hash(body)
             row_id = where if id_column is not None else digest
             tokens = (len(user) + len(system or "")) // 4 + 1

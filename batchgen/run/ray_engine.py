@@ -18,6 +18,15 @@ told of, so the next run pays again at most for the calls that were in flight. R
 retries a failed block as a whole, would pay again for every row of the block, and its outputs
 would still have to come back to one writer.
 
+The run's context cache (:mod:`batchgen.run.caching`) is the driver's: it creates the cache,
+records it, keeps it alive and deletes it, as the local engine does; each worker gets its name and
+prefix (:class:`CacheTicket`) and sends its rows' calls with it through a
+:class:`~batchgen.gemini.caches.CacheUse` of its own. A worker whose call the API refuses because
+of the cache sends that row again uncached and goes uncached itself; its report says so, the
+driver turns its own :class:`~batchgen.gemini.caches.CacheUse` off (said once), and every row it
+sends after that tells its worker to go uncached: the other workers pay no refused call of their
+own, only the rows already in flight on them may.
+
 Ray is imported only here, and only when the engine is chosen; without it the engine is a
 one-line error (exit 2).
 """
@@ -38,6 +47,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from batchgen.backends.base import Gauges, RunContext, Sink
+from batchgen.backends.media import MediaSender, media_sender
 from batchgen.backends.online.caller import Pacing, RowCaller
 from batchgen.backends.online.concurrency import ConcurrencyController, concurrency_for
 from batchgen.backends.online.daily import DailyQuota
@@ -56,15 +66,26 @@ from batchgen.errors import (
     QuotaExhaustedError,
     RunStoppedError,
 )
+from batchgen.gemini.batch_client import BatchClient
+from batchgen.gemini.caches import CacheUse
 from batchgen.gemini.client import GeminiClient
 from batchgen.gemini.connect import client_for
+from batchgen.gemini.request import Prefix
 from batchgen.job.spec import Job
 from batchgen.plan import Plan
 from batchgen.pricing.budget import Budget
 from batchgen.records import Billed, Outcome, Work
 from batchgen.redact import redact_url
 
-__all__ = ["CallLog", "RayBackend", "RowReport", "quota_actor", "require_ray", "shared_pacing"]
+__all__ = [
+    "CacheTicket",
+    "CallLog",
+    "RayBackend",
+    "RowReport",
+    "quota_actor",
+    "require_ray",
+    "shared_pacing",
+]
 
 INSTALL = "pip install 'batchgen[ray]'"
 LOST_MOST = 3  # a row whose worker died this many times stops the run (the row stays to do)
@@ -104,6 +125,15 @@ class RowReport:
     delays: list[tuple[float, float | None]] = field(default_factory=list)
     stop: BatchgenError | None = None
     by: str | None = None
+    cache_refused: str | None = None  # why the API refused the context cache on this row
+
+
+@dataclass(frozen=True)
+class CacheTicket:
+    """What a worker needs of the driver's context cache: its name and the prefix it holds."""
+
+    name: str
+    prefix: Prefix
 
 
 class QuotaActor:
@@ -182,9 +212,22 @@ class CallLog:
 class RowWorker:
     """A Ray actor that makes rows' calls: one client, one breaker, the shared quota."""
 
-    def __init__(self, plan: Plan, api_key: str, run_id: str, keeper: Any, out: str) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        api_key: str,
+        run_id: str,
+        keeper: Any,
+        out: str,
+        cache: CacheTicket | None = None,
+    ) -> None:
         self.plan, self.api_key, self.run_id, self.keeper = plan, api_key, run_id, keeper
         self.out = Path(out)
+        self.cache: CacheUse | None = None
+        if cache is not None:  # the driver says the refusal, once for the run
+            self.cache = CacheUse(plan.builder, cache.prefix, cache.name, lambda _: None)
+        self._refusal_told = False
+        self.media: MediaSender | None = None
         self._stack = contextlib.AsyncExitStack()
         self._ready: asyncio.Future[tuple[GeminiClient, Pacing]] | None = None
         self._told = False
@@ -196,16 +239,22 @@ class RowWorker:
         client = await self._stack.enter_async_context(
             client_for(job, self.api_key, GeminiClient, connections=connections)
         )
+        # a media row's files are read (and uploaded when shared) here, where it is sent
+        self.media = media_sender(self.plan, self.out, BatchClient(client.transport))
         return client, pacing
 
-    async def call(self, work: Work) -> RowReport:
-        """Make the row's calls; report its outcome and what they cost."""
+    async def call(self, work: Work, cached: bool = True) -> RowReport:
+        """Make the row's calls; report its outcome and what they cost. ``cached`` false: the
+        driver has turned the context cache off (another worker's call was refused)."""
         if self._ready is None:
             self._ready = asyncio.ensure_future(self._start())
         client, pacing = await self._ready
         events = CallLog()
         budget = Budget(None, self.plan.job.model.name)  # the driver keeps the run's budget
-        caller = RowCaller(self.plan, client, pacing, budget, self.run_id, events)
+        if self.cache is not None and not cached:
+            self.cache.active = False
+        caller = RowCaller(self.plan, client, pacing, budget, self.run_id, events,
+                           media=self.media, cache=self.cache)  # fmt: skip
         outcome: Outcome | None = None
         stop: BatchgenError | None = None
         by: str | None = None
@@ -220,7 +269,10 @@ class RowWorker:
         if stop is None and self.stop.reason is not None and not self._told:
             self._told = True  # the worker's watches saw every call fail the same way
             stop, by = self.stop.reason, self.stop.by
-        return RowReport(outcome, events.entries, events.requests, events.delays, stop, by)
+        refused = None
+        if self.cache is not None and self.cache.why is not None and not self._refusal_told:
+            self._refusal_told, refused = True, self.cache.why
+        return RowReport(outcome, events.entries, events.requests, events.delays, stop, by, refused)
 
 
 class _Pool:
@@ -261,6 +313,7 @@ class RayBackend:
         self.controller = concurrency_for(spec, self.limits, None, note)
         self._rows: set[asyncio.Task[None]] = set()
         self.keeper: Any = None
+        self.cache = ctx.cache  # the run's context cache (the runner may set it once created)
         # joined here, before the run installs its signal handlers: ray.init sets its own
         self.started = connect(self.ray, address)
 
@@ -282,10 +335,15 @@ class RayBackend:
         actor = ray.remote(RowWorker)
         out = str(self.ctx.out.path)
 
+        ticket = None
+        if self.cache is not None:
+            ticket = CacheTicket(self.cache.name, self.cache.prefix)
+
         def make(number: int) -> Any:
             name = f"{named}-worker-{number}"
             worker = actor.options(name=name, num_cpus=0, max_concurrency=WORKER_CALLS)
-            return worker.remote(plan, self.ctx.api_key, self.ctx.run_id, self.keeper, out)
+            ctx = self.ctx
+            return worker.remote(plan, ctx.api_key, ctx.run_id, self.keeper, out, ticket)
 
         size = self.size or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.pool = _Pool(make, size)
@@ -326,7 +384,8 @@ class RayBackend:
                 self.controller.sending(slot)
                 started = time.monotonic()
                 try:
-                    report: RowReport = await worker.call.remote(work)
+                    cached = self.cache is not None and self.cache.active
+                    report: RowReport = await worker.call.remote(work, cached)
                 except self.ray.exceptions.RayActorError as exc:
                     self.pool.replace(worker)
                     died = exc
@@ -346,6 +405,8 @@ class RayBackend:
         )
 
     async def _report(self, report: RowReport, sink: Sink) -> None:
+        if report.cache_refused is not None and self.cache is not None:
+            self.cache.refused(report.cache_refused)  # said once; the next rows go uncached
         for _ in range(report.requests):
             sink.requested()
         for entry in report.billed:
@@ -362,6 +423,7 @@ class RayBackend:
 
 
 def _shippable(plan: Plan) -> Plan:
-    """The plan a worker needs: the job, the validator and the output layout (not the reader,
-    which holds the open input, nor the templates, which the driver renders)."""
-    return replace(plan, reader=cast(Any, None), template=cast(Any, None), builder=cast(Any, None))
+    """The plan a worker needs: the job, the validator, the output layout and the request
+    builder (for the cached variant of a body); not the reader, which holds the open input, nor
+    the templates, which the driver renders."""
+    return replace(plan, reader=cast(Any, None), template=cast(Any, None))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 import uuid
@@ -346,11 +347,14 @@ class _Run:
     async def _run_calls(self, ticker: asyncio.Task[None]) -> None:
         """The context cache (if any), then the reader and the backend until they end."""
         keeper: asyncio.Task[None] | None = None
-        unable = "--engine ray" if self.options.engine == "ray" else None
-        use = await self.cache.start(self.rows_todo, self.summary.moved_aside, unable)
-        if use is not None:
+        use = await self.cache.start(self.rows_todo, self.summary.moved_aside)
+        if isinstance(self.backend, RayBackend):  # joined Ray already: given the cache instead
+            self.backend.cache = use
+        elif use is not None:
             self.backend = self._backend(self.budget, use)
-            keeper = asyncio.create_task(self.cache.keep_alive())
+        if use is not None:
+            over = functools.partial(self.stop.halt, by="max_cost")  # its storage crossed the cap
+            keeper = asyncio.create_task(self.cache.keep_alive(over))
         reader = asyncio.create_task(self.stop.guard("reader", self._read()))
         calls = await self._calls()
         backend = asyncio.create_task(self.stop.guard("backend", calls))

@@ -28,7 +28,7 @@ from batchgen.backends.online.daily import DailyQuota
 from batchgen.backends.online.rate import RateLimits
 from batchgen.backends.online.retry import DeadlineError, RetryPolicy, RowDeadline
 from batchgen.backends.stopping import RefusalWatch, TransportWatch
-from batchgen.errors import FatalApiError
+from batchgen.errors import FatalApiError, InternalError
 from batchgen.gemini.answers import AnswerError, parse_response
 from batchgen.gemini.caches import CacheUse, cache_refusal
 from batchgen.gemini.client import ApiError, GeminiClient, Reply
@@ -269,8 +269,10 @@ class RowCaller:
         file anew) once if the server says a file it names is gone. While the run's context
         cache holds the job's context files, the row's request is built without them; if the
         cache is then refused, it is built again with them and sent uncached."""
-        if not work.media or self.media is None:
+        if not work.media:
             return await self._post(work.body, tier)
+        if self.media is None:  # its body is the text alone: never sent without its files
+            raise InternalError(f"row {work.row.row_id}: no media sender for its files")
         lost_once = short_failed = False
         while True:
             short = not short_failed and self.cache is not None and self.cache.holds_context
