@@ -166,12 +166,11 @@ def test_workers_that_keep_dying_stop_the_run_with_the_rows_left_to_do(
 def test_a_sigkilled_driver_resumes_without_paying_twice(
     tmp_path: Path, emulator_factory: StartEmulator, ray_address: str
 ) -> None:
+    """At the defaults a user gets (1,000 requests a minute, concurrency "auto", the output's
+    default flushing): the driver killed mid-run, then run again."""
     emulator = emulator_factory(latency_ms=200)
-    rows, in_flight = 120, 6
-    job = item_job(
-        tmp_path, rows, limits={"concurrency": in_flight},
-        output={"directory": "out", "flush_rows": 5, "flush_seconds": 0.2},
-    )  # fmt: skip
+    rows, in_flight = 120, 40  # in flight at most: what "auto" reaches at this rate and latency
+    job = item_job(tmp_path, rows)
     out = tmp_path / "out"
     env = {**os.environ, "GEMINI_API_KEY": KEY}
     args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url,
