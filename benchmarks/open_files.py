@@ -21,30 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import write_input, write_job
+
 from batchgen.emulator import EmulatorConfig, EmulatorThread
-
-JOB = """\
-[input]
-path = "rows.csv"
-id_column = "id"
-
-[model]
-name = "gemini-2.5-flash-lite"
-
-[prompt]
-user = "Describe {{{{ name }}}} in a few words."
-
-[response_schema]
-type = "OBJECT"
-required = ["label"]
-properties = {{ label = {{ type = "STRING" }} }}
-
-[limits]
-requests_per_minute = {rpm}
-
-[output]
-directory = "out"
-"""
 
 
 def main() -> int:
@@ -56,11 +35,8 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=10_000)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-open-files-"))
-    with (folder / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:04d}\n" for i in range(args.rows))
-    job = folder / "job.toml"
-    job.write_text(JOB.format(rpm=args.rpm))
+    job = write_job(folder, write_input(folder / "rows.csv", args.rows), concurrency=None,
+                    rpm=args.rpm)  # fmt: skip
 
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.soft, args.hard))

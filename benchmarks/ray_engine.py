@@ -27,30 +27,10 @@ import threading
 import time
 from pathlib import Path
 
+from harness import write_input, write_job
+
 from batchgen.emulator import EmulatorConfig, EmulatorThread
 
-JOB = """\
-[input]
-path = "rows.csv"
-id_column = "id"
-
-[model]
-name = "gemini-2.5-flash-lite"
-
-[prompt]
-user = "Describe {{{{ name }}}} in a few words."
-
-[response_schema]
-type = "OBJECT"
-required = ["label"]
-properties = {{ label = {{ type = "STRING" }} }}
-
-[limits]
-requests_per_minute = {rpm}
-
-[output]
-directory = "out"
-"""
 RAMP_S = 30.0
 
 
@@ -59,11 +39,8 @@ def engines(rows: int, rpm: int, latency_ms: float, job_rpm: int | None = None) 
     with EmulatorThread(config) as server:
         for engine in ("local", "ray"):
             folder = Path(tempfile.mkdtemp(prefix=f"batchgen-ray-bench-{engine}-"))
-            with (folder / "rows.csv").open("w") as f:
-                f.write("id,name\n")
-                f.writelines(f"r{i},item-{i:05d}\n" for i in range(rows))
-            job = folder / "job.toml"
-            job.write_text(JOB.format(rpm=job_rpm or rpm))
+            rows_csv = write_input(folder / "rows.csv", rows)
+            job = write_job(folder, rows_csv, concurrency=None, rpm=job_rpm or rpm)
             print(_one(server, job, engine, rows, rpm), flush=True)
 
 

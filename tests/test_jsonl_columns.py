@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -14,29 +15,8 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.input.reader import InputReader
 from batchgen.job.spec import InputSpec
+from tests.helpers.jobs import item_job
 from tests.helpers.outputs import read_rows
-from tests.helpers.paths import write_job
-
-JOB = """
-    [input]
-    path = "{name}"
-    id_column = "id"
-    {extra}
-
-    [model]
-    name = "gemini-2.5-flash-lite"
-
-    [prompt]
-    user = "{prompt}"
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = {{ label = {{ type = "STRING" }} }}
-
-    [output]
-    directory = "out"
-"""
 
 
 def rows(n: int) -> list[dict[str, object]]:
@@ -50,9 +30,9 @@ def lines(items: list[dict[str, object]]) -> bytes:
 
 
 def job(folder: Path, name: str, content: bytes, prompt: str = "Say {{ row['Product Name'] }}",
-        extra: str = "") -> Path:  # fmt: skip
+        **extra: Any) -> Path:  # fmt: skip
     (folder / name).write_bytes(content)
-    return write_job(folder, JOB.format(name=name, prompt=prompt, extra=extra))
+    return item_job(folder, None, prompt=prompt, input={"path": name, **extra})
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -65,7 +45,7 @@ def test_jsonl_rows_are_all_answered_with_their_types(tmp_path: Path, name: str)
     content = lines(rows(120))
     if name.endswith(".gz"):
         content = gzip.compress(content)
-    path = job(tmp_path, name, content, extra='carry = ["n", "tags"]')
+    path = job(tmp_path, name, content, carry=["n", "tags"])
     code, output = run("run", str(path), "--emulator")
     assert code == 0, output
     results = read_rows(tmp_path / "out", "results")
@@ -112,7 +92,7 @@ def test_a_column_no_line_has_is_refused_before_any_call(tmp_path: Path) -> None
 def test_a_csv_column_with_a_space_by_rename(tmp_path: Path) -> None:
     content = b"id,Product Name\nr1,mug\nr2,tea pot\n"
     path = job(tmp_path, "rows.csv", content, prompt="Say {{ product }}",
-               extra='rename = { "Product Name" = "product" }\ncarry = ["product"]')  # fmt: skip
+               rename={"Product Name": "product"}, carry=["product"])  # fmt: skip
     code, output = run("run", str(path), "--emulator")
     assert code == 0, output
     results = read_rows(tmp_path / "out", "results")
@@ -121,7 +101,7 @@ def test_a_csv_column_with_a_space_by_rename(tmp_path: Path) -> None:
 
 def test_rename_of_a_column_the_file_lacks_is_one_line(tmp_path: Path) -> None:
     path = job(tmp_path, "rows.csv", b"id,name\nr1,a\n", prompt="Say {{ name }}",
-               extra='rename = { "Product Name" = "product" }')  # fmt: skip
+               rename={"Product Name": "product"})  # fmt: skip
     code, output = run("validate", str(path))
     assert code == 2
     assert "rows.csv: no column 'Product Name' (input.rename); the file has: id, name" in output
@@ -144,7 +124,7 @@ def test_row_subscripts_with_a_real_row_column_say_to_rename_it(tmp_path: Path) 
     )
     both = "Say {{ row['a b'] }} {{ row_value }}"
     path = job(tmp_path, "rows.csv", b"id,row,a b\nr1,x,y\n", prompt=both,
-               extra='rename = { row = "row_value" }')  # fmt: skip
+               rename={"row": "row_value"})  # fmt: skip
     assert run("validate", str(path))[0] == 0
 
 

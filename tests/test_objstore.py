@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,34 +21,18 @@ from click.testing import CliRunner
 from batchgen.cli import main
 from batchgen.emulator import EmulatorConfig
 from tests.helpers.emulator_calls import StartEmulator
-from tests.helpers.paths import write_job
+from tests.helpers.jobs import item_job
 from tests.helpers.s3 import S3, S3_SECRET, credentials_checked
 
 KEY = "objstore-key-19"
-JOB = """
-    [input]
-    path = "{input}"
-    id_column = "id"
+TUNED = {"concurrency": 8, "requests_per_minute": 1_000_000}  # quick runs; the kill test is not
 
-    [model]
-    name = "gemini-2.5-flash-lite"
 
-    [prompt]
-    user = "Describe {{{{ name }}}} in a few words."
-
-    [response_schema]
-    type = "OBJECT"
-    required = ["label"]
-    properties = {{ label = {{ type = "STRING" }} }}
-
-    [limits]
-    concurrency = 8
-    requests_per_minute = 1000000
-
-    [output]
-    directory = "{output}"
-    flush_rows = 40
-"""
+def s3_job(folder: Path, source: str, output: str, **tables: Any) -> Path:
+    """The job over ``source`` (rows the test wrote) writing to ``output``, run quickly."""
+    tables = {"limits": TUNED, **tables}
+    return item_job(folder, None, input={"path": source},
+                    output={"directory": output, "flush_rows": 40}, **tables)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +57,7 @@ def store_rows(s3: S3, prefix: str, kind: str) -> list[dict[str, object]]:
 
 def test_input_and_output_in_s3_every_row_answered(tmp_path: Path, s3: S3) -> None:
     source = s3.put("in/rows.csv", csv_rows(150))
-    job = write_job(tmp_path, JOB.format(input=source, output=s3.url("out")))
+    job = s3_job(tmp_path, source, s3.url("out"))
     code, output = invoke("run", str(job), "--emulator")
     assert code == 0, output
     results = store_rows(s3, "out", "results")
@@ -94,7 +79,7 @@ def test_jsonl_and_parquet_stream_from_s3(tmp_path: Path, s3: S3, name: str) -> 
         import gzip
 
         body = gzip.compress(b'{"id": "a", "name": "x"}\n{"id": "b", "name": "y"}\n')
-    job = write_job(tmp_path, JOB.format(input="elsewhere.csv", output="out"))
+    job = s3_job(tmp_path, "elsewhere.csv", "out")
     code, output = invoke("run", str(job), "--emulator", "--input", s3.put(f"in/{name}", body))
     assert code == 0, output
     assert "2 rows done" in output
@@ -103,7 +88,7 @@ def test_jsonl_and_parquet_stream_from_s3(tmp_path: Path, s3: S3, name: str) -> 
 def test_resume_on_s3_pays_only_for_the_rest(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(100))
     code, output = invoke("run", str(job), "--emulator", "--limit", "60")
     assert code in (0, 4), output
@@ -119,7 +104,7 @@ def test_resume_on_s3_pays_only_for_the_rest(
 
 
 def test_status_and_report_read_an_s3_output(tmp_path: Path, s3: S3) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(30))
     assert invoke("run", str(job), "--emulator")[0] == 0
     code, output = invoke("status", s3.url("out"))
@@ -131,7 +116,7 @@ def test_status_and_report_read_an_s3_output(tmp_path: Path, s3: S3) -> None:
 
 
 def test_a_held_lock_in_the_store_refuses_a_second_writer(tmp_path: Path, s3: S3) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(3))
     holder = {"pid": 1, "host": "another-host", "token": "t", "at": "2026-01-01T00:00:00Z"}
     s3.put("out/.lock", json.dumps(holder).encode())
@@ -143,7 +128,7 @@ def test_a_held_lock_in_the_store_refuses_a_second_writer(tmp_path: Path, s3: S3
 
 
 def test_fresh_on_s3_moves_the_earlier_output_aside_in_the_store(tmp_path: Path, s3: S3) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(20))
     assert invoke("run", str(job), "--emulator")[0] == 0
     before = [k for k in s3.keys("out/results/") if k.endswith(".parquet")]
@@ -156,7 +141,7 @@ def test_fresh_on_s3_moves_the_earlier_output_aside_in_the_store(tmp_path: Path,
 
 
 def test_a_changed_job_is_refused_naming_the_store_output(tmp_path: Path, s3: S3) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(5))
     assert invoke("run", str(job), "--emulator")[0] == 0
     job.write_text(job.read_text().replace("in a few words", "in one word"))
@@ -169,7 +154,7 @@ def test_a_changed_job_is_refused_naming_the_store_output(tmp_path: Path, s3: S3
 
 
 def test_an_output_removed_from_the_store_is_not_brought_back(tmp_path: Path, s3: S3) -> None:
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(10))
     assert invoke("run", str(job), "--emulator")[0] == 0
     for key in s3.keys("out/"):
@@ -187,11 +172,8 @@ def test_a_batch_mode_run_on_s3_keeps_its_batch_records_in_the_store(
     emulator = emulator_factory(
         EmulatorConfig(api_keys=frozenset({KEY}), batch_pending_s=0.05, batch_running_s=0.1)
     )
-    text = JOB.format(input="rows.csv", output=s3.url("out")).replace(
-        "[limits]", "[batch]\nrows_per_chunk = 10\npoll_initial_seconds = 0.02\n"
-        "poll_max_seconds = 0.05\n\n[limits]"
-    )  # fmt: skip
-    job = write_job(tmp_path, text)
+    batch = {"rows_per_chunk": 10, "poll_initial_seconds": 0.02, "poll_max_seconds": 0.05}
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"), batch=batch)
     (tmp_path / "rows.csv").write_bytes(csv_rows(25))
     env = {**os.environ, "GEMINI_API_KEY": KEY}
     args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url,
@@ -209,7 +191,7 @@ def test_without_boto3_the_lock_is_best_effort_and_says_so(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # the s3 extra not installed
-    job = write_job(tmp_path, JOB.format(input="rows.csv", output=s3.url("out")))
+    job = s3_job(tmp_path, "rows.csv", s3.url("out"))
     (tmp_path / "rows.csv").write_bytes(csv_rows(5))
     code, output = invoke("run", str(job), "--emulator")
     assert code == 0, output
@@ -232,7 +214,7 @@ def test_missing_bucket_or_object_is_one_line(
     (tmp_path / "rows.csv").write_bytes(csv_rows(3))
     source = {"input-bucket": "s3://no-such-bucket/rows.csv", "input-key": s3.url("nope.csv")}
     output = "s3://no-such-bucket/out" if where == "output-bucket" else "out"
-    job = write_job(tmp_path, JOB.format(input=source.get(where, "rows.csv"), output=output))
+    job = s3_job(tmp_path, source.get(where, "rows.csv"), output)
     code, said = invoke("run", str(job), "--emulator")
     assert code == 2, said
     assert said.count("\n") == 1 and said.startswith("error: "), said
@@ -247,7 +229,7 @@ def test_refused_credentials_are_one_line_without_the_secret(
     (tmp_path / "rows.csv").write_bytes(csv_rows(3))
     source = s3.put("in/rows.csv", csv_rows(3)) if side == "input" else "rows.csv"
     output = s3.url("out") if side == "output" else "out"
-    job = write_job(tmp_path, JOB.format(input=source, output=output))
+    job = s3_job(tmp_path, source, output)
     with credentials_checked():
         code, said = invoke("run", str(job), "--emulator")
     assert code == 2, said
@@ -262,7 +244,7 @@ def test_an_unreachable_store_is_one_line(
 ) -> None:
     source = s3.put("in/rows.csv", csv_rows(3))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    job = write_job(tmp_path, JOB.format(input=source, output="out"))
+    job = s3_job(tmp_path, source, "out")
     code, said = invoke("run", str(job), "--emulator")
     assert code == 2, said
     assert said.count("\n") == 1 and said.startswith(f"error: {source}: cannot read: "), said
@@ -277,10 +259,7 @@ def test_a_killed_run_on_s3_resumes_without_paying_twice(
     rows = 300
     emulator = emulator_factory(EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=15))
     (tmp_path / "rows.csv").write_bytes(csv_rows(rows))
-    text = JOB.format(input="rows.csv", output=s3.url("out"))
-    for tuned in ("concurrency = 8\n", "requests_per_minute = 1000000\n", "flush_rows = 40\n"):
-        text = text.replace(tuned, "")
-    job = write_job(tmp_path, text)
+    job = item_job(tmp_path, None, output={"directory": s3.url("out")})
     env = {**os.environ, "GEMINI_API_KEY": KEY}
     args = [sys.executable, "-m", "batchgen", "run", str(job), "--base-url", emulator.base_url]
     killed = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

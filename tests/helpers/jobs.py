@@ -78,17 +78,19 @@ properties = { label = { type = "STRING" } }
 
 def item_job(
     folder: Path,
-    rows: int,
+    rows: int | None,
     *,
     prompt: str = "Describe {{ name }} in a few words.",
     **tables: Mapping[str, Any],
 ) -> Path:
-    """``rows`` CSV rows (``r0,item-000`` ...) and a job that labels each one, writing to
-    ``folder/out``; keyword tables add or replace keys of a section:
-    ``item_job(tmp, 4, limits={"concurrency": 2}, retry={"attempts": 2})``."""
-    with (folder / "rows.csv").open("w") as f:
-        f.write("id,name\n")
-        f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
+    """``rows`` CSV rows (``r0,item-000`` ...; None: the caller writes the input) and a job that
+    labels each one, writing to ``folder/out``; keyword tables add or replace keys of a section
+    (a value may be a string, number, boolean, list or table):
+    ``item_job(tmp, 4, limits={"concurrency": 2}, input={"path": "s3://b/rows.csv"})``."""
+    if rows is not None:
+        with (folder / "rows.csv").open("w") as f:
+            f.write("id,name\n")
+            f.writelines(f"r{i},item-{i:03d}\n" for i in range(rows))
     sections: dict[str, dict[str, Any]] = {
         "input": {"path": "rows.csv", "id_column": "id"},
         "model": {"name": "gemini-2.5-flash-lite"},
@@ -98,10 +100,19 @@ def item_job(
     for name, keys in tables.items():
         sections[name] = {**sections.get(name, {}), **keys}
     text = "".join(
-        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
-        + "\n"
+        f"[{name}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in keys.items()) + "\n"
         for name, keys in sections.items()
-    )  # a JSON string, number or boolean is the same TOML value
+    )
     path = folder / "job.toml"
     path.write_text(text + ITEM_SCHEMA)
     return path
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: a JSON string, number, boolean or list is the same TOML value; a table is
+    written inline."""
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
