@@ -35,8 +35,12 @@ def main() -> int:
     parser.add_argument("--job", choices=("insights", "bench"), default="insights")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=_concurrency, default=CONCURRENCY,
-                        help='a number, or "auto": the default a user gets')
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=CONCURRENCY,
+        help='a number, or "auto": the default a user gets',
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-compare-"))
     base = folder / "baseline"

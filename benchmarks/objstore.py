@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--concurrency", type=int, default=None, help="pin it (default: the job's \"auto\")"
+        "--concurrency", type=int, default=None, help='pin it (default: the job\'s "auto")'
     )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="batchgen-objstore-"))

@@ -49,9 +49,7 @@ def test_thought_parts_are_not_the_answer(seed: dict[str, Any]) -> None:
 
 
 def test_missing_counts_are_zero() -> None:
-    assert read_usage({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(
-        7, 0, 0, 0, 7
-    )
+    assert read_usage({"promptTokenCount": 7, "totalTokenCount": 7}) == Usage(7, 0, 0, 0, 7)
     assert read_usage(None) == Usage()
 
 

@@ -44,7 +44,9 @@ def test_a_server_asking_for_an_hour_fails_the_row_as_a_timeout_at_once(
 def test_a_row_waiting_out_an_outage_fails_as_a_timeout_at_its_deadline(tmp_path: Path) -> None:
     rows = 20
     path = item_job(
-        tmp_path, rows, retry={"row_deadline_seconds": 3, "backoff_initial_seconds": 0.2},
+        tmp_path,
+        rows,
+        retry={"row_deadline_seconds": 3, "backoff_initial_seconds": 0.2},
         limits={"concurrency": 20},
     )
     # every call answers 503 (no Retry-After): the breaker opens, its first probe is 5 s away

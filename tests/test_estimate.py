@@ -292,8 +292,6 @@ def test_run_time_under_auto_concurrency_is_the_rate_not_a_placeholder(project: 
     )
 
 
-
-
 @pytest.mark.parametrize(
     ("rows", "rpm", "latency", "limits"),
     [
@@ -308,7 +306,9 @@ def test_estimated_run_time_matches_a_real_run_under_auto_concurrency(
     """A pilot run measures the latency; the estimate of the whole job is then within 2x of
     the wall time of running it."""
     path = item_job(
-        tmp_path, rows, limits={"requests_per_minute": rpm, **limits},
+        tmp_path,
+        rows,
+        limits={"requests_per_minute": rpm, **limits},
         output={"flush_rows": 50, "flush_seconds": 0.2},
     )
     config = EmulatorConfig(api_keys=frozenset({KEY}), latency_ms=latency * 1000, rpm_limit=rpm)

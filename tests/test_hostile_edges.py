@@ -286,16 +286,36 @@ def cut(thinking: int, output: int) -> Answer:
 @pytest.mark.parametrize(
     ("thinking", "output", "limit", "advice"),
     [
-        (0, 150, 8192, "the API stopped the answer at MAX_TOKENS after 0 thinking + 150 output "
-         "tokens, well under generation.maxOutputTokens (8,192): not the job's limit, so raising "
-         "it will not help; a proxy at model.base_url may cap answers, else retry the row later"),
-        (8000, 192, 8192, "answer cut at maxOutputTokens (8,192): thinking took most of it "
-         "(8,000 thinking + 192 output tokens); lower generation.thinkingConfig (thinkingBudget "
-         "or thinkingLevel) or raise generation.maxOutputTokens"),
-        (100, 8092, 8192, "answer cut at maxOutputTokens (8,192) (100 thinking + 8,092 output "
-         "tokens); raise generation.maxOutputTokens"),
-        (0, 150, None, "answer cut at the model's default maxOutputTokens (0 thinking + 150 "
-         "output tokens); set generation.maxOutputTokens"),
+        (
+            0,
+            150,
+            8192,
+            "the API stopped the answer at MAX_TOKENS after 0 thinking + 150 output tokens, "
+            "well under generation.maxOutputTokens (8,192): not the job's limit, so raising it "
+            "will not help; a proxy at model.base_url may cap answers, else retry the row later",
+        ),
+        (
+            8000,
+            192,
+            8192,
+            "answer cut at maxOutputTokens (8,192): thinking took most of it "
+            "(8,000 thinking + 192 output tokens); lower generation.thinkingConfig (thinkingBudget "
+            "or thinkingLevel) or raise generation.maxOutputTokens",
+        ),
+        (
+            100,
+            8092,
+            8192,
+            "answer cut at maxOutputTokens (8,192) (100 thinking + 8,092 output "
+            "tokens); raise generation.maxOutputTokens",
+        ),
+        (
+            0,
+            150,
+            None,
+            "answer cut at the model's default maxOutputTokens (0 thinking + 150 "
+            "output tokens); set generation.maxOutputTokens",
+        ),
     ],
 )
 def test_a_cut_answers_advice_fits_what_it_used(

@@ -73,7 +73,7 @@ def test_a_streamed_media_body_is_sent_with_the_cache_like_a_whole_one() -> None
     job = load_job(ROOT / "jobs" / "cookie_recipes.toml")
     builder = RequestBuilder(job)
     data = b"\x89PNG" + bytes(range(256)) * 40
-    encoded = Encoded(len(data), lambda: iter([data[:3 * 1000], data[3 * 1000 :]]))
+    encoded = Encoded(len(data), lambda: iter([data[: 3 * 1000], data[3 * 1000 :]]))
     part = streamed_part("image/png", encoded)
     streamed = builder.request("user text", "system text", media=[part])
     prefix = Prefix(job.model.name, "system text", b"")

@@ -24,8 +24,10 @@ def _borrowed(module: Path) -> list[str]:
             names = [a.name for a in node.names]
         for name in names:
             parts = name.split(".")
-            if parts[0] == "tests" and len(parts) > 1 and (
-                parts[1].startswith("test_") or parts[1] == "conftest"
+            if (
+                parts[0] == "tests"
+                and len(parts) > 1
+                and (parts[1].startswith("test_") or parts[1] == "conftest")
             ):
                 found.append(name)
     return found
@@ -43,7 +45,9 @@ def test_the_check_sees_a_borrowed_helper(tmp_path: Path) -> None:
     module = tmp_path / "test_x.py"
     module.write_text("from tests.test_resume import make_job\nimport tests.conftest\n")
     assert _borrowed(module) == [
-        "tests.test_resume", "tests.test_resume.make_job", "tests.conftest",
+        "tests.test_resume",
+        "tests.test_resume.make_job",
+        "tests.conftest",
     ]
 
 

@@ -113,7 +113,6 @@ class PromptTemplate:
             raise TemplateError(f"row {row}: the prompt is empty{_blank(values, self.variables)}")
         return user, system
 
-
     def render_examples(self, values: Mapping[str, Any], row: str) -> list[tuple[str, str]]:
         """The few-shot examples for one row (or, with no column in them, for every row):
         (user text, model text) each, stripped."""

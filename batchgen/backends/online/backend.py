@@ -102,8 +102,14 @@ class OnlineBackend:
             files = BatchClient(client.transport)
             media = media_sender(self.plan, self.out.path, files)
             caller = RowCaller(
-                self.plan, client, pacing, self.budget, self.run_id, sink,
-                media=media, cache=self.cache,
+                self.plan,
+                client,
+                pacing,
+                self.budget,
+                self.run_id,
+                sink,
+                media=media,
+                cache=self.cache,
             )
             body = self.stop.guard("dispatcher", self._dispatch(works, caller, sink))
             dispatcher = self.stop.track(asyncio.create_task(body))
