@@ -121,7 +121,7 @@ class RunCache:
             self._declined(f"the API refused it ({_first_line(exc)})")
             return None
         except MediaFailedError as exc:  # the rows meet it too, one by one
-            self.note(f"no context cache: {exc}; uncached")
+            self._declined(str(exc))
             return None
 
     async def _earlier(
