@@ -15,7 +15,8 @@ batchgen. Where the reference leaves a choice it takes the strict one:
   total_token_count=…, min_total_token_count=…``; ``ttl`` is input only (never returned),
   ``expireTime`` always is; PATCH takes ``ttl`` or ``expireTime``, with or without
   ``?updateMask=``;
-- tokens are counted by its own rule (one token per three bytes of text, 258 a media part), not
+- tokens are counted by its own rule (one token per three bytes of text, 258 a PDF page or
+  other media part), not
   the emulator's, so a client that guesses tokens instead of reading them is found out;
   ``promptTokenCount`` includes the cached tokens, ``cachedContentTokenCount`` is the cached
   part, ``candidatesTokenCount`` sums every candidate;
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -96,6 +98,7 @@ CACHE_KEYS = {
     "toolConfig",
 }
 PART_KEYS = {"text", "inlineData", "fileData", "thought", "thoughtSignature"}
+PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 TTL = re.compile(r"^\d+(\.\d+)?s$")
 
 
@@ -140,6 +143,18 @@ def _stamp(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+def media_tokens(part: dict[str, Any]) -> int:
+    """258 a PDF page (counted in inline data), else 258 a part."""
+    inline = part.get("inlineData") or {}
+    if inline.get("mimeType") == "application/pdf":
+        try:
+            data = base64.b64decode(str(inline.get("data", "")), validate=True)
+        except ValueError:
+            raise _invalid("Invalid value at 'inline_data.data': not base64") from None
+        return MEDIA_TOKENS * max(1, len(PDF_PAGE.findall(data)))
+    return MEDIA_TOKENS
+
+
 def count_contents(contents: Any, system: Any) -> int:
     """Tokens by the stand-in's own rule: a token per three bytes of text, 258 a media part."""
     tokens = 0
@@ -154,7 +169,7 @@ def count_contents(contents: Any, system: Any) -> int:
             if "text" in part:
                 tokens += math.ceil(len(str(part["text"]).encode()) / 3)
             else:
-                tokens += MEDIA_TOKENS
+                tokens += media_tokens(part)
     return tokens
 
 
