@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,29 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
+def lock_record() -> dict[str, Any]:
+    """This process's lock record: its pid, host and start (a reused pid is told apart)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": _process_start(os.getpid()),
+    }
+
+
+def left_by_dead_run(holder: Mapping[str, Any]) -> bool:
+    """Whether a lock record is a killed run's: written on this host by a process that is gone
+    (another host's is taken as live: its processes cannot be seen from here)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+        return False
+    return not _alive(pid, holder.get("started"))
+
+
 @contextlib.contextmanager
 def output_lock(directory: Path) -> Iterator[None]:
     """Hold ``directory/.lock`` for the block; a lock left by a dead process is taken over."""
     lock = directory / LOCK_FILE
-    host = socket.gethostname()
-    me = {"pid": os.getpid(), "host": host, "started": _process_start(os.getpid())}
+    me = lock_record()
     tmp = directory / f".lock.{os.getpid()}.tmp"
     try:
         with os.fdopen(create_new(tmp), "w") as f:  # never through a link planted there
@@ -55,7 +72,7 @@ def output_lock(directory: Path) -> Iterator[None]:
                 os.link(tmp, lock)  # atomic: the lock is whole or absent, never half written
                 break
             except FileExistsError:
-                _take_over_if_stale(lock, host)
+                _take_over_if_stale(lock)
         else:
             raise CheckpointError(f"{lock}: could not take the lock; retry")
     finally:
@@ -75,13 +92,10 @@ def lock_holder(directory: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
         return None
-    pid: int = holder["pid"]
-    if holder.get("host") == socket.gethostname() and not _alive(pid, holder.get("started")):
-        return None
-    return holder
+    return None if left_by_dead_run(holder) else holder
 
 
-def _take_over_if_stale(lock: Path, host: str) -> None:
+def _take_over_if_stale(lock: Path) -> None:
     try:
         holder = json.loads(lock.read_text())
     except FileNotFoundError:
@@ -89,7 +103,7 @@ def _take_over_if_stale(lock: Path, host: str) -> None:
     except (OSError, ValueError):
         holder = {}
     pid, where = holder.get("pid"), holder.get("host")
-    if isinstance(pid, int) and where == host and not _alive(pid, holder.get("started")):
+    if left_by_dead_run(holder):
         lock.unlink(missing_ok=True)  # its process is gone
         return
     if not isinstance(pid, int):

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -42,7 +41,7 @@ from batchgen.atomic import write_bytes_atomically
 from batchgen.errors import BatchgenWarning, CheckpointError
 from batchgen.job.location import StoreError, open_store, said, store_url
 from batchgen.store.layout import JOB_FILE, JOURNAL_DIR, LOCK_FILE
-from batchgen.store.lock import output_lock
+from batchgen.store.lock import left_by_dead_run, lock_record, output_lock
 from batchgen.store.outdir import OutputDir
 
 CACHE_ENV = "BATCHGEN_CACHE_DIR"
@@ -256,10 +255,7 @@ def store_lock_holder(directory: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(holder, dict):
         return None
-    pid = holder.get("pid")
-    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-        return None
-    return holder
+    return None if left_by_dead_run(holder) else holder
 
 
 class StoreLock:
@@ -270,8 +266,7 @@ class StoreLock:
         self.store = store
         self.key = f"{store.root}/{LOCK_FILE}"
         self.me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
+            **lock_record(),
             "token": uuid.uuid4().hex,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -314,7 +309,7 @@ class StoreLock:
         except ValueError:
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
-        if isinstance(pid, int) and host == self.me["host"] and not _alive(pid):
+        if left_by_dead_run(holder):
             self.store.delete(LOCK_FILE)
             return
         raise CheckpointError(
@@ -328,16 +323,6 @@ class StoreLock:
         with contextlib.suppress(ValueError):
             if text is not None and json.loads(text).get("token") == self.me["token"]:
                 self.store.delete(LOCK_FILE)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _conditional_put(url: str) -> Any:
