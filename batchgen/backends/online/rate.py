@@ -175,6 +175,22 @@ def _pace(per_minute: float) -> float:
     return per_minute * PACE / 60
 
 
+class PromptRatio:
+    """Real ÷ estimated prompt tokens, learnt from answers (a moving average), and the estimate
+    it corrects; ``value`` is shared as is between processes (the Ray engine's leases)."""
+
+    def __init__(self) -> None:
+        self.value = 1.0
+
+    def estimate(self, estimated_tokens: int) -> int:
+        """The raw estimate corrected by what answers have shown so far."""
+        return max(1, round(estimated_tokens * self.value))
+
+    def learn(self, estimated: int, actual: int) -> None:
+        if actual > 0 and estimated > 0:
+            self.value = 0.9 * self.value + 0.1 * (actual / estimated)
+
+
 class RateLimits:
     """Requests per minute and optional input tokens per minute for one run."""
 
@@ -191,7 +207,7 @@ class RateLimits:
         self._request_bucket = Bucket(requests_per_minute, clock)
         self.tokens = AdaptiveRate(tokens_per_minute, clock) if tokens_per_minute else None
         self._token_bucket = Bucket(tokens_per_minute, clock) if tokens_per_minute else None
-        self._ratio = 1.0  # real / estimated prompt tokens, learnt from answers
+        self.ratio = PromptRatio()
         self._tokens_per_request = 0.0  # charged, on average (for the allowed request rate)
         self._paused_until = 0.0
         self._pauses = 0  # turns taken before the latest pause are void
@@ -210,7 +226,7 @@ class RateLimits:
 
     def estimate(self, estimated_tokens: int) -> int:
         """The raw estimate corrected by what answers have shown so far."""
-        return max(1, round(estimated_tokens * self._ratio))
+        return self.ratio.estimate(estimated_tokens)
 
     def per_second(self) -> float:
         """The request rate the limits allow now, per second (for the concurrency target)."""
@@ -256,8 +272,7 @@ class RateLimits:
         ``estimated`` is the raw estimate, ``charged`` what :meth:`acquire` took and
         ``sent_at`` what it returned.
         """
-        if actual > 0 and estimated > 0:
-            self._ratio = 0.9 * self._ratio + 0.1 * (actual / estimated)
+        self.ratio.learn(estimated, actual)
         if self.tokens is not None and self._token_bucket is not None:
             self.tokens.accepted(actual - charged, sent_at)  # charged was counted when sent
             extra = actual - charged
@@ -289,7 +304,7 @@ class RateLimits:
         """What another process's answers taught: the real / estimated prompt tokens, and
         prompt tokens sent beyond what their turns were charged (paid to the token bucket)."""
         if ratio is not None:
-            self._ratio = ratio
+            self.ratio.value = ratio
         if extra_tokens and self.tokens is not None and self._token_bucket is not None:
             self.tokens.accepted(extra_tokens)
             self._token_bucket.take(extra_tokens)

@@ -32,7 +32,7 @@ from typing import Any
 
 from batchgen.backends.online.breaker import Breaker
 from batchgen.backends.online.daily import DailyQuota
-from batchgen.backends.online.rate import AdaptiveRate, RateLimits, Sleep
+from batchgen.backends.online.rate import AdaptiveRate, PromptRatio, RateLimits, Sleep
 from batchgen.backends.online.retry import RowDeadline
 from batchgen.errors import QuotaExhaustedError
 
@@ -178,7 +178,7 @@ class SharedLimits:
         self._epoch = 0
         self._waiting = 0
         self._asking: asyncio.Lock | None = None
-        self._ratio = 1.0
+        self.ratio = PromptRatio()
         self._extra = 0
         self._tokens = 0.0
         self.rejections = 0
@@ -192,7 +192,7 @@ class SharedLimits:
         return self._sleep
 
     def estimate(self, estimated_tokens: int) -> int:
-        return max(1, round(estimated_tokens * self._ratio))
+        return self.ratio.estimate(estimated_tokens)
 
     def per_second(self) -> float:
         return self.requests.rate / 60
@@ -222,7 +222,9 @@ class SharedLimits:
         async with self._asking:
             while not self._turns:
                 tokens = round(self._tokens)
-                ask = LeaseAsk(max(1, self._waiting), tokens, self._extra, self._ratio, self.worker)
+                ask = LeaseAsk(
+                    max(1, self._waiting), tokens, self._extra, self.ratio.value, self.worker
+                )
                 self._extra = 0
                 lease = await self._lease(ask)
                 if lease.exhausted is not None:
@@ -254,8 +256,7 @@ class SharedLimits:
         self, estimated: int, charged: int, actual: int, sent_at: float | None = None
     ) -> None:
         """Learn the real prompt tokens; the shortfall is paid with the next lease."""
-        if actual > 0 and estimated > 0:
-            self._ratio = 0.9 * self._ratio + 0.1 * (actual / estimated)
+        self.ratio.learn(estimated, actual)
         self._extra += actual - charged
 
     def rejected(
