@@ -154,9 +154,7 @@ class RunCache:
         if not prefix.holds_context and len(prefix.count_body()) < price.min_cache_tokens:
             self._declined(None)  # fewer characters than the minimum's tokens: no need to count
             return None
-        if prefix.holds_context:
-            prefix = await self._with_context(prefix)
-        tokens = await self._count(prefix)
+        prefix, tokens = await self._counted(prefix)
         self._expect_s = self._expected(rows)
         hours = (self._expect_s + self.margin_s) / 3600
         self.costs = cache_costs(
@@ -208,17 +206,16 @@ class RunCache:
             f"(about USD {c.with_cache:.4f} for it instead of {c.without:.4f})"
         )
 
-    async def _with_context(self, prefix: Prefix) -> Prefix:
-        """The prefix with its context files' parts, as the rows would send them: a large file
-        uploaded (and recorded, so rows sent uncached name the same upload), the rest inline."""
+    async def _counted(self, prefix: Prefix) -> tuple[Prefix, int]:
+        """The prefix as the cache will hold it, and its tokens (countTokens), on one client.
+        Context files' parts are made as the rows would send them: a large file uploaded (and
+        recorded, so rows sent uncached name the same upload), the rest inline."""
         async with client_for(self.job, self.api_key, GeminiClient) as client:
-            sender = media_sender(self.plan, self.out.path, BatchClient(client.transport))
-            assert sender is not None  # the job has context files
-            return prefix.with_context(await sender.context_parts(self.plan.context))
-
-    async def _count(self, prefix: Prefix) -> int:
-        async with client_for(self.job, self.api_key, GeminiClient) as counter:
-            return await counter.count_tokens(prefix.count_body())
+            if prefix.holds_context:
+                sender = media_sender(self.plan, self.out.path, BatchClient(client.transport))
+                assert sender is not None  # the job has context files
+                prefix = prefix.with_context(await sender.context_parts(self.plan.context))
+            return prefix, await client.count_tokens(prefix.count_body())
 
     def _ttl(self) -> int:
         left = self._expect_s - (time.monotonic() - self._started)
